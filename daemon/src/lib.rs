@@ -1,1 +1,4 @@
-//! polytun daemon library
+//! polytun daemon: configuration, control socket, supervisor, data path.
+//! The only place where tasks, sockets, configs and protocols meet.
+
+pub mod config;

@@ -1,0 +1,596 @@
+//! The daemon's configuration: TOML on disk, `POLYTUN_*` environment
+//! overrides (through the `config` crate), validated into typed settings.
+//!
+//! Every error names the file, the line and the field, because the person
+//! reading it is editing that file: `a.toml:7: tunnel[0].peer[0].public_key:
+//! not valid base64`.
+
+use base64::Engine;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+pub const DEFAULT_MTU: u16 = 1420;
+pub const CONTROL_DIR: &str = "/run/polytun";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interface: RawInterface,
+    #[serde(default)]
+    tunnel: Vec<RawTunnel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: String,
+    #[serde(default)]
+    address: Vec<String>,
+    mtu: Option<u16>,
+    control_socket: Option<PathBuf>,
+    offload: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    name: Option<String>,
+    protocol: String,
+    listen_port: Option<u16>,
+    private_key: Option<String>,
+    private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Option<String>,
+    public_key: Option<String>,
+    preshared_key: Option<String>,
+    preshared_key_file: Option<PathBuf>,
+    endpoint: Option<String>,
+    #[serde(default)]
+    allowed_ips: Vec<String>,
+    persistent_keepalive: Option<u16>,
+}
+
+// ---- the validated configuration ------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub interface: Interface,
+    pub tunnels: Vec<Tunnel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub addresses: Vec<IpNet>,
+    pub mtu: u16,
+    pub control_socket: PathBuf,
+    pub offload: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    pub name: String,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    WireGuard(WireGuard),
+}
+
+pub type Key32 = Zeroizing<[u8; 32]>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireGuard {
+    pub listen_port: Option<u16>,
+    pub private_key: Key32,
+    pub peers: Vec<WgPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgPeer {
+    pub name: Option<String>,
+    pub public_key: [u8; 32],
+    pub preshared_key: Option<Key32>,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<IpNet>,
+    pub persistent_keepalive: Option<u16>,
+}
+
+pub fn default_control_socket(interface: &str) -> PathBuf {
+    Path::new(CONTROL_DIR).join(format!("{interface}.sock"))
+}
+
+/// Decodes a WireGuard-style base64 key of exactly 32 bytes.
+pub fn decode_key(s: &str) -> Result<Key32, String> {
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|_| "not valid base64 (expected a 32-byte key as `wg genkey` prints)".to_string())?,
+    );
+    let mut key = Zeroizing::new([0u8; 32]);
+    if bytes.len() != 32 {
+        return Err(format!("decodes to {} bytes, a key has 32", bytes.len()));
+    }
+    key.copy_from_slice(&bytes);
+    Ok(key)
+}
+
+pub fn encode_key(key: &[u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// Where in the file a field is, for error messages.
+struct Locator {
+    doc: Option<toml_edit::Document<String>>,
+    text: String,
+}
+
+#[derive(Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+impl Locator {
+    fn line_of_offset(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    /// Line of the deepest part of `path` that exists in the file; a
+    /// missing key points at the header of the table that should hold it.
+    fn line(&self, path: &[Seg<'_>]) -> Option<usize> {
+        enum Cur<'a> {
+            Item(&'a toml_edit::Item),
+            Table(&'a toml_edit::Table),
+        }
+        let doc = self.doc.as_ref()?;
+        let mut cur = Cur::Table(doc.as_table());
+        let mut best: Option<(usize, bool)> = None; // (offset, is a table)
+        for seg in path {
+            let next = match (seg, &cur) {
+                (Seg::Key(k), Cur::Table(t)) => t.get_key_value(k).map(|(key, it)| {
+                    (key.span().or(it.span()), false, Cur::Item(it))
+                }),
+                (Seg::Key(k), Cur::Item(it)) => it
+                    .as_table_like()
+                    .and_then(|t| t.get_key_value(k))
+                    .map(|(key, it)| (key.span().or(it.span()), false, Cur::Item(it))),
+                (Seg::Index(n), Cur::Item(it)) => {
+                    if let Some(aot) = it.as_array_of_tables() {
+                        aot.get(*n).map(|t| (t.span(), true, Cur::Table(t)))
+                    } else {
+                        it.as_array()
+                            .and_then(|a| a.get(*n))
+                            .map(|v| (v.span(), false, Cur::Item(it)))
+                    }
+                }
+                (Seg::Index(_), Cur::Table(_)) => None,
+            };
+            match next {
+                Some((span, is_table, c)) => {
+                    if let Some(span) = span {
+                        best = Some((span.start, is_table));
+                    }
+                    cur = c;
+                }
+                None => break,
+            }
+        }
+        let (offset, is_table) = best?;
+        let mut line = self.line_of_offset(offset);
+        if is_table {
+            // A table's span starts at its first key; its header is above.
+            let lines: Vec<&str> = self.text.lines().collect();
+            while line > 1 && !lines.get(line - 1).is_some_and(|l| l.trim_start().starts_with('[')) {
+                line -= 1;
+            }
+        }
+        Some(line)
+    }
+}
+
+fn path_string(path: &[Seg<'_>]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    loc: &'a Locator,
+}
+
+impl Ctx<'_> {
+    fn err(&self, path: &[Seg<'_>], message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: self.loc.line(path),
+            field: path_string(path),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and validates the config at `path`, with environment overrides.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("POLYTUN_"))
+        .collect();
+    parse(path, &text, &env)
+}
+
+/// Parses config `text` (from `file`, for messages) with `POLYTUN_*` overrides in `env`.
+pub fn parse(file: &Path, text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let doc = toml_edit::Document::parse(text.to_string());
+    let loc = Locator {
+        doc: doc.as_ref().ok().cloned(),
+        text: text.to_string(),
+    };
+    // Syntax and type errors first, straight from the TOML parser, which
+    // knows the exact position.
+    if let Err(e) = toml::from_str::<RawConfig>(text) {
+        let line = e.span().map(|s| loc.line_of_offset(s.start));
+        let field = e
+            .span()
+            .and_then(|s| field_at(&loc, s.start))
+            .unwrap_or_default();
+        return Err(ConfigError {
+            file: file.to_path_buf(),
+            line,
+            field,
+            message: e.message().trim().to_string(),
+        });
+    }
+    // Then the same file through `config`, so POLYTUN_INTERFACE__MTU=1380
+    // style variables override it.
+    let env_source = config::Environment::default()
+        .prefix("POLYTUN")
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(env.iter().cloned().collect()));
+    let raw: RawConfig = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(env_source)
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            field: String::new(),
+            message: format!("after applying POLYTUN_* environment overrides: {e}"),
+        })?;
+    let ctx = Ctx { file, loc: &loc };
+    validate(&ctx, raw, file)
+}
+
+/// The dotted path of the key whose line contains `offset`.
+fn field_at(loc: &Locator, offset: usize) -> Option<String> {
+    let line = loc.line_of_offset(offset);
+    let text = loc.text.lines().nth(line - 1)?;
+    let key = text.split('=').next()?.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return Some(key.trim_matches(|c| c == '[' || c == ']').to_string());
+    }
+    // Find the enclosing table header above the line.
+    let header = loc
+        .text
+        .lines()
+        .take(line - 1)
+        .filter(|l| l.trim_start().starts_with('['))
+        .last()
+        .map(|h| h.trim().trim_matches(|c| c == '[' || c == ']').to_string());
+    Some(match header {
+        Some(h) => format!("{h}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+fn read_key_field(
+    ctx: &Ctx<'_>,
+    path: &[Seg<'_>],
+    inline: Option<&str>,
+    file_path: Option<&Path>,
+    file_field: &str,
+) -> Result<Option<Key32>, ConfigError> {
+    match (inline, file_path) {
+        (Some(_), Some(_)) => Err(ctx.err(
+            path,
+            format!("set either this or {file_field}, not both"),
+        )),
+        (Some(s), None) => decode_key(s).map(Some).map_err(|m| ctx.err(path, m)),
+        (None, Some(p)) => {
+            let mut fpath: Vec<Seg<'_>> = path[..path.len() - 1].to_vec();
+            fpath.push(Seg::Key(file_field));
+            let text = Zeroizing::new(std::fs::read_to_string(p).map_err(|e| {
+                ctx.err(&fpath, format!("cannot read {}: {e}", p.display()))
+            })?);
+            decode_key(&text)
+                .map(Some)
+                .map_err(|m| ctx.err(&fpath, format!("{}: {m}", p.display())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, ConfigError> {
+    let iface = &raw.interface;
+    let name_path = [Seg::Key("interface"), Seg::Key("name")];
+    if iface.name.is_empty() || iface.name.len() > 15 || iface.name.contains(['/', ' ', '\0']) {
+        return Err(ctx.err(
+            &name_path,
+            "must be a Linux interface name: 1 to 15 characters, no '/' or spaces",
+        ));
+    }
+    let mut addresses = Vec::new();
+    for (i, a) in iface.address.iter().enumerate() {
+        let p = [Seg::Key("interface"), Seg::Key("address"), Seg::Index(i)];
+        let net: IpNet = a
+            .parse()
+            .map_err(|_| ctx.err(&p[..2], format!("`{a}` is not an address with prefix length (e.g. 198.51.100.1/24)")))?;
+        addresses.push(net);
+    }
+    let mtu = iface.mtu.unwrap_or(DEFAULT_MTU);
+    if !(576..=9000).contains(&mtu) {
+        return Err(ctx.err(
+            &[Seg::Key("interface"), Seg::Key("mtu")],
+            format!("{mtu} is outside 576..=9000"),
+        ));
+    }
+    let mut tunnels = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (ti, t) in raw.tunnel.iter().enumerate() {
+        let tp = |k: &'static str| [Seg::Key("tunnel"), Seg::Index(ti), Seg::Key(k)];
+        let name = t.name.clone().unwrap_or_else(|| format!("tunnel{ti}"));
+        if !names.insert(name.clone()) {
+            return Err(ctx.err(&tp("name"), format!("duplicate tunnel name `{name}`")));
+        }
+        let protocol = match t.protocol.as_str() {
+            "wireguard" => {
+                let private_key = read_key_field(
+                    ctx,
+                    &tp("private_key"),
+                    t.private_key.as_deref(),
+                    t.private_key_file.as_deref(),
+                    "private_key_file",
+                )?
+                .ok_or_else(|| ctx.err(&tp("private_key"), "missing: set private_key or private_key_file (`polytun genkey` makes one)"))?;
+                let mut peers = Vec::new();
+                for (pi, p) in t.peer.iter().enumerate() {
+                    let pp = |k: &'static str| {
+                        [
+                            Seg::Key("tunnel"),
+                            Seg::Index(ti),
+                            Seg::Key("peer"),
+                            Seg::Index(pi),
+                            Seg::Key(k),
+                        ]
+                    };
+                    let public_key = p
+                        .public_key
+                        .as_deref()
+                        .ok_or_else(|| ctx.err(&pp("public_key"), "missing: every peer needs its public key"))
+                        .and_then(|s| decode_key(s).map_err(|m| ctx.err(&pp("public_key"), m)))?;
+                    let preshared_key = read_key_field(
+                        ctx,
+                        &pp("preshared_key"),
+                        p.preshared_key.as_deref(),
+                        p.preshared_key_file.as_deref(),
+                        "preshared_key_file",
+                    )?;
+                    let endpoint = match &p.endpoint {
+                        None => None,
+                        Some(e) => Some(resolve_endpoint(e).map_err(|m| ctx.err(&pp("endpoint"), m))?),
+                    };
+                    let mut allowed_ips = Vec::new();
+                    for a in &p.allowed_ips {
+                        let net: IpNet = a.parse().or_else(|_| {
+                            a.parse::<std::net::IpAddr>().map(IpNet::from)
+                        }).map_err(|_| ctx.err(&pp("allowed_ips"), format!("`{a}` is not a network (e.g. 198.51.100.2/32)")))?;
+                        allowed_ips.push(net.trunc());
+                    }
+                    peers.push(WgPeer {
+                        name: p.name.clone(),
+                        public_key: *public_key,
+                        preshared_key,
+                        endpoint,
+                        allowed_ips,
+                        persistent_keepalive: p.persistent_keepalive.filter(|&k| k > 0),
+                    });
+                }
+                let mut seen = std::collections::HashSet::new();
+                for (pi, p) in peers.iter().enumerate() {
+                    if !seen.insert(p.public_key) {
+                        return Err(ctx.err(
+                            &[Seg::Key("tunnel"), Seg::Index(ti), Seg::Key("peer"), Seg::Index(pi), Seg::Key("public_key")],
+                            "the same public key appears in two peers",
+                        ));
+                    }
+                }
+                Protocol::WireGuard(WireGuard {
+                    listen_port: t.listen_port,
+                    private_key,
+                    peers,
+                })
+            }
+            "ipsec" | "ikev2" | "openvpn" => {
+                return Err(ctx.err(
+                    &tp("protocol"),
+                    format!("`{}` is not implemented yet in this version (only `wireguard`)", t.protocol),
+                ))
+            }
+            other => {
+                return Err(ctx.err(
+                    &tp("protocol"),
+                    format!("unknown protocol `{other}` (expected `wireguard`)"),
+                ))
+            }
+        };
+        tunnels.push(Tunnel { name, protocol });
+    }
+    Ok(Config {
+        path: file.to_path_buf(),
+        interface: Interface {
+            name: iface.name.clone(),
+            addresses,
+            mtu,
+            control_socket: iface
+                .control_socket
+                .clone()
+                .unwrap_or_else(|| default_control_socket(&iface.name)),
+            offload: iface.offload.unwrap_or(true),
+        },
+        tunnels,
+    })
+}
+
+fn resolve_endpoint(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!("`{s}` has no port (write host:port, or [v6]:port)"));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{s}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{s}` resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+    const K2: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+
+    fn good() -> String {
+        format!(
+            r#"[interface]
+name = "pt0"
+address = ["198.51.100.1/24"]
+
+[[tunnel]]
+name = "wg"
+protocol = "wireguard"
+listen_port = 51820
+private_key = "{K1}"
+
+[[tunnel.peer]]
+public_key = "{K2}"
+endpoint = "192.0.2.2:51820"
+allowed_ips = ["198.51.100.2/32", "203.0.113.0/24"]
+persistent_keepalive = 25
+"#
+        )
+    }
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("site.toml"), text, &[])
+    }
+
+    #[test]
+    fn parses_a_good_config() {
+        let c = p(&good()).unwrap();
+        assert_eq!(c.interface.mtu, DEFAULT_MTU);
+        assert_eq!(c.interface.control_socket, PathBuf::from("/run/polytun/pt0.sock"));
+        let Protocol::WireGuard(wg) = &c.tunnels[0].protocol;
+        assert_eq!(wg.listen_port, Some(51820));
+        assert_eq!(wg.peers[0].allowed_ips.len(), 2);
+        assert_eq!(wg.peers[0].endpoint, Some("192.0.2.2:51820".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_key_names_file_line_and_field() {
+        let text = good().replace(K2, "not-a-key");
+        let e = p(&text).unwrap_err();
+        assert_eq!(e.line, Some(12), "{e}");
+        assert_eq!(e.field, "tunnel[0].peer[0].public_key");
+        assert!(e.to_string().starts_with("site.toml:12: tunnel[0].peer[0].public_key: not valid base64"), "{e}");
+    }
+
+    #[test]
+    fn bad_cidr_and_missing_field() {
+        let e = p(&good().replace("203.0.113.0/24", "203.0.113.0/33")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(14), "tunnel[0].peer[0].allowed_ips"), "{e}");
+        let e = p(&good().replace(&format!("private_key = \"{K1}\"\n"), "")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].private_key");
+        assert!(e.message.contains("missing"), "{e}");
+        assert_eq!(e.line, Some(5), "points at the [[tunnel]] header: {e}");
+    }
+
+    #[test]
+    fn type_errors_and_unknown_fields_come_with_lines() {
+        let e = p(&good().replace("listen_port = 51820", "listen_port = \"x\"")).unwrap_err();
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(e.field.contains("listen_port"), "{e}");
+        let e = p(&good().replace("persistent_keepalive", "persistent_keeplive")).unwrap_err();
+        assert_eq!(e.line, Some(15), "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = p("[interface\nname=1").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let env = vec![("POLYTUN_INTERFACE__MTU".to_string(), "1380".to_string())];
+        let c = parse(Path::new("x.toml"), &good(), &env).unwrap();
+        assert_eq!(c.interface.mtu, 1380);
+        let env = vec![("POLYTUN_INTERFACE__MTU".to_string(), "huge".to_string())];
+        let e = parse(Path::new("x.toml"), &good(), &env).unwrap_err();
+        assert!(e.message.contains("environment"), "{e}");
+    }
+}

@@ -2,3 +2,4 @@
 //! The only place where tasks, sockets, configs and protocols meet.
 
 pub mod config;
+pub mod uapi;

@@ -2,4 +2,5 @@
 //! The only place where tasks, sockets, configs and protocols meet.
 
 pub mod config;
+pub mod control;
 pub mod uapi;

@@ -1,0 +1,327 @@
+//! The control socket: one JSON request per line, one JSON reply per line,
+//! over a Unix socket only root can open (`/run/polytun/IFACE.sock`).
+//! `polytun` is its client; `polytun show --json` prints the reply as is.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    Show,
+    /// Key update on demand (KU): a new handshake with `peer` (name or
+    /// public key), or with every peer.
+    Rekey {
+        #[serde(default)]
+        tunnel: Option<String>,
+        #[serde(default)]
+        peer: Option<String>,
+    },
+    /// Stops the daemon (connection termination for every tunnel).
+    Down,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Drops {
+    pub malformed: u64,
+    pub bad_mac: u64,
+    pub replayed: u64,
+    pub no_session: u64,
+    pub bad_source: u64,
+    pub expired_key: u64,
+    pub rate_limited: u64,
+    pub other: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PeerShow {
+    pub name: Option<String>,
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    pub latest_handshake_unix: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub key_age_secs: Option<u64>,
+    pub persistent_keepalive: Option<u16>,
+    pub preshared_key: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TunnelShow {
+    pub name: String,
+    pub protocol: String,
+    pub listen_port: Option<u16>,
+    pub public_key: Option<String>,
+    pub drops: Drops,
+    pub peers: Vec<PeerShow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ShowReply {
+    pub interface: String,
+    pub mtu: u16,
+    pub offload: bool,
+    pub tunnels: Vec<TunnelShow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Show(ShowReply),
+    Ok { message: String },
+    Error { message: String },
+}
+
+/// A command from a client and where its reply goes.
+pub type Request = (Command, oneshot::Sender<Reply>);
+
+/// Binds the control socket (replacing a stale one, refusing a live one)
+/// and forwards every request into `tx`.
+pub async fn serve(path: PathBuf, tx: mpsc::Sender<Request>) -> std::io::Result<()> {
+    let listener = bind(&path).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, tx).await {
+                tracing::debug!("control client: {e}");
+            }
+        });
+    }
+}
+
+pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another running polytund", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+async fn handle(stream: UnixStream, tx: mpsc::Sender<Request>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = match serde_json::from_str::<Command>(&line) {
+            Ok(cmd) => {
+                let (rtx, rrx) = oneshot::channel();
+                if tx.send((cmd, rtx)).await.is_err() {
+                    Reply::Error {
+                        message: "daemon is shutting down".into(),
+                    }
+                } else {
+                    rrx.await.unwrap_or(Reply::Error {
+                        message: "command dropped".into(),
+                    })
+                }
+            }
+            Err(e) => Reply::Error {
+                message: format!("bad request: {e}"),
+            },
+        };
+        let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{}".into());
+        out.push('\n');
+        w.write_all(out.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+/// Sends one command and waits for its reply (the CLI side).
+pub async fn request(path: &Path, cmd: &Command) -> std::io::Result<Reply> {
+    let stream = UnixStream::connect(path).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot connect to {}: {e} (is polytund running?)", path.display()),
+        )
+    })?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_string(cmd).map_err(std::io::Error::other)?;
+    line.push('\n');
+    w.write_all(line.as_bytes()).await?;
+    let mut lines = BufReader::new(r).lines();
+    let reply = lines
+        .next_line()
+        .await?
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no reply"))?;
+    serde_json::from_str(&reply).map_err(std::io::Error::other)
+}
+
+fn ago(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let mut parts = Vec::new();
+    for (n, unit) in [(d, "day"), (h, "hour"), (m, "minute"), (s, "second")] {
+        if n > 0 {
+            parts.push(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }));
+        }
+    }
+    if parts.is_empty() {
+        "Now".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// `polytun show` as a person reads it, in the manner of `wg show`.
+pub fn render_show(s: &ShowReply, now_unix: u64) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "interface: {}", s.interface);
+    let _ = writeln!(o, "  mtu: {}{}", s.mtu, if s.offload { " (offload on)" } else { "" });
+    for t in &s.tunnels {
+        let _ = writeln!(o, "\ntunnel: {} ({})", t.name, t.protocol);
+        if let Some(k) = &t.public_key {
+            let _ = writeln!(o, "  public key: {k}");
+        }
+        if let Some(p) = t.listen_port {
+            let _ = writeln!(o, "  listening port: {p}");
+        }
+        let d = &t.drops;
+        let _ = writeln!(
+            o,
+            "  dropped: {} malformed, {} bad mac, {} replayed, {} no session, {} bad source, {} expired key, {} rate limited, {} other",
+            d.malformed, d.bad_mac, d.replayed, d.no_session, d.bad_source, d.expired_key, d.rate_limited, d.other
+        );
+        for p in &t.peers {
+            let _ = write!(o, "\npeer: {}", p.public_key);
+            if let Some(n) = &p.name {
+                let _ = write!(o, " ({n})");
+            }
+            o.push('\n');
+            if p.preshared_key {
+                let _ = writeln!(o, "  preshared key: (hidden)");
+            }
+            if let Some(e) = &p.endpoint {
+                let _ = writeln!(o, "  endpoint: {e}");
+            }
+            let ips = if p.allowed_ips.is_empty() {
+                "(none)".to_string()
+            } else {
+                p.allowed_ips.join(", ")
+            };
+            let _ = writeln!(o, "  allowed ips: {ips}");
+            if let Some(h) = p.latest_handshake_unix {
+                let _ = writeln!(o, "  latest handshake: {} ago", ago(now_unix.saturating_sub(h)));
+            }
+            if p.rx_bytes > 0 || p.tx_bytes > 0 {
+                let _ = writeln!(
+                    o,
+                    "  transfer: {} received, {} sent",
+                    human_bytes(p.rx_bytes),
+                    human_bytes(p.tx_bytes)
+                );
+            }
+            if let Some(a) = p.key_age_secs {
+                let _ = writeln!(o, "  key age: {}", ago(a));
+            }
+            if let Some(k) = p.persistent_keepalive {
+                let _ = writeln!(o, "  persistent keepalive: every {}", ago(u64::from(k)));
+            }
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_wire_format() {
+        assert_eq!(serde_json::to_string(&Command::Show).unwrap(), r#"{"cmd":"show"}"#);
+        let c: Command = serde_json::from_str(r#"{"cmd":"rekey","peer":"b"}"#).unwrap();
+        assert_eq!(
+            c,
+            Command::Rekey {
+                tunnel: None,
+                peer: Some("b".into())
+            }
+        );
+    }
+
+    #[test]
+    fn show_renders_like_wg() {
+        let s = ShowReply {
+            interface: "pt0".into(),
+            mtu: 1420,
+            offload: true,
+            tunnels: vec![TunnelShow {
+                name: "wg".into(),
+                protocol: "wireguard".into(),
+                listen_port: Some(51820),
+                peers: vec![PeerShow {
+                    public_key: "KEY".into(),
+                    latest_handshake_unix: Some(100),
+                    rx_bytes: 2048,
+                    tx_bytes: 10,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let out = render_show(&s, 165);
+        assert!(out.contains("listening port: 51820"));
+        assert!(out.contains("latest handshake: 1 minute, 5 seconds ago"), "{out}");
+        assert!(out.contains("transfer: 2.00 KiB received, 10 B sent"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn roundtrip_over_a_socket() {
+        let dir = std::env::temp_dir().join(format!("pt-ctl-{}", std::process::id()));
+        let path = dir.join("x.sock");
+        let (tx, mut rx) = mpsc::channel::<Request>(4);
+        let p2 = path.clone();
+        tokio::spawn(async move { serve(p2, tx).await });
+        tokio::spawn(async move {
+            while let Some((cmd, reply)) = rx.recv().await {
+                let _ = reply.send(Reply::Ok {
+                    message: format!("{cmd:?}"),
+                });
+            }
+        });
+        for _ in 0..50 {
+            if path.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let r = request(&path, &Command::Down).await.unwrap();
+        assert_eq!(r, Reply::Ok { message: "Down".into() });
+        assert!(bind(&path).await.is_err(), "a live socket is not replaced");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

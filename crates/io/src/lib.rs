@@ -74,6 +74,6 @@ mod udp;
 pub use netlink::{add_address, add_route, network_of, remove_address, remove_route, RouteOptions};
 pub use quinn_udp::{EcnCodepoint, RecvMeta, Transmit};
 pub use tun::{
-    Tun, TunConfig, IDEAL_BATCH_SIZE, MAX_PACKET_LEN, MIN_SEND_OFFSET, VIRTIO_NET_HDR_LEN,
+    Tun, TunConfig, TunStats, IDEAL_BATCH_SIZE, MAX_PACKET_LEN, MIN_SEND_OFFSET, VIRTIO_NET_HDR_LEN,
 };
 pub use udp::{UdpSocket, SOCKET_BUFFER_BYTES, UDP_RECV_BATCH};

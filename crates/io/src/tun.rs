@@ -82,6 +82,25 @@ pub struct Tun {
     rx: tokio::sync::Mutex<RxState>,
     tx: tokio::sync::Mutex<TxState>,
     rx_dropped: AtomicU64,
+    rx_reads: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_gso_reads: AtomicU64,
+    tx_packets: AtomicU64,
+}
+
+/// Counters of a [`Tun`] (monotonic since creation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunStats {
+    /// `read` syscalls that returned a packet.
+    pub rx_reads: u64,
+    /// IP packets handed to the caller (after splitting super-packets).
+    pub rx_packets: u64,
+    /// Reads that returned a GSO super-packet (offload only).
+    pub rx_gso_reads: u64,
+    /// Packets dropped on receive (malformed, or too large for the caller's buffers).
+    pub rx_dropped: u64,
+    /// IP packets given to [`Tun::send_batch`] (before GRO coalescing).
+    pub tx_packets: u64,
 }
 
 impl std::fmt::Debug for Tun {
@@ -146,6 +165,10 @@ impl Tun {
                 wrappers: Vec::with_capacity(IDEAL_BATCH_SIZE),
             }),
             rx_dropped: AtomicU64::new(0),
+            rx_reads: AtomicU64::new(0),
+            rx_packets: AtomicU64::new(0),
+            rx_gso_reads: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
         };
         if cfg.up {
             tun.set_up(true)?;
@@ -182,6 +205,17 @@ impl Tun {
     /// fit the caller's buffers.
     pub fn rx_dropped(&self) -> u64 {
         self.rx_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Snapshot of the counters.
+    pub fn stats(&self) -> TunStats {
+        TunStats {
+            rx_reads: self.rx_reads.load(Ordering::Relaxed),
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            rx_gso_reads: self.rx_gso_reads.load(Ordering::Relaxed),
+            rx_dropped: self.rx_dropped.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+        }
     }
 
     /// Set the interface MTU.
@@ -265,7 +299,10 @@ impl Tun {
                     self.dev.try_recv(&mut rx.scratch)
                 };
                 match r {
-                    Ok(len) => rx.pending = len,
+                    Ok(len) => {
+                        rx.pending = len;
+                        self.rx_reads.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) if n > 0 => {
                         // WouldBlock: drained. Other errors resurface on the next call.
                         let _ = e;
@@ -285,6 +322,9 @@ impl Tun {
                 Ok(Split::Done(k)) => {
                     rx.pending = 0;
                     n += k;
+                    if k > 1 || rx.scratch[1] != VIRTIO_NET_HDR_GSO_NONE {
+                        self.rx_gso_reads.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Ok(Split::NeedBufs(k)) if n > 0 => {
                     let _ = k;
@@ -306,6 +346,7 @@ impl Tun {
                 }
             }
         }
+        self.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -336,6 +377,8 @@ impl Tun {
                 Err(_) => break, // WouldBlock, or an error the next call reports
             }
         }
+        self.rx_reads.fetch_add(n as u64, Ordering::Relaxed);
+        self.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -390,6 +433,7 @@ impl Tun {
                 len: offset + s,
             });
         }
+        self.tx_packets.fetch_add(w.len() as u64, Ordering::Relaxed);
         let r = self.dev.send_multiple(gro, &mut w, offset).await;
         *wrappers = recycle(w);
         r.map(|_| ())

@@ -60,7 +60,7 @@ impl Msg {
     }
     fn push(&mut self, b: &[u8]) {
         self.buf.extend_from_slice(b);
-        while self.buf.len() % 4 != 0 {
+        while self.buf.len() & 3 != 0 {
             self.buf.push(0);
         }
     }

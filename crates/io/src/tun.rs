@@ -429,7 +429,7 @@ impl Tun {
         let mut w: Vec<SliceBuf<'_>> = recycle(std::mem::take(wrappers));
         for (b, &s) in bufs.iter_mut().zip(sizes) {
             w.push(SliceBuf {
-                buf: &mut **b,
+                buf: b,
                 len: offset + s,
             });
         }
@@ -450,6 +450,8 @@ impl Tun {
 /// in-place `collect` specialisation keeps the buffer).
 fn recycle<'a, 'b>(mut v: Vec<SliceBuf<'a>>) -> Vec<SliceBuf<'b>> {
     v.clear();
+    // filter_map (not filter) because the element type changes lifetime.
+    #[allow(clippy::unnecessary_filter_map)]
     v.into_iter().filter_map(|_| None).collect()
 }
 

@@ -240,9 +240,10 @@ impl UdpSocket {
         }
     }
 
-    /// Try to send one datagram without waiting (handshakes, cookies, keepalives).
+    /// Try to send one datagram without waiting (handshakes, cookies, keepalives):
+    /// one non-blocking `sendto`, `WouldBlock` only if the socket buffer is full.
     pub fn try_send_to(&self, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
-        self.io.try_send_to(buf, self.map_dst(dst))
+        socket2::SockRef::from(&self.io).send_to(buf, &self.map_dst(dst).into())
     }
 
     /// Send one datagram, waiting for socket buffer space if needed.

@@ -36,7 +36,7 @@ async fn read_udp(tun: &Tun, dport: u16, want: usize) -> (Vec<Vec<u8>>, usize) {
         .await
         .expect("timed out reading the tun")
         .expect("recv_batch");
-        assert!(n >= 1 && n <= IDEAL_BATCH_SIZE);
+        assert!((1..=IDEAL_BATCH_SIZE).contains(&n));
         max_batch = max_batch.max(n);
         for i in 0..n {
             let p = &bufs[i][OFF..OFF + sizes[i]];

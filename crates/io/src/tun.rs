@@ -1,0 +1,769 @@
+//! The TUN device: batched reads (GSO super-packets split in userspace) and batched
+//! writes (GRO coalescing), on top of `tun-rs` (a port of wireguard-go's
+//! `tun/offload_linux.go`).
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tun_rs::{AsyncDevice, DeviceBuilder, ExpandBuffer, GROTable, VirtioNetHdr};
+
+use crate::netlink::{self, RouteOptions};
+
+/// Length of the `virtio_net_hdr` the kernel prepends/expects when offload is on.
+pub const VIRTIO_NET_HDR_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+
+/// Minimum headroom (`offset`) for [`Tun::send_batch`]: the `virtio_net_hdr` is
+/// written into the `VIRTIO_NET_HDR_LEN` bytes just before each packet.
+pub const MIN_SEND_OFFSET: usize = VIRTIO_NET_HDR_LEN;
+
+/// Largest IP packet (and largest GSO super-packet / GRO coalesced packet).
+pub const MAX_PACKET_LEN: usize = 65535;
+
+/// Recommended number of buffers per batch (same as wireguard-go's `IdealBatchSize`).
+/// One TSO super-packet of 64 KiB at MSS 536 splits into at most 123 segments, so a
+/// batch of this size can always take one whole super-packet.
+pub const IDEAL_BATCH_SIZE: usize = tun_rs::IDEAL_BATCH_SIZE;
+
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
+const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
+
+/// How to create a [`Tun`].
+#[derive(Clone, Debug)]
+pub struct TunConfig {
+    /// Interface name; empty lets the kernel choose (`tun0`, …).
+    pub name: String,
+    /// Interface MTU (the size of the IP packets that leave the tunnel).
+    pub mtu: u16,
+    /// Ask for `IFF_VNET_HDR` + TSO/USO offload. Falls back to plain TUN if the kernel
+    /// refuses; check [`Tun::offload_enabled`].
+    pub offload: bool,
+    /// Bring the link up after creation.
+    pub up: bool,
+}
+
+impl Default for TunConfig {
+    fn default() -> Self {
+        TunConfig {
+            name: String::new(),
+            mtu: 1420,
+            offload: true,
+            up: true,
+        }
+    }
+}
+
+struct RxState {
+    /// Raw read buffer: virtio header + up to 64 KiB super-packet.
+    scratch: Box<[u8]>,
+    /// Length of a raw read held over to the next call (0 = none).
+    pending: usize,
+}
+
+struct TxState {
+    gro: GROTable,
+    /// Reused allocation for the per-call buffer wrappers (always empty between calls).
+    wrappers: Vec<SliceBuf<'static>>,
+}
+
+/// A TUN device with batched, offloaded I/O. All methods take `&self`: one task may
+/// read while another writes (reads and writes are each serialised internally).
+pub struct Tun {
+    dev: AsyncDevice,
+    name: String,
+    ifindex: u32,
+    mtu: AtomicUsize,
+    offload: bool,
+    udp_offload: bool,
+    rx: tokio::sync::Mutex<RxState>,
+    tx: tokio::sync::Mutex<TxState>,
+    rx_dropped: AtomicU64,
+    rx_reads: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_gso_reads: AtomicU64,
+    tx_packets: AtomicU64,
+}
+
+/// Counters of a [`Tun`] (monotonic since creation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunStats {
+    /// `read` syscalls that returned a packet.
+    pub rx_reads: u64,
+    /// IP packets handed to the caller (after splitting super-packets).
+    pub rx_packets: u64,
+    /// Reads that returned a GSO super-packet (offload only).
+    pub rx_gso_reads: u64,
+    /// Packets dropped on receive (malformed, or too large for the caller's buffers).
+    pub rx_dropped: u64,
+    /// IP packets given to [`Tun::send_batch`] (before GRO coalescing).
+    pub tx_packets: u64,
+}
+
+impl std::fmt::Debug for Tun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tun")
+            .field("name", &self.name)
+            .field("ifindex", &self.ifindex)
+            .field("mtu", &self.mtu())
+            .field("offload", &self.offload)
+            .field("udp_offload", &self.udp_offload)
+            .finish()
+    }
+}
+
+fn ctx(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+fn build(cfg: &TunConfig, offload: bool) -> io::Result<AsyncDevice> {
+    let mut b = DeviceBuilder::new().mtu(cfg.mtu).offload(offload);
+    if !cfg.name.is_empty() {
+        b = b.name(cfg.name.clone());
+    }
+    b.build_async()
+}
+
+impl Tun {
+    /// Create the TUN device (requires CAP_NET_ADMIN and a tokio runtime).
+    pub fn create(cfg: &TunConfig) -> io::Result<Tun> {
+        let what = format!("create tun {:?}", cfg.name);
+        let dev = if cfg.offload {
+            match build(cfg, true) {
+                Ok(d) => d,
+                // e.g. kernel without IFF_VNET_HDR/TUNSETOFFLOAD: plain TUN.
+                Err(_) => build(cfg, false).map_err(|e| ctx(e, &what))?,
+            }
+        } else {
+            build(cfg, false).map_err(|e| ctx(e, &what))?
+        };
+        let offload = dev.tcp_gso();
+        let udp_offload = dev.udp_gso();
+        let name = dev.name().map_err(|e| ctx(e, "tun name"))?;
+        let ifindex = dev.if_index().map_err(|e| ctx(e, "tun ifindex"))?;
+        let mtu = dev.mtu().map_err(|e| ctx(e, "tun mtu"))?;
+        let tun = Tun {
+            dev,
+            name,
+            ifindex,
+            mtu: AtomicUsize::new(usize::from(mtu)),
+            offload,
+            udp_offload,
+            rx: tokio::sync::Mutex::new(RxState {
+                scratch: vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET_LEN].into_boxed_slice(),
+                pending: 0,
+            }),
+            tx: tokio::sync::Mutex::new(TxState {
+                gro: GROTable::new(),
+                wrappers: Vec::with_capacity(IDEAL_BATCH_SIZE),
+            }),
+            rx_dropped: AtomicU64::new(0),
+            rx_reads: AtomicU64::new(0),
+            rx_packets: AtomicU64::new(0),
+            rx_gso_reads: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+        };
+        if cfg.up {
+            tun.set_up(true)?;
+        }
+        Ok(tun)
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The MTU last set through this handle (or read at creation).
+    pub fn mtu(&self) -> usize {
+        self.mtu.load(Ordering::Relaxed)
+    }
+
+    /// Whether `IFF_VNET_HDR` + TCP segmentation offload is active.
+    pub fn offload_enabled(&self) -> bool {
+        self.offload
+    }
+
+    /// Whether UDP segmentation offload (USO, Linux >= 6.2) is active as well.
+    pub fn udp_offload_enabled(&self) -> bool {
+        self.udp_offload
+    }
+
+    /// Packets read from the device and dropped because they were malformed or did not
+    /// fit the caller's buffers.
+    pub fn rx_dropped(&self) -> u64 {
+        self.rx_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Snapshot of the counters.
+    pub fn stats(&self) -> TunStats {
+        TunStats {
+            rx_reads: self.rx_reads.load(Ordering::Relaxed),
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            rx_gso_reads: self.rx_gso_reads.load(Ordering::Relaxed),
+            rx_dropped: self.rx_dropped.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Set the interface MTU.
+    pub fn set_mtu(&self, mtu: u16) -> io::Result<()> {
+        self.dev
+            .set_mtu(mtu)
+            .map_err(|e| ctx(e, &format!("set mtu {mtu} on {}", self.name)))?;
+        self.mtu.store(usize::from(mtu), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Bring the link up (or down).
+    pub fn set_up(&self, up: bool) -> io::Result<()> {
+        self.dev.enabled(up).map_err(|e| {
+            ctx(
+                e,
+                &format!("set link {} {}", self.name, if up { "up" } else { "down" }),
+            )
+        })
+    }
+
+    /// Add `ip/prefix` to the device (netlink `RTM_NEWADDR`; adds the connected route).
+    pub fn add_address(&self, ip: IpAddr, prefix: u8) -> io::Result<()> {
+        netlink::add_address(self.ifindex, ip, prefix)
+    }
+
+    /// Remove `ip/prefix` from the device.
+    pub fn remove_address(&self, ip: IpAddr, prefix: u8) -> io::Result<()> {
+        netlink::remove_address(self.ifindex, ip, prefix)
+    }
+
+    /// Route `dst/prefix` into the device (netlink `RTM_NEWROUTE`, scope link).
+    pub fn add_route(&self, dst: IpAddr, prefix: u8, opts: &RouteOptions) -> io::Result<()> {
+        netlink::add_route(self.ifindex, dst, prefix, opts)
+    }
+
+    /// Remove the route `dst/prefix` via the device.
+    pub fn remove_route(&self, dst: IpAddr, prefix: u8, opts: &RouteOptions) -> io::Result<()> {
+        netlink::remove_route(self.ifindex, dst, prefix, opts)
+    }
+
+    /// Read one or more IP packets. Waits until at least one is available, then drains
+    /// what is queued without waiting, until `bufs` is full.
+    ///
+    /// Packet `i` is written to `bufs[i][offset..offset + sizes[i]]`; `offset` bytes of
+    /// headroom are left untouched for the caller's outer headers. A GSO super-packet
+    /// (offload on) is split into MTU-sized packets with correct IP/TCP/UDP headers and
+    /// checksums across consecutive `bufs`. Returns the number of packets.
+    ///
+    /// Requirements: `sizes.len() >= bufs.len()`; each `bufs[i].len() >= offset + mtu`;
+    /// with offload on, `bufs.len()` must hold the largest super-packet the kernel may
+    /// hand over, i.e. `ceil(65535 / MSS)` — use [`IDEAL_BATCH_SIZE`] (128). A packet
+    /// that does not fit the remaining buffers is kept for the next call; one that can
+    /// never fit is dropped (counted in [`Tun::rx_dropped`]) with an error.
+    ///
+    /// Cancel-safe: a packet read from the kernel is never lost by dropping the future.
+    pub async fn recv_batch(
+        &self,
+        bufs: &mut [&mut [u8]],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
+        if bufs.is_empty() || sizes.len() < bufs.len() {
+            return Err(invalid(format!(
+                "tun recv_batch: need non-empty bufs and sizes.len() >= bufs.len() (got {} and {})",
+                bufs.len(),
+                sizes.len()
+            )));
+        }
+        let mut rx = self.rx.lock().await;
+        let rx = &mut *rx;
+        if !self.offload {
+            return self.recv_plain(bufs, sizes, offset).await;
+        }
+        let mut n = 0;
+        while n < bufs.len() {
+            if rx.pending == 0 {
+                let r = if n == 0 {
+                    self.dev.recv(&mut rx.scratch).await
+                } else {
+                    self.dev.try_recv(&mut rx.scratch)
+                };
+                match r {
+                    Ok(len) => {
+                        rx.pending = len;
+                        self.rx_reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) if n > 0 => {
+                        // WouldBlock: drained. Other errors resurface on the next call.
+                        let _ = e;
+                        break;
+                    }
+                    Err(e) => return Err(ctx(e, &format!("read from tun {}", self.name))),
+                }
+            }
+            let len = rx.pending;
+            let end = bufs.len();
+            match split_virtio(
+                &mut rx.scratch[..len],
+                &mut bufs[n..end],
+                &mut sizes[n..end],
+                offset,
+            ) {
+                Ok(Split::Done(k)) => {
+                    rx.pending = 0;
+                    n += k;
+                    if k > 1 || rx.scratch[1] != VIRTIO_NET_HDR_GSO_NONE {
+                        self.rx_gso_reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(Split::NeedBufs(k)) if n > 0 => {
+                    let _ = k;
+                    break; // keep pending for the next call
+                }
+                Ok(Split::NeedBufs(k)) => {
+                    rx.pending = 0;
+                    self.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                    return Err(invalid(format!(
+                        "tun recv_batch: super-packet needs {k} buffers, got {}",
+                        bufs.len()
+                    )));
+                }
+                Err(_) if n > 0 => break, // reported (and dropped) by the next call
+                Err(e) => {
+                    rx.pending = 0;
+                    self.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                    return Err(ctx(e, &format!("tun {} virtio packet dropped", self.name)));
+                }
+            }
+        }
+        self.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    async fn recv_plain(
+        &self,
+        bufs: &mut [&mut [u8]],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
+        let first = bufs[0]
+            .get_mut(offset..)
+            .ok_or_else(|| invalid(format!("tun recv_batch: offset {offset} beyond buffer")))?;
+        sizes[0] = self
+            .dev
+            .recv(first)
+            .await
+            .map_err(|e| ctx(e, &format!("read from tun {}", self.name)))?;
+        let mut n = 1;
+        while n < bufs.len() {
+            let Some(b) = bufs[n].get_mut(offset..) else {
+                break;
+            };
+            match self.dev.try_recv(b) {
+                Ok(len) => {
+                    sizes[n] = len;
+                    n += 1;
+                }
+                Err(_) => break, // WouldBlock, or an error the next call reports
+            }
+        }
+        self.rx_reads.fetch_add(n as u64, Ordering::Relaxed);
+        self.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Write IP packets: packet `i` is `bufs[i][offset..offset + sizes[i]]`.
+    ///
+    /// With offload on, consecutive TCP segments (and UDP datagrams with USO) of the
+    /// same flow are coalesced (GRO) into one super-packet written with one `write`;
+    /// coalescing appends payload into the first packet's buffer, so the bytes of
+    /// `bufs[i]` after `offset + sizes[i]` are scratch space (give buffers of
+    /// `offset + 65535` bytes for full coalescing; smaller buffers only coalesce less).
+    /// The `virtio_net_hdr` is written into `bufs[i][offset - 10..offset]`, so
+    /// `offset >= MIN_SEND_OFFSET` (10) is required (always pass it, offload or not).
+    /// The contents of `bufs` are unspecified afterwards.
+    ///
+    /// Every packet is attempted; the last error (if any) is returned.
+    /// Not cancel-safe: dropping the future may leave a prefix of the batch written.
+    pub async fn send_batch(
+        &self,
+        bufs: &mut [&mut [u8]],
+        sizes: &[usize],
+        offset: usize,
+    ) -> io::Result<()> {
+        if sizes.len() < bufs.len() {
+            return Err(invalid(format!(
+                "tun send_batch: sizes.len() {} < bufs.len() {}",
+                sizes.len(),
+                bufs.len()
+            )));
+        }
+        if offset < MIN_SEND_OFFSET {
+            return Err(invalid(format!(
+                "tun send_batch: offset {offset} < {MIN_SEND_OFFSET} (virtio_net_hdr headroom)"
+            )));
+        }
+        for (i, (b, &s)) in bufs.iter().zip(sizes).enumerate() {
+            if s == 0 || offset + s > b.len() {
+                return Err(invalid(format!(
+                    "tun send_batch: packet {i}: size {s} at offset {offset} does not fit buffer of {}",
+                    b.len()
+                )));
+            }
+        }
+        if bufs.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.tx.lock().await;
+        let TxState { gro, wrappers } = &mut *tx;
+        let mut w: Vec<SliceBuf<'_>> = recycle(std::mem::take(wrappers));
+        for (b, &s) in bufs.iter_mut().zip(sizes) {
+            w.push(SliceBuf {
+                buf: b,
+                len: offset + s,
+            });
+        }
+        self.tx_packets.fetch_add(w.len() as u64, Ordering::Relaxed);
+        let r = self.dev.send_multiple(gro, &mut w, offset).await;
+        *wrappers = recycle(w);
+        r.map(|_| ())
+            .map_err(|e| ctx(e, &format!("write to tun {}", self.name)))
+    }
+
+    /// The underlying `tun-rs` device (escape hatch, e.g. for readiness or multi-queue).
+    pub fn device(&self) -> &AsyncDevice {
+        &self.dev
+    }
+}
+
+/// Reuse a `Vec`'s allocation for a different lifetime (empty vectors only; the
+/// in-place `collect` specialisation keeps the buffer).
+fn recycle<'a, 'b>(mut v: Vec<SliceBuf<'a>>) -> Vec<SliceBuf<'b>> {
+    v.clear();
+    // filter_map (not filter) because the element type changes lifetime.
+    #[allow(clippy::unnecessary_filter_map)]
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+/// A caller buffer seen as a growable packet: `buf[..len]` is the content,
+/// `buf.len()` the capacity (what GRO may grow the packet into).
+struct SliceBuf<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl AsRef<[u8]> for SliceBuf<'_> {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl AsMut<[u8]> for SliceBuf<'_> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+}
+
+impl ExpandBuffer for SliceBuf<'_> {
+    fn buf_capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn buf_resize(&mut self, new_len: usize, value: u8) {
+        // tun-rs checks buf_capacity() before growing; clamp defensively.
+        let new_len = new_len.min(self.buf.len());
+        if new_len > self.len {
+            self.buf[self.len..new_len].fill(value);
+        }
+        self.len = new_len;
+    }
+
+    fn buf_extend_from_slice(&mut self, src: &[u8]) {
+        let n = src.len().min(self.buf.len() - self.len);
+        debug_assert_eq!(n, src.len(), "GRO grew a packet beyond its buffer");
+        self.buf[self.len..self.len + n].copy_from_slice(&src[..n]);
+        self.len += n;
+    }
+}
+
+/// Outcome of splitting one raw virtio read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Split {
+    /// `k` packets were written.
+    Done(usize),
+    /// The packet needs `k` output buffers; fewer were given. Nothing was written.
+    NeedBufs(usize),
+}
+
+/// Split one raw read (`virtio_net_hdr` + packet) into `out` (see wireguard-go
+/// `handleVirtioRead`). Validates the header against the packet; computes the
+/// checksum for `NEEDS_CSUM` non-GSO packets.
+pub(crate) fn split_virtio(
+    input: &mut [u8],
+    out: &mut [&mut [u8]],
+    sizes: &mut [usize],
+    offset: usize,
+) -> io::Result<Split> {
+    if input.len() <= VIRTIO_NET_HDR_LEN {
+        return Err(invalid(format!(
+            "virtio read of {} bytes has no packet",
+            input.len()
+        )));
+    }
+    let mut hdr = VirtioNetHdr::decode(&input[..VIRTIO_NET_HDR_LEN])?;
+    let pkt = &mut input[VIRTIO_NET_HDR_LEN..];
+    let len = pkt.len();
+    if out.is_empty() {
+        return Ok(Split::NeedBufs(1));
+    }
+    if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE {
+        if hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+            let start = usize::from(hdr.csum_start);
+            let at = start + usize::from(hdr.csum_offset);
+            if at + 2 > len || start > at {
+                return Err(invalid(format!(
+                    "virtio csum_start {start} + csum_offset {} beyond packet of {len}",
+                    hdr.csum_offset
+                )));
+            }
+            let initial = u16::from_be_bytes([pkt[at], pkt[at + 1]]);
+            pkt[at] = 0;
+            pkt[at + 1] = 0;
+            let c = tun_rs::checksum(&pkt[start..], u64::from(initial));
+            pkt[at..at + 2].copy_from_slice(&(!c).to_be_bytes());
+        }
+        let dst = out[0].get_mut(offset..offset + len).ok_or_else(|| {
+            invalid(format!(
+                "packet of {len} bytes does not fit buffer at offset {offset}"
+            ))
+        })?;
+        dst.copy_from_slice(pkt);
+        sizes[0] = len;
+        return Ok(Split::Done(1));
+    }
+    if hdr.gso_size == 0 {
+        return Err(invalid("virtio gso_size 0".into()));
+    }
+    let is_v6 = match pkt[0] >> 4 {
+        4 => false,
+        6 => true,
+        v => return Err(invalid(format!("GSO packet with IP version {v}"))),
+    };
+    let is_tcp = match hdr.gso_type & !VIRTIO_NET_HDR_GSO_ECN {
+        VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_TCPV6 => true,
+        VIRTIO_NET_HDR_GSO_UDP_L4 => false,
+        t => return Err(invalid(format!("unsupported virtio gso_type {t}"))),
+    };
+    // Do not trust hdr_len (it can cover the whole first packet on the FORWARD path);
+    // recompute it from csum_start (= IP header length) + transport header length.
+    let cs = usize::from(hdr.csum_start);
+    let th_len = if is_tcp {
+        if len <= cs + 12 {
+            return Err(invalid("GSO TCP packet too short".into()));
+        }
+        let l = usize::from(pkt[cs + 12] >> 4) * 4;
+        if !(20..=60).contains(&l) {
+            return Err(invalid(format!("TCP header length {l}")));
+        }
+        l
+    } else {
+        8
+    };
+    let hdr_len = cs + th_len;
+    if hdr_len > len {
+        return Err(invalid(format!(
+            "GSO header length {hdr_len} > packet length {len}"
+        )));
+    }
+    hdr.hdr_len = hdr_len as u16;
+    let payload = len - hdr_len;
+    let gso = usize::from(hdr.gso_size);
+    let segments = payload.div_ceil(gso).max(1);
+    if segments > out.len() {
+        return Ok(Split::NeedBufs(segments));
+    }
+    let n = out.len();
+    let k = tun_rs::gso_split(pkt, hdr, out, &mut sizes[..n], offset, is_v6)?;
+    Ok(Split::Done(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csum(data: &[u8], initial: u32) -> u16 {
+        let mut s = initial;
+        for c in data.chunks(2) {
+            let w = if c.len() == 2 {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                u16::from(c[0]) << 8
+            };
+            s += u32::from(w);
+        }
+        while s > 0xffff {
+            s = (s >> 16) + (s & 0xffff);
+        }
+        !(s as u16)
+    }
+
+    /// Build an IPv4/TCP super-packet with `payload` bytes and the partial (pseudo
+    /// header) checksum in the TCP checksum field, as the kernel hands it over.
+    fn tcp4_super(payload: usize, gso: u16) -> Vec<u8> {
+        let total = 20 + 20 + payload;
+        let mut p = vec![0u8; VIRTIO_NET_HDR_LEN + total];
+        let h = VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+            hdr_len: 40,
+            gso_size: gso,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        h.encode(&mut p[..VIRTIO_NET_HDR_LEN]).unwrap();
+        let ip = &mut p[VIRTIO_NET_HDR_LEN..];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        ip[6] = 0x40; // DF
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&[198, 51, 100, 1]);
+        ip[16..20].copy_from_slice(&[198, 51, 100, 2]);
+        let c = csum(&ip[..20], 0);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let t = &mut ip[20..];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&5201u16.to_be_bytes());
+        t[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = 0x18; // PSH|ACK
+        for (i, b) in t[20..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        // pseudo-header partial sum (not complemented), over the full length
+        let mut ph = Vec::new();
+        ph.extend_from_slice(&[198, 51, 100, 1, 198, 51, 100, 2, 0, 6]);
+        ph.extend_from_slice(&((20 + payload) as u16).to_be_bytes());
+        let partial = !csum(&ph, 0);
+        t[16..18].copy_from_slice(&partial.to_be_bytes());
+        p
+    }
+
+    fn verify_tcp4(pkt: &[u8]) {
+        assert_eq!(pkt[0], 0x45);
+        let total = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
+        assert_eq!(total, pkt.len(), "IP total length");
+        assert_eq!(csum(&pkt[..20], 0), 0, "IPv4 header checksum");
+        let mut ph = Vec::new();
+        ph.extend_from_slice(&pkt[12..20]);
+        ph.extend_from_slice(&[0, 6]);
+        ph.extend_from_slice(&((total - 20) as u16).to_be_bytes());
+        ph.extend_from_slice(&pkt[20..]);
+        assert_eq!(csum(&ph, 0), 0, "TCP checksum");
+    }
+
+    #[test]
+    fn split_tcp4_super_packet() {
+        let mut raw = tcp4_super(5000, 1400);
+        let mut store = vec![vec![0u8; 16 + 1500]; 8];
+        let mut bufs: Vec<&mut [u8]> = store.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let mut sizes = [0usize; 8];
+        let r = split_virtio(&mut raw, &mut bufs, &mut sizes, 16).unwrap();
+        assert_eq!(r, Split::Done(4));
+        assert_eq!(&sizes[..4], &[1440, 1440, 1440, 40 + 800]);
+        let mut seq = 1000u32;
+        let mut byte = 0usize;
+        for i in 0..4 {
+            let p = &bufs[i][16..16 + sizes[i]];
+            verify_tcp4(p);
+            assert_eq!(u32::from_be_bytes([p[24], p[25], p[26], p[27]]), seq);
+            for &b in &p[40..] {
+                assert_eq!(b, byte as u8);
+                byte += 1;
+            }
+            seq += (sizes[i] - 40) as u32;
+            // PSH only on the last segment
+            assert_eq!(p[33] & 0x08 != 0, i == 3, "PSH flag on segment {i}");
+        }
+        assert_eq!(byte, 5000);
+    }
+
+    #[test]
+    fn split_needs_more_bufs() {
+        let mut raw = tcp4_super(5000, 1000);
+        let mut store = vec![vec![0u8; 1500]; 3];
+        let mut bufs: Vec<&mut [u8]> = store.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let mut sizes = [0usize; 3];
+        assert_eq!(
+            split_virtio(&mut raw, &mut bufs, &mut sizes, 0).unwrap(),
+            Split::NeedBufs(5)
+        );
+    }
+
+    #[test]
+    fn split_none_with_csum() {
+        // A single (non-GSO) TCP packet with NEEDS_CSUM: checksum must be completed.
+        let mut raw = tcp4_super(100, 1400);
+        raw[1] = VIRTIO_NET_HDR_GSO_NONE;
+        let mut store = vec![vec![0u8; 1500]; 1];
+        let mut bufs: Vec<&mut [u8]> = store.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let mut sizes = [0usize; 1];
+        assert_eq!(
+            split_virtio(&mut raw, &mut bufs, &mut sizes, 4).unwrap(),
+            Split::Done(1)
+        );
+        verify_tcp4(&bufs[0][4..4 + sizes[0]]);
+    }
+
+    #[test]
+    fn split_rejects_garbage() {
+        let mut store = vec![vec![0u8; 1500]; 4];
+        let mut bufs: Vec<&mut [u8]> = store.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let mut sizes = [0usize; 4];
+        let mut short = vec![0u8; 5];
+        assert!(split_virtio(&mut short, &mut bufs, &mut sizes, 0).is_err());
+        let mut bad = tcp4_super(3000, 1000);
+        bad[VIRTIO_NET_HDR_LEN] = 0x75; // IP version 7
+        assert!(split_virtio(&mut bad, &mut bufs, &mut sizes, 0).is_err());
+        let mut bad = tcp4_super(3000, 0);
+        assert!(split_virtio(&mut bad, &mut bufs, &mut sizes, 0).is_err());
+        let mut bad = tcp4_super(3000, 1000);
+        bad[VIRTIO_NET_HDR_LEN + 20 + 12] = 0x10; // TCP data offset 4 bytes
+        assert!(split_virtio(&mut bad, &mut bufs, &mut sizes, 0).is_err());
+    }
+
+    #[test]
+    fn slicebuf_grows_within_capacity() {
+        let mut backing = [0u8; 16];
+        let mut b = SliceBuf {
+            buf: &mut backing,
+            len: 4,
+        };
+        assert_eq!(b.buf_capacity(), 16);
+        b.buf_extend_from_slice(&[1, 2, 3]);
+        assert_eq!(b.as_ref().len(), 7);
+        b.buf_resize(10, 9);
+        assert_eq!(&b.as_ref()[7..], &[9, 9, 9]);
+        b.buf_resize(2, 0);
+        assert_eq!(b.as_ref().len(), 2);
+    }
+
+    #[test]
+    fn recycle_keeps_allocation() {
+        let v: Vec<SliceBuf<'static>> = Vec::with_capacity(64);
+        let cap = v.capacity();
+        let w: Vec<SliceBuf<'_>> = recycle(v);
+        assert_eq!(w.capacity(), cap);
+    }
+}

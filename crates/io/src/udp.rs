@@ -1,0 +1,270 @@
+//! Batched UDP: `recvmmsg` + UDP GRO on receive, UDP GSO (`UDP_SEGMENT`) on send.
+//!
+//! Built on [`quinn_udp::UdpSocketState`] (which does the cmsg work: `UDP_GRO`,
+//! `UDP_SEGMENT`, `IP_PKTINFO`/`IPV6_RECVPKTINFO` for the local destination address)
+//! and a tokio [`tokio::net::UdpSocket`] for readiness.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+
+/// Socket buffer size requested (with `SO_{RCV,SND}BUFFORCE` when permitted).
+pub const SOCKET_BUFFER_BYTES: usize = 7 << 20;
+
+/// Maximum number of datagrams one [`UdpSocket::recv_batch`] call fills (`recvmmsg` batch).
+pub const UDP_RECV_BATCH: usize = quinn_udp::BATCH_SIZE;
+
+/// A UDP socket with batched, offloaded receive and send.
+///
+/// All methods take `&self`; one socket may be shared (e.g. in an `Arc`) by a
+/// receiving task and any number of sending tasks.
+#[derive(Debug)]
+pub struct UdpSocket {
+    io: tokio::net::UdpSocket,
+    state: UdpSocketState,
+    local: SocketAddr,
+}
+
+fn ctx(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+fn set_force_buf(sock: &Socket, opt: libc::c_int, fallback_opt: libc::c_int, bytes: usize) {
+    let val: libc::c_int = bytes.min(libc::c_int::MAX as usize) as libc::c_int;
+    for o in [opt, fallback_opt] {
+        // SAFETY: valid fd, pointer to a c_int of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                o,
+                &val as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+impl UdpSocket {
+    /// Bind a UDP socket to `addr` (port 0 picks a free port). An unspecified IPv6
+    /// address (`[::]:port`) is bound dual-stack (IPv4 peers appear as v4-mapped
+    /// addresses in [`RecvMeta::addr`]; IPv4 destinations may be given as plain v4).
+    ///
+    /// Sets large send/receive buffers (`SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` when running
+    /// with CAP_NET_ADMIN, otherwise capped by `net.core.{r,w}mem_max`) and enables
+    /// UDP GRO and packet-info cmsgs. Must be called inside a tokio runtime.
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(|e| ctx(e, "udp socket"))?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            // Best effort: dual stack.
+            let _ = sock.set_only_v6(false);
+        }
+        sock.set_nonblocking(true)
+            .map_err(|e| ctx(e, "udp set_nonblocking"))?;
+        sock.bind(&addr.into())
+            .map_err(|e| ctx(e, &format!("udp bind {addr}")))?;
+        set_force_buf(
+            &sock,
+            libc::SO_RCVBUFFORCE,
+            libc::SO_RCVBUF,
+            SOCKET_BUFFER_BYTES,
+        );
+        set_force_buf(
+            &sock,
+            libc::SO_SNDBUFFORCE,
+            libc::SO_SNDBUF,
+            SOCKET_BUFFER_BYTES,
+        );
+        let std_sock: std::net::UdpSocket = sock.into();
+        let io = tokio::net::UdpSocket::from_std(std_sock)
+            .map_err(|e| ctx(e, "udp register with tokio"))?;
+        let state = UdpSocketState::new((&io).into()).map_err(|e| ctx(e, "udp socket state"))?;
+        let local = io.local_addr().map_err(|e| ctx(e, "udp local_addr"))?;
+        Ok(Self { io, state, local })
+    }
+
+    /// The bound local address (with the port chosen by the kernel if 0 was asked).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    /// Largest number of segments one [`Transmit`] may carry with `segment_size`
+    /// (1 when UDP GSO is unavailable). [`UdpSocket::send_batch`] splits larger
+    /// transmits itself, so this is a hint for building batches.
+    pub fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    /// How many datagrams the kernel may coalesce into one receive buffer (UDP GRO);
+    /// 1 without GRO. Receive buffers should be `gro_segments() * max_datagram` bytes
+    /// (64 KiB is always enough).
+    pub fn gro_segments(&self) -> usize {
+        self.state.gro_segments()
+    }
+
+    /// Current kernel socket buffer sizes `(recv, send)` in bytes.
+    pub fn buffer_sizes(&self) -> io::Result<(usize, usize)> {
+        let r = self.state.recv_buffer_size((&self.io).into())?;
+        let s = self.state.send_buffer_size((&self.io).into())?;
+        Ok((r, s))
+    }
+
+    /// Receive a batch of datagrams (one `recvmmsg`). Waits until at least one is
+    /// available. Returns the number `n` of filled entries; for each `i < n`,
+    /// `meta[i].len` bytes were written to `bufs[i]`, holding
+    /// `ceil(len / stride)` datagrams of `meta[i].stride` bytes each (the last may be
+    /// shorter) when the kernel coalesced them with UDP GRO. `meta[i].addr` is the
+    /// source, `meta[i].dst_ip` the local address the datagram was sent to.
+    ///
+    /// `bufs.len()` and `meta.len()` must be equal; at most [`UDP_RECV_BATCH`] entries
+    /// are filled per call. Cancel-safe.
+    pub async fn recv_batch(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        if bufs.is_empty() || bufs.len() != meta.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "udp recv_batch: bufs and meta must be non-empty and of equal length",
+            ));
+        }
+        loop {
+            self.io.readable().await?;
+            match self.io.try_io(Interest::READABLE, || {
+                self.state.recv((&self.io).into(), bufs, meta)
+            }) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(ctx(e, "udp recvmmsg")),
+            }
+        }
+    }
+
+    /// Non-blocking [`UdpSocket::recv_batch`]: `WouldBlock` when nothing is queued.
+    pub fn try_recv_batch(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        self.io.try_io(Interest::READABLE, || {
+            self.state.recv((&self.io).into(), bufs, meta)
+        })
+    }
+
+    async fn send_one(&self, t: &Transmit<'_>) -> io::Result<()> {
+        loop {
+            self.io.writable().await?;
+            match self.io.try_io(Interest::WRITABLE, || {
+                self.state.try_send((&self.io).into(), t)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Send one transmit, splitting it into GSO-sized chunks (or single datagrams when
+    /// GSO is unavailable or was just found broken by the kernel).
+    async fn send_segmented(&self, t: &Transmit<'_>) -> io::Result<()> {
+        let mapped;
+        let t = match t.destination {
+            SocketAddr::V4(v4) if self.local.is_ipv6() => {
+                let mut m = t.clone();
+                m.destination = SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port());
+                mapped = m;
+                &mapped
+            }
+            _ => t,
+        };
+        let seg = match t.segment_size {
+            Some(s) if s > 0 && s < t.contents.len() => s,
+            _ => {
+                let mut single = t.clone();
+                single.segment_size = None;
+                return self.send_one(&single).await;
+            }
+        };
+        let mut rest = t.contents;
+        while !rest.is_empty() {
+            let max = self.state.max_gso_segments().max(1);
+            let take = (seg * max).min(rest.len());
+            let (chunk, tail) = rest.split_at(take);
+            let mut part = t.clone();
+            part.contents = chunk;
+            part.segment_size = if chunk.len() > seg { Some(seg) } else { None };
+            match self.send_one(&part).await {
+                Ok(()) => rest = tail,
+                // quinn-udp turns GSO off after EIO/EINVAL; retry this chunk unsegmented.
+                Err(e)
+                    if part.segment_size.is_some()
+                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
+                        && self.state.max_gso_segments() == 1 =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Send a batch of transmits. A transmit with `segment_size: Some(s)` carries
+    /// `contents.len() / s` datagrams of `s` bytes (the last may be shorter) to one
+    /// destination and goes out in one `sendmsg` with `UDP_SEGMENT` (GSO); longer runs
+    /// than [`UdpSocket::max_gso_segments`] and kernels without GSO are handled by
+    /// splitting. Every transmit is attempted even if an earlier one fails (an
+    /// unreachable peer must not stall the others); the first error is returned.
+    ///
+    /// Not cancel-safe: if the future is dropped, a prefix of the batch may have been sent.
+    pub async fn send_batch(&self, transmits: &[Transmit<'_>]) -> io::Result<()> {
+        let mut first_err = None;
+        for t in transmits {
+            if let Err(e) = self.send_segmented(t).await {
+                if first_err.is_none() {
+                    first_err = Some(ctx(e, &format!("udp send to {}", t.destination)));
+                }
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Try to send one datagram without waiting (handshakes, cookies, keepalives):
+    /// one non-blocking `sendto`, `WouldBlock` only if the socket buffer is full.
+    pub fn try_send_to(&self, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
+        socket2::SockRef::from(&self.io).send_to(buf, &self.map_dst(dst).into())
+    }
+
+    /// Send one datagram, waiting for socket buffer space if needed.
+    pub async fn send_to(&self, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
+        self.io
+            .send_to(buf, self.map_dst(dst))
+            .await
+            .map_err(|e| ctx(e, &format!("udp send_to {dst}")))
+    }
+
+    fn map_dst(&self, dst: SocketAddr) -> SocketAddr {
+        match dst {
+            SocketAddr::V4(v4) if self.local.is_ipv6() => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            d => d,
+        }
+    }
+
+    /// The underlying tokio socket (for `readable()`/`writable()` readiness in `select!`).
+    pub fn as_tokio(&self) -> &tokio::net::UdpSocket {
+        &self.io
+    }
+}

@@ -1,0 +1,375 @@
+//! The WireGuard data path: TUN → seal → UDP, and UDP → open → TUN, in
+//! batches.
+//!
+//! Outbound, the TUN reader writes packets into one arena whose stride is
+//! the sealed size of a full-MTU packet. Sealing in place then leaves
+//! consecutive full-size datagrams back to back, so a run of them to one
+//! endpoint goes out as one UDP GSO send without a copy.
+//!
+//! Inbound, each datagram of a (GRO-coalesced) UDP read is copied once into
+//! a 64 KiB TUN slot and opened in place there; the big slots let the TUN
+//! writer coalesce TCP segments back into super-packets (GRO).
+
+use super::state::{DropCounters, Shared, ToControl};
+use polytun_core::record::OpenError;
+use polytun_core::{KeyStatus, PacketBuf};
+use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
+use polytun_wireguard::messages::DATA_HEADER_LEN;
+use polytun_wireguard::transport::TransportError;
+use polytun_wireguard::{classify, Message, PeerId};
+use std::io::IoSliceMut;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+const TAG: usize = 16;
+/// Headroom in front of a packet read from the TUN device: the data header.
+const TUN_READ_OFFSET: usize = DATA_HEADER_LEN;
+/// Headroom in front of a packet written to the TUN device (≥ the virtio
+/// header the offloaded writer puts there).
+const TUN_WRITE_OFFSET: usize = 32;
+const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
+const UDP_BUF: usize = 65536;
+/// Slots in the inbound TUN batch (a GRO-coalesced UDP read can carry up
+/// to 64 datagrams per entry; a full batch is flushed and refilled).
+const TUN_WRITE_SLOTS: usize = 128;
+const TUN_WRITE_SLOT: usize = TUN_WRITE_OFFSET + 65535;
+
+pub fn dst_ip(p: &[u8]) -> Option<IpAddr> {
+    match p.first()? >> 4 {
+        4 if p.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19]))),
+        6 if p.len() >= 40 => {
+            let b: [u8; 16] = p[24..40].try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+pub fn src_ip(p: &[u8]) -> Option<IpAddr> {
+    match p.first()? >> 4 {
+        4 if p.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15]))),
+        6 if p.len() >= 40 => {
+            let b: [u8; 16] = p[8..24].try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+/// The sealed size of a full-MTU packet: the outbound arena stride.
+pub fn outbound_stride(mtu: usize) -> usize {
+    DATA_HEADER_LEN + mtu.next_multiple_of(16) + TAG
+}
+
+/// Which tunnels an interface's TUN reader dispatches to.
+pub type TunnelSet = Arc<std::sync::RwLock<Vec<Arc<Shared>>>>;
+
+/// Reads the TUN device forever and sends each packet through the tunnel
+/// and peer its destination routes to.
+pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
+    let stride = outbound_stride(mtu);
+    let mut arena = vec![0u8; TUN_BATCH * stride];
+    let mut sizes = vec![0usize; TUN_BATCH];
+    // (slot, sealed length, destination) of each packet to send.
+    let mut out: Vec<(usize, usize, SocketAddr, usize)> = Vec::with_capacity(TUN_BATCH);
+    let mut sent_peers: Vec<(usize, PeerId)> = Vec::new();
+    let mut expiring: Vec<(usize, PeerId)> = Vec::new();
+    let mut errors = 0u64;
+    loop {
+        let n = {
+            let mut bufs: Vec<&mut [u8]> = arena.chunks_exact_mut(stride).collect();
+            match tun.recv_batch(&mut bufs, &mut sizes, TUN_READ_OFFSET).await {
+                Ok(n) => n,
+                Err(e) => {
+                    errors += 1;
+                    if errors.is_power_of_two() {
+                        tracing::warn!("{}: reading the tun device: {e} ({errors} errors)", tun.name());
+                    }
+                    if e.kind() == std::io::ErrorKind::InvalidInput {
+                        continue;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        };
+        let now = Instant::now();
+        let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
+        out.clear();
+        sent_peers.clear();
+        expiring.clear();
+        for (ti, shared) in set.iter().enumerate() {
+            let _ = ti;
+            let _ = shared;
+        }
+        {
+            let guards: Vec<_> = set.iter().map(|s| s.tables()).collect();
+            for i in 0..n {
+                let slot = &mut arena[i * stride..(i + 1) * stride];
+                let size = sizes[i];
+                let pkt = &slot[TUN_READ_OFFSET..TUN_READ_OFFSET + size];
+                let Some(dst) = dst_ip(pkt) else { continue };
+                let Some((ti, peer)) = guards
+                    .iter()
+                    .enumerate()
+                    .find_map(|(ti, t)| t.routes.lookup(dst).map(|p| (ti, *p)))
+                else {
+                    // No peer for this destination: like wg, drop silently.
+                    continue;
+                };
+                let shared = &set[ti];
+                let Some(path) = guards[ti].peers.get(&peer) else { continue };
+                let (Some(kp), Some(endpoint)) = (path.sending.as_ref(), path.endpoint) else {
+                    if shared.stage(peer, pkt) {
+                        let _ = shared.to_control.try_send(ToControl::NeedHandshake { peer });
+                    }
+                    continue;
+                };
+                let mut p = PacketBuf::new(slot, TUN_READ_OFFSET, TUN_READ_OFFSET + size);
+                match kp.seal(now, &mut p) {
+                    Ok(status) => {
+                        if status == KeyStatus::Expiring && !expiring.contains(&(ti, peer)) {
+                            expiring.push((ti, peer));
+                        }
+                        debug_assert_eq!(p.start(), 0);
+                        out.push((i, p.len(), endpoint, ti));
+                        path.stats.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                        if !sent_peers.contains(&(ti, peer)) {
+                            sent_peers.push((ti, peer));
+                        }
+                    }
+                    Err(_) => {
+                        // Expired or exhausted: never send under it; ask for a new key.
+                        let pkt = &slot[TUN_READ_OFFSET..TUN_READ_OFFSET + size];
+                        DropCounters::bump(&shared.drops.expired_key);
+                        if shared.stage(peer, pkt) {
+                            let _ = shared.to_control.try_send(ToControl::NeedHandshake { peer });
+                        }
+                    }
+                }
+            }
+        }
+        for &(ti, peer) in &expiring {
+            let _ = set[ti].to_control.try_send(ToControl::KeyExpiring { peer });
+        }
+        // Group runs of full-stride datagrams that sit back to back and go
+        // to one endpoint through one socket into GSO transmits.
+        let mut k = 0;
+        while k < out.len() {
+            let (first, len0, dst, ti) = out[k];
+            let mut end = first * stride + len0;
+            let mut j = k + 1;
+            if len0 == stride {
+                while j < out.len() {
+                    let (slot, len, d, t) = out[j];
+                    if slot != out[j - 1].0 + 1 || d != dst || t != ti {
+                        break;
+                    }
+                    end = slot * stride + len;
+                    j += 1;
+                    if len != stride {
+                        break;
+                    }
+                }
+            }
+            let contents = &arena[first * stride..end];
+            let t = Transmit {
+                destination: dst,
+                ecn: None,
+                contents,
+                segment_size: (j - k > 1).then_some(stride),
+                src_ip: None,
+            };
+            let socket = set[ti].socket();
+            if let Err(e) = socket.send_batch(std::slice::from_ref(&t)).await {
+                errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::debug!("{}: udp send to {dst}: {e}", set[ti].name);
+                }
+            }
+            k = j;
+        }
+        for &(ti, peer) in &sent_peers {
+            let _ = set[ti].to_control.try_send(ToControl::Sent { peer });
+        }
+    }
+}
+
+/// Receives this tunnel's UDP datagrams forever: transport data is opened
+/// and written to the TUN device, handshake messages go to the control task.
+pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
+    let socket = shared.socket();
+    let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
+    let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
+    let mut slots = vec![0u8; TUN_WRITE_SLOTS * TUN_WRITE_SLOT];
+    let mut sizes = vec![0usize; TUN_WRITE_SLOTS];
+    let mut received: Vec<(u32, SocketAddr, bool)> = Vec::new();
+    let mut errors = 0u64;
+    loop {
+        let n = {
+            let mut iov: Vec<IoSliceMut<'_>> =
+                udp_bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match socket.recv_batch(&mut iov, &mut metas).await {
+                Ok(n) => n,
+                Err(e) => {
+                    errors += 1;
+                    if errors.is_power_of_two() {
+                        tracing::debug!("{}: udp receive: {e}", shared.name);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    continue;
+                }
+            }
+        };
+        let now = Instant::now();
+        received.clear();
+        // Walk every datagram; flush the TUN batch whenever it fills.
+        let mut datagrams = metas[..n].iter().enumerate().flat_map(|(i, m)| {
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let len = m.len.min(UDP_BUF);
+            (0..len.div_ceil(stride.max(1))).map(move |s| {
+                let start = s * stride;
+                (i, start, (start + stride).min(len), m.addr)
+            })
+        });
+        loop {
+            let mut k = 0;
+            let mut more = false;
+            {
+                let tables = shared.tables();
+                for (i, start, end, src) in datagrams.by_ref() {
+                    let d = &udp_bufs[i][start..end];
+                    match classify(d) {
+                        Err(_) => DropCounters::bump(&shared.drops.malformed),
+                        Ok(Message::Data(data)) => {
+                            let Some((peer, kp)) = tables.receivers.get(&data.receiver) else {
+                                DropCounters::bump(&shared.drops.no_session);
+                                continue;
+                            };
+                            let slot = &mut slots[k * TUN_WRITE_SLOT..(k + 1) * TUN_WRITE_SLOT];
+                            let at = TUN_WRITE_OFFSET - DATA_HEADER_LEN;
+                            if d.len() > TUN_WRITE_SLOT - at {
+                                DropCounters::bump(&shared.drops.malformed);
+                                continue;
+                            }
+                            slot[at..at + d.len()].copy_from_slice(d);
+                            let mut p = PacketBuf::new(slot, at, at + d.len());
+                            match kp.open(now, &mut p) {
+                                Ok(_) => {}
+                                Err(e) => {
+                                    let c = match e {
+                                        TransportError::Open(OpenError::Replay(_)) => {
+                                            &shared.drops.replayed
+                                        }
+                                        TransportError::Open(OpenError::Auth) => &shared.drops.bad_mac,
+                                        TransportError::Open(OpenError::Expired(_)) => {
+                                            &shared.drops.expired_key
+                                        }
+                                        TransportError::Open(_) | TransportError::CounterTooLarge => {
+                                            &shared.drops.malformed
+                                        }
+                                        TransportError::NotForThisKey => &shared.drops.other,
+                                    };
+                                    DropCounters::bump(c);
+                                    continue;
+                                }
+                            }
+                            let keepalive = p.is_empty();
+                            if !keepalive {
+                                // Cryptokey routing: the inner source must be one
+                                // of this peer's allowed IPs.
+                                let ok = src_ip(p.as_slice())
+                                    .and_then(|s| tables.routes.lookup(s))
+                                    .is_some_and(|owner| owner == peer);
+                                if !ok {
+                                    DropCounters::bump(&shared.drops.bad_source);
+                                    continue;
+                                }
+                                debug_assert_eq!(p.start(), TUN_WRITE_OFFSET);
+                                sizes[k] = p.len();
+                                if let Some(path) = tables.peers.get(peer) {
+                                    path.stats.rx_bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
+                                }
+                                k += 1;
+                            }
+                            match received.iter_mut().find(|r| r.0 == data.receiver) {
+                                Some(r) => {
+                                    r.1 = src;
+                                    r.2 &= keepalive;
+                                }
+                                None => received.push((data.receiver, src, keepalive)),
+                            }
+                            if k == TUN_WRITE_SLOTS {
+                                more = true;
+                                break;
+                            }
+                        }
+                        Ok(_) => {
+                            if shared
+                                .to_control
+                                .try_send(ToControl::Handshake {
+                                    src,
+                                    data: d.to_vec(),
+                                })
+                                .is_err()
+                            {
+                                DropCounters::bump(&shared.drops.rate_limited);
+                            }
+                        }
+                    }
+                }
+            }
+            if k > 0 {
+                let mut bufs: Vec<&mut [u8]> =
+                    slots.chunks_exact_mut(TUN_WRITE_SLOT).take(k).collect();
+                if let Err(e) = tun.send_batch(&mut bufs, &sizes[..k], TUN_WRITE_OFFSET).await {
+                    errors += 1;
+                    if errors.is_power_of_two() {
+                        tracing::debug!("{}: writing to the tun device: {e}", shared.name);
+                    }
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        for &(local_index, src, keepalive) in &received {
+            let _ = shared.to_control.try_send(ToControl::Received {
+                local_index,
+                src,
+                keepalive,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_of_packets() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        v4[12..16].copy_from_slice(&[192, 0, 2, 1]);
+        v4[16..20].copy_from_slice(&[198, 51, 100, 2]);
+        assert_eq!(src_ip(&v4), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(dst_ip(&v4), Some("198.51.100.2".parse().unwrap()));
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        v6[24] = 0x20;
+        v6[25] = 0x01;
+        assert_eq!(dst_ip(&v6), Some("2001::".parse().unwrap()));
+        assert_eq!(dst_ip(&v6[..39]), None);
+        assert_eq!(dst_ip(&[0x45; 19]), None);
+        assert_eq!(src_ip(&[]), None);
+    }
+
+    #[test]
+    fn stride_fits_a_sealed_full_packet() {
+        assert_eq!(outbound_stride(1420), 16 + 1424 + 16);
+        assert_eq!(outbound_stride(1280), 16 + 1280 + 16);
+    }
+}

@@ -1,0 +1,6 @@
+//! WireGuard in the daemon: the tunnel control task ([`tunnel`]), the data
+//! path ([`datapath`]) and what they share ([`state`]).
+
+pub mod datapath;
+pub mod state;
+pub mod tunnel;

@@ -1,0 +1,144 @@
+//! What the data path reads and the control task writes, for one WireGuard
+//! tunnel. The data path takes the read lock once per batch; the control
+//! task takes the write lock only when keys, endpoints or routes change.
+
+use crate::control::Drops;
+use ipnet::IpNet;
+use polytun_core::PrefixTable;
+use polytun_io::UdpSocket;
+use polytun_wireguard::{Keypair, PeerId};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::mpsc;
+
+/// Packets kept per peer while its handshake completes.
+pub const STAGED_PER_PEER: usize = 128;
+
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    pub rx_bytes: AtomicU64,
+    pub tx_bytes: AtomicU64,
+}
+
+pub struct PeerPath {
+    pub sending: Option<Arc<Keypair>>,
+    pub endpoint: Option<SocketAddr>,
+    pub stats: Arc<PeerStats>,
+}
+
+#[derive(Default)]
+pub struct Tables {
+    /// Cryptokey routing: inner address → peer (outbound choice and
+    /// inbound source check).
+    pub routes: PrefixTable<PeerId>,
+    pub peers: HashMap<PeerId, PeerPath>,
+    /// Local index → peer and keypair to open with.
+    pub receivers: HashMap<u32, (PeerId, Arc<Keypair>)>,
+}
+
+/// Drop counters, bumped by the data path and the control task.
+#[derive(Debug, Default)]
+pub struct DropCounters {
+    pub malformed: AtomicU64,
+    pub bad_mac: AtomicU64,
+    pub replayed: AtomicU64,
+    pub no_session: AtomicU64,
+    pub bad_source: AtomicU64,
+    pub expired_key: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub other: AtomicU64,
+}
+
+impl DropCounters {
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Drops {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Drops {
+            malformed: l(&self.malformed),
+            bad_mac: l(&self.bad_mac),
+            replayed: l(&self.replayed),
+            no_session: l(&self.no_session),
+            bad_source: l(&self.bad_source),
+            expired_key: l(&self.expired_key),
+            rate_limited: l(&self.rate_limited),
+            other: l(&self.other),
+        }
+    }
+}
+
+/// What the data path tells the control task.
+#[derive(Debug)]
+pub enum ToControl {
+    /// A handshake-class datagram (initiation, response, cookie reply).
+    Handshake { src: SocketAddr, data: Vec<u8> },
+    /// Authenticated transport data arrived on `local_index` during a batch.
+    Received {
+        local_index: u32,
+        src: SocketAddr,
+        keepalive: bool,
+    },
+    /// Data was sent to `peer` during a batch.
+    Sent { peer: PeerId },
+    /// A packet for `peer` waits in the staging queue: no sending key.
+    NeedHandshake { peer: PeerId },
+    /// The sending key of `peer` crossed a soft limit.
+    KeyExpiring { peer: PeerId },
+}
+
+pub struct Shared {
+    pub name: String,
+    pub tables: RwLock<Tables>,
+    pub socket: RwLock<Arc<UdpSocket>>,
+    pub drops: DropCounters,
+    pub to_control: mpsc::Sender<ToControl>,
+    pub staged: Mutex<HashMap<PeerId, VecDeque<Vec<u8>>>>,
+    pub mtu: usize,
+}
+
+impl Shared {
+    pub fn socket(&self) -> Arc<UdpSocket> {
+        self.socket.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn tables(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn tables_mut(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a copy of a packet until `peer` has a key; true if it was the
+    /// first one waiting (then a handshake should be asked for).
+    pub fn stage(&self, peer: PeerId, packet: &[u8]) -> bool {
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        let q = staged.entry(peer).or_default();
+        let first = q.is_empty();
+        if q.len() >= STAGED_PER_PEER {
+            q.pop_front();
+        }
+        q.push_back(packet.to_vec());
+        first
+    }
+
+    pub fn take_staged(&self, peer: PeerId) -> VecDeque<Vec<u8>> {
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        staged.remove(&peer).unwrap_or_default()
+    }
+}
+
+/// Routes for `nets`, for show.
+pub fn routes_of(routes: &PrefixTable<PeerId>, peer: PeerId) -> Vec<IpNet> {
+    let mut v: Vec<IpNet> = routes
+        .iter()
+        .filter(|(_, p)| **p == peer)
+        .map(|(n, _)| n)
+        .collect();
+    v.sort();
+    v
+}

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{build_udp4, check_ipv4, enter_ns, run_in, Netns};
+use common::{build_udp4, check_ipv4, check_ipv6, enter_ns, run_in, Netns};
 use polytun_io::{RouteOptions, Tun, TunConfig, IDEAL_BATCH_SIZE, MAX_PACKET_LEN};
 
 const OFF: usize = 16;
@@ -174,8 +174,14 @@ async fn pump(from: Arc<Tun>, to: Arc<Tun>) {
         for i in 0..n {
             let p = &bufs[i][OFF..OFF + sizes[i]];
             assert!(sizes[i] <= from.mtu(), "segment of {} > MTU", sizes[i]);
-            if p[0] >> 4 == 4 {
-                check_ipv4(p);
+            match p[0] >> 4 {
+                4 => {
+                    check_ipv4(p);
+                }
+                6 => {
+                    check_ipv6(p);
+                }
+                v => panic!("IP version {v} read from tun"),
             }
         }
         to.send_batch(&mut bufs[..n], &sizes[..n], OFF)
@@ -201,7 +207,7 @@ fn pattern(i: usize) -> u8 {
 
 /// A TCP stream between two namespaces whose only link is a userspace bridge of two
 /// TUNs through this crate: super-packets are split (and checked), then coalesced.
-fn tcp_bridge(offload: bool) {
+fn tcp_bridge(offload: bool, v6: bool) {
     const TOTAL: usize = 24 << 20;
     let a = Netns::new();
     let b = Netns::new();
@@ -221,10 +227,17 @@ fn tcp_bridge(offload: bool) {
             enter_ns(&bn);
             let tb = Arc::new(Tun::create(&cfg("ptiob")).unwrap());
             tb.add_address(v4("198.51.100.2"), 24).unwrap();
-            let listener = std::net::TcpListener::bind("198.51.100.2:5201").unwrap();
+            tb.add_address(v4("2001:db8:1::2"), 64).unwrap();
+            let server_addr: SocketAddr = if v6 {
+                "[2001:db8:1::2]:5201".parse().unwrap()
+            } else {
+                "198.51.100.2:5201".parse().unwrap()
+            };
+            let listener = std::net::TcpListener::bind(server_addr).unwrap();
             enter_ns(&an);
             let ta = Arc::new(Tun::create(&cfg("ptioa")).unwrap());
             ta.add_address(v4("198.51.100.1"), 24).unwrap();
+            ta.add_address(v4("2001:db8:1::1"), 64).unwrap();
             assert_eq!(ta.offload_enabled(), offload);
             let p1 = tokio::spawn(pump(ta.clone(), tb.clone()));
             let p2 = tokio::spawn(pump(tb.clone(), ta.clone()));
@@ -246,7 +259,7 @@ fn tcp_bridge(offload: bool) {
                 at
             });
             let client = std::thread::spawn(move || {
-                let mut c = std::net::TcpStream::connect("198.51.100.2:5201").unwrap();
+                let mut c = std::net::TcpStream::connect(server_addr).unwrap();
                 let data: Vec<u8> = (0..TOTAL).map(pattern).collect();
                 for chunk in data.chunks(256 << 10) {
                     c.write_all(chunk).unwrap();
@@ -310,10 +323,15 @@ fn tcp_bridge(offload: bool) {
 
 #[test]
 fn tcp_through_tun_bridge_offload() {
-    tcp_bridge(true);
+    tcp_bridge(true, false);
+}
+
+#[test]
+fn tcp6_through_tun_bridge_offload() {
+    tcp_bridge(true, true);
 }
 
 #[test]
 fn tcp_through_tun_bridge_plain() {
-    tcp_bridge(false);
+    tcp_bridge(false, false);
 }

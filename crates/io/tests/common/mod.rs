@@ -151,3 +151,19 @@ pub fn build_udp4(
     p[26..28].copy_from_slice(&c.to_be_bytes());
     total
 }
+
+/// Check an IPv6 packet: payload length and TCP/UDP checksum (no extension headers).
+pub fn check_ipv6(p: &[u8]) -> u8 {
+    assert!(p.len() >= 40, "short packet {}", p.len());
+    assert_eq!(p[0] >> 4, 6, "not IPv6");
+    let plen = usize::from(u16::from_be_bytes([p[4], p[5]]));
+    assert_eq!(plen + 40, p.len(), "IPv6 payload length vs size");
+    let nh = p[6];
+    if nh == 6 || nh == 17 {
+        let l4 = &p[40..];
+        let len = (l4.len() as u32).to_be_bytes();
+        let pseudo = [&p[8..40], &len[..], &[0, 0, 0, nh]].concat();
+        assert_eq!(csum(&[&pseudo, l4]), 0, "L4 checksum (next header {nh})");
+    }
+    nh
+}

@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(padding_len(1419, 1420), 1);
         assert_eq!(padding_len(1420, 1420), 0);
         assert_eq!(padding_len(1410, 1420), 10);
-        assert_eq!(padding_len(1400, 1420), 0);
+        assert_eq!(padding_len(1408, 1420), 0);
         assert_eq!(padding_len(17, 0), 15);
     }
 

@@ -83,6 +83,11 @@ pub type Request = (Command, oneshot::Sender<Reply>);
 /// and forwards every request into `tx`.
 pub async fn serve(path: PathBuf, tx: mpsc::Sender<Request>) -> std::io::Result<()> {
     let listener = bind(&path).await?;
+    serve_listener(listener, tx).await
+}
+
+/// Serves an already bound control socket.
+pub async fn serve_listener(listener: UnixListener, tx: mpsc::Sender<Request>) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let tx = tx.clone();

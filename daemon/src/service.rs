@@ -1,0 +1,279 @@
+//! polytund: config → TUN device → tunnels, the control socket, reload on
+//! SIGHUP, readiness to systemd.
+
+use crate::config::{self, Config, Protocol};
+use crate::control::{self, Command, Reply, ShowReply};
+use crate::wg::datapath::{self, TunnelSet};
+use crate::wg::tunnel::{self, PeerSpec, TunnelCommand, TunnelHandle, TunnelOptions};
+use anyhow::Context;
+use ipnet::IpNet;
+use polytun_io::{Tun, TunConfig};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+
+fn wg_peers(wg: &config::WireGuard) -> Vec<PeerSpec> {
+    wg.peers
+        .iter()
+        .map(|p| PeerSpec {
+            name: p.name.clone(),
+            public_key: p.public_key,
+            preshared_key: p.preshared_key.clone(),
+            endpoint: p.endpoint,
+            allowed_ips: p.allowed_ips.clone(),
+            persistent_keepalive: p.persistent_keepalive,
+        })
+        .collect()
+}
+
+struct Running {
+    config: Config,
+    tun: Arc<Tun>,
+    tunnels: Vec<TunnelHandle>,
+    set: TunnelSet,
+}
+
+impl Running {
+    fn spawn_tunnel(&mut self, t: &config::Tunnel) -> anyhow::Result<()> {
+        let Protocol::WireGuard(wg) = &t.protocol;
+        let h = tunnel::spawn(
+            TunnelOptions {
+                name: t.name.clone(),
+                private_key: Some(wg.private_key.clone()),
+                listen_port: wg.listen_port,
+                peers: wg_peers(wg),
+                mtu: usize::from(self.config.interface.mtu),
+                install_routes: true,
+            },
+            self.tun.clone(),
+        )?;
+        self.set
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(h.shared.clone());
+        tracing::info!(
+            "tunnel {} (wireguard): listening on UDP port {}, {} peer(s)",
+            t.name,
+            h.shared.socket().local_addr().map_or(0, |a| a.port()),
+            wg.peers.len()
+        );
+        self.tunnels.push(h);
+        Ok(())
+    }
+
+    async fn stop_tunnel(&mut self, name: &str) {
+        if let Some(pos) = self.tunnels.iter().position(|h| h.name == name) {
+            let h = self.tunnels.remove(pos);
+            self.set
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|s| !Arc::ptr_eq(s, &h.shared));
+            let _ = h.commands.send(TunnelCommand::Shutdown).await;
+            let _ = h.task.await;
+        }
+    }
+
+    async fn show(&self) -> ShowReply {
+        let mut tunnels = Vec::new();
+        for h in &self.tunnels {
+            let (tx, rx) = oneshot::channel();
+            if h.commands.send(TunnelCommand::Show(tx)).await.is_ok() {
+                if let Ok(s) = rx.await {
+                    tunnels.push(s);
+                }
+            }
+        }
+        ShowReply {
+            interface: self.config.interface.name.clone(),
+            mtu: self.config.interface.mtu,
+            offload: self.tun.offload_enabled(),
+            tunnels,
+        }
+    }
+
+    async fn rekey(&self, tunnel: Option<String>, peer: Option<String>) -> Reply {
+        let mut total = 0;
+        for h in &self.tunnels {
+            if tunnel.as_ref().is_some_and(|t| *t != h.name) {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let _ = h
+                .commands
+                .send(TunnelCommand::Rekey {
+                    peer: peer.clone(),
+                    reply: tx,
+                })
+                .await;
+            match rx.await {
+                Ok(Ok(n)) => total += n,
+                Ok(Err(e)) if self.tunnels.len() == 1 => return Reply::Error { message: e },
+                _ => {}
+            }
+        }
+        if total == 0 {
+            Reply::Error {
+                message: "no matching peer".into(),
+            }
+        } else {
+            Reply::Ok {
+                message: format!("handshake started with {total} peer(s)"),
+            }
+        }
+    }
+
+    /// Applies a changed config; tunnels and peers that did not change are
+    /// not touched.
+    async fn reload(&mut self, new: Config) -> anyhow::Result<()> {
+        let old = &self.config;
+        if new.interface.name != old.interface.name {
+            anyhow::bail!(
+                "interface.name changed from {} to {}: restart polytund to apply",
+                old.interface.name,
+                new.interface.name
+            );
+        }
+        if new.interface.mtu != old.interface.mtu {
+            tracing::warn!("interface.mtu changed: takes effect after a restart");
+        }
+        for a in &new.interface.addresses {
+            if !old.interface.addresses.contains(a) {
+                add_address(&self.tun, a);
+            }
+        }
+        for a in &old.interface.addresses {
+            if !new.interface.addresses.contains(a) {
+                if let Err(e) = self.tun.remove_address(a.addr(), a.prefix_len()) {
+                    tracing::warn!("removing address {a}: {e}");
+                }
+            }
+        }
+        let old_tunnels = old.tunnels.clone();
+        for t in &old_tunnels {
+            let keep = new.tunnels.iter().find(|n| n.name == t.name);
+            let same_identity = keep.is_some_and(|n| {
+                let (Protocol::WireGuard(a), Protocol::WireGuard(b)) = (&n.protocol, &t.protocol);
+                a.private_key == b.private_key && a.listen_port == b.listen_port
+            });
+            if !same_identity {
+                tracing::info!("tunnel {}: removed or changed identity, restarting it", t.name);
+                self.stop_tunnel(&t.name).await;
+            }
+        }
+        self.config.interface = new.interface.clone();
+        for t in &new.tunnels {
+            let Protocol::WireGuard(wg) = &t.protocol;
+            match self.tunnels.iter().find(|h| h.name == t.name) {
+                Some(h) => {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = h.commands.send(TunnelCommand::SetPeers(wg_peers(wg), tx)).await;
+                    if let Ok(Err(e)) = rx.await {
+                        tracing::warn!("tunnel {}: {e}", t.name);
+                    }
+                }
+                None => self.spawn_tunnel(t)?,
+            }
+        }
+        self.config = new;
+        Ok(())
+    }
+}
+
+fn add_address(tun: &Tun, a: &IpNet) {
+    if let Err(e) = tun.add_address(a.addr(), a.prefix_len()) {
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            tracing::warn!("adding address {a} to {}: {e}", tun.name());
+        }
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(state);
+    }
+}
+
+/// Runs polytund with the config at `path` until SIGTERM/SIGINT or `polytun down`.
+pub async fn run(path: &Path) -> anyhow::Result<()> {
+    let cfg = config::load(path)?;
+    let iface = cfg.interface.clone();
+    let tun = Arc::new(
+        Tun::create(&TunConfig {
+            name: iface.name.clone(),
+            mtu: iface.mtu,
+            offload: iface.offload,
+            up: true,
+        })
+        .with_context(|| format!("creating TUN device {}", iface.name))?,
+    );
+    for a in &iface.addresses {
+        add_address(&tun, a);
+    }
+    tracing::info!(
+        "interface {}: mtu {}, offload {}",
+        tun.name(),
+        iface.mtu,
+        if tun.offload_enabled() { "on" } else { "off" }
+    );
+    let set: TunnelSet = Arc::new(std::sync::RwLock::new(Vec::new()));
+    let mut running = Running {
+        config: cfg.clone(),
+        tun: tun.clone(),
+        tunnels: Vec::new(),
+        set: set.clone(),
+    };
+    for t in &cfg.tunnels {
+        running.spawn_tunnel(t)?;
+    }
+    let reader = tokio::spawn(datapath::tun_to_net(tun.clone(), set, usize::from(iface.mtu)));
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Request>(16);
+    let socket_path = iface.control_socket.clone();
+    let listener = control::bind(&socket_path)
+        .await
+        .with_context(|| format!("control socket {}", socket_path.display()))?;
+    let server = tokio::spawn(control::serve_listener(listener, ctl_tx));
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!("polytund: ready (control socket {})", socket_path.display());
+    loop {
+        tokio::select! {
+            Some((cmd, reply)) = ctl_rx.recv() => {
+                let r = match cmd {
+                    Command::Show => Reply::Show(running.show().await),
+                    Command::Rekey { tunnel, peer } => running.rekey(tunnel, peer).await,
+                    Command::Down => {
+                        let _ = reply.send(Reply::Ok { message: "polytund stopping".into() });
+                        break;
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            _ = hup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading]);
+                match config::load(path) {
+                    Ok(new) => match running.reload(new).await {
+                        Ok(()) => tracing::info!("reloaded {}", path.display()),
+                        Err(e) => tracing::error!("reload of {} incomplete: {e:#}", path.display()),
+                    },
+                    Err(e) => tracing::error!("reload refused, keeping the running config: {e}"),
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("polytund: stopping");
+    let names: Vec<String> = running.tunnels.iter().map(|h| h.name.clone()).collect();
+    for n in names {
+        running.stop_tunnel(&n).await;
+    }
+    reader.abort();
+    server.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(())
+}

@@ -11,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
     for (i, c) in data.chunks_exact(5).enumerate() {
         let addr = Ipv4Addr::new(c[0], c[1], c[2], c[3]);
         let len = c[4] % 33;
-        let Ok(net) = Ipv4Net::new(addr, len) else { continue };
+        let Ok(net) = Ipv4Net::new(addr, len) else {
+            continue;
+        };
         let net = net.trunc();
         if i % 3 == 2 {
             let _ = t.lookup(IpAddr::V4(addr));

@@ -8,7 +8,10 @@ use std::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
-    let keys = SessionKeys { send: [1; 32], recv: [2; 32] };
+    let keys = SessionKeys {
+        send: [1; 32],
+        recv: [2; 32],
+    };
     let kp = Keypair::new(&keys, 0x0403_0201, 9, true, now, 1420);
     let mut buf = data.to_vec();
     // Steer half the inputs at this keypair's index.

@@ -158,7 +158,7 @@ impl PeerTimers {
             }
         };
         if due(&mut self.retransmit_handshake) {
-            if self.handshake_attempts >= MAX_TIMER_HANDSHAKES + 1 {
+            if self.handshake_attempts > MAX_TIMER_HANDSHAKES {
                 out.push(Action::GiveUp);
                 if self.zero_key_material.is_none() {
                     self.zero_key_material = Some(now + ZERO_KEYS_AFTER);

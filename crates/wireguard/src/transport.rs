@@ -288,6 +288,36 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn lifetimes_follow_section_6() {
+        let now = Instant::now();
+        let (a, b) = pair(now);
+        let l = a.sealing.lifetime().limits();
+        assert_eq!(l.soft_packets, Some(REKEY_AFTER_MESSAGES));
+        assert_eq!(l.soft_time, Some(REKEY_AFTER_TIME));
+        assert_eq!(l.hard_time, Some(REJECT_AFTER_TIME));
+        assert_eq!(l.hard_packets, Some(REJECT_AFTER_MESSAGES));
+        assert_eq!(
+            b.sealing.lifetime().limits().soft_time,
+            None,
+            "responder never rekeys on time"
+        );
+        assert_eq!(
+            b.opening.lifetime().limits().hard_time,
+            Some(REJECT_AFTER_TIME)
+        );
+        assert_eq!(a.sealing.format().max_counter(), REJECT_AFTER_MESSAGES - 1);
+        // A counter at REJECT_AFTER_MESSAGES is refused before decryption.
+        let mut d = [0u8; 48];
+        d[..4].copy_from_slice(&4u32.to_le_bytes());
+        d[4..8].copy_from_slice(&20u32.to_le_bytes());
+        d[8..16].copy_from_slice(&REJECT_AFTER_MESSAGES.to_le_bytes());
+        assert_eq!(
+            b.open(now, &mut PacketBuf::new(&mut d, 0, 48)),
+            Err(TransportError::CounterTooLarge)
+        );
+    }
+
     proptest! {
         #[test]
         fn opening_garbage_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..200), fix in any::<bool>()) {

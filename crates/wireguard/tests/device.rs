@@ -429,3 +429,43 @@ fn remove_peer_and_new_private_key_clear_sessions() {
     assert!(n.sides[B].receivers.is_empty());
     assert!(n.sides[B].dev.sending_keypair(pb).is_none());
 }
+
+mod garbage {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Random datagrams (with valid type and length half the time) into a
+        /// device mid-session: errors, never a panic, and the session survives.
+        #[test]
+        fn handshake_input_never_panics(mut d in proptest::collection::vec(any::<u8>(), 0..200), ty in 1u8..5, fix in any::<bool>(), load in any::<bool>()) {
+            let mut n = Net::new(None, None);
+            n.connect();
+            if fix && !d.is_empty() {
+                let len = [0, 148, 92, 64, 32][ty as usize];
+                d.resize(len.max(4), 0);
+                d[..4].copy_from_slice(&u32::from(ty).to_le_bytes());
+            }
+            let src = n.sides[A].addr;
+            n.sides[B].under_load = load;
+            prop_assert!(!n.deliver(B, src, &d));
+            n.pump();
+            n.sides[B].under_load = false;
+            n.send(A, &ip_packet(4, 60));
+            prop_assert!(n.sides[B].delivered.contains(&ip_packet(4, 60)));
+        }
+    }
+}
+
+#[test]
+fn capabilities_declared() {
+    use polytun_core::Interface::*;
+    let c = polytun_wireguard::capabilities();
+    for i in [Ipk, Pski, Iv, Sav, Ku, Ke, Me] {
+        assert!(c.supports(i), "{i:?}");
+    }
+    for i in [Ct, Alg, Ext, Cm, Ad, Sske] {
+        assert!(!c.supports(i), "{i:?}");
+    }
+}

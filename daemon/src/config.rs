@@ -142,7 +142,9 @@ pub fn decode_key(s: &str) -> Result<Key32, String> {
     let bytes = Zeroizing::new(
         base64::engine::general_purpose::STANDARD
             .decode(s.trim())
-            .map_err(|_| "not valid base64 (expected a 32-byte key as `wg genkey` prints)".to_string())?,
+            .map_err(|_| {
+                "not valid base64 (expected a 32-byte key as `wg genkey` prints)".to_string()
+            })?,
     );
     let mut key = Zeroizing::new([0u8; 32]);
     if bytes.len() != 32 {
@@ -170,7 +172,10 @@ enum Seg<'a> {
 
 impl Locator {
     fn line_of_offset(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     /// Line of the deepest part of `path` that exists in the file; a
@@ -185,9 +190,9 @@ impl Locator {
         let mut best: Option<(usize, bool)> = None; // (offset, is a table)
         for seg in path {
             let next = match (seg, &cur) {
-                (Seg::Key(k), Cur::Table(t)) => t.get_key_value(k).map(|(key, it)| {
-                    (key.span().or(it.span()), false, Cur::Item(it))
-                }),
+                (Seg::Key(k), Cur::Table(t)) => t
+                    .get_key_value(k)
+                    .map(|(key, it)| (key.span().or(it.span()), false, Cur::Item(it))),
                 (Seg::Key(k), Cur::Item(it)) => it
                     .as_table_like()
                     .and_then(|t| t.get_key_value(k))
@@ -218,7 +223,11 @@ impl Locator {
         if is_table {
             // A table's span starts at its first key; its header is above.
             let lines: Vec<&str> = self.text.lines().collect();
-            while line > 1 && !lines.get(line - 1).is_some_and(|l| l.trim_start().starts_with('[')) {
+            while line > 1
+                && !lines
+                    .get(line - 1)
+                    .is_some_and(|l| l.trim_start().starts_with('['))
+            {
                 line -= 1;
             }
         }
@@ -266,8 +275,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         field: String::new(),
         message: format!("cannot read: {e}"),
     })?;
+    // Only POLYTUN_SECTION__KEY variables override the file; others such
+    // as POLYTUN_LOG belong to the program, not to the config.
     let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("POLYTUN_"))
+        .filter(|(k, _)| {
+            k.strip_prefix("POLYTUN_")
+                .is_some_and(|rest| rest.contains("__"))
+        })
         .collect();
     parse(path, &text, &env)
 }
@@ -347,17 +361,17 @@ fn read_key_field(
     file_field: &str,
 ) -> Result<Option<Key32>, ConfigError> {
     match (inline, file_path) {
-        (Some(_), Some(_)) => Err(ctx.err(
-            path,
-            format!("set either this or {file_field}, not both"),
-        )),
+        (Some(_), Some(_)) => {
+            Err(ctx.err(path, format!("set either this or {file_field}, not both")))
+        }
         (Some(s), None) => decode_key(s).map(Some).map_err(|m| ctx.err(path, m)),
         (None, Some(p)) => {
             let mut fpath: Vec<Seg<'_>> = path[..path.len() - 1].to_vec();
             fpath.push(Seg::Key(file_field));
-            let text = Zeroizing::new(std::fs::read_to_string(p).map_err(|e| {
-                ctx.err(&fpath, format!("cannot read {}: {e}", p.display()))
-            })?);
+            let text = Zeroizing::new(
+                std::fs::read_to_string(p)
+                    .map_err(|e| ctx.err(&fpath, format!("cannot read {}: {e}", p.display())))?,
+            );
             decode_key(&text)
                 .map(Some)
                 .map_err(|m| ctx.err(&fpath, format!("{}: {m}", p.display())))
@@ -378,9 +392,12 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
     let mut addresses = Vec::new();
     for (i, a) in iface.address.iter().enumerate() {
         let p = [Seg::Key("interface"), Seg::Key("address"), Seg::Index(i)];
-        let net: IpNet = a
-            .parse()
-            .map_err(|_| ctx.err(&p[..2], format!("`{a}` is not an address with prefix length (e.g. 198.51.100.1/24)")))?;
+        let net: IpNet = a.parse().map_err(|_| {
+            ctx.err(
+                &p[..2],
+                format!("`{a}` is not an address with prefix length (e.g. 198.51.100.1/24)"),
+            )
+        })?;
         addresses.push(net);
     }
     let mtu = iface.mtu.unwrap_or(DEFAULT_MTU);
@@ -407,7 +424,12 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     t.private_key_file.as_deref(),
                     "private_key_file",
                 )?
-                .ok_or_else(|| ctx.err(&tp("private_key"), "missing: set private_key or private_key_file (`polytun genkey` makes one)"))?;
+                .ok_or_else(|| {
+                    ctx.err(
+                        &tp("private_key"),
+                        "missing: set private_key or private_key_file (`polytun genkey` makes one)",
+                    )
+                })?;
                 let mut peers = Vec::new();
                 for (pi, p) in t.peer.iter().enumerate() {
                     let pp = |k: &'static str| {
@@ -422,7 +444,12 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     let public_key = p
                         .public_key
                         .as_deref()
-                        .ok_or_else(|| ctx.err(&pp("public_key"), "missing: every peer needs its public key"))
+                        .ok_or_else(|| {
+                            ctx.err(
+                                &pp("public_key"),
+                                "missing: every peer needs its public key",
+                            )
+                        })
                         .and_then(|s| decode_key(s).map_err(|m| ctx.err(&pp("public_key"), m)))?;
                     let preshared_key = read_key_field(
                         ctx,
@@ -433,13 +460,21 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     )?;
                     let endpoint = match &p.endpoint {
                         None => None,
-                        Some(e) => Some(resolve_endpoint(e).map_err(|m| ctx.err(&pp("endpoint"), m))?),
+                        Some(e) => {
+                            Some(resolve_endpoint(e).map_err(|m| ctx.err(&pp("endpoint"), m))?)
+                        }
                     };
                     let mut allowed_ips = Vec::new();
                     for a in &p.allowed_ips {
-                        let net: IpNet = a.parse().or_else(|_| {
-                            a.parse::<std::net::IpAddr>().map(IpNet::from)
-                        }).map_err(|_| ctx.err(&pp("allowed_ips"), format!("`{a}` is not a network (e.g. 198.51.100.2/32)")))?;
+                        let net: IpNet = a
+                            .parse()
+                            .or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from))
+                            .map_err(|_| {
+                                ctx.err(
+                                    &pp("allowed_ips"),
+                                    format!("`{a}` is not a network (e.g. 198.51.100.2/32)"),
+                                )
+                            })?;
                         allowed_ips.push(net.trunc());
                     }
                     peers.push(WgPeer {
@@ -455,7 +490,13 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 for (pi, p) in peers.iter().enumerate() {
                     if !seen.insert(p.public_key) {
                         return Err(ctx.err(
-                            &[Seg::Key("tunnel"), Seg::Index(ti), Seg::Key("peer"), Seg::Index(pi), Seg::Key("public_key")],
+                            &[
+                                Seg::Key("tunnel"),
+                                Seg::Index(ti),
+                                Seg::Key("peer"),
+                                Seg::Index(pi),
+                                Seg::Key("public_key"),
+                            ],
                             "the same public key appears in two peers",
                         ));
                     }
@@ -469,7 +510,10 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
             "ipsec" | "ikev2" | "openvpn" => {
                 return Err(ctx.err(
                     &tp("protocol"),
-                    format!("`{}` is not implemented yet in this version (only `wireguard`)", t.protocol),
+                    format!(
+                        "`{}` is not implemented yet in this version (only `wireguard`)",
+                        t.protocol
+                    ),
                 ))
             }
             other => {
@@ -546,11 +590,17 @@ persistent_keepalive = 25
     fn parses_a_good_config() {
         let c = p(&good()).unwrap();
         assert_eq!(c.interface.mtu, DEFAULT_MTU);
-        assert_eq!(c.interface.control_socket, PathBuf::from("/run/polytun/pt0.sock"));
+        assert_eq!(
+            c.interface.control_socket,
+            PathBuf::from("/run/polytun/pt0.sock")
+        );
         let Protocol::WireGuard(wg) = &c.tunnels[0].protocol;
         assert_eq!(wg.listen_port, Some(51820));
         assert_eq!(wg.peers[0].allowed_ips.len(), 2);
-        assert_eq!(wg.peers[0].endpoint, Some("192.0.2.2:51820".parse().unwrap()));
+        assert_eq!(
+            wg.peers[0].endpoint,
+            Some("192.0.2.2:51820".parse().unwrap())
+        );
     }
 
     #[test]
@@ -559,13 +609,21 @@ persistent_keepalive = 25
         let e = p(&text).unwrap_err();
         assert_eq!(e.line, Some(12), "{e}");
         assert_eq!(e.field, "tunnel[0].peer[0].public_key");
-        assert!(e.to_string().starts_with("site.toml:12: tunnel[0].peer[0].public_key: not valid base64"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("site.toml:12: tunnel[0].peer[0].public_key: not valid base64"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_cidr_and_missing_field() {
         let e = p(&good().replace("203.0.113.0/24", "203.0.113.0/33")).unwrap_err();
-        assert_eq!((e.line, e.field.as_str()), (Some(14), "tunnel[0].peer[0].allowed_ips"), "{e}");
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(14), "tunnel[0].peer[0].allowed_ips"),
+            "{e}"
+        );
         let e = p(&good().replace(&format!("private_key = \"{K1}\"\n"), "")).unwrap_err();
         assert_eq!(e.field, "tunnel[0].private_key");
         assert!(e.message.contains("missing"), "{e}");

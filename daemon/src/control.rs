@@ -87,7 +87,10 @@ pub async fn serve(path: PathBuf, tx: mpsc::Sender<Request>) -> std::io::Result<
 }
 
 /// Serves an already bound control socket.
-pub async fn serve_listener(listener: UnixListener, tx: mpsc::Sender<Request>) -> std::io::Result<()> {
+pub async fn serve_listener(
+    listener: UnixListener,
+    tx: mpsc::Sender<Request>,
+) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let tx = tx.clone();
@@ -156,7 +159,10 @@ pub async fn request(path: &Path, cmd: &Command) -> std::io::Result<Reply> {
     let stream = UnixStream::connect(path).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
-            format!("cannot connect to {}: {e} (is polytund running?)", path.display()),
+            format!(
+                "cannot connect to {}: {e} (is polytund running?)",
+                path.display()
+            ),
         )
     })?;
     let (r, mut w) = stream.into_split();
@@ -206,7 +212,12 @@ pub fn render_show(s: &ShowReply, now_unix: u64) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(o, "interface: {}", s.interface);
-    let _ = writeln!(o, "  mtu: {}{}", s.mtu, if s.offload { " (offload on)" } else { "" });
+    let _ = writeln!(
+        o,
+        "  mtu: {}{}",
+        s.mtu,
+        if s.offload { " (offload on)" } else { "" }
+    );
     for t in &s.tunnels {
         let _ = writeln!(o, "\ntunnel: {} ({})", t.name, t.protocol);
         if let Some(k) = &t.public_key {
@@ -240,7 +251,11 @@ pub fn render_show(s: &ShowReply, now_unix: u64) -> String {
             };
             let _ = writeln!(o, "  allowed ips: {ips}");
             if let Some(h) = p.latest_handshake_unix {
-                let _ = writeln!(o, "  latest handshake: {} ago", ago(now_unix.saturating_sub(h)));
+                let _ = writeln!(
+                    o,
+                    "  latest handshake: {} ago",
+                    ago(now_unix.saturating_sub(h))
+                );
             }
             if p.rx_bytes > 0 || p.tx_bytes > 0 {
                 let _ = writeln!(
@@ -267,7 +282,10 @@ mod tests {
 
     #[test]
     fn command_wire_format() {
-        assert_eq!(serde_json::to_string(&Command::Show).unwrap(), r#"{"cmd":"show"}"#);
+        assert_eq!(
+            serde_json::to_string(&Command::Show).unwrap(),
+            r#"{"cmd":"show"}"#
+        );
         let c: Command = serde_json::from_str(r#"{"cmd":"rekey","peer":"b"}"#).unwrap();
         assert_eq!(
             c,
@@ -300,8 +318,14 @@ mod tests {
         };
         let out = render_show(&s, 165);
         assert!(out.contains("listening port: 51820"));
-        assert!(out.contains("latest handshake: 1 minute, 5 seconds ago"), "{out}");
-        assert!(out.contains("transfer: 2.00 KiB received, 10 B sent"), "{out}");
+        assert!(
+            out.contains("latest handshake: 1 minute, 5 seconds ago"),
+            "{out}"
+        );
+        assert!(
+            out.contains("transfer: 2.00 KiB received, 10 B sent"),
+            "{out}"
+        );
     }
 
     #[tokio::test]
@@ -325,7 +349,12 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let r = request(&path, &Command::Down).await.unwrap();
-        assert_eq!(r, Reply::Ok { message: "Down".into() });
+        assert_eq!(
+            r,
+            Reply::Ok {
+                message: "Down".into()
+            }
+        );
         assert!(bind(&path).await.is_err(), "a live socket is not replaced");
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -2,9 +2,9 @@
 //! The only place where tasks, sockets, configs and protocols meet.
 
 pub mod config;
-pub mod logging;
 pub mod control;
+pub mod logging;
 pub mod service;
 pub mod uapi;
-pub mod wgcompat;
 pub mod wg;
+pub mod wgcompat;

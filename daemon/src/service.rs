@@ -157,7 +157,10 @@ impl Running {
                 a.private_key == b.private_key && a.listen_port == b.listen_port
             });
             if !same_identity {
-                tracing::info!("tunnel {}: removed or changed identity, restarting it", t.name);
+                tracing::info!(
+                    "tunnel {}: removed or changed identity, restarting it",
+                    t.name
+                );
                 self.stop_tunnel(&t.name).await;
             }
         }
@@ -167,7 +170,10 @@ impl Running {
             match self.tunnels.iter().find(|h| h.name == t.name) {
                 Some(h) => {
                     let (tx, rx) = oneshot::channel();
-                    let _ = h.commands.send(TunnelCommand::SetPeers(wg_peers(wg), tx)).await;
+                    let _ = h
+                        .commands
+                        .send(TunnelCommand::SetPeers(wg_peers(wg), tx))
+                        .await;
                     if let Ok(Err(e)) = rx.await {
                         tracing::warn!("tunnel {}: {e}", t.name);
                     }
@@ -226,7 +232,11 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     for t in &cfg.tunnels {
         running.spawn_tunnel(t)?;
     }
-    let reader = tokio::spawn(datapath::tun_to_net(tun.clone(), set, usize::from(iface.mtu)));
+    let reader = tokio::spawn(datapath::tun_to_net(
+        tun.clone(),
+        set,
+        usize::from(iface.mtu),
+    ));
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Request>(16);
     let socket_path = iface.control_socket.clone();
     let listener = control::bind(&socket_path)

@@ -86,7 +86,10 @@ pub struct DeviceState {
 fn hex32(s: &str) -> Result<Zeroizing<[u8; 32]>, UapiError> {
     let b = s.as_bytes();
     if b.len() != 64 {
-        return Err(UapiError::invalid(format!("key must be 64 hex digits, got {}", b.len())));
+        return Err(UapiError::invalid(format!(
+            "key must be 64 hex digits, got {}",
+            b.len()
+        )));
     }
     let mut out = Zeroizing::new([0u8; 32]);
     for (i, pair) in b.chunks_exact(2).enumerate() {
@@ -113,7 +116,11 @@ fn optional_key(s: &str) -> Result<Option<Zeroizing<[u8; 32]>>, UapiError> {
         return Ok(None);
     }
     let k = hex32(s)?;
-    Ok(if k.iter().all(|&b| b == 0) { None } else { Some(k) })
+    Ok(if k.iter().all(|&b| b == 0) {
+        None
+    } else {
+        Some(k)
+    })
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, UapiError> {
@@ -156,7 +163,11 @@ pub fn parse_request(first: &str, lines: &[String]) -> Result<Request, UapiError
         match (&mut peer, key) {
             (None, "private_key") => dev.private_key = Some(optional_key(value)?),
             (None, "listen_port") => {
-                dev.listen_port = Some(value.parse().map_err(|_| UapiError::invalid("listen_port"))?)
+                dev.listen_port = Some(
+                    value
+                        .parse()
+                        .map_err(|_| UapiError::invalid("listen_port"))?,
+                )
             }
             (None, "fwmark") => {
                 dev.fwmark = Some(if value.is_empty() {
@@ -233,7 +244,11 @@ pub fn format_state(state: &DeviceState) -> String {
         let _ = writeln!(s, "last_handshake_time_nsec={nsec}");
         let _ = writeln!(s, "tx_bytes={}", p.tx_bytes);
         let _ = writeln!(s, "rx_bytes={}", p.rx_bytes);
-        let _ = writeln!(s, "persistent_keepalive_interval={}", p.persistent_keepalive);
+        let _ = writeln!(
+            s,
+            "persistent_keepalive_interval={}",
+            p.persistent_keepalive
+        );
         for a in &p.allowed_ips {
             let _ = writeln!(s, "allowed_ip={a}");
         }
@@ -264,7 +279,10 @@ mod tests {
         assert!(d.replace_peers);
         assert_eq!(d.peers.len(), 2);
         assert_eq!(d.peers[0].preshared_key, Some(None));
-        assert_eq!(d.peers[0].endpoint, Some("[2001:db8::1]:51820".parse().unwrap()));
+        assert_eq!(
+            d.peers[0].endpoint,
+            Some("[2001:db8::1]:51820".parse().unwrap())
+        );
         assert_eq!(d.peers[0].allowed_ips.len(), 2);
         assert!(d.peers[1].remove);
         assert_eq!(d.private_key.unwrap().unwrap()[0], 0xe8);
@@ -273,7 +291,10 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert!(parse_request("set=1", &lines("listen_port=x")).is_err());
-        assert!(parse_request("set=1", &lines("remove=true")).is_err(), "peer key before public_key");
+        assert!(
+            parse_request("set=1", &lines("remove=true")).is_err(),
+            "peer key before public_key"
+        );
         assert!(parse_request("set=1", &lines("public_key=abc")).is_err());
         assert!(parse_request("frob=1", &[]).is_err());
         assert_eq!(parse_request("get=1", &[]), Ok(Request::Get));

@@ -53,14 +53,16 @@ pub async fn run(iface: &str) -> anyhow::Result<()> {
     let set: TunnelSet = Arc::new(std::sync::RwLock::new(vec![handle.shared.clone()]));
     let reader = tokio::spawn(datapath::tun_to_net(tun.clone(), set, 1420));
     let path = socket_path(iface);
-    std::fs::create_dir_all(uapi::SOCKET_DIR).with_context(|| format!("creating {}", uapi::SOCKET_DIR))?;
+    std::fs::create_dir_all(uapi::SOCKET_DIR)
+        .with_context(|| format!("creating {}", uapi::SOCKET_DIR))?;
     if path.exists() {
         if UnixStream::connect(&path).await.is_ok() {
             anyhow::bail!("{} is in use by another process", path.display());
         }
         let _ = std::fs::remove_file(&path);
     }
-    let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
@@ -68,7 +70,9 @@ pub async fn run(iface: &str) -> anyhow::Result<()> {
     let commands = handle.commands.clone();
     let server = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { break };
+            let Ok((stream, _)) = listener.accept().await else {
+                break;
+            };
             let commands = commands.clone();
             tokio::spawn(async move {
                 if let Err(e) = serve_uapi(stream, commands).await {
@@ -101,7 +105,10 @@ pub async fn run(iface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_uapi(stream: UnixStream, commands: mpsc::Sender<TunnelCommand>) -> std::io::Result<()> {
+async fn serve_uapi(
+    stream: UnixStream,
+    commands: mpsc::Sender<TunnelCommand>,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     loop {

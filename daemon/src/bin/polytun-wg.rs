@@ -40,7 +40,10 @@ fn main() -> ExitCode {
         return detach(&iface);
     }
     polytun_daemon::logging::init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("polytun-wg: starting the runtime: {e}");
@@ -66,10 +69,18 @@ fn detach(iface: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let log = std::env::var_os("POLYTUN_WG_LOG")
-        .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+    let log = std::env::var_os("POLYTUN_WG_LOG").and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
     let mut cmd = Command::new(exe);
-    cmd.arg("--foreground").arg(iface).stdin(Stdio::null()).stdout(Stdio::null());
+    cmd.arg("--foreground")
+        .arg(iface)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
     match log {
         Some(f) => cmd.stderr(f),
         None => cmd.stderr(Stdio::null()),
@@ -101,6 +112,9 @@ fn detach(iface: &str) -> ExitCode {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("polytun-wg: the daemon did not open {} within 10 s", path.display());
+    eprintln!(
+        "polytun-wg: the daemon did not open {} within 10 s",
+        path.display()
+    );
     ExitCode::from(1)
 }

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "polytun", version, about = "Control and inspect polytund tunnels")]
+#[command(
+    name = "polytun",
+    version,
+    about = "Control and inspect polytund tunnels"
+)]
 struct Cli {
     /// Interface whose daemon to talk to (its control socket is /run/polytun/IFACE.sock).
     #[arg(short, long, global = true)]
@@ -62,7 +66,9 @@ fn socket(cli: &Cli) -> Result<PathBuf, String> {
         .unwrap_or_default();
     match socks.len() {
         1 => Ok(socks[0].clone()),
-        0 => Err(format!("no polytund is running (no socket in {CONTROL_DIR})")),
+        0 => Err(format!(
+            "no polytund is running (no socket in {CONTROL_DIR})"
+        )),
         _ => Err(format!(
             "several polytund are running; pick one with -i: {}",
             socks
@@ -80,7 +86,8 @@ fn request(cli: &Cli, cmd: Command) -> Result<Reply, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(control::request(&path, &cmd)).map_err(|e| e.to_string())
+    rt.block_on(control::request(&path, &cmd))
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

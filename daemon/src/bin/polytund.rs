@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "polytund", version, about = "polytun VPN daemon (WireGuard; IPsec and OpenVPN to come)")]
+#[command(
+    name = "polytund",
+    version,
+    about = "polytun VPN daemon (WireGuard; IPsec and OpenVPN to come)"
+)]
 struct Args {
     /// Configuration file (TOML), e.g. /etc/polytun/site-a.toml
     #[arg(short, long)]
@@ -30,7 +34,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");

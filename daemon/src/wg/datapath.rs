@@ -58,9 +58,10 @@ pub fn src_ip(p: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// The sealed size of a full-MTU packet: the outbound arena stride.
+/// The sealed size of a full-MTU packet: the outbound arena stride. (WireGuard
+/// pads to 16 but never beyond the MTU, so a full packet gets no padding.)
 pub fn outbound_stride(mtu: usize) -> usize {
-    DATA_HEADER_LEN + mtu.next_multiple_of(16) + TAG
+    DATA_HEADER_LEN + mtu + polytun_wireguard::transport::padding_len(mtu, mtu) + TAG
 }
 
 /// Which tunnels an interface's TUN reader dispatches to.
@@ -85,7 +86,10 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                 Err(e) => {
                     errors += 1;
                     if errors.is_power_of_two() {
-                        tracing::warn!("{}: reading the tun device: {e} ({errors} errors)", tun.name());
+                        tracing::warn!(
+                            "{}: reading the tun device: {e} ({errors} errors)",
+                            tun.name()
+                        );
                     }
                     if e.kind() == std::io::ErrorKind::InvalidInput {
                         continue;
@@ -100,10 +104,6 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
         out.clear();
         sent_peers.clear();
         expiring.clear();
-        for (ti, shared) in set.iter().enumerate() {
-            let _ = ti;
-            let _ = shared;
-        }
         {
             let guards: Vec<_> = set.iter().map(|s| s.tables()).collect();
             for i in 0..n {
@@ -120,10 +120,14 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                     continue;
                 };
                 let shared = &set[ti];
-                let Some(path) = guards[ti].peers.get(&peer) else { continue };
+                let Some(path) = guards[ti].peers.get(&peer) else {
+                    continue;
+                };
                 let (Some(kp), Some(endpoint)) = (path.sending.as_ref(), path.endpoint) else {
                     if shared.stage(peer, pkt) {
-                        let _ = shared.to_control.try_send(ToControl::NeedHandshake { peer });
+                        let _ = shared
+                            .to_control
+                            .try_send(ToControl::NeedHandshake { peer });
                     }
                     continue;
                 };
@@ -135,7 +139,9 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                         }
                         debug_assert_eq!(p.start(), 0);
                         out.push((i, p.len(), endpoint, ti));
-                        path.stats.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                        path.stats
+                            .tx_bytes
+                            .fetch_add(size as u64, Ordering::Relaxed);
                         if !sent_peers.contains(&(ti, peer)) {
                             sent_peers.push((ti, peer));
                         }
@@ -145,7 +151,9 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                         let pkt = &slot[TUN_READ_OFFSET..TUN_READ_OFFSET + size];
                         DropCounters::bump(&shared.drops.expired_key);
                         if shared.stage(peer, pkt) {
-                            let _ = shared.to_control.try_send(ToControl::NeedHandshake { peer });
+                            let _ = shared
+                                .to_control
+                                .try_send(ToControl::NeedHandshake { peer });
                         }
                     }
                 }
@@ -161,8 +169,14 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
             let (first, len0, dst, ti) = out[k];
             let mut end = first * stride + len0;
             let mut j = k + 1;
+            let socket = set[ti].socket();
+            // One GSO send carries at most 64 KiB of UDP payload (less the
+            // IPv6 and UDP headers) and at most what the socket allows.
+            let max_run = ((u16::MAX as usize - 48) / stride)
+                .min(socket.max_gso_segments())
+                .max(1);
             if len0 == stride {
-                while j < out.len() {
+                while j < out.len() && j - k < max_run {
                     let (slot, len, d, t) = out[j];
                     if slot != out[j - 1].0 + 1 || d != dst || t != ti {
                         break;
@@ -182,7 +196,6 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                 segment_size: (j - k > 1).then_some(stride),
                 src_ip: None,
             };
-            let socket = set[ti].socket();
             if let Err(e) = socket.send_batch(std::slice::from_ref(&t)).await {
                 errors += 1;
                 if errors.is_power_of_two() {
@@ -231,7 +244,10 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
             let len = m.len.min(UDP_BUF);
             (0..len.div_ceil(stride.max(1))).map(move |s| {
                 let start = s * stride;
-                (i, start, (start + stride).min(len), m.addr)
+                // The dual-stack socket reports IPv4 peers as v4-mapped
+                // IPv6; endpoints are kept in their plain form.
+                let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
+                (i, start, (start + stride).min(len), src)
             })
         });
         loop {
@@ -263,11 +279,14 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                                         TransportError::Open(OpenError::Replay(_)) => {
                                             &shared.drops.replayed
                                         }
-                                        TransportError::Open(OpenError::Auth) => &shared.drops.bad_mac,
+                                        TransportError::Open(OpenError::Auth) => {
+                                            &shared.drops.bad_mac
+                                        }
                                         TransportError::Open(OpenError::Expired(_)) => {
                                             &shared.drops.expired_key
                                         }
-                                        TransportError::Open(_) | TransportError::CounterTooLarge => {
+                                        TransportError::Open(_)
+                                        | TransportError::CounterTooLarge => {
                                             &shared.drops.malformed
                                         }
                                         TransportError::NotForThisKey => &shared.drops.other,
@@ -290,7 +309,9 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                                 debug_assert_eq!(p.start(), TUN_WRITE_OFFSET);
                                 sizes[k] = p.len();
                                 if let Some(path) = tables.peers.get(peer) {
-                                    path.stats.rx_bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
+                                    path.stats
+                                        .rx_bytes
+                                        .fetch_add(p.len() as u64, Ordering::Relaxed);
                                 }
                                 k += 1;
                             }
@@ -324,7 +345,10 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
             if k > 0 {
                 let mut bufs: Vec<&mut [u8]> =
                     slots.chunks_exact_mut(TUN_WRITE_SLOT).take(k).collect();
-                if let Err(e) = tun.send_batch(&mut bufs, &sizes[..k], TUN_WRITE_OFFSET).await {
+                if let Err(e) = tun
+                    .send_batch(&mut bufs, &sizes[..k], TUN_WRITE_OFFSET)
+                    .await
+                {
                     errors += 1;
                     if errors.is_power_of_two() {
                         tracing::debug!("{}: writing to the tun device: {e}", shared.name);
@@ -369,7 +393,14 @@ mod tests {
 
     #[test]
     fn stride_fits_a_sealed_full_packet() {
-        assert_eq!(outbound_stride(1420), 16 + 1424 + 16);
+        assert_eq!(outbound_stride(1420), 16 + 1420 + 16);
         assert_eq!(outbound_stride(1280), 16 + 1280 + 16);
+        // Sealing a full packet in a slot of that stride fills it exactly,
+        // which is what lets runs of them leave as one GSO send.
+        for mtu in [1280usize, 1420, 1421, 1500] {
+            let pad = polytun_wireguard::transport::padding_len(mtu, mtu);
+            assert_eq!(DATA_HEADER_LEN + mtu + pad + TAG, outbound_stride(mtu));
+            assert!(outbound_stride(mtu) >= TUN_READ_OFFSET + mtu + TAG);
+        }
     }
 }

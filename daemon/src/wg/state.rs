@@ -102,7 +102,10 @@ pub struct Shared {
 
 impl Shared {
     pub fn socket(&self) -> Arc<UdpSocket> {
-        self.socket.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.socket
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn tables(&self) -> std::sync::RwLockReadGuard<'_, Tables> {

@@ -69,15 +69,23 @@ pub struct TunnelHandle {
 }
 
 fn bind(port: u16) -> std::io::Result<UdpSocket> {
-    UdpSocket::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
-        .or_else(|_| UdpSocket::bind(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port)))
+    UdpSocket::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)).or_else(|_| {
+        UdpSocket::bind(SocketAddr::new(
+            std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port,
+        ))
+    })
 }
 
 pub fn spawn(opts: TunnelOptions, tun: Arc<Tun>) -> std::io::Result<TunnelHandle> {
     let socket = bind(opts.listen_port.unwrap_or(0)).map_err(|e| {
         std::io::Error::new(
             e.kind(),
-            format!("tunnel {}: cannot listen on UDP port {}: {e}", opts.name, opts.listen_port.unwrap_or(0)),
+            format!(
+                "tunnel {}: cannot listen on UDP port {}: {e}",
+                opts.name,
+                opts.listen_port.unwrap_or(0)
+            ),
         )
     })?;
     let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
@@ -225,7 +233,9 @@ impl Control {
                 local_index,
                 src,
                 keepalive,
-            } => self.device.on_data_received(now, local_index, src, keepalive),
+            } => self
+                .device
+                .on_data_received(now, local_index, src, keepalive),
             ToControl::Sent { peer } => self.device.on_data_sent(now, peer, false),
             ToControl::NeedHandshake { peer } => {
                 if self.has_key {
@@ -265,12 +275,18 @@ impl Control {
                 Output::SendKeepalive { peer } => self.send_keepalive(peer),
                 Output::EndpointChanged { peer, endpoint } => {
                     if let Some(p) = self.shared.tables_mut().peers.get_mut(&peer) {
-                        if p.endpoint != Some(endpoint) {
-                            tracing::info!(
-                                "tunnel {}: peer {} roamed to {endpoint}",
+                        match p.endpoint {
+                            Some(old) if old != endpoint => tracing::info!(
+                                "tunnel {}: peer {} roamed from {old} to {endpoint}",
                                 self.name,
                                 self.peer_label(peer)
-                            );
+                            ),
+                            None => tracing::info!(
+                                "tunnel {}: peer {} is at {endpoint}",
+                                self.name,
+                                self.peer_label(peer)
+                            ),
+                            _ => {}
                         }
                         p.endpoint = Some(endpoint);
                     }
@@ -285,7 +301,11 @@ impl Control {
 
     fn peer_label(&self, peer: PeerId) -> String {
         match self.peers.get(&peer) {
-            Some(m) => m.spec.name.clone().unwrap_or_else(|| short(&m.spec.public_key)),
+            Some(m) => m
+                .spec
+                .name
+                .clone()
+                .unwrap_or_else(|| short(&m.spec.public_key)),
             None => format!("#{peer}"),
         }
     }
@@ -293,7 +313,11 @@ impl Control {
     fn on_event(&self, e: Event) {
         match e {
             Event::HandshakeCompleted { peer } => {
-                tracing::info!("tunnel {}: handshake with {} completed", self.name, self.peer_label(peer))
+                tracing::info!(
+                    "tunnel {}: handshake with {} completed",
+                    self.name,
+                    self.peer_label(peer)
+                )
             }
             Event::HandshakeFailed { peer } => tracing::warn!(
                 "tunnel {}: no handshake with {} after 90 s of attempts",
@@ -301,10 +325,18 @@ impl Control {
                 self.peer_label(peer)
             ),
             Event::KeysCleared { peer } => {
-                tracing::info!("tunnel {}: keys of {} expired and wiped", self.name, self.peer_label(peer))
+                tracing::info!(
+                    "tunnel {}: keys of {} expired and wiped",
+                    self.name,
+                    self.peer_label(peer)
+                )
             }
             Event::KeyExpiring { peer } => {
-                tracing::debug!("tunnel {}: key of {} expiring, rekeying", self.name, self.peer_label(peer))
+                tracing::debug!(
+                    "tunnel {}: key of {} expiring, rekeying",
+                    self.name,
+                    self.peer_label(peer)
+                )
             }
             Event::HandshakeInitiated { peer, attempt } => tracing::debug!(
                 "tunnel {}: handshake initiation to {} (attempt {attempt})",
@@ -318,7 +350,9 @@ impl Control {
     fn send_now(&self, peer: PeerId, packets: impl IntoIterator<Item = Vec<u8>>) -> usize {
         let (kp, endpoint, stats) = {
             let t = self.shared.tables();
-            let Some(p) = t.peers.get(&peer) else { return 0 };
+            let Some(p) = t.peers.get(&peer) else {
+                return 0;
+            };
             let (Some(kp), Some(ep)) = (p.sending.clone(), p.endpoint) else {
                 return 0;
             };
@@ -339,7 +373,9 @@ impl Control {
                 continue;
             }
             if socket.try_send_to(p.as_slice(), endpoint).is_ok() {
-                stats.tx_bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+                stats
+                    .tx_bytes
+                    .fetch_add(pkt.len() as u64, Ordering::Relaxed);
                 sent += 1;
             }
         }
@@ -378,7 +414,11 @@ impl Control {
         }
         let socket = bind(port)?;
         set_fwmark(&socket, self.fwmark);
-        *self.shared.socket.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(socket);
+        *self
+            .shared
+            .socket
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(socket);
         self.restart_receiver();
         Ok(())
     }
@@ -391,13 +431,18 @@ impl Control {
         let r = if add {
             self.tun.add_route(net.network(), net.prefix_len(), &opts)
         } else {
-            self.tun.remove_route(net.network(), net.prefix_len(), &opts)
+            self.tun
+                .remove_route(net.network(), net.prefix_len(), &opts)
         };
         if let Err(e) = r {
             // An existing identical route (e.g. the connected route of an
             // interface address) is fine.
             if add && e.raw_os_error() != Some(libc::EEXIST) {
-                tracing::warn!("tunnel {}: route {net} via {}: {e}", self.name, self.tun.name());
+                tracing::warn!(
+                    "tunnel {}: route {net} via {}: {e}",
+                    self.name,
+                    self.tun.name()
+                );
             }
         }
     }
@@ -485,7 +530,9 @@ impl Control {
         for n in &spec.allowed_ips {
             self.route(n, true);
         }
-        let endpoint = spec.endpoint.or(self.peers.get(&id).and_then(|m| m.spec.endpoint));
+        let endpoint = spec
+            .endpoint
+            .or(self.peers.get(&id).and_then(|m| m.spec.endpoint));
         if let Some(m) = self.peers.get_mut(&id) {
             m.spec = PeerSpec { endpoint, ..spec };
         }
@@ -517,7 +564,11 @@ impl Control {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            tracing::info!("tunnel {}: removing peer {}", self.name, self.peer_label(id));
+            tracing::info!(
+                "tunnel {}: removing peer {}",
+                self.name,
+                self.peer_label(id)
+            );
             self.remove_peer(id);
         }
         for s in specs {
@@ -559,7 +610,10 @@ impl Control {
                     .iter()
                     .filter(|(_, m)| match &peer {
                         None => true,
-                        Some(p) => m.spec.name.as_deref() == Some(p.as_str()) || short(&m.spec.public_key) == *p,
+                        Some(p) => {
+                            m.spec.name.as_deref() == Some(p.as_str())
+                                || short(&m.spec.public_key) == *p
+                        }
                     })
                     .map(|(id, _)| *id)
                     .collect();
@@ -567,7 +621,11 @@ impl Control {
                     self.device.initiate_handshake(now, *id);
                 }
                 let _ = reply.send(if ids.is_empty() && peer.is_some() {
-                    Err(format!("no peer {} in tunnel {}", peer.unwrap_or_default(), self.name))
+                    Err(format!(
+                        "no peer {} in tunnel {}",
+                        peer.unwrap_or_default(),
+                        self.name
+                    ))
                 } else {
                     Ok(ids.len())
                 });
@@ -598,7 +656,10 @@ impl Control {
                     name: m.spec.name.clone(),
                     public_key: short(&m.spec.public_key),
                     endpoint: endpoint.map(|e| e.to_string()),
-                    allowed_ips: routes_of(&t.routes, *id).iter().map(|n| n.to_string()).collect(),
+                    allowed_ips: routes_of(&t.routes, *id)
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect(),
                     latest_handshake_unix: info
                         .and_then(|i| i.last_handshake)
                         .and_then(|h| h.duration_since(UNIX_EPOCH).ok())

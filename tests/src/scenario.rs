@@ -146,7 +146,7 @@ pub fn roaming_test(test: &str, imp_a: Impl, imp_b: Impl) {
     wait_ping(&n.a, OL_B, Duration::from_secs(20));
     // keep the new address when the primary one is deleted
     n.a.run_ok(&["sysctl", "-qw", &format!("net.ipv4.conf.{}.promote_secondaries=1", n.va.dev)]);
-    let run = xfer_start(&n.b, &n.a, OL_B, 5201, 400 * 1024 * 1024);
+    let run = xfer_start(&n.b, &n.a, OL_B, 5201, 120 * 1024 * 1024);
     let (rx0, _) = b.transfer();
     crate::wait_until("transfer under way", Duration::from_secs(20), || {
         b.transfer().0 > rx0 + 5 * 1024 * 1024

@@ -54,7 +54,11 @@ pub fn polytun_wg() -> PathBuf {
 /// `CARGO_BIN_EXE_pt-xfer`, but this library is not, so look it up at run time: the variables
 /// cargo/nextest set, else next to the test executable (`target/<profile>/deps/..`).
 pub fn pt_xfer() -> PathBuf {
-    for v in ["CARGO_BIN_EXE_pt-xfer", "NEXTEST_BIN_EXE_pt-xfer", "NEXTEST_BIN_EXE_pt_xfer"] {
+    for v in [
+        "CARGO_BIN_EXE_pt-xfer",
+        "NEXTEST_BIN_EXE_pt-xfer",
+        "NEXTEST_BIN_EXE_pt_xfer",
+    ] {
         if let Some(p) = std::env::var_os(v) {
             return PathBuf::from(p);
         }
@@ -93,7 +97,14 @@ pub fn tool(name: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    for d in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+    for d in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
         dirs.push(d.into());
     }
     if let Some(c) = std::env::var_os("CARGO_HOME") {

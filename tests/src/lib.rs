@@ -20,4 +20,4 @@ pub mod wg;
 
 pub use netns::{unique_ifname, veth_pair, Netns, Out, Router, Veth};
 pub use traffic::{ping, wait_ping, wait_until, xfer, xfer_start, XferRun, XFER_BYTES};
-pub use wg::{Device, DevCfg, Impl, Keypair, PeerCfg};
+pub use wg::{DevCfg, Device, Impl, Keypair, PeerCfg};

@@ -139,7 +139,13 @@ impl Netns {
     fn log_path(&self, label: &str) -> PathBuf {
         let safe: String = label
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         for i in 0.. {
             let p = self.dir.join(format!("{safe}.{i}.log"));
@@ -290,7 +296,11 @@ impl Netns {
 
     fn print_logs(&self) {
         let procs = self.procs.lock().unwrap();
-        eprintln!("===== netns {} failed test; logs in {}", self.name, self.dir.display());
+        eprintln!(
+            "===== netns {} failed test; logs in {}",
+            self.name,
+            self.dir.display()
+        );
         for p in procs.iter() {
             eprintln!("----- {} : last lines of {}", p.label, p.log.display());
             eprintln!("{}", tail(&p.log, 40));
@@ -362,7 +372,14 @@ impl Drop for Netns {
                 break;
             }
             for pid in &pids {
-                signal(*pid, if round == 0 { libc::SIGTERM } else { libc::SIGKILL });
+                signal(
+                    *pid,
+                    if round == 0 {
+                        libc::SIGTERM
+                    } else {
+                        libc::SIGKILL
+                    },
+                );
             }
             let end = Instant::now() + Duration::from_secs(3);
             while Instant::now() < end && !self.pids().is_empty() {
@@ -401,11 +418,26 @@ pub fn veth_pair_net(a: &Netns, b: &Netns, v4net: &str, v6net: &str) -> (Veth, V
     let base = unique_ifname("pv");
     let (da, db) = (format!("{base}a"), format!("{base}b"));
     let o = Command::new(crate::bins::tool("ip"))
-        .args(["link", "add", &da, "netns", a.name(), "type", "veth", "peer", "name", &db])
+        .args([
+            "link",
+            "add",
+            &da,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &db,
+        ])
         .args(["netns", b.name()])
         .output()
         .expect("ip link add veth");
-    assert!(o.status.success(), "veth: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "veth: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let mut ends = Vec::new();
     for (ns, dev, i) in [(a, &da, 1), (b, &db, 2)] {
         let v4 = format!("{v4net}.{i}");

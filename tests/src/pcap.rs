@@ -59,7 +59,11 @@ fn parse_ip(p: &[u8], ethertype: u16) -> Option<Datagram> {
             }
             let s: [u8; 4] = p[12..16].try_into().ok()?;
             let d: [u8; 4] = p[16..20].try_into().ok()?;
-            (IpAddr::V4(Ipv4Addr::from(s)), IpAddr::V4(Ipv4Addr::from(d)), &p[ihl..])
+            (
+                IpAddr::V4(Ipv4Addr::from(s)),
+                IpAddr::V4(Ipv4Addr::from(d)),
+                &p[ihl..],
+            )
         }
         0x86dd => {
             if p.len() < 48 || p[6] != 17 {
@@ -67,7 +71,11 @@ fn parse_ip(p: &[u8], ethertype: u16) -> Option<Datagram> {
             }
             let s: [u8; 16] = p[8..24].try_into().ok()?;
             let d: [u8; 16] = p[24..40].try_into().ok()?;
-            (IpAddr::V6(Ipv6Addr::from(s)), IpAddr::V6(Ipv6Addr::from(d)), &p[40..])
+            (
+                IpAddr::V6(Ipv6Addr::from(s)),
+                IpAddr::V6(Ipv6Addr::from(d)),
+                &p[40..],
+            )
         }
         _ => return None,
     };

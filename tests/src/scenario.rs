@@ -1,6 +1,9 @@
 //! Parametrised scenarios shared by the test files: the interop pair matrix and roaming.
 use crate::wg::genpsk;
-use crate::{ping, veth_pair, wait_ping, xfer, xfer_start, DevCfg, Device, Impl, Keypair, Netns, PeerCfg, Veth};
+use crate::{
+    ping, veth_pair, wait_ping, xfer, xfer_start, DevCfg, Device, Impl, Keypair, Netns, PeerCfg,
+    Veth,
+};
 use std::time::Duration;
 
 /// Overlay addresses of side A and B.
@@ -20,9 +23,20 @@ pub struct PairNet {
     pub ka: Keypair,
     pub kb: Keypair,
     pub psk: Option<String>,
+    /// Use the IPv6 underlay (2001:db8::1/2) for endpoints.
+    pub v6: bool,
 }
 
 impl PairNet {
+    /// `host:port` (or `[v6]:port`) of a veth end.
+    pub fn endpoint(&self, v: &Veth, port: u16) -> String {
+        if self.v6 {
+            format!("[{}]:{port}", v.v6)
+        } else {
+            format!("{}:{port}", v.v4)
+        }
+    }
+
     pub fn new(test: &str, psk: bool) -> PairNet {
         let a = Netns::new(test);
         let b = Netns::new(test);
@@ -35,6 +49,7 @@ impl PairNet {
             ka: Keypair::generate(),
             kb: Keypair::generate(),
             psk: psk.then(genpsk),
+            v6: false,
         }
     }
 
@@ -44,7 +59,7 @@ impl PairNet {
         c.peers.push(PeerCfg {
             public_key: self.kb.public.clone(),
             preshared_key: self.psk.clone(),
-            endpoint: with_endpoint.then(|| format!("{}:{PORT_B}", self.vb.v4)),
+            endpoint: with_endpoint.then(|| self.endpoint(&self.vb, PORT_B)),
             allowed_ips: vec![format!("{OL_B}/32")],
             persistent_keepalive: None,
         });
@@ -57,7 +72,7 @@ impl PairNet {
         c.peers.push(PeerCfg {
             public_key: self.ka.public.clone(),
             preshared_key: self.psk.clone(),
-            endpoint: with_endpoint.then(|| format!("{}:{PORT_A}", self.va.v4)),
+            endpoint: with_endpoint.then(|| self.endpoint(&self.va, PORT_A)),
             allowed_ips: vec![format!("{OL_A}/32")],
             persistent_keepalive: None,
         });
@@ -76,7 +91,17 @@ pub enum Initiator {
 /// no endpoint for it), optional PSK. Ping (handshake, then 10 pings with 0 loss), a ≥ 50 MB
 /// checksummed TCP transfer initiator → responder, 5 MB back, and counters on both sides.
 pub fn pair_test(test: &str, imp_a: Impl, imp_b: Impl, init: Initiator, psk: bool) {
-    let n = PairNet::new(test, psk);
+    pair_test_on(PairNet::new(test, psk), imp_a, imp_b, init)
+}
+
+/// [`pair_test`] over the IPv6 underlay.
+pub fn pair_test_v6(test: &str, imp_a: Impl, imp_b: Impl, init: Initiator, psk: bool) {
+    let mut n = PairNet::new(test, psk);
+    n.v6 = true;
+    pair_test_on(n, imp_a, imp_b, init)
+}
+
+fn pair_test_on(n: PairNet, imp_a: Impl, imp_b: Impl, init: Initiator) {
     let a_init = init == Initiator::A;
     // the responder first, so the initiator's first handshake finds it listening
     let (a, b) = if a_init {
@@ -114,14 +139,16 @@ pub fn pair_test(test: &str, imp_a: Impl, imp_b: Impl, init: Initiator, psk: boo
         );
     }
     // the responder learnt the initiator's endpoint from the handshake
-    let (resp, init_ul, init_port) = if a_init {
-        (&b, &n.va.v4, PORT_A)
+    let (resp, want) = if a_init {
+        (&b, n.endpoint(&n.va, PORT_A))
     } else {
-        (&a, &n.vb.v4, PORT_B)
+        (&a, n.endpoint(&n.vb, PORT_B))
     };
-    let want = format!("{init_ul}:{init_port}");
     let eps = resp.endpoints();
-    assert!(eps.contains(&want), "responder endpoints {eps:?}, expected {want}");
+    assert!(
+        eps.contains(&want),
+        "responder endpoints {eps:?}, expected {want}"
+    );
     for d in [&a, &b] {
         if d.imp == Impl::Polytun {
             let j = d.show_json();
@@ -131,7 +158,11 @@ pub fn pair_test(test: &str, imp_a: Impl, imp_b: Impl, init: Initiator, psk: boo
                 "polytun show --json: no latest_handshake_unix: {j}"
             );
             assert_eq!(j["tunnels"][0]["protocol"], "wireguard", "{j}");
-            assert_eq!(j["tunnels"][0]["listen_port"].as_u64(), Some(u64::from(d.listen_port)), "{j}");
+            assert_eq!(
+                j["tunnels"][0]["listen_port"].as_u64(),
+                Some(u64::from(d.listen_port)),
+                "{j}"
+            );
         }
     }
 }
@@ -145,21 +176,30 @@ pub fn roaming_test(test: &str, imp_a: Impl, imp_b: Impl) {
     let a = Device::start(&n.a, imp_a, &n.cfg_a(true));
     wait_ping(&n.a, OL_B, Duration::from_secs(20));
     // keep the new address when the primary one is deleted
-    n.a.run_ok(&["sysctl", "-qw", &format!("net.ipv4.conf.{}.promote_secondaries=1", n.va.dev)]);
+    n.a.run_ok(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv4.conf.{}.promote_secondaries=1", n.va.dev),
+    ]);
     let run = xfer_start(&n.b, &n.a, OL_B, 5201, 120 * 1024 * 1024);
     let (rx0, _) = b.transfer();
     crate::wait_until("transfer under way", Duration::from_secs(20), || {
         b.transfer().0 > rx0 + 5 * 1024 * 1024
     });
-    assert!(!run.done(), "the transfer ended before the address change; make it larger");
+    assert!(
+        !run.done(),
+        "the transfer ended before the address change; make it larger"
+    );
     n.a.ip(&["addr", "add", "192.0.2.3/24", "dev", &n.va.dev]);
     n.a.ip(&["addr", "del", "192.0.2.1/24", "dev", &n.va.dev]);
     eprintln!("roamed: 192.0.2.1 -> 192.0.2.3 during the transfer");
     run.finish(Duration::from_secs(180));
     let want = format!("192.0.2.3:{PORT_A}");
-    crate::wait_until(&format!("B's endpoint for A to become {want}"), Duration::from_secs(5), || {
-        b.endpoints().contains(&want)
-    });
+    crate::wait_until(
+        &format!("B's endpoint for A to become {want}"),
+        Duration::from_secs(5),
+        || b.endpoints().contains(&want),
+    );
     let loss = ping(&n.a, OL_B, 5);
     assert_eq!(loss, 0.0, "ping after roaming lost {loss}%");
     a.assert_alive();

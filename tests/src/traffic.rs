@@ -12,7 +12,10 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         if cond() {
             return;
         }
-        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -22,7 +25,17 @@ pub fn ping(ns: &Netns, addr: &str, count: u32) -> f64 {
     let p = bins::tool("ping");
     let c = count.to_string();
     let o = ns.run_env(
-        &[p.to_str().unwrap(), "-c", &c, "-i", "0.2", "-W", "1", "-q", addr],
+        &[
+            p.to_str().unwrap(),
+            "-c",
+            &c,
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-q",
+            addr,
+        ],
         &[],
         Duration::from_secs(10 + u64::from(count)),
     );
@@ -125,16 +138,24 @@ impl XferRun<'_> {
             matches!(st, Some(s) if s.success()),
             "pt-xfer send did not complete within {timeout:?} ({st:?}):\n{clog}"
         );
-        let st = self.server_ns.wait_exit(self.server, Duration::from_secs(10));
+        let st = self
+            .server_ns
+            .wait_exit(self.server, Duration::from_secs(10));
         let slog = self.server_ns.log_of(self.server);
         assert!(
             matches!(st, Some(s) if s.success()),
             "pt-xfer serve did not complete ({st:?}):\n{slog}"
         );
-        let (cn, ch) = result_line(&clog).unwrap_or_else(|| panic!("no result from sender:\n{clog}"));
-        let (sn, sh) = result_line(&slog).unwrap_or_else(|| panic!("no result from server:\n{slog}"));
+        let (cn, ch) =
+            result_line(&clog).unwrap_or_else(|| panic!("no result from sender:\n{clog}"));
+        let (sn, sh) =
+            result_line(&slog).unwrap_or_else(|| panic!("no result from server:\n{slog}"));
         assert_eq!(cn, self.bytes, "sender sent a different amount");
-        assert_eq!(sn, self.bytes, "server received {sn} of {} bytes", self.bytes);
+        assert_eq!(
+            sn, self.bytes,
+            "server received {sn} of {} bytes",
+            self.bytes
+        );
         assert_eq!(sh, ch, "sha256 mismatch: data corrupted in the tunnel");
         eprintln!(
             "transfer ok: {} bytes, sha256 {sh}; {}",

@@ -53,7 +53,11 @@ fn wg_tool(args: &[&str], stdin: Option<&str>) -> String {
     }
     drop(c.stdin.take());
     let o = c.wait_with_output().unwrap();
-    assert!(o.status.success(), "wg {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "wg {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
@@ -183,12 +187,16 @@ impl<'a> Device<'a> {
         ns.cleanup_file(uapi_sock(&cfg.iface));
         // boringtun/wireguard-go log more with this; harmless for the others
         let pid = ns.spawn_env(imp.label(), &argv, &[("LOG_LEVEL", "verbose")]);
-        crate::wait_until(&format!("{} UAPI socket for {}", imp.label(), cfg.iface), Duration::from_secs(10), || {
-            if let Some(st) = ns.try_wait(pid) {
-                panic!("{} exited early ({st}):\n{}", imp.label(), ns.log_of(pid));
-            }
-            uapi_sock(&cfg.iface).exists() && ns.run(&["ip", "link", "show", &cfg.iface]).ok()
-        });
+        crate::wait_until(
+            &format!("{} UAPI socket for {}", imp.label(), cfg.iface),
+            Duration::from_secs(10),
+            || {
+                if let Some(st) = ns.try_wait(pid) {
+                    panic!("{} exited early ({st}):\n{}", imp.label(), ns.log_of(pid));
+                }
+                uapi_sock(&cfg.iface).exists() && ns.run(&["ip", "link", "show", &cfg.iface]).ok()
+            },
+        );
         let dev = Device {
             ns,
             imp,
@@ -232,7 +240,16 @@ impl<'a> Device<'a> {
         dev
     }
 
+    /// polytund with extra environment variables (e.g. `POLYTUN_INTERFACE__MTU`).
+    pub fn start_polytund_env(ns: &'a Netns, cfg: &DevCfg, env: &[(&str, &str)]) -> Device<'a> {
+        Self::start_polytund_inner(ns, cfg, env)
+    }
+
     fn start_polytund(ns: &'a Netns, cfg: &DevCfg) -> Device<'a> {
+        Self::start_polytund_inner(ns, cfg, &[])
+    }
+
+    fn start_polytund_inner(ns: &'a Netns, cfg: &DevCfg, extra_env: &[(&str, &str)]) -> Device<'a> {
         let d = bins::polytund();
         let _ = bins::polytun();
         let conf = ns.write_file(&format!("{}.toml", cfg.iface), &cfg.to_polytun_toml());
@@ -240,7 +257,11 @@ impl<'a> Device<'a> {
         let pid = ns.spawn_env(
             "polytund",
             &[d.to_str().unwrap(), "--config", conf.to_str().unwrap()],
-            &[("RUST_LOG", "debug"), ("RUST_BACKTRACE", "1")],
+            &[
+                &[("RUST_LOG", "debug"), ("RUST_BACKTRACE", "1")][..],
+                extra_env,
+            ]
+            .concat(),
         );
         let dev = Device {
             ns,
@@ -250,12 +271,16 @@ impl<'a> Device<'a> {
             listen_port: cfg.listen_port,
             config: Some(conf),
         };
-        crate::wait_until(&format!("polytund {} answering `polytun show --json`", cfg.iface), Duration::from_secs(15), || {
-            if let Some(st) = ns.try_wait(pid) {
-                panic!("polytund exited early ({st}):\n{}", ns.log_of(pid));
-            }
-            dev.try_show_json().is_some()
-        });
+        crate::wait_until(
+            &format!("polytund {} answering `polytun show --json`", cfg.iface),
+            Duration::from_secs(15),
+            || {
+                if let Some(st) = ns.try_wait(pid) {
+                    panic!("polytund exited early ({st}):\n{}", ns.log_of(pid));
+                }
+                dev.try_show_json().is_some()
+            },
+        );
         dev
     }
 
@@ -304,7 +329,10 @@ impl<'a> Device<'a> {
             })
         } else {
             let j = self.show_json();
-            let peers = j["tunnels"][0]["peers"].as_array().cloned().unwrap_or_default();
+            let peers = j["tunnels"][0]["peers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             peers.iter().fold((0, 0), |(r, t), p| {
                 (
                     r + p["rx_bytes"].as_u64().unwrap_or(0),
@@ -336,10 +364,29 @@ impl<'a> Device<'a> {
         }
     }
 
+    /// Rewrite polytund's config file (polytund only); send SIGHUP with [`Device::reload`].
+    pub fn rewrite_config(&self, cfg: &DevCfg) {
+        let p = self.config.as_ref().expect("polytund device");
+        std::fs::write(p, cfg.to_polytun_toml()).unwrap();
+    }
+
+    /// SIGHUP the daemon (config reload).
+    pub fn reload(&self) {
+        // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGHUP);
+        }
+    }
+
     /// Assert the daemon process is still running.
     pub fn assert_alive(&self) {
         if let Some(st) = self.ns.try_wait(self.pid) {
-            panic!("{} {} died ({st}):\n{}", self.imp.label(), self.iface, self.ns.log_of(self.pid));
+            panic!(
+                "{} {} died ({st}):\n{}",
+                self.imp.label(),
+                self.iface,
+                self.ns.log_of(self.pid)
+            );
         }
     }
 }

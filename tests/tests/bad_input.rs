@@ -16,22 +16,47 @@ fn hex(b: &[u8]) -> String {
 
 /// Pseudo-random filler (deterministic).
 fn junk(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn inject(ns: &Netns, target: &str, payload: &[u8], count: u32) {
     let x = bins::pt_xfer();
-    ns.run_ok(&[x.to_str().unwrap(), "udp", target, &hex(payload), &count.to_string()]);
+    ns.run_ok(&[
+        x.to_str().unwrap(),
+        "udp",
+        target,
+        &hex(payload),
+        &count.to_string(),
+    ]);
 }
 
 /// Capture transport-data datagrams (WireGuard type 4) sent by the peer to `port` on `dev`.
-fn capture_data_packets(ns: &Netns, dev: &str, port: u16, pinger: &Netns, dst: &str) -> Vec<Vec<u8>> {
+fn capture_data_packets(
+    ns: &Netns,
+    dev: &str,
+    port: u16,
+    pinger: &Netns,
+    dst: &str,
+) -> Vec<Vec<u8>> {
     let td = bins::tool("tcpdump");
     let file = ns.dir().join("cap.pcap");
     let filter = format!("udp and dst port {port}");
     let pid = ns.spawn(
         "tcpdump",
-        &[td.to_str().unwrap(), "-i", dev, "-U", "-n", "-c", "20", "-w", file.to_str().unwrap(), &filter],
+        &[
+            td.to_str().unwrap(),
+            "-i",
+            dev,
+            "-U",
+            "-n",
+            "-c",
+            "20",
+            "-w",
+            file.to_str().unwrap(),
+            &filter,
+        ],
     );
     std::thread::sleep(Duration::from_millis(700)); // let tcpdump attach
     for _ in 0..10 {
@@ -47,12 +72,18 @@ fn capture_data_packets(ns: &Netns, dev: &str, port: u16, pinger: &Netns, dst: &
         .map(|d| d.payload)
         .filter(|p| p.len() >= 32 && p[0] == 4)
         .collect();
-    assert!(!pkts.is_empty(), "captured no WireGuard data packets ({} bytes of pcap):\n{}", data.len(), ns.log_of(pid));
+    assert!(
+        !pkts.is_empty(),
+        "captured no WireGuard data packets ({} bytes of pcap):\n{}",
+        data.len(),
+        ns.log_of(pid)
+    );
     pkts
 }
 
 fn counter(d: &Value, k: &str) -> u64 {
-    d[k].as_u64().unwrap_or_else(|| panic!("drops.{k} missing in {d}"))
+    d[k].as_u64()
+        .unwrap_or_else(|| panic!("drops.{k} missing in {d}"))
 }
 
 /// The system under attack runs in A (responder, listening on PORT_A); wireguard-go in B
@@ -70,8 +101,16 @@ fn bad_input_test(test: &str, imp: Impl) {
 
     // each step: what to send, which counter must go up
     let mut steps: Vec<(&str, Vec<Vec<u8>>, &str)> = vec![
-        ("unknown message type", vec![junk(64, 1), vec![0xff; 148], vec![0, 0, 0, 0]], "malformed"),
-        ("empty and 1-byte datagrams", vec![vec![], vec![1]], "malformed"),
+        (
+            "unknown message type",
+            vec![junk(64, 1), vec![0xff; 148], vec![0, 0, 0, 0]],
+            "malformed",
+        ),
+        (
+            "empty and 1-byte datagrams",
+            vec![vec![], vec![1]],
+            "malformed",
+        ),
         (
             "truncated handshake initiation/response/cookie and short data",
             vec![
@@ -99,7 +138,11 @@ fn bad_input_test(test: &str, imp: Impl) {
         p[last] ^= 0x55;
         forged.push(p);
     }
-    steps.push(("data packets with a wrong authentication tag", forged, "bad_mac"));
+    steps.push((
+        "data packets with a wrong authentication tag",
+        forged,
+        "bad_mac",
+    ));
 
     for (what, pkts, ctr) in steps {
         let before = drops();
@@ -109,9 +152,11 @@ fn bad_input_test(test: &str, imp: Impl) {
         a.assert_alive();
         if counted {
             let want = counter(&before, ctr) + 1;
-            wait_until(&format!("drops.{ctr} to count the {what}"), Duration::from_secs(5), || {
-                counter(&a.drops(), ctr) >= want
-            });
+            wait_until(
+                &format!("drops.{ctr} to count the {what}"),
+                Duration::from_secs(5),
+                || counter(&a.drops(), ctr) >= want,
+            );
             eprintln!("{what}: drops {} -> {}", before, a.drops());
         }
     }
@@ -121,9 +166,16 @@ fn bad_input_test(test: &str, imp: Impl) {
     let loss = ping(&n.b, OL_A, 10);
     assert_eq!(loss, 0.0, "the tunnel lost {loss}% after the bad input");
     let loss = ping(&n.a, OL_B, 5);
-    assert_eq!(loss, 0.0, "the tunnel lost {loss}% after the bad input (other direction)");
+    assert_eq!(
+        loss, 0.0,
+        "the tunnel lost {loss}% after the bad input (other direction)"
+    );
     let want = format!("{}:{PORT_B}", n.vb.v4);
-    assert_eq!(a.endpoints(), vec![want], "replayed/forged packets moved the peer's endpoint");
+    assert_eq!(
+        a.endpoints(),
+        vec![want],
+        "replayed/forged packets moved the peer's endpoint"
+    );
 }
 
 #[test]

@@ -27,3 +27,8 @@ fn wireguard_go_boringtun_psk_baseline() {
 fn roaming_wireguard_go_baseline() {
     roaming_test("roamwggo", WireguardGo, WireguardGo);
 }
+
+#[test]
+fn wireguard_go_boringtun_ipv6_underlay_baseline() {
+    polytun_e2e::scenario::pair_test_v6("v6gb", WireguardGo, Boringtun, Initiator::A, false);
+}

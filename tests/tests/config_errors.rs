@@ -59,16 +59,28 @@ fn expect_error(test: &str, text: &str, line: Option<usize>, must: &[&str]) {
     let st = ns.wait_exit(pid, Duration::from_secs(10));
     let log = ns.log_of(pid);
     let st = st.unwrap_or_else(|| panic!("polytund kept running on a bad config:\n{text}\n{log}"));
-    assert!(!st.success(), "polytund exited 0 on a bad config:\n{text}\n{log}");
-    assert!(log.contains(conf_s), "the error does not name the file {conf_s}:\n{log}");
+    assert!(
+        !st.success(),
+        "polytund exited 0 on a bad config:\n{text}\n{log}"
+    );
+    assert!(
+        log.contains(conf_s),
+        "the error does not name the file {conf_s}:\n{log}"
+    );
     if let Some(l) = line {
         let want = format!("{conf_s}:{l}");
-        assert!(log.contains(&want), "the error does not name the line ({want}):\n{log}\nconfig:\n{text}");
+        assert!(
+            log.contains(&want),
+            "the error does not name the line ({want}):\n{log}\nconfig:\n{text}"
+        );
     }
     for m in must {
         assert!(log.contains(m), "the error does not mention `{m}`:\n{log}");
     }
-    assert!(!log.contains("panicked"), "polytund panicked on a bad config:\n{log}");
+    assert!(
+        !log.contains("panicked"),
+        "polytund panicked on a bad config:\n{log}"
+    );
 }
 
 #[test]
@@ -124,9 +136,17 @@ fn config_error_missing_file() {
     let ns = Netns::new("ce-nofile");
     let missing = ns.dir().join("does-not-exist.toml");
     let d = bins::polytund();
-    let pid = ns.spawn("polytund", &[d.to_str().unwrap(), "--config", missing.to_str().unwrap()]);
-    let st = ns.wait_exit(pid, Duration::from_secs(10)).expect("polytund kept running");
+    let pid = ns.spawn(
+        "polytund",
+        &[d.to_str().unwrap(), "--config", missing.to_str().unwrap()],
+    );
+    let st = ns
+        .wait_exit(pid, Duration::from_secs(10))
+        .expect("polytund kept running");
     let log = ns.log_of(pid);
     assert!(!st.success(), "exit 0 without a config file:\n{log}");
-    assert!(log.contains(missing.to_str().unwrap()), "error does not name the file:\n{log}");
+    assert!(
+        log.contains(missing.to_str().unwrap()),
+        "error does not name the file:\n{log}"
+    );
 }

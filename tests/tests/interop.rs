@@ -37,3 +37,15 @@ matrix! {
     wireguard_go_initiates_polytun_wg_psk:     "pwg-bk", Impl::PolytunWg, WireguardGo, B, true;
     polytun_wg_initiates_boringtun_psk:        "pwb-ak", Impl::PolytunWg, Boringtun, A, true;
 }
+
+/// IPv6 underlay (endpoints `[2001:db8::N]:port`), polytun initiating towards wireguard-go and
+/// boringtun initiating towards polytun.
+#[test]
+fn polytun_initiates_wireguard_go_ipv6_underlay() {
+    polytun_e2e::scenario::pair_test_v6("pg6", Polytun, WireguardGo, Initiator::A, false);
+}
+
+#[test]
+fn boringtun_initiates_polytun_ipv6_underlay_psk() {
+    polytun_e2e::scenario::pair_test_v6("pb6", Polytun, Boringtun, Initiator::B, true);
+}

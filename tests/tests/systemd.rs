@@ -25,13 +25,19 @@ fn systemd_unit_verifies() {
     let sa = bins::tool("systemd-analyze");
     let polytund = bins::polytund();
     let (dir, unit) = temp_instance(polytund.to_str().unwrap());
-    let o = Command::new(&sa).arg("verify").arg(&unit).output().expect("systemd-analyze");
+    let o = Command::new(&sa)
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze");
     let err = String::from_utf8_lossy(&o.stderr);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(o.status.success(), "systemd-analyze verify failed:\n{err}");
     // verify is lenient: unknown directives are only warnings — fail on those too
     assert!(
-        !err.contains("Unknown key") && !err.contains("Failed to parse") && !err.contains("Invalid"),
+        !err.contains("Unknown key")
+            && !err.contains("Failed to parse")
+            && !err.contains("Invalid"),
         "systemd-analyze verify warnings:\n{err}"
     );
 }
@@ -59,7 +65,10 @@ fn systemd_unit_is_hardened() {
         "MemoryDenyWriteExecute=yes",
         "SystemCallArchitectures=native",
     ] {
-        assert!(text.lines().any(|l| l.trim() == line), "polytund@.service lacks `{line}`");
+        assert!(
+            text.lines().any(|l| l.trim() == line),
+            "polytund@.service lacks `{line}`"
+        );
     }
     // systemd's own exposure score of the unit (offline analysis; lower is better, 10 = unsafe)
     let sa = bins::tool("systemd-analyze");
@@ -73,9 +82,20 @@ fn systemd_unit_is_hardened() {
     let _ = std::fs::remove_dir_all(&dir);
     let score: f64 = out
         .lines()
-        .find_map(|l| l.split("Overall exposure level for polytund@test.service: ").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for polytund@test.service: ")
+                .nth(1)
+        })
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure score:\n{out}\n{}", String::from_utf8_lossy(&o.stderr)));
-    assert!(score <= 4.0, "polytund@.service exposure {score} > 4.0 (systemd-analyze security):\n{out}");
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure score:\n{out}\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+    assert!(
+        score <= 4.0,
+        "polytund@.service exposure {score} > 4.0 (systemd-analyze security):\n{out}"
+    );
 }

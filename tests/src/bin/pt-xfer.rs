@@ -44,17 +44,20 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    if s.len() % 2 != 0 {
+    if s.len() & 1 == 1 {
         die(format!("odd-length hex string ({} chars)", s.len()));
     }
     (0..s.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or_else(|e| die(format!("bad hex: {e}"))))
+        .map(|i| {
+            u8::from_str_radix(&s[i..i + 2], 16).unwrap_or_else(|e| die(format!("bad hex: {e}")))
+        })
         .collect()
 }
 
 fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|e| die(format!("bad address {s}: {e}")))
+    s.parse()
+        .unwrap_or_else(|e| die(format!("bad address {s}: {e}")))
 }
 
 fn serve(a: SocketAddr, timeout: u64) {
@@ -122,10 +125,13 @@ fn send(a: SocketAddr, total: u64, seed: u64) {
 }
 
 fn udp(a: SocketAddr, payload: &[u8], count: u32) {
-    let bind: SocketAddr = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+    let bind: SocketAddr = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .unwrap();
     let s = UdpSocket::bind(bind).unwrap_or_else(|e| die(format!("bind: {e}")));
     for _ in 0..count {
-        s.send_to(payload, a).unwrap_or_else(|e| die(format!("send_to {a}: {e}")));
+        s.send_to(payload, a)
+            .unwrap_or_else(|e| die(format!("send_to {a}: {e}")));
         std::thread::sleep(Duration::from_millis(2));
     }
     println!("sent {count} datagram(s) of {} bytes to {a}", payload.len());
@@ -135,7 +141,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize| -> u64 {
         args.get(i)
-            .map(|s| s.parse().unwrap_or_else(|e| die(format!("bad number {s}: {e}"))))
+            .map(|s| {
+                s.parse()
+                    .unwrap_or_else(|e| die(format!("bad number {s}: {e}")))
+            })
             .unwrap_or_else(|| usage())
     };
     match args.first().map(String::as_str) {

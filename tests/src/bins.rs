@@ -1,0 +1,137 @@
+//! Locating binaries. Never skips: a missing binary is a test failure that says how to fix it.
+use std::path::{Path, PathBuf};
+
+/// The workspace root (the parent of the `tests/` package).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Directory holding the polytun binaries: `$POLYTUN_BIN_DIR`, else `$CARGO_TARGET_DIR/release`,
+/// else `<workspace>/target/release`.
+pub fn polytun_bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("POLYTUN_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        let d = PathBuf::from(d);
+        let d = if d.is_absolute() {
+            d
+        } else {
+            workspace_root().join(d)
+        };
+        return d.join("release");
+    }
+    workspace_root().join("target/release")
+}
+
+fn polytun_bin(name: &str) -> PathBuf {
+    let p = polytun_bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "polytun binary {} not found: run `cargo build --release` first (or set POLYTUN_BIN_DIR)",
+        p.display()
+    );
+    p
+}
+
+/// `polytund`, the daemon.
+pub fn polytund() -> PathBuf {
+    polytun_bin("polytund")
+}
+/// `polytun`, the CLI.
+pub fn polytun() -> PathBuf {
+    polytun_bin("polytun")
+}
+/// `polytun-wg`, the wireguard-go drop-in.
+pub fn polytun_wg() -> PathBuf {
+    polytun_bin("polytun-wg")
+}
+
+/// The test helper binary of this package. Integration tests are compiled with
+/// `CARGO_BIN_EXE_pt-xfer`, but this library is not, so look it up at run time: the variables
+/// cargo/nextest set, else next to the test executable (`target/<profile>/deps/..`).
+pub fn pt_xfer() -> PathBuf {
+    for v in [
+        "CARGO_BIN_EXE_pt-xfer",
+        "NEXTEST_BIN_EXE_pt-xfer",
+        "NEXTEST_BIN_EXE_pt_xfer",
+    ] {
+        if let Some(p) = std::env::var_os(v) {
+            return PathBuf::from(p);
+        }
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    for dir in exe.ancestors().skip(1).take(3) {
+        let p = dir.join("pt-xfer");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("pt-xfer not found next to {}: run the tests with `cargo nextest run -p polytun-e2e` (it builds pt-xfer)", exe.display())
+}
+
+const APT: &str = "apt-get install -y --no-install-recommends";
+
+fn install_hint(tool: &str) -> String {
+    match tool {
+        "wireguard-go" => format!("{APT} wireguard-go"),
+        "wg" | "wg-quick" => format!("{APT} wireguard-tools"),
+        "boringtun-cli" => "cargo install boringtun-cli --locked".into(),
+        "iperf3" => format!("{APT} iperf3"),
+        "nft" => format!("{APT} nftables"),
+        "ping" => format!("{APT} iputils-ping"),
+        "tcpdump" => format!("{APT} tcpdump"),
+        "ethtool" => format!("{APT} ethtool"),
+        "ip" => format!("{APT} iproute2"),
+        "systemd-analyze" => format!("{APT} systemd"),
+        _ => format!("{APT} {tool}"),
+    }
+}
+
+/// Find an external tool in `$PATH`, `$CARGO_HOME/bin` or `~/.cargo/bin`; panic with the install
+/// command if it is missing (interop tests must never be skipped silently).
+pub fn tool(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for d in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        dirs.push(d.into());
+    }
+    if let Some(c) = std::env::var_os("CARGO_HOME") {
+        dirs.push(PathBuf::from(c).join("bin"));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(h).join(".cargo/bin"));
+    }
+    dirs.push("/root/.cargo/bin".into());
+    for d in dirs {
+        let p = d.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "required tool `{name}` is not installed: run `{}` (or `sudo scripts/test.sh`, which installs everything)",
+        install_hint(name)
+    );
+}
+
+/// Tests need root (namespaces, TUN); fail loudly otherwise.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the e2e tests need root (network namespaces, TUN): run `sudo scripts/test.sh`"
+    );
+}

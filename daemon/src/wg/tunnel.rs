@@ -770,12 +770,8 @@ impl Control {
                 spec.persistent_keepalive = (k > 0).then_some(k);
             }
             if p.replace_allowed_ips {
-                if let Some(id) = existing {
-                    self.shared.tables_mut().routes.retain(|x| *x != id);
-                    for n in spec.allowed_ips.clone() {
-                        self.route(&n, false);
-                    }
-                }
+                // upsert_peer diffs old against new, so an unchanged set
+                // leaves the data path's routes untouched.
                 spec.allowed_ips.clear();
             }
             for n in p.allowed_ips {

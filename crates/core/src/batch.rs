@@ -236,6 +236,24 @@ impl PacketBatch {
         self.len = w;
     }
 
+    /// Are packets `i` and `i + 1` back to back in the arena (packet `i`
+    /// fills its slot to the end and packet `i + 1` starts its slot)?
+    /// Runs of such packets can leave in one segmented (GSO) send.
+    pub fn adjacent(&self, i: usize) -> bool {
+        i + 1 < self.len
+            && self.slots[i].end as usize == self.stride
+            && self.slots[i + 1].start == 0
+    }
+
+    /// The bytes from the start of packet `first` to the end of packet
+    /// `last`; meaningful as a run of datagrams when every packet in between
+    /// is [`Self::adjacent`] to the next.
+    pub fn span(&self, first: usize, last: usize) -> &[u8] {
+        let a = first * self.stride + self.slots[first].start as usize;
+        let b = last * self.stride + self.slots[last].end as usize;
+        &self.arena[a..b.max(a)]
+    }
+
     /// Iterates over the packets.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         (0..self.len).map(move |i| self.get(i))
@@ -271,6 +289,26 @@ mod tests {
         assert_eq!(b.len(), 2);
         assert_eq!(b.get(0), &[1]);
         assert_eq!(b.get(1), &[3]);
+    }
+
+    #[test]
+    fn full_slots_are_adjacent_and_span_contiguously() {
+        // Stride 16: a 4-byte payload grows to a full slot with a 4-byte
+        // header and an 8-byte trailer.
+        let mut b = PacketBatch::new(3, 4, 4, 8);
+        for _ in 0..3 {
+            b.push(b"abcd");
+        }
+        for i in 0..2 {
+            b.with_packet(i, |p| {
+                p.prepend(4).unwrap().copy_from_slice(b"HHHH");
+                p.append(8).unwrap().copy_from_slice(b"TTTTTTTT");
+            });
+        }
+        assert!(b.adjacent(0));
+        assert!(!b.adjacent(1), "packet 2 was not grown to the slot start");
+        assert_eq!(b.span(0, 1), b"HHHHabcdTTTTTTTTHHHHabcdTTTTTTTT");
+        assert!(!b.adjacent(2));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use super::state::{DropCounters, Shared, ToControl};
 use polytun_core::record::OpenError;
-use polytun_core::{KeyStatus, PacketBuf};
+use polytun_core::{KeyStatus, PacketBatch, PacketBuf};
 use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
 use polytun_wireguard::messages::DATA_HEADER_LEN;
 use polytun_wireguard::transport::TransportError;
@@ -70,35 +70,41 @@ pub type TunnelSet = Arc<std::sync::RwLock<Vec<Arc<Shared>>>>;
 /// Reads the TUN device forever and sends each packet through the tunnel
 /// and peer its destination routes to.
 pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
-    let stride = outbound_stride(mtu);
-    let mut arena = vec![0u8; TUN_BATCH * stride];
+    // Headroom for the data header, room for a full-MTU payload, tailroom
+    // for its padding and tag: the stride is the sealed full-packet size.
+    let mut batch = PacketBatch::new(
+        TUN_BATCH,
+        TUN_READ_OFFSET,
+        mtu,
+        polytun_wireguard::transport::padding_len(mtu, mtu) + TAG,
+    );
+    debug_assert_eq!(batch.stride(), outbound_stride(mtu));
+    let stride = batch.stride();
     let mut sizes = vec![0usize; TUN_BATCH];
-    // (slot, sealed length, destination) of each packet to send.
-    let mut out: Vec<(usize, usize, SocketAddr, usize)> = Vec::with_capacity(TUN_BATCH);
+    // (slot, destination, tunnel) of each sealed packet, in slot order.
+    let mut out: Vec<(usize, SocketAddr, usize)> = Vec::with_capacity(TUN_BATCH);
     let mut sent_peers: Vec<(usize, PeerId)> = Vec::new();
     let mut expiring: Vec<(usize, PeerId)> = Vec::new();
     let mut errors = 0u64;
     loop {
-        let n = {
-            let mut bufs: Vec<&mut [u8]> = arena.chunks_exact_mut(stride).collect();
-            match tun.recv_batch(&mut bufs, &mut sizes, TUN_READ_OFFSET).await {
-                Ok(n) => n,
-                Err(e) => {
-                    errors += 1;
-                    if errors.is_power_of_two() {
-                        tracing::warn!(
-                            "{}: reading the tun device: {e} ({errors} errors)",
-                            tun.name()
-                        );
-                    }
-                    if e.kind() == std::io::ErrorKind::InvalidInput {
-                        continue;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
+        let r = {
+            let mut bufs: Vec<&mut [u8]> = batch.slot_buffers().collect();
+            tun.recv_batch(&mut bufs, &mut sizes, TUN_READ_OFFSET).await
+        };
+        let n = match r {
+            Ok(n) => n,
+            Err(e) => {
+                errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::warn!("{}: reading the tun device: {e} ({errors} errors)", tun.name());
                 }
+                if e.kind() != std::io::ErrorKind::InvalidInput {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                continue;
             }
         };
+        batch.set_filled(TUN_READ_OFFSET, &sizes[..n]);
         let now = Instant::now();
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
         out.clear();
@@ -106,11 +112,8 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
         expiring.clear();
         {
             let guards: Vec<_> = set.iter().map(|s| s.tables()).collect();
-            for i in 0..n {
-                let slot = &mut arena[i * stride..(i + 1) * stride];
-                let size = sizes[i];
-                let pkt = &slot[TUN_READ_OFFSET..TUN_READ_OFFSET + size];
-                let Some(dst) = dst_ip(pkt) else { continue };
+            for i in 0..batch.len() {
+                let Some(dst) = dst_ip(batch.get(i)) else { continue };
                 let Some((ti, peer)) = guards
                     .iter()
                     .enumerate()
@@ -120,40 +123,31 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                     continue;
                 };
                 let shared = &set[ti];
-                let Some(path) = guards[ti].peers.get(&peer) else {
-                    continue;
-                };
+                let Some(path) = guards[ti].peers.get(&peer) else { continue };
                 let (Some(kp), Some(endpoint)) = (path.sending.as_ref(), path.endpoint) else {
-                    if shared.stage(peer, pkt) {
-                        let _ = shared
-                            .to_control
-                            .try_send(ToControl::NeedHandshake { peer });
+                    if shared.stage(peer, batch.get(i)) {
+                        let _ = shared.to_control.try_send(ToControl::NeedHandshake { peer });
                     }
                     continue;
                 };
-                let mut p = PacketBuf::new(slot, TUN_READ_OFFSET, TUN_READ_OFFSET + size);
-                match kp.seal(now, &mut p) {
+                let size = batch.get(i).len();
+                match batch.with_packet(i, |p| kp.seal(now, p)) {
                     Ok(status) => {
                         if status == KeyStatus::Expiring && !expiring.contains(&(ti, peer)) {
                             expiring.push((ti, peer));
                         }
-                        debug_assert_eq!(p.start(), 0);
-                        out.push((i, p.len(), endpoint, ti));
-                        path.stats
-                            .tx_bytes
-                            .fetch_add(size as u64, Ordering::Relaxed);
+                        out.push((i, endpoint, ti));
+                        path.stats.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
                         if !sent_peers.contains(&(ti, peer)) {
                             sent_peers.push((ti, peer));
                         }
                     }
                     Err(_) => {
-                        // Expired or exhausted: never send under it; ask for a new key.
-                        let pkt = &slot[TUN_READ_OFFSET..TUN_READ_OFFSET + size];
+                        // Expired or exhausted: never send under it; keep the
+                        // packet and ask for a new key.
                         DropCounters::bump(&shared.drops.expired_key);
-                        if shared.stage(peer, pkt) {
-                            let _ = shared
-                                .to_control
-                                .try_send(ToControl::NeedHandshake { peer });
+                        if shared.stage(peer, batch.get(i)) {
+                            let _ = shared.to_control.try_send(ToControl::NeedHandshake { peer });
                         }
                     }
                 }
@@ -162,37 +156,32 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
         for &(ti, peer) in &expiring {
             let _ = set[ti].to_control.try_send(ToControl::KeyExpiring { peer });
         }
-        // Group runs of full-stride datagrams that sit back to back and go
-        // to one endpoint through one socket into GSO transmits.
+        // Runs of full-size datagrams lying back to back in the arena, to
+        // one endpoint through one socket, leave as one GSO send.
         let mut k = 0;
         while k < out.len() {
-            let (first, len0, dst, ti) = out[k];
-            let mut end = first * stride + len0;
-            let mut j = k + 1;
+            let (first, dst, ti) = out[k];
             let socket = set[ti].socket();
             // One GSO send carries at most 64 KiB of UDP payload (less the
             // IPv6 and UDP headers) and at most what the socket allows.
             let max_run = ((u16::MAX as usize - 48) / stride)
                 .min(socket.max_gso_segments())
                 .max(1);
-            if len0 == stride {
-                while j < out.len() && j - k < max_run {
-                    let (slot, len, d, t) = out[j];
-                    if slot != out[j - 1].0 + 1 || d != dst || t != ti {
-                        break;
-                    }
-                    end = slot * stride + len;
-                    j += 1;
-                    if len != stride {
-                        break;
-                    }
-                }
+            let mut j = k + 1;
+            while j < out.len()
+                && j - k < max_run
+                && out[j].0 == out[j - 1].0 + 1
+                && batch.adjacent(out[j - 1].0)
+                && out[j].1 == dst
+                && out[j].2 == ti
+            {
+                j += 1;
             }
-            let contents = &arena[first * stride..end];
+            let last = out[j - 1].0;
             let t = Transmit {
                 destination: dst,
                 ecn: None,
-                contents,
+                contents: batch.span(first, last),
                 segment_size: (j - k > 1).then_some(stride),
                 src_ip: None,
             };

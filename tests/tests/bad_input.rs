@@ -143,6 +143,19 @@ fn bad_input_test(test: &str, imp: Impl) {
         forged,
         "bad_mac",
     ));
+    // data for a session that does not exist: a captured packet with another receiver index
+    let mut orphans = Vec::new();
+    for (i, p) in captured.iter().take(3).enumerate() {
+        let mut p = p.clone();
+        let idx = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+        p[4..8].copy_from_slice(&(!idx ^ 0x5eed_0000 ^ i as u32).to_le_bytes());
+        orphans.push(p);
+    }
+    steps.push((
+        "data packets for an unknown receiver index",
+        orphans,
+        "no_session",
+    ));
 
     for (what, pkts, ctr) in steps {
         let before = drops();

@@ -50,10 +50,13 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
-if [[ -f fuzz/Cargo.toml ]] || [[ ${INSTALL_CARGO_FUZZ:-1} == 1 ]]; then
-  if ! cargo fuzz --version >/dev/null 2>&1; then
-    log "installing cargo-fuzz"
-    cargo install cargo-fuzz --locked
-  fi
+# fuzz targets are built with `cargo +nightly fuzz build`
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+if command -v rustup >/dev/null && ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  log "installing the nightly toolchain (for cargo fuzz)"
+  rustup toolchain install nightly --profile minimal
 fi
 log "done"

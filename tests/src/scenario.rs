@@ -205,3 +205,29 @@ pub fn roaming_test(test: &str, imp_a: Impl, imp_b: Impl) {
     a.assert_alive();
     b.assert_alive();
 }
+
+/// Overlay IPv6 addresses of side A and B (dual-stack tunnel).
+pub const OL6_A: &str = "2001:db8:100::1";
+pub const OL6_B: &str = "2001:db8:100::2";
+
+/// Dual-stack overlay: IPv6 inside the tunnel as well (addresses `2001:db8:100::N/64`, allowed
+/// IPs `/128`). A initiates; ping6 and a 50 MB checksummed transfer over IPv6 inside the tunnel.
+pub fn dual_stack_test(test: &str, imp_a: Impl, imp_b: Impl) {
+    let n = PairNet::new(test, false);
+    let mut cb = n.cfg_b(false);
+    cb.address.push(format!("{OL6_B}/64"));
+    cb.peers[0].allowed_ips.push(format!("{OL6_A}/128"));
+    let mut ca = n.cfg_a(true);
+    ca.address.push(format!("{OL6_A}/64"));
+    ca.peers[0].allowed_ips.push(format!("{OL6_B}/128"));
+    let _b = Device::start(&n.b, imp_b, &cb);
+    let _a = Device::start(&n.a, imp_a, &ca);
+    wait_ping(&n.a, OL_B, Duration::from_secs(20));
+    // the TUN's IPv6 address goes through duplicate address detection first
+    crate::wait_until("IPv6 inside the tunnel", Duration::from_secs(10), || {
+        ping(&n.a, OL6_B, 1) == 0.0
+    });
+    let loss = ping(&n.a, OL6_B, 10);
+    assert_eq!(loss, 0.0, "ping6 {OL6_B} through the tunnel lost {loss}%");
+    xfer(&n.b, &n.a, OL6_B, 5201, crate::XFER_BYTES);
+}

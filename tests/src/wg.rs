@@ -272,13 +272,17 @@ impl<'a> Device<'a> {
             config: Some(conf),
         };
         crate::wait_until(
-            &format!("polytund {} answering `polytun show --json`", cfg.iface),
+            &format!(
+                "polytund {} to log `polytund: ready` and answer `polytun show --json`",
+                cfg.iface
+            ),
             Duration::from_secs(15),
             || {
                 if let Some(st) = ns.try_wait(pid) {
                     panic!("polytund exited early ({st}):\n{}", ns.log_of(pid));
                 }
-                dev.try_show_json().is_some()
+                // contract: `polytund: ready` once the device is up and listening
+                ns.log_of(pid).contains("polytund: ready") && dev.try_show_json().is_some()
             },
         );
         dev

@@ -106,11 +106,7 @@ fn bad_input_test(test: &str, imp: Impl) {
             vec![junk(64, 1), vec![0xff; 148], vec![0, 0, 0, 0]],
             "malformed",
         ),
-        (
-            "empty and 1-byte datagrams",
-            vec![vec![], vec![1]],
-            "malformed",
-        ),
+        ("1-byte datagrams", vec![vec![1], vec![4]], "malformed"),
         (
             "truncated handshake initiation/response/cookie and short data",
             vec![
@@ -143,6 +139,23 @@ fn bad_input_test(test: &str, imp: Impl) {
         forged,
         "bad_mac",
     ));
+    // data for a session that does not exist: a captured packet with another receiver index
+    let mut orphans = Vec::new();
+    for (i, p) in captured.iter().take(3).enumerate() {
+        let mut p = p.clone();
+        let idx = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+        p[4..8].copy_from_slice(&(!idx ^ 0x5eed_0000 ^ i as u32).to_le_bytes());
+        orphans.push(p);
+    }
+    steps.push((
+        "data packets for an unknown receiver index",
+        orphans,
+        "no_session",
+    ));
+
+    // a zero-length datagram must not hurt (counting it is optional: it carries nothing)
+    inject(&n.b, &target, &[], 3);
+    a.assert_alive();
 
     for (what, pkts, ctr) in steps {
         let before = drops();
@@ -151,12 +164,30 @@ fn bad_input_test(test: &str, imp: Impl) {
         }
         a.assert_alive();
         if counted {
-            let want = counter(&before, ctr) + 1;
+            // every datagram was sent 3 times over a quiet veth: each one must be counted once,
+            // under this counter and no other
+            let sent = 3 * pkts.len() as u64;
+            let want = counter(&before, ctr) + sent;
             wait_until(
-                &format!("drops.{ctr} to count the {what}"),
+                &format!("drops.{ctr} to count all {sent} {what}"),
                 Duration::from_secs(5),
                 || counter(&a.drops(), ctr) >= want,
             );
+            std::thread::sleep(Duration::from_millis(200));
+            let after = a.drops();
+            assert_eq!(
+                counter(&after, ctr),
+                want,
+                "drops.{ctr} after the {what}: {before} -> {after}"
+            );
+            for (k, v) in before.as_object().expect("drops is an object") {
+                if k != ctr {
+                    assert_eq!(
+                        &after[k], v,
+                        "the {what} were (also) counted as drops.{k}: {before} -> {after}"
+                    );
+                }
+            }
             eprintln!("{what}: drops {} -> {}", before, a.drops());
         }
     }

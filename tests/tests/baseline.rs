@@ -32,3 +32,8 @@ fn roaming_wireguard_go_baseline() {
 fn wireguard_go_boringtun_ipv6_underlay_baseline() {
     polytun_e2e::scenario::pair_test_v6("v6gb", WireguardGo, Boringtun, Initiator::A, false);
 }
+
+#[test]
+fn wireguard_go_boringtun_dual_stack_overlay_baseline() {
+    polytun_e2e::scenario::dual_stack_test("ds-gb", WireguardGo, Boringtun);
+}

@@ -49,3 +49,14 @@ fn polytun_initiates_wireguard_go_ipv6_underlay() {
 fn boringtun_initiates_polytun_ipv6_underlay_psk() {
     polytun_e2e::scenario::pair_test_v6("pb6", Polytun, Boringtun, Initiator::B, true);
 }
+
+/// IPv6 inside the tunnel (dual-stack overlay).
+#[test]
+fn polytun_initiates_wireguard_go_dual_stack_overlay() {
+    polytun_e2e::scenario::dual_stack_test("ds-pg", Polytun, WireguardGo);
+}
+
+#[test]
+fn polytun_polytun_dual_stack_overlay() {
+    polytun_e2e::scenario::dual_stack_test("ds-pp", Polytun, Polytun);
+}

@@ -6,6 +6,10 @@
 //! pt-xfer send ADDR:PORT BYTES SEED           send BYTES deterministic pseudo-random bytes,
 //!                                             print `bytes=N sha256=HEX`
 //! pt-xfer udp ADDR:PORT HEX [COUNT]           send the datagram HEX (COUNT times, default 1)
+//! pt-xfer hsflood ADDR:PORT PUBKEY COUNT       send COUNT WireGuard handshake initiations with a
+//!                                             valid mac1 for responder PUBKEY (base64) and junk
+//!                                             inside, as fast as possible; print what came back:
+//!                                             `sent=N responses=N cookie_replies=N other=N`
 //! ```
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -137,6 +141,74 @@ fn udp(a: SocketAddr, payload: &[u8], count: u32) {
     println!("sent {count} datagram(s) of {} bytes to {a}", payload.len());
 }
 
+/// Handshake initiations that pass the mac1 check of the responder with public key `pubkey`
+/// (the first check, done before any DH), filled with pseudo-random bytes otherwise.
+fn hsflood(a: SocketAddr, pubkey: &str, count: u64) {
+    use base64::Engine;
+    use blake2::digest::{FixedOutput, KeyInit, Update};
+    use blake2::{Blake2s256, Blake2sMac, Digest};
+    let pk = base64::engine::general_purpose::STANDARD
+        .decode(pubkey.trim())
+        .unwrap_or_else(|e| die(format!("bad public key: {e}")));
+    if pk.len() != 32 {
+        die(format!("public key is {} bytes, not 32", pk.len()));
+    }
+    let mac1_key = Blake2s256::new()
+        .chain_update(b"mac1----")
+        .chain_update(&pk)
+        .finalize();
+    let bind: SocketAddr = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .unwrap();
+    let s = UdpSocket::bind(bind).unwrap_or_else(|e| die(format!("bind: {e}")));
+    s.set_nonblocking(true).unwrap();
+    let mut rng = Prng(0x1234_5678_9abc_def1);
+    let (mut responses, mut cookies, mut other) = (0u64, 0u64, 0u64);
+    let mut rbuf = [0u8; 2048];
+    let mut drain = |s: &UdpSocket| {
+        while let Ok((n, _)) = s.recv_from(&mut rbuf) {
+            match (rbuf[0], n) {
+                (2, 92) => responses += 1,
+                (3, 64) => cookies += 1,
+                _ => other += 1,
+            }
+        }
+    };
+    let start = Instant::now();
+    for _ in 0..count {
+        let mut m = [0u8; 148];
+        rng.fill(&mut m[4..116]);
+        m[0] = 1;
+        m[1..4].fill(0);
+        let mut mac =
+            <Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(&mac1_key)
+                .expect("mac1 key");
+        mac.update(&m[..116]);
+        m[116..132].copy_from_slice(&mac.finalize_fixed());
+        // mac2 stays zero: no cookie yet
+        loop {
+            match s.send_to(&m, a) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_micros(100))
+                }
+                Err(e) => die(format!("send_to {a}: {e}")),
+            }
+        }
+        drain(&s);
+    }
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        drain(&s);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "pt-xfer: flood of {count} took {:.2}s",
+        start.elapsed().as_secs_f64()
+    );
+    println!("sent={count} responses={responses} cookie_replies={cookies} other={other}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize| -> u64 {
@@ -157,6 +229,7 @@ fn main() {
             let c = if args.len() > 3 { num(3) as u32 } else { 1 };
             udp(addr(&args[1]), &unhex(&args[2]), c)
         }
+        Some("hsflood") if args.len() == 4 => hsflood(addr(&args[1]), &args[2], num(3)),
         _ => usage(),
     }
 }

@@ -96,7 +96,10 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
             Err(e) => {
                 errors += 1;
                 if errors.is_power_of_two() {
-                    tracing::warn!("{}: reading the tun device: {e} ({errors} errors)", tun.name());
+                    tracing::warn!(
+                        "{}: reading the tun device: {e} ({errors} errors)",
+                        tun.name()
+                    );
                 }
                 if e.kind() != std::io::ErrorKind::InvalidInput {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -113,7 +116,9 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
         {
             let guards: Vec<_> = set.iter().map(|s| s.tables()).collect();
             for i in 0..batch.len() {
-                let Some(dst) = dst_ip(batch.get(i)) else { continue };
+                let Some(dst) = dst_ip(batch.get(i)) else {
+                    continue;
+                };
                 let Some((ti, peer)) = guards
                     .iter()
                     .enumerate()
@@ -123,10 +128,14 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                     continue;
                 };
                 let shared = &set[ti];
-                let Some(path) = guards[ti].peers.get(&peer) else { continue };
+                let Some(path) = guards[ti].peers.get(&peer) else {
+                    continue;
+                };
                 let (Some(kp), Some(endpoint)) = (path.sending.as_ref(), path.endpoint) else {
                     if shared.stage(peer, batch.get(i)) {
-                        let _ = shared.to_control.try_send(ToControl::NeedHandshake { peer });
+                        let _ = shared
+                            .to_control
+                            .try_send(ToControl::NeedHandshake { peer });
                     }
                     continue;
                 };
@@ -137,7 +146,9 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                             expiring.push((ti, peer));
                         }
                         out.push((i, endpoint, ti));
-                        path.stats.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                        path.stats
+                            .tx_bytes
+                            .fetch_add(size as u64, Ordering::Relaxed);
                         if !sent_peers.contains(&(ti, peer)) {
                             sent_peers.push((ti, peer));
                         }
@@ -147,7 +158,9 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                         // packet and ask for a new key.
                         DropCounters::bump(&shared.drops.expired_key);
                         if shared.stage(peer, batch.get(i)) {
-                            let _ = shared.to_control.try_send(ToControl::NeedHandshake { peer });
+                            let _ = shared
+                                .to_control
+                                .try_send(ToControl::NeedHandshake { peer });
                         }
                     }
                 }

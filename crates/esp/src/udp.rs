@@ -56,6 +56,30 @@ pub fn classify_udp4500(datagram: &[u8]) -> Udp4500<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn classify_never_panics_and_is_consistent(d in proptest::collection::vec(any::<u8>(), 0..64), marker in any::<bool>()) {
+            let mut d = d;
+            if marker && d.len() >= 4 {
+                d[..4].fill(0);
+            }
+            match classify_udp4500(&d) {
+                Udp4500::Esp { spi } => {
+                    prop_assert!(spi > 255 && d.len() >= 8);
+                    prop_assert_eq!(crate::spi_of(&d), Some(spi));
+                }
+                Udp4500::Ike(m) => {
+                    prop_assert_eq!(&d[..4], &NON_ESP_MARKER[..]);
+                    prop_assert_eq!(m, &d[4..]);
+                    prop_assert!(m.len() >= IKE_HEADER_LEN);
+                }
+                Udp4500::Keepalive => prop_assert_eq!(&d[..], &NAT_KEEPALIVE[..]),
+                Udp4500::Malformed => {}
+            }
+        }
+    }
 
     #[test]
     fn classifies() {

@@ -135,7 +135,10 @@ pub struct SaParams {
     pub esn: bool,
     /// Anti-replay window in packets (inbound; at least 64). Default 8192.
     pub window: u64,
-    /// Soft (rekey) and hard (the SA is gone) lifetimes.
+    /// Soft (rekey) and hard (the SA is gone) lifetimes. Bytes count the
+    /// inner packet when sealing; when opening they also count the ESP
+    /// trailer (padding, pad length, next header: 2–17 bytes a packet),
+    /// because core's engine accounts before ESP strips it.
     pub limits: Limits,
     /// The first sequence number sent (outbound). Always 1 in production
     /// (RFC 4303 §3.3.3); tests set it near 2^32 to cross the ESN rollover.

@@ -35,6 +35,13 @@ pub trait RecordFormat: Send + Sync {
     /// Nonce for this counter.
     fn nonce(&self, counter: u64) -> [u8; NONCE_LEN];
 
+    /// Nonce for opening a received record. Defaults to [`Self::nonce`];
+    /// formats that carry an explicit IV chosen by the peer (ESP: RFC 4106,
+    /// RFC 7634) build it from the received `header` instead.
+    fn open_nonce(&self, _header: &[u8], counter: u64) -> [u8; NONCE_LEN] {
+        self.nonce(counter)
+    }
+
     /// Associated data for this record into `out`; returns its length.
     fn aad(&self, _header: &[u8], _counter: u64, _out: &mut [u8; 32]) -> usize {
         0
@@ -216,6 +223,17 @@ impl<F: RecordFormat> OpeningKey<F> {
         &self.lifetime
     }
 
+    /// Highest counter authenticated so far (ESP infers the high half of an
+    /// extended sequence number from it, RFC 4303 Appendix A).
+    pub fn newest(&self) -> Option<u64> {
+        self.replay().newest()
+    }
+
+    /// Size of the anti-replay window in counters.
+    pub fn window(&self) -> u64 {
+        self.replay().window()
+    }
+
     fn replay(&self) -> std::sync::MutexGuard<'_, ReplayWindow> {
         // A poisoned lock only means another worker panicked mid-update of
         // a bitmap; the bitmap is still a valid (conservative) window.
@@ -242,7 +260,7 @@ impl<F: RecordFormat> OpeningKey<F> {
         hdr[..hl].copy_from_slice(&pkt.as_slice()[..hl]);
         let mut aad = [0u8; 32];
         let aad_len = self.format.aad(&hdr[..hl], counter, &mut aad);
-        let nonce = self.format.nonce(counter);
+        let nonce = self.format.open_nonce(&hdr[..hl], counter);
         match self.format.tag_position() {
             TagPosition::AfterCiphertext => {
                 pkt.trim_front(header_len);
@@ -354,6 +372,66 @@ mod tests {
             assert_eq!(o.open(now, &mut p, 5000), Err(OpenError::Auth));
             assert!(o.replay().check(2).is_ok());
         }
+    }
+
+    /// A format with an explicit IV in the header: the receiver must build
+    /// its nonce from the header, not from its own idea of the counter.
+    struct ExplicitIv;
+    impl RecordFormat for ExplicitIv {
+        fn header_len(&self) -> usize {
+            16
+        }
+        fn write_header(&self, h: &mut [u8], counter: u64) {
+            h[..8].copy_from_slice(&counter.to_be_bytes());
+            // The "IV" the sender chose: counter xor a constant.
+            h[8..16].copy_from_slice(&(counter ^ 0x5a5a_5a5a).to_be_bytes());
+        }
+        fn nonce(&self, counter: u64) -> [u8; 12] {
+            let mut n = [0; 12];
+            n[4..].copy_from_slice(&(counter ^ 0x5a5a_5a5a).to_be_bytes());
+            n
+        }
+        fn open_nonce(&self, h: &[u8], _counter: u64) -> [u8; 12] {
+            let mut n = [0; 12];
+            n[4..].copy_from_slice(&h[8..16]);
+            n
+        }
+    }
+
+    #[test]
+    fn open_nonce_comes_from_the_header_and_newest_tracks_the_window() {
+        let now = Instant::now();
+        let s = SealingKey::new(
+            Aead::new(Algorithm::Aes128Gcm, &[3; 16]).unwrap(),
+            ExplicitIv,
+            Limits::default(),
+            now,
+        );
+        let o = OpeningKey::new(
+            Aead::new(Algorithm::Aes128Gcm, &[3; 16]).unwrap(),
+            ExplicitIv,
+            1024,
+            Limits::default(),
+            now,
+        );
+        assert_eq!(o.newest(), None);
+        assert_eq!(o.window(), 1024);
+        let mut buf = [0u8; 64];
+        let mut p = PacketBuf::new(&mut buf, 16, 20);
+        s.seal(now, &mut p).unwrap();
+        s.seal(now, &mut PacketBuf::new(&mut [0u8; 64], 16, 20))
+            .unwrap();
+        let mut p = PacketBuf::new(&mut buf, 0, 36);
+        assert_eq!(o.open(now, &mut p, 0), Ok(KeyStatus::Fresh));
+        assert_eq!(o.newest(), Some(0));
+        // A changed IV (header) must break authentication.
+        let mut s2 = [0u8; 64];
+        let mut p = PacketBuf::new(&mut s2, 16, 20);
+        s.seal(now, &mut p).unwrap();
+        s2[15] ^= 1;
+        let mut p = PacketBuf::new(&mut s2, 0, 36);
+        assert_eq!(o.open(now, &mut p, 2), Err(OpenError::Auth));
+        assert_eq!(o.newest(), Some(0));
     }
 
     #[test]

@@ -250,6 +250,12 @@ impl SkKeys {
     pub fn overhead(&self) -> usize {
         self.encr.iv_len() + 1 + self.icv_len()
     }
+    /// Length of the SK payload body for `plain_len` bytes of inner payloads.
+    pub fn sealed_len(&self, plain_len: usize) -> usize {
+        let bs = self.encr.block();
+        let padded = (plain_len + 1).div_ceil(bs) * bs;
+        self.encr.iv_len() + padded + self.icv_len()
+    }
     fn icv_len(&self) -> usize {
         if self.encr.is_aead() {
             16

@@ -5,3 +5,12 @@
 
 pub mod crypto;
 pub mod wire;
+pub mod config;
+pub mod endpoint;
+
+pub use config::{Config, EspProposal, IkeProposal, Retransmit};
+pub use crypto::{ChildKeys, DhGroup, EncrAlg, EspTransform, IkeAlgs, IntegAlg, PrfAlg};
+pub use endpoint::{
+    ChildSaParams, DropReason, Endpoint, Event, FailReason, IdentityValidator, Output, SaId,
+};
+pub use wire::{Identity, TrafficSelector};

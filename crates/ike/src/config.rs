@@ -201,7 +201,11 @@ pub fn ts_prefix(addr: IpAddr, len: u8) -> TrafficSelector {
     let (start, end) = match addr {
         IpAddr::V4(a) => {
             let a = u32::from(a);
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len.min(32))
+            };
             (
                 IpAddr::from((a & mask).to_be_bytes()),
                 IpAddr::from((a | !mask).to_be_bytes()),
@@ -257,7 +261,10 @@ pub fn ts_intersect(a: &TrafficSelector, b: &TrafficSelector) -> Option<TrafficS
 
 /// Narrows `proposed` to what `allowed` permits (§2.9): every non-empty
 /// pairwise intersection, without duplicates.
-pub fn ts_narrow(proposed: &[TrafficSelector], allowed: &[TrafficSelector]) -> Vec<TrafficSelector> {
+pub fn ts_narrow(
+    proposed: &[TrafficSelector],
+    allowed: &[TrafficSelector],
+) -> Vec<TrafficSelector> {
     let mut v = Vec::new();
     for p in proposed {
         for a in allowed {
@@ -274,9 +281,11 @@ pub fn ts_narrow(proposed: &[TrafficSelector], allowed: &[TrafficSelector]) -> V
 /// Is every selector of `got` inside one of `offered`?
 pub fn ts_subset(got: &[TrafficSelector], offered: &[TrafficSelector]) -> bool {
     !got.is_empty()
-        && got
-            .iter()
-            .all(|g| offered.iter().any(|o| ts_intersect(g, o).as_ref() == Some(g)))
+        && got.iter().all(|g| {
+            offered
+                .iter()
+                .any(|o| ts_intersect(g, o).as_ref() == Some(g))
+        })
 }
 
 fn first_common<T: Copy + PartialEq>(ours: &[T], theirs: &[T]) -> Option<T> {
@@ -326,12 +335,28 @@ impl IkeChoice {
 pub fn select_ike(ours: &[IkeProposal], theirs: &[Proposal]) -> Option<IkeChoice> {
     for o in ours {
         for t in theirs.iter().filter(|p| p.protocol == proto::IKE) {
-            let t_encr: Vec<EncrAlg> = t.of_type(tt::ENCR).filter_map(EncrAlg::from_transform).collect();
-            let t_prf: Vec<PrfAlg> = t.of_type(tt::PRF).filter_map(|x| PrfAlg::from_id(x.id)).collect();
-            let t_integ: Vec<IntegAlg> = t.of_type(tt::INTEG).filter_map(|x| IntegAlg::from_id(x.id)).collect();
-            let t_dh: Vec<DhGroup> = t.of_type(tt::DH).filter_map(|x| DhGroup::from_id(x.id)).collect();
-            let Some(encr) = first_common(&o.encr, &t_encr) else { continue };
-            let Some(prf) = first_common(&o.prf, &t_prf) else { continue };
+            let t_encr: Vec<EncrAlg> = t
+                .of_type(tt::ENCR)
+                .filter_map(EncrAlg::from_transform)
+                .collect();
+            let t_prf: Vec<PrfAlg> = t
+                .of_type(tt::PRF)
+                .filter_map(|x| PrfAlg::from_id(x.id))
+                .collect();
+            let t_integ: Vec<IntegAlg> = t
+                .of_type(tt::INTEG)
+                .filter_map(|x| IntegAlg::from_id(x.id))
+                .collect();
+            let t_dh: Vec<DhGroup> = t
+                .of_type(tt::DH)
+                .filter_map(|x| DhGroup::from_id(x.id))
+                .collect();
+            let Some(encr) = first_common(&o.encr, &t_encr) else {
+                continue;
+            };
+            let Some(prf) = first_common(&o.prf, &t_prf) else {
+                continue;
+            };
             let integ = if encr.is_aead() {
                 None
             } else {
@@ -393,15 +418,33 @@ impl EspChoice {
 /// Selects an ESP proposal (our preference first).
 pub fn select_esp(ours: &[EspProposal], theirs: &[Proposal]) -> Option<EspChoice> {
     for o in ours {
-        for t in theirs.iter().filter(|p| p.protocol == proto::ESP && p.spi.len() == 4) {
-            let t_encr: Vec<EncrAlg> = t.of_type(tt::ENCR).filter_map(EncrAlg::from_transform).collect();
-            let t_integ: Vec<IntegAlg> = t.of_type(tt::INTEG).filter_map(|x| IntegAlg::from_id(x.id)).collect();
-            let t_dh: Vec<DhGroup> = t.of_type(tt::DH).filter_map(|x| DhGroup::from_id(x.id)).collect();
-            let mut t_esn: Vec<bool> = t.of_type(tt::ESN).filter(|x| x.id <= 1).map(|x| x.id == 1).collect();
+        for t in theirs
+            .iter()
+            .filter(|p| p.protocol == proto::ESP && p.spi.len() == 4)
+        {
+            let t_encr: Vec<EncrAlg> = t
+                .of_type(tt::ENCR)
+                .filter_map(EncrAlg::from_transform)
+                .collect();
+            let t_integ: Vec<IntegAlg> = t
+                .of_type(tt::INTEG)
+                .filter_map(|x| IntegAlg::from_id(x.id))
+                .collect();
+            let t_dh: Vec<DhGroup> = t
+                .of_type(tt::DH)
+                .filter_map(|x| DhGroup::from_id(x.id))
+                .collect();
+            let mut t_esn: Vec<bool> = t
+                .of_type(tt::ESN)
+                .filter(|x| x.id <= 1)
+                .map(|x| x.id == 1)
+                .collect();
             if t.of_type(tt::ESN).next().is_none() {
                 t_esn.push(false);
             }
-            let Some(encr) = first_common(&o.encr, &t_encr) else { continue };
+            let Some(encr) = first_common(&o.encr, &t_encr) else {
+                continue;
+            };
             let integ = if encr.is_aead() {
                 None
             } else {
@@ -410,8 +453,14 @@ pub fn select_esp(ours: &[EspProposal], theirs: &[Proposal]) -> Option<EspChoice
                     None => continue,
                 }
             };
-            let o_esn = if o.esn.is_empty() { vec![false] } else { o.esn.clone() };
-            let Some(esn) = first_common(&o_esn, &t_esn) else { continue };
+            let o_esn = if o.esn.is_empty() {
+                vec![false]
+            } else {
+                o.esn.clone()
+            };
+            let Some(esn) = first_common(&o_esn, &t_esn) else {
+                continue;
+            };
             let dh = first_common(&o.dh, &t_dh);
             if !t_dh.is_empty() && dh.is_none() && !o.dh.is_empty() {
                 continue;

@@ -60,6 +60,7 @@ impl PrfAlg {
         })
     }
     /// Output length (and preferred key length) in bytes.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(self) -> usize {
         match self {
             PrfAlg::HmacSha256 => 32,
@@ -317,7 +318,7 @@ impl SkKeys {
                 if !bool::from(want.ct_eq(icv)) {
                     return Err(CryptoError::Integrity);
                 }
-                if ct.len() % 16 != 0 {
+                if !ct.len().is_multiple_of(16) {
                     return Err(CryptoError::Malformed);
                 }
                 cbc_decrypt(&self.sk_e, iv, &mut buf);
@@ -340,7 +341,7 @@ fn aead_nonce(keymat: &[u8], iv: &[u8]) -> [u8; 12] {
     n
 }
 
-fn aead_seal(alg: EncrAlg, keymat: &[u8], iv: &[u8], aad: &[u8], buf: &mut Vec<u8>) -> [u8; 16] {
+fn aead_seal(alg: EncrAlg, keymat: &[u8], iv: &[u8], aad: &[u8], buf: &mut [u8]) -> [u8; 16] {
     let nonce = aead_nonce(keymat, iv);
     let key = &keymat[..keymat.len() - 4];
     let tag = match alg {
@@ -773,7 +774,14 @@ pub fn child_keymat(
 /// documented derivation is prf+(SK_d, "polytun key export" | label | Ni | Nr),
 /// truncated to `len`. It is independent of every key IKE or ESP use, because
 /// those seeds never start with this constant.
-pub fn export_key(prf: PrfAlg, sk_d: &[u8], label: &[u8], ni: &[u8], nr: &[u8], len: usize) -> Secret {
+pub fn export_key(
+    prf: PrfAlg,
+    sk_d: &[u8],
+    label: &[u8],
+    ni: &[u8],
+    nr: &[u8],
+    len: usize,
+) -> Secret {
     prf.prf_plus(sk_d, &[b"polytun key export", label, ni, nr], len)
 }
 

@@ -110,7 +110,7 @@ pub enum Output {
         bytes: Vec<u8>,
     },
     /// Install this CHILD SA in the ESP layer.
-    InstallChildSa(ChildSaParams),
+    InstallChildSa(Box<ChildSaParams>),
     /// Remove the CHILD SA with these SPIs.
     DeleteChildSa {
         ike_sa: SaId,
@@ -272,7 +272,9 @@ impl Endpoint {
 
     /// Is this IKE SA established?
     pub fn is_established(&self, sa: SaId) -> bool {
-        self.sas.get(&sa).is_some_and(|s| s.state == State::Established)
+        self.sas
+            .get(&sa)
+            .is_some_and(|s| s.state == State::Established)
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -362,7 +364,9 @@ impl Endpoint {
 
     fn send_init_request(&mut self, now: Instant, id: SaId) {
         let local = SocketAddr::new(self.local_ip, IKE_PORT);
-        let Some(sa) = self.sas.get_mut(&id) else { return };
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
         let mut payloads = Vec::new();
         if let Some(c) = &sa.cookie {
             payloads.push(Payload::Notify(Notify::new(notify::COOKIE, c.clone())));
@@ -427,14 +431,10 @@ impl Endpoint {
     }
 
     /// Sends an encrypted request of `exch` with `inner` payloads.
-    fn send_encrypted_request(
-        &mut self,
-        now: Instant,
-        id: SaId,
-        exch: u8,
-        inner: Vec<Payload>,
-    ) {
-        let Some(sa) = self.sas.get_mut(&id) else { return };
+    fn send_encrypted_request(&mut self, now: Instant, id: SaId, exch: u8, inner: Vec<Payload>) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
         let mid = sa.next_request_id;
         sa.next_request_id += 1;
         let bytes = encrypt(&mut *self.rng, sa, exch, mid, false, &inner);
@@ -503,7 +503,13 @@ impl Endpoint {
                     self.initiator_auth_response(now, id, inner)
                 }
                 (exchange::INFORMATIONAL, State::Deleting) => {
-                    self.remove_sa(id, Event::Closed { sa: id, by_peer: false });
+                    self.remove_sa(
+                        id,
+                        Event::Closed {
+                            sa: id,
+                            by_peer: false,
+                        },
+                    );
                     Ok(())
                 }
                 (exchange::INFORMATIONAL, _) => Ok(()),
@@ -550,7 +556,10 @@ impl Endpoint {
                     id,
                     exchange::CREATE_CHILD_SA,
                     h.message_id,
-                    vec![Payload::Notify(Notify::new(notify::NO_ADDITIONAL_SAS, vec![]))],
+                    vec![Payload::Notify(Notify::new(
+                        notify::NO_ADDITIONAL_SAS,
+                        vec![],
+                    ))],
                 );
                 Ok(())
             }
@@ -559,7 +568,9 @@ impl Endpoint {
     }
 
     fn respond(&mut self, id: SaId, exch: u8, mid: u32, inner: Vec<Payload>) {
-        let Some(sa) = self.sas.get_mut(&id) else { return };
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
         let bytes = encrypt(&mut *self.rng, sa, exch, mid, true, &inner);
         transmit(&mut self.outputs, sa, &bytes);
         sa.last_response = Some((mid, bytes));
@@ -641,11 +652,20 @@ impl Endpoint {
             }
         }
         let (Some(props), Some((ke_group, ke_data)), Some(ni)) = (props, ke, ni) else {
-            self.stateless_reply(remote, local_port, &h, Notify::new(notify::INVALID_SYNTAX, vec![]));
+            self.stateless_reply(
+                remote,
+                local_port,
+                &h,
+                Notify::new(notify::INVALID_SYNTAX, vec![]),
+            );
             return Err(DropReason::Missing("SA, KE or Nonce"));
         };
         // SAV: cookies when too many SAs are half-open
-        let half_open = self.sas.values().filter(|s| s.state == State::HalfOpen).count();
+        let half_open = self
+            .sas
+            .values()
+            .filter(|s| s.state == State::HalfOpen)
+            .count();
         if half_open >= self.config.cookie_threshold {
             let want = self.cookie_for(ni, remote, &h.spi_i);
             let ok = matches!(msg.payloads.first(), Some(Payload::Notify(n))
@@ -679,7 +699,12 @@ impl Endpoint {
         };
         let dh = DhPrivate::generate(group, &mut *self.rng);
         let Ok(shared) = dh.shared(ke_data) else {
-            self.stateless_reply(remote, local_port, &h, Notify::new(notify::INVALID_SYNTAX, vec![]));
+            self.stateless_reply(
+                remote,
+                local_port,
+                &h,
+                Notify::new(notify::INVALID_SYNTAX, vec![]),
+            );
             return Err(DropReason::Stateless("bad KE"));
         };
         let spi_r = self.new_spi();
@@ -917,7 +942,10 @@ impl Endpoint {
             data: auth.to_vec(),
         });
         if self.config.initial_contact {
-            inner.push(Payload::Notify(Notify::new(notify::INITIAL_CONTACT, vec![])));
+            inner.push(Payload::Notify(Notify::new(
+                notify::INITIAL_CONTACT,
+                vec![],
+            )));
         }
         if !self.config.esp_proposals.is_empty() {
             let spi = sa.first_child_spi;
@@ -1076,26 +1104,29 @@ impl Endpoint {
         ts_local: Vec<TrafficSelector>,
         ts_remote: Vec<TrafficSelector>,
     ) {
-        let Some(sa) = self.sas.get_mut(&id) else { return };
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
         let algs = sa.algs.expect("keys");
         let keys = sa.keys.as_ref().expect("keys");
         let (i2r, r2i) = child_keymat(algs.prf, &keys.sk_d, &transform, None, &sa.ni, &sa.nr);
         let (keymat_in, keymat_out) = if sa.initiator { (r2i, i2r) } else { (i2r, r2i) };
         sa.children.push(Child { spi_in, spi_out });
-        self.outputs.push_back(Output::InstallChildSa(ChildSaParams {
-            ike_sa: id,
-            spi_in,
-            spi_out,
-            transform,
-            keymat_in,
-            keymat_out,
-            ts_local,
-            ts_remote,
-            lifetimes: self.config.child_lifetimes,
-            tunnel: true,
-            udp_encap: sa.encap(),
-            remote: sa.remote,
-        }));
+        self.outputs
+            .push_back(Output::InstallChildSa(Box::new(ChildSaParams {
+                ike_sa: id,
+                spi_in,
+                spi_out,
+                transform,
+                keymat_in,
+                keymat_out,
+                ts_local,
+                ts_remote,
+                lifetimes: self.config.child_lifetimes,
+                tunnel: true,
+                udp_encap: sa.encap(),
+                remote: sa.remote,
+            })));
     }
 
     // ------------------------------------------------------------ initiator IKE_AUTH response
@@ -1141,7 +1172,10 @@ impl Endpoint {
                 id,
                 Event::Failed {
                     sa: id,
-                    reason: err.map_or(FailReason::Invalid("IKE_AUTH response"), FailReason::PeerError),
+                    reason: err.map_or(
+                        FailReason::Invalid("IKE_AUTH response"),
+                        FailReason::PeerError,
+                    ),
                 },
             );
             return Ok(());
@@ -1166,10 +1200,20 @@ impl Endpoint {
         };
         if let Some(reason) = reason {
             // §2.21.2: tell the responder, once, in a new INFORMATIONAL
-            let inner = vec![Payload::Notify(Notify::new(notify::AUTHENTICATION_FAILED, vec![]))];
+            let inner = vec![Payload::Notify(Notify::new(
+                notify::AUTHENTICATION_FAILED,
+                vec![],
+            ))];
             if let Some(sa) = self.sas.get_mut(&id) {
                 let mid = sa.next_request_id;
-                let bytes = encrypt(&mut *self.rng, sa, exchange::INFORMATIONAL, mid, false, &inner);
+                let bytes = encrypt(
+                    &mut *self.rng,
+                    sa,
+                    exchange::INFORMATIONAL,
+                    mid,
+                    false,
+                    &inner,
+                );
                 transmit(&mut self.outputs, sa, &bytes);
             }
             self.remove_sa(id, Event::Failed { sa: id, reason });
@@ -1189,7 +1233,8 @@ impl Endpoint {
             remote,
         }));
         if let (Some(esp), Some(tsi), Some(tsr)) = (esp, tsi, tsr) {
-            let ok_ts = ts_subset(&tsi, &self.config.local_ts) && ts_subset(&tsr, &self.config.remote_ts);
+            let ok_ts =
+                ts_subset(&tsi, &self.config.local_ts) && ts_subset(&tsr, &self.config.remote_ts);
             match select_esp(&self.config.esp_proposals, &esp) {
                 Some(c) if esp.len() == 1 && ok_ts && c.dh.is_none() => {
                     self.install_child(id, c.transform, first_spi, c.peer_spi, tsi, tsr);
@@ -1248,9 +1293,12 @@ impl Endpoint {
                         let sa = self.sas.get_mut(&id).expect("caller checked");
                         let mut ours = Vec::new();
                         for s in &d.spis {
-                            let Ok(b) = <[u8; 4]>::try_from(&s[..]) else { continue };
+                            let Ok(b) = <[u8; 4]>::try_from(&s[..]) else {
+                                continue;
+                            };
                             let spi_out = u32::from_be_bytes(b);
-                            if let Some(pos) = sa.children.iter().position(|c| c.spi_out == spi_out) {
+                            if let Some(pos) = sa.children.iter().position(|c| c.spi_out == spi_out)
+                            {
                                 let c = sa.children.remove(pos);
                                 ours.push(c.spi_in.to_be_bytes().to_vec());
                                 gone.push(c);
@@ -1270,7 +1318,13 @@ impl Endpoint {
         }
         if delete_ike {
             self.respond(id, exchange::INFORMATIONAL, mid, vec![]);
-            self.remove_sa(id, Event::Closed { sa: id, by_peer: true });
+            self.remove_sa(
+                id,
+                Event::Closed {
+                    sa: id,
+                    by_peer: true,
+                },
+            );
             return Ok(());
         }
         self.respond(id, exchange::INFORMATIONAL, mid, out);
@@ -1287,9 +1341,17 @@ impl Endpoint {
     /// Closes an IKE SA (CT): sends INFORMATIONAL Delete and removes its
     /// CHILD SAs; [`Event::Closed`] follows the peer's answer (or the timeout).
     pub fn close(&mut self, now: Instant, id: SaId) {
-        let Some(sa) = self.sas.get_mut(&id) else { return };
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
         if sa.state != State::Established {
-            self.remove_sa(id, Event::Closed { sa: id, by_peer: false });
+            self.remove_sa(
+                id,
+                Event::Closed {
+                    sa: id,
+                    by_peer: false,
+                },
+            );
             return;
         }
         sa.state = State::Deleting;
@@ -1304,7 +1366,13 @@ impl Endpoint {
         if sa.pending.is_some() {
             // window of 1: the delete replaces nothing; wait for the pending one
             // to finish? Simplest correct choice: drop the SA locally.
-            self.remove_sa(id, Event::Closed { sa: id, by_peer: false });
+            self.remove_sa(
+                id,
+                Event::Closed {
+                    sa: id,
+                    by_peer: false,
+                },
+            );
             return;
         }
         self.send_encrypted_request(
@@ -1349,10 +1417,7 @@ impl Endpoint {
     /// The earliest deadline of any IKE SA (retransmission, half-open
     /// expiry, liveness check).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sas
-            .values()
-            .filter_map(|sa| self.deadline(sa))
-            .min()
+        self.sas.values().filter_map(|sa| self.deadline(sa)).min()
     }
 
     fn deadline(&self, sa: &IkeSa) -> Option<Instant> {
@@ -1361,7 +1426,9 @@ impl Endpoint {
             let t = sa.created + self.config.half_open_timeout;
             d = Some(d.map_or(t, |x| x.min(t)));
         }
-        if let (State::Established, None, Some(i)) = (sa.state, &sa.pending, self.config.dpd_interval) {
+        if let (State::Established, None, Some(i)) =
+            (sa.state, &sa.pending, self.config.dpd_interval)
+        {
             let t = sa.last_heard + i;
             d = Some(d.map_or(t, |x| x.min(t)));
         }
@@ -1371,7 +1438,9 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         let ids: Vec<SaId> = self.sas.keys().copied().collect();
         for id in ids {
-            let Some(sa) = self.sas.get_mut(&id) else { continue };
+            let Some(sa) = self.sas.get_mut(&id) else {
+                continue;
+            };
             if sa.state == State::HalfOpen && now >= sa.created + self.config.half_open_timeout {
                 self.remove_sa(
                     id,
@@ -1387,7 +1456,10 @@ impl Endpoint {
                     if p.retries >= self.config.retransmit.tries {
                         let deleting = sa.state == State::Deleting;
                         let ev = if deleting {
-                            Event::Closed { sa: id, by_peer: false }
+                            Event::Closed {
+                                sa: id,
+                                by_peer: false,
+                            }
                         } else {
                             Event::Failed {
                                 sa: id,
@@ -1421,7 +1493,9 @@ impl Endpoint {
 
     /// How long this IKE SA has existed.
     pub fn age(&self, id: SaId, now: Instant) -> Option<Duration> {
-        self.sas.get(&id).map(|s| now.saturating_duration_since(s.created))
+        self.sas
+            .get(&id)
+            .map(|s| now.saturating_duration_since(s.created))
     }
 }
 
@@ -1449,7 +1523,7 @@ fn nat_flags(
     }
     let remote_h = nat_hash(spi_i, spi_r, remote);
     let local_h = nat_hash(spi_i, spi_r, local);
-    let nat_remote = !src.iter().any(|s| *s == remote_h);
+    let nat_remote = !src.contains(&remote_h);
     let nat_local = dst.is_some_and(|d| d != local_h);
     (nat_local, nat_remote)
 }

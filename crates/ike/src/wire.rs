@@ -431,12 +431,24 @@ pub struct ConfigPayload {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     Sa(Vec<Proposal>),
-    Ke { group: u16, data: Vec<u8> },
+    Ke {
+        group: u16,
+        data: Vec<u8>,
+    },
     IdI(Identity),
     IdR(Identity),
-    Cert { encoding: u8, data: Vec<u8> },
-    CertReq { encoding: u8, data: Vec<u8> },
-    Auth { method: u8, data: Vec<u8> },
+    Cert {
+        encoding: u8,
+        data: Vec<u8>,
+    },
+    CertReq {
+        encoding: u8,
+        data: Vec<u8>,
+    },
+    Auth {
+        method: u8,
+        data: Vec<u8>,
+    },
     Nonce(Vec<u8>),
     Notify(Notify),
     Delete(Delete),
@@ -445,12 +457,21 @@ pub enum Payload {
     TsR(Vec<TrafficSelector>),
     /// Encrypted and authenticated payload: `first_inner` is the type of
     /// the first payload inside, `body` is IV | ciphertext | ICV.
-    Sk { first_inner: u8, body: Vec<u8> },
+    Sk {
+        first_inner: u8,
+        body: Vec<u8>,
+    },
     /// Encrypted fragment (RFC 7383), kept raw.
-    Skf { first_inner: u8, body: Vec<u8> },
+    Skf {
+        first_inner: u8,
+        body: Vec<u8>,
+    },
     Cp(ConfigPayload),
     /// A non-critical payload of a type we do not know (skipped), or EAP.
-    Unknown { ptype: u8, body: Vec<u8> },
+    Unknown {
+        ptype: u8,
+        body: Vec<u8>,
+    },
 }
 
 impl Payload {

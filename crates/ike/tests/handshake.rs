@@ -1,6 +1,6 @@
 //! Two endpoints back to back in one process with a fake clock.
 
-use polytun_ike::config::{ts_prefix, any_v4};
+use polytun_ike::config::{any_v4, ts_prefix};
 use polytun_ike::{
     ChildSaParams, Config, DhGroup, EncrAlg, Endpoint, EspProposal, Event, FailReason, Identity,
     IkeProposal, IntegAlg, Output, PrfAlg,
@@ -110,10 +110,10 @@ impl Net {
                                 let _ = to.ep.handle(self.now, src, dst.port(), &bytes);
                             }
                         }
-                        Output::InstallChildSa(p) => from.installed.push(p),
-                        Output::DeleteChildSa { spi_in, spi_out, .. } => {
-                            from.deleted.push((spi_in, spi_out))
-                        }
+                        Output::InstallChildSa(p) => from.installed.push(*p),
+                        Output::DeleteChildSa {
+                            spi_in, spi_out, ..
+                        } => from.deleted.push((spi_in, spi_out)),
                         Output::Event(e) => from.events.push(e),
                     }
                 }
@@ -227,9 +227,21 @@ fn every_cipher_and_prf() {
         (EncrAlg::AES128GCM16, None, PrfAlg::HmacSha256),
         (EncrAlg::AES256GCM16, None, PrfAlg::HmacSha384),
         (EncrAlg::ChaCha20Poly1305, None, PrfAlg::HmacSha512),
-        (EncrAlg::AES128CBC, Some(IntegAlg::HmacSha256_128), PrfAlg::HmacSha256),
-        (EncrAlg::AES256CBC, Some(IntegAlg::HmacSha256_128), PrfAlg::HmacSha384),
-        (EncrAlg::AES256CBC, Some(IntegAlg::HmacSha512_256), PrfAlg::HmacSha512),
+        (
+            EncrAlg::AES128CBC,
+            Some(IntegAlg::HmacSha256_128),
+            PrfAlg::HmacSha256,
+        ),
+        (
+            EncrAlg::AES256CBC,
+            Some(IntegAlg::HmacSha256_128),
+            PrfAlg::HmacSha384,
+        ),
+        (
+            EncrAlg::AES256CBC,
+            Some(IntegAlg::HmacSha512_256),
+            PrfAlg::HmacSha512,
+        ),
     ] {
         matrix(encr, integ, prf, DhGroup::Curve25519);
     }
@@ -255,16 +267,19 @@ fn wrong_identity_is_rejected() {
         cfg("b.example", "c.example", b"secret"),
     );
     n.connect();
-    assert!(matches!(n.b.failed(), Some(FailReason::IdentityRejected(_))));
+    assert!(matches!(
+        n.b.failed(),
+        Some(FailReason::IdentityRejected(_))
+    ));
     assert_eq!(n.a.failed(), Some(FailReason::PeerError(24)));
 
     // the validator hook (IV)
     let mut b = cfg("b.example", "x", b"secret");
     b.remote_id = None;
     let mut n = Net::new(cfg("a.example", "b.example", b"secret"), b);
-    n.b.ep.set_identity_validator(Some(Box::new(|id| {
-        matches!(id, Identity::Fqdn(s) if s.ends_with(".example"))
-    })));
+    n.b.ep.set_identity_validator(Some(Box::new(
+        |id| matches!(id, Identity::Fqdn(s) if s.ends_with(".example")),
+    )));
     n.connect();
     assert!(n.a.established() && n.b.established());
 }
@@ -281,8 +296,14 @@ fn traffic_selectors_are_narrowed() {
     n.connect();
     check_child_pair(&n);
     let ai = &n.a.installed[0];
-    assert_eq!(ai.ts_local, vec![ts_prefix("10.1.0.0".parse().unwrap(), 16)]);
-    assert_eq!(ai.ts_remote, vec![ts_prefix("192.168.1.0".parse().unwrap(), 24)]);
+    assert_eq!(
+        ai.ts_local,
+        vec![ts_prefix("10.1.0.0".parse().unwrap(), 16)]
+    );
+    assert_eq!(
+        ai.ts_remote,
+        vec![ts_prefix("192.168.1.0".parse().unwrap(), 24)]
+    );
 
     // disjoint: IKE SA up, CHILD SA refused with TS_UNACCEPTABLE
     let mut a = cfg("a.example", "b.example", b"k");
@@ -365,7 +386,11 @@ fn retransmit_on_loss() {
     assert!(!n.a.established());
     let t0 = n.now;
     n.tick();
-    assert_eq!(n.now - t0, Duration::from_secs(4), "first retransmission after 4 s");
+    assert_eq!(
+        n.now - t0,
+        Duration::from_secs(4),
+        "first retransmission after 4 s"
+    );
     assert!(n.b.established() && !n.a.established());
     n.tick(); // IKE_AUTH retransmitted, answered from the responder's cache
     assert!(n.a.established());

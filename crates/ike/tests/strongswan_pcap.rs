@@ -5,7 +5,7 @@
 //! the ESP keys (and decrypt the ESP packets with them).
 
 use polytun_ike::crypto::{
-    child_keymat, psk_auth, ct_eq, DhGroup, EncrAlg, EspTransform, IkeAlgs, IkeKeys, PrfAlg,
+    child_keymat, ct_eq, psk_auth, DhGroup, EncrAlg, EspTransform, IkeAlgs, IkeKeys, PrfAlg,
 };
 use polytun_ike::wire::{
     exchange, flags, parse_chain, Header, Identity, Message, Payload, HEADER_LEN,
@@ -214,7 +214,10 @@ fn strongswan_psk_capture_verifies() {
         assert!(ct_eq(&want, &auth_data), "AUTH of {id} verifies");
         let wrong = psk_auth(algs.prf, b"wrong", real, other_nonce, skp, &id.body());
         assert!(!ct_eq(&wrong, &auth_data));
-        assert!(matches!(id, Identity::Fqdn(_) | Identity::Ipv4(_) | Identity::Rfc822(_)));
+        assert!(matches!(
+            id,
+            Identity::Fqdn(_) | Identity::Ipv4(_) | Identity::Rfc822(_)
+        ));
         // the CHILD SA proposal (ESP, AES-GCM-256) and its SPI
         for p in &inner {
             if let Payload::Sa(props) = p {

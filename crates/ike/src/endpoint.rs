@@ -539,7 +539,9 @@ impl Endpoint {
         if local_port == NATT_PORT && sa.local_port != NATT_PORT {
             sa.local_port = NATT_PORT;
         }
-        if sa.state == State::Established {
+        // §2.23: follow a NATed peer's new mapping (authenticated requests
+        // only); without NAT the address changes only through MOBIKE
+        if sa.state == State::Established && sa.nat_remote {
             sa.remote = remote;
         }
         match (h.exchange, sa.state) {

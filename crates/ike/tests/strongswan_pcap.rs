@@ -271,3 +271,47 @@ fn strongswan_psk_capture_verifies() {
 fn crate_hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// strongSwan's real IKE_SA_INIT request, fed to our responder: it picks
+/// aes256gcm16-prfsha256-x25519 and answers with SA, KE, Nr and NAT-D.
+#[test]
+fn responder_answers_strongswans_ike_sa_init() {
+    use polytun_ike::{Config, Endpoint, Output};
+    use std::net::{IpAddr, SocketAddr};
+    let (src, sport, _dport, req) = udp_packets().into_iter().next().unwrap();
+    let c = Config::psk(
+        Identity::Fqdn("b".into()),
+        None,
+        &b64(&keys().kv["psk_base64"]),
+    );
+    let mut ep = Endpoint::new(c, IpAddr::from([192, 0, 2, 2]), Box::new(rand_core::OsRng));
+    let remote = SocketAddr::new(IpAddr::from(src), sport);
+    let now = std::time::Instant::now();
+    ep.handle(now, remote, 500, &req).expect("accepted");
+    let Some(Output::Transmit { dst, bytes, .. }) = ep.poll_output() else {
+        panic!("a response")
+    };
+    assert_eq!(dst, remote);
+    let m = Message::parse(&bytes).unwrap();
+    assert!(m.header.is_response() && m.header.spi_r != [0; 8]);
+    let ke = m.payloads.iter().find_map(|p| match p {
+        Payload::Ke { group, .. } => Some(*group),
+        _ => None,
+    });
+    assert_eq!(ke, Some(31));
+    assert!(m.notify(16388).is_some() && m.notify(16389).is_some());
+    // a retransmitted request gets the same bytes back
+    // strongSwan with kernel-libipsec fakes NAT detection (always UDP-encapsulates)
+    assert!(matches!(
+        ep.poll_output(),
+        Some(Output::Event(polytun_ike::Event::NatDetected {
+            remote: true,
+            ..
+        }))
+    ));
+    ep.handle(now, remote, 500, &req).unwrap();
+    match ep.poll_output() {
+        Some(Output::Transmit { bytes: again, .. }) => assert_eq!(again, bytes),
+        o => panic!("{o:?}"),
+    }
+}

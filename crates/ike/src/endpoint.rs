@@ -1,0 +1,1604 @@
+//! The sans-I/O IKEv2 endpoint (quinn-proto style): datagrams and `now` in,
+//! [`Output`]s drained with [`Endpoint::poll_output`], the next deadline from
+//! [`Endpoint::poll_timeout`], timers fired by [`Endpoint::handle_timeout`].
+//!
+//! One endpoint serves one tunnel's [`Config`]; it holds every IKE SA of
+//! that tunnel, as initiator ([`Endpoint::connect`]) or responder (IKE_SA_INIT
+//! requests from the network). Implemented: IKE_SA_INIT (proposal
+//! selection, INVALID_KE_PAYLOAD retry, COOKIE, NAT detection and the move
+//! to port 4500), IKE_AUTH with PSK and the first CHILD SA (traffic-selector
+//! narrowing), INFORMATIONAL (DELETE of IKE and CHILD SAs, liveness checks),
+//! retransmission with exponential back-off, the message-ID window of 1 and
+//! replay of the cached response to a duplicate request.
+
+use crate::config::{select_esp, select_ike, ts_narrow, ts_subset, Config, IkeChoice};
+use crate::crypto::{
+    child_keymat, ct_eq, psk_auth, ChildKeys, DhGroup, DhPrivate, EspTransform, IkeAlgs, IkeKeys,
+    IkeRng, SkKeys,
+};
+use crate::wire::{
+    self, auth_method, exchange, find_notify, flags, notify, proto, pt, Delete, Header, Identity,
+    Message, Notify, ParseError, Payload, TrafficSelector, HEADER_LEN,
+};
+use polytun_core::Limits;
+use sha1::Digest;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// IKE port and the NAT-T port (RFC 3948).
+pub const IKE_PORT: u16 = 500;
+pub const NATT_PORT: u16 = 4500;
+
+/// An IKE SA's handle: our SPI of it.
+pub type SaId = u64;
+
+/// The policy hook of RFC 8922 IV: is this authenticated peer identity
+/// acceptable? Called after the configured `remote_id` check.
+pub type IdentityValidator = Box<dyn Fn(&Identity) -> bool + Send>;
+
+/// Everything the ESP layer needs to install one CHILD SA (both directions).
+#[derive(Debug)]
+pub struct ChildSaParams {
+    pub ike_sa: SaId,
+    /// SPI of inbound ESP packets (chosen by us).
+    pub spi_in: u32,
+    /// SPI of outbound ESP packets (chosen by the peer).
+    pub spi_out: u32,
+    pub transform: EspTransform,
+    /// Keys for opening inbound packets: AEAD key | 4-byte salt, or the
+    /// CBC key and the HMAC key.
+    pub keymat_in: ChildKeys,
+    pub keymat_out: ChildKeys,
+    pub ts_local: Vec<TrafficSelector>,
+    pub ts_remote: Vec<TrafficSelector>,
+    pub lifetimes: Limits,
+    /// Tunnel mode (transport mode is not negotiated yet).
+    pub tunnel: bool,
+    /// ESP in UDP on port 4500 with the peer at `remote` (RFC 3948).
+    pub udp_encap: bool,
+    pub remote: SocketAddr,
+}
+
+/// Why an IKE SA failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailReason {
+    /// No answer after every retransmission.
+    Timeout,
+    /// The peer sent this error notify.
+    PeerError(u16),
+    /// The peer's AUTH did not verify.
+    AuthenticationFailed,
+    /// The peer's identity is not the configured one or the validator refused it.
+    IdentityRejected(Identity),
+    /// The peer chose a proposal we did not offer, or none of theirs fits.
+    NoProposalChosen,
+    /// The peer's KE data or the message contents were invalid.
+    Invalid(&'static str),
+    /// Half-open responder SA never completed.
+    HalfOpenExpired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The IKE SA is authenticated (and the first CHILD SA, if any, installed).
+    Established {
+        sa: SaId,
+        initiator: bool,
+        peer: Identity,
+        algs: IkeAlgs,
+        remote: SocketAddr,
+    },
+    /// The IKE SA is gone (`InstallChildSa`s were already undone with `DeleteChildSa`).
+    Failed { sa: SaId, reason: FailReason },
+    /// The first CHILD SA could not be created (the IKE SA stands).
+    ChildFailed { sa: SaId, notify: u16 },
+    /// The IKE SA was closed by us or deleted by the peer.
+    Closed { sa: SaId, by_peer: bool },
+    /// NAT detected (`local`: we are behind it; `remote`: the peer is).
+    NatDetected { sa: SaId, local: bool, remote: bool },
+}
+
+#[derive(Debug)]
+pub enum Output {
+    /// Send `bytes` from our port `local_port` (500 or 4500) to `dst`. On
+    /// 4500 the bytes already start with the non-ESP marker.
+    Transmit {
+        local_port: u16,
+        dst: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// Install this CHILD SA in the ESP layer.
+    InstallChildSa(Box<ChildSaParams>),
+    /// Remove the CHILD SA with these SPIs.
+    DeleteChildSa {
+        ike_sa: SaId,
+        spi_in: u32,
+        spi_out: u32,
+    },
+    Event(Event),
+}
+
+/// Why a datagram was dropped (the daemon counts these).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DropReason {
+    #[error("malformed: {0}")]
+    Malformed(#[from] ParseError),
+    #[error("ESP packet on port 4500 (not IKE)")]
+    NotIke,
+    #[error("no IKE SA with this SPI")]
+    UnknownSa,
+    #[error("integrity check or decryption failed")]
+    Integrity,
+    #[error("message ID outside the window")]
+    BadMessageId,
+    #[error("unexpected message in this state")]
+    Unexpected,
+    #[error("answered statelessly ({0})")]
+    Stateless(&'static str),
+    #[error("request is missing a mandatory payload ({0})")]
+    Missing(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Initiator: IKE_SA_INIT sent.
+    InitSent,
+    /// Initiator: IKE_AUTH sent.
+    AuthSent,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    HalfOpen,
+    Established,
+    /// Initiator: INFORMATIONAL Delete of the IKE SA sent.
+    Deleting,
+}
+
+struct Pending {
+    message_id: u32,
+    bytes: Vec<u8>,
+    retries: u32,
+    deadline: Instant,
+}
+
+struct Child {
+    spi_in: u32,
+    spi_out: u32,
+}
+
+struct IkeSa {
+    initiator: bool,
+    state: State,
+    spi_i: [u8; 8],
+    spi_r: [u8; 8],
+    remote: SocketAddr,
+    local_port: u16,
+    created: Instant,
+    last_heard: Instant,
+    // IKE_SA_INIT
+    dh: Option<DhPrivate>,
+    dh_group: DhGroup,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    cookie: Option<Vec<u8>>,
+    ke_retries: u32,
+    cookie_retries: u32,
+    init_req: Vec<u8>,
+    init_resp: Vec<u8>,
+    choice: Option<IkeChoice>,
+    algs: Option<IkeAlgs>,
+    keys: Option<IkeKeys>,
+    sk_out: Option<SkKeys>,
+    sk_in: Option<SkKeys>,
+    nat_local: bool,
+    nat_remote: bool,
+    // message IDs
+    next_request_id: u32,
+    expected_request_id: u32,
+    pending: Option<Pending>,
+    last_response: Option<(u32, Vec<u8>)>,
+    iv_counter: u64,
+    // CHILD SAs
+    first_child_spi: u32,
+    children: Vec<Child>,
+    peer_id: Option<Identity>,
+}
+
+impl IkeSa {
+    fn encap(&self) -> bool {
+        self.local_port == NATT_PORT
+    }
+}
+
+/// The IKE endpoint of one tunnel.
+pub struct Endpoint {
+    config: Config,
+    local_ip: IpAddr,
+    rng: Box<dyn IkeRng>,
+    sas: HashMap<SaId, IkeSa>,
+    /// Responder half-open SAs by (peer address, peer SPI) for duplicate IKE_SA_INIT.
+    half_open: HashMap<(SocketAddr, [u8; 8]), SaId>,
+    outputs: VecDeque<Output>,
+    cookie_secret: Zeroizing<[u8; 32]>,
+    validator: Option<IdentityValidator>,
+}
+
+fn sha1(parts: &[&[u8]]) -> Vec<u8> {
+    let mut h = sha1::Sha1::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().to_vec()
+}
+
+/// NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | port) (§2.23).
+pub fn nat_hash(spi_i: &[u8; 8], spi_r: &[u8; 8], addr: SocketAddr) -> Vec<u8> {
+    let ip = match addr.ip() {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    sha1(&[spi_i, spi_r, &ip, &addr.port().to_be_bytes()])
+}
+
+impl Endpoint {
+    /// `local_ip`: the address the daemon sends from (for NAT detection).
+    pub fn new(config: Config, local_ip: IpAddr, mut rng: Box<dyn IkeRng>) -> Endpoint {
+        let mut cookie_secret = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut cookie_secret[..]);
+        Endpoint {
+            config,
+            local_ip,
+            rng,
+            sas: HashMap::new(),
+            half_open: HashMap::new(),
+            outputs: VecDeque::new(),
+            cookie_secret,
+            validator: None,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn set_identity_validator(&mut self, v: Option<IdentityValidator>) {
+        self.validator = v;
+    }
+
+    /// IKE SAs currently held.
+    pub fn sa_ids(&self) -> Vec<SaId> {
+        self.sas.keys().copied().collect()
+    }
+
+    /// Is this IKE SA established?
+    pub fn is_established(&self, sa: SaId) -> bool {
+        self.sas
+            .get(&sa)
+            .is_some_and(|s| s.state == State::Established)
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    fn new_spi(&mut self) -> [u8; 8] {
+        loop {
+            let mut s = [0u8; 8];
+            self.rng.fill_bytes(&mut s);
+            let id = u64::from_be_bytes(s);
+            if id != 0 && !self.sas.contains_key(&id) {
+                return s;
+            }
+        }
+    }
+
+    fn new_child_spi(&mut self) -> u32 {
+        loop {
+            let s = self.rng.next_u32();
+            if s >= 256 {
+                return s;
+            }
+        }
+    }
+
+    fn nonce(&mut self) -> Vec<u8> {
+        let mut n = vec![0u8; 32];
+        self.rng.fill_bytes(&mut n);
+        n
+    }
+
+    // ------------------------------------------------------------ initiator
+
+    /// Starts an IKE SA with the peer at `remote` (port 500, or 4500 to
+    /// start encapsulated). Returns its handle.
+    pub fn connect(&mut self, now: Instant, remote: SocketAddr) -> SaId {
+        let spi_i = self.new_spi();
+        let group = self.config.ike_proposals[0].dh[0];
+        let dh = DhPrivate::generate(group, &mut *self.rng);
+        let ni = self.nonce();
+        let first_child_spi = self.new_child_spi();
+        let local_port = if remote.port() == NATT_PORT {
+            NATT_PORT
+        } else {
+            IKE_PORT
+        };
+        let sa = IkeSa {
+            initiator: true,
+            state: State::InitSent,
+            spi_i,
+            spi_r: [0; 8],
+            remote,
+            local_port,
+            created: now,
+            last_heard: now,
+            dh: Some(dh),
+            dh_group: group,
+            ni,
+            nr: Vec::new(),
+            cookie: None,
+            ke_retries: 0,
+            cookie_retries: 0,
+            init_req: Vec::new(),
+            init_resp: Vec::new(),
+            choice: None,
+            algs: None,
+            keys: None,
+            sk_out: None,
+            sk_in: None,
+            nat_local: false,
+            nat_remote: false,
+            next_request_id: 0,
+            expected_request_id: 0,
+            pending: None,
+            last_response: None,
+            iv_counter: 0,
+            first_child_spi,
+            children: Vec::new(),
+            peer_id: None,
+        };
+        let id = u64::from_be_bytes(spi_i);
+        self.sas.insert(id, sa);
+        self.send_init_request(now, id);
+        id
+    }
+
+    fn send_init_request(&mut self, now: Instant, id: SaId) {
+        let local = SocketAddr::new(self.local_ip, IKE_PORT);
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let mut payloads = Vec::new();
+        if let Some(c) = &sa.cookie {
+            payloads.push(Payload::Notify(Notify::new(notify::COOKIE, c.clone())));
+        }
+        let props = self
+            .config
+            .ike_proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.to_wire(i as u8 + 1))
+            .collect();
+        payloads.push(Payload::Sa(props));
+        let dh = sa.dh.as_ref().expect("initiator has DH");
+        payloads.push(Payload::Ke {
+            group: dh.group().id(),
+            data: dh.public().to_vec(),
+        });
+        payloads.push(Payload::Nonce(sa.ni.clone()));
+        let zero = [0u8; 8];
+        payloads.push(Payload::Notify(Notify::new(
+            notify::NAT_DETECTION_SOURCE_IP,
+            nat_hash(&sa.spi_i, &zero, local),
+        )));
+        payloads.push(Payload::Notify(Notify::new(
+            notify::NAT_DETECTION_DESTINATION_IP,
+            nat_hash(&sa.spi_i, &zero, sa.remote),
+        )));
+        let m = Message {
+            header: Header {
+                spi_i: sa.spi_i,
+                spi_r: [0; 8],
+                next_payload: 0,
+                version: 0x20,
+                exchange: exchange::IKE_SA_INIT,
+                flags: flags::INITIATOR,
+                message_id: 0,
+                length: 0,
+            },
+            payloads,
+        };
+        let bytes = m.to_bytes();
+        sa.init_req = bytes.clone();
+        sa.next_request_id = 1;
+        Self::send_request(&self.config, &mut self.outputs, sa, now, 0, bytes);
+    }
+
+    fn send_request(
+        config: &Config,
+        outputs: &mut VecDeque<Output>,
+        sa: &mut IkeSa,
+        now: Instant,
+        message_id: u32,
+        bytes: Vec<u8>,
+    ) {
+        transmit(outputs, sa, &bytes);
+        sa.pending = Some(Pending {
+            message_id,
+            bytes,
+            retries: 0,
+            deadline: now + config.retransmit.timeout(0),
+        });
+    }
+
+    /// Sends an encrypted request of `exch` with `inner` payloads.
+    fn send_encrypted_request(&mut self, now: Instant, id: SaId, exch: u8, inner: Vec<Payload>) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let mid = sa.next_request_id;
+        sa.next_request_id += 1;
+        let bytes = encrypt(&mut *self.rng, sa, exch, mid, false, &inner);
+        Self::send_request(&self.config, &mut self.outputs, sa, now, mid, bytes);
+    }
+
+    // ------------------------------------------------------------ input
+
+    /// Handles one UDP payload received on our port `local_port` from
+    /// `remote`. On port 4500 the datagram starts with the non-ESP marker
+    /// (ESP packets are refused with [`DropReason::NotIke`]).
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local_port: u16,
+        datagram: &[u8],
+    ) -> Result<(), DropReason> {
+        let data = if local_port == NATT_PORT {
+            match datagram {
+                [0, 0, 0, 0, rest @ ..] => rest,
+                [0xff] => return Err(DropReason::NotIke), // NAT keepalive
+                _ => return Err(DropReason::NotIke),
+            }
+        } else {
+            datagram
+        };
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(ParseError::UnsupportedCritical(t)) => {
+                return Err(DropReason::Malformed(ParseError::UnsupportedCritical(t)))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let h = msg.header;
+        if h.exchange == exchange::IKE_SA_INIT && !h.is_response() && h.spi_r == [0; 8] {
+            return self.responder_init(now, remote, local_port, data, msg);
+        }
+        // the original initiator sets I in all its messages; we are the responder then
+        let local = if h.is_initiator() { h.spi_r } else { h.spi_i };
+        let id = u64::from_be_bytes(local);
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return Err(DropReason::UnknownSa);
+        };
+        if sa.initiator == h.is_initiator() {
+            return Err(DropReason::UnknownSa);
+        }
+        if h.is_response() {
+            let Some(p) = &sa.pending else {
+                return Err(DropReason::Unexpected);
+            };
+            if p.message_id != h.message_id {
+                return Err(DropReason::BadMessageId);
+            }
+            if h.exchange == exchange::IKE_SA_INIT {
+                if sa.state != State::InitSent {
+                    return Err(DropReason::Unexpected);
+                }
+                return self.initiator_init_response(now, id, remote, local_port, data, msg);
+            }
+            let inner = decrypt(sa, data, &msg)?;
+            sa.pending = None;
+            sa.last_heard = now;
+            return match (h.exchange, sa.state) {
+                (exchange::IKE_AUTH, State::AuthSent) => {
+                    self.initiator_auth_response(now, id, inner)
+                }
+                (exchange::INFORMATIONAL, State::Deleting) => {
+                    self.remove_sa(
+                        id,
+                        Event::Closed {
+                            sa: id,
+                            by_peer: false,
+                        },
+                    );
+                    Ok(())
+                }
+                (exchange::INFORMATIONAL, _) => Ok(()),
+                _ => Err(DropReason::Unexpected),
+            };
+        }
+        // a request
+        if h.exchange == exchange::IKE_SA_INIT {
+            // retransmitted IKE_SA_INIT that already carries our SPI: ignore
+            return Err(DropReason::Unexpected);
+        }
+        if let Some((mid, resp)) = &sa.last_response {
+            if *mid == h.message_id {
+                // duplicate: answer from the cache (after checking integrity)
+                let resp = resp.clone();
+                decrypt(sa, data, &msg)?;
+                transmit(&mut self.outputs, sa, &resp);
+                return Ok(());
+            }
+        }
+        if h.message_id != sa.expected_request_id {
+            return Err(DropReason::BadMessageId);
+        }
+        let inner = decrypt(sa, data, &msg)?;
+        sa.last_heard = now;
+        // follow the peer to port 4500 (and its NAT mapping) once authenticated
+        if local_port == NATT_PORT && sa.local_port != NATT_PORT {
+            sa.local_port = NATT_PORT;
+        }
+        // §2.23: follow a NATed peer's new mapping (authenticated requests
+        // only); without NAT the address changes only through MOBIKE
+        if sa.state == State::Established && sa.nat_remote {
+            sa.remote = remote;
+        }
+        match (h.exchange, sa.state) {
+            (exchange::IKE_AUTH, State::HalfOpen) => {
+                sa.remote = remote;
+                self.responder_auth(now, id, h.message_id, inner)
+            }
+            (exchange::INFORMATIONAL, State::Established | State::Deleting) => {
+                self.informational_request(id, h.message_id, inner)
+            }
+            (exchange::CREATE_CHILD_SA, State::Established) => {
+                // not implemented yet: refuse politely, keep the IKE SA
+                self.respond(
+                    id,
+                    exchange::CREATE_CHILD_SA,
+                    h.message_id,
+                    vec![Payload::Notify(Notify::new(
+                        notify::NO_ADDITIONAL_SAS,
+                        vec![],
+                    ))],
+                );
+                Ok(())
+            }
+            _ => Err(DropReason::Unexpected),
+        }
+    }
+
+    fn respond(&mut self, id: SaId, exch: u8, mid: u32, inner: Vec<Payload>) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let bytes = encrypt(&mut *self.rng, sa, exch, mid, true, &inner);
+        transmit(&mut self.outputs, sa, &bytes);
+        sa.last_response = Some((mid, bytes));
+        sa.expected_request_id = mid.wrapping_add(1);
+    }
+
+    // ------------------------------------------------------------ responder IKE_SA_INIT
+
+    fn stateless_reply(&mut self, remote: SocketAddr, local_port: u16, h: &Header, n: Notify) {
+        let m = Message {
+            header: Header {
+                spi_i: h.spi_i,
+                spi_r: [0; 8],
+                next_payload: 0,
+                version: 0x20,
+                exchange: exchange::IKE_SA_INIT,
+                flags: flags::RESPONSE,
+                message_id: 0,
+                length: 0,
+            },
+            payloads: vec![Payload::Notify(n)],
+        };
+        let mut bytes = Vec::new();
+        if local_port == NATT_PORT {
+            bytes.extend_from_slice(&[0; 4]);
+        }
+        bytes.extend_from_slice(&m.to_bytes());
+        self.outputs.push_back(Output::Transmit {
+            local_port,
+            dst: remote,
+            bytes,
+        });
+    }
+
+    fn cookie_for(&self, ni: &[u8], remote: SocketAddr, spi_i: &[u8; 8]) -> Vec<u8> {
+        // <VersionIDofSecret> | SHA-256(Ni | IPi | port | SPIi | secret) (§2.6)
+        let mut h = sha2::Sha256::new();
+        h.update(ni);
+        h.update(remote.ip().to_string().as_bytes());
+        h.update(remote.port().to_be_bytes());
+        h.update(spi_i);
+        h.update(&self.cookie_secret[..]);
+        let mut c = vec![0u8];
+        c.extend_from_slice(&h.finalize());
+        c
+    }
+
+    fn responder_init(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local_port: u16,
+        data: &[u8],
+        msg: Message,
+    ) -> Result<(), DropReason> {
+        let h = msg.header;
+        if h.message_id != 0 {
+            return Err(DropReason::BadMessageId);
+        }
+        if let Some(id) = self.half_open.get(&(remote, h.spi_i)).copied() {
+            if let Some(sa) = self.sas.get(&id) {
+                if sa.init_req == data {
+                    let resp = sa.init_resp.clone();
+                    transmit(&mut self.outputs, sa, &resp);
+                    return Ok(());
+                }
+            }
+            return Err(DropReason::Unexpected);
+        }
+        let mut props = None;
+        let mut ke = None;
+        let mut ni = None;
+        for p in &msg.payloads {
+            match p {
+                Payload::Sa(s) => props = Some(s),
+                Payload::Ke { group, data } => ke = Some((*group, data)),
+                Payload::Nonce(n) => ni = Some(n),
+                _ => {}
+            }
+        }
+        let (Some(props), Some((ke_group, ke_data)), Some(ni)) = (props, ke, ni) else {
+            self.stateless_reply(
+                remote,
+                local_port,
+                &h,
+                Notify::new(notify::INVALID_SYNTAX, vec![]),
+            );
+            return Err(DropReason::Missing("SA, KE or Nonce"));
+        };
+        // SAV: cookies when too many SAs are half-open
+        let half_open = self
+            .sas
+            .values()
+            .filter(|s| s.state == State::HalfOpen)
+            .count();
+        if half_open >= self.config.cookie_threshold {
+            let want = self.cookie_for(ni, remote, &h.spi_i);
+            let ok = matches!(msg.payloads.first(), Some(Payload::Notify(n))
+                if n.ntype == notify::COOKIE && ct_eq(&n.data, &want));
+            if !ok {
+                self.stateless_reply(remote, local_port, &h, Notify::new(notify::COOKIE, want));
+                return Err(DropReason::Stateless("COOKIE"));
+            }
+        }
+        let Some(choice) = select_ike(&self.config.ike_proposals, props) else {
+            self.stateless_reply(
+                remote,
+                local_port,
+                &h,
+                Notify::new(notify::NO_PROPOSAL_CHOSEN, vec![]),
+            );
+            return Err(DropReason::Stateless("NO_PROPOSAL_CHOSEN"));
+        };
+        let group = match DhGroup::from_id(ke_group) {
+            Some(g) if choice.dh.contains(&g) => g,
+            _ => {
+                let want = choice.dh[0].id().to_be_bytes().to_vec();
+                self.stateless_reply(
+                    remote,
+                    local_port,
+                    &h,
+                    Notify::new(notify::INVALID_KE_PAYLOAD, want),
+                );
+                return Err(DropReason::Stateless("INVALID_KE_PAYLOAD"));
+            }
+        };
+        let dh = DhPrivate::generate(group, &mut *self.rng);
+        let Ok(shared) = dh.shared(ke_data) else {
+            self.stateless_reply(
+                remote,
+                local_port,
+                &h,
+                Notify::new(notify::INVALID_SYNTAX, vec![]),
+            );
+            return Err(DropReason::Stateless("bad KE"));
+        };
+        let spi_r = self.new_spi();
+        let nr = self.nonce();
+        let algs = choice.algs(group);
+        let keys = IkeKeys::derive(&algs, &shared, ni, &nr, &h.spi_i, &spi_r);
+        let local = SocketAddr::new(self.local_ip, local_port);
+        let (nat_local, nat_remote) = nat_flags(&msg.payloads, &h.spi_i, &[0; 8], local, remote);
+        let payloads = vec![
+            Payload::Sa(vec![choice.to_wire(group)]),
+            Payload::Ke {
+                group: group.id(),
+                data: dh.public().to_vec(),
+            },
+            Payload::Nonce(nr.clone()),
+            Payload::Notify(Notify::new(
+                notify::NAT_DETECTION_SOURCE_IP,
+                nat_hash(&h.spi_i, &spi_r, local),
+            )),
+            Payload::Notify(Notify::new(
+                notify::NAT_DETECTION_DESTINATION_IP,
+                nat_hash(&h.spi_i, &spi_r, remote),
+            )),
+        ];
+        let resp = Message {
+            header: Header {
+                spi_i: h.spi_i,
+                spi_r,
+                next_payload: 0,
+                version: 0x20,
+                exchange: exchange::IKE_SA_INIT,
+                flags: flags::RESPONSE,
+                message_id: 0,
+                length: 0,
+            },
+            payloads,
+        }
+        .to_bytes();
+        let sa = IkeSa {
+            initiator: false,
+            state: State::HalfOpen,
+            spi_i: h.spi_i,
+            spi_r,
+            remote,
+            local_port,
+            created: now,
+            last_heard: now,
+            dh: None,
+            dh_group: group,
+            ni: ni.clone(),
+            nr,
+            cookie: None,
+            ke_retries: 0,
+            cookie_retries: 0,
+            init_req: data.to_vec(),
+            init_resp: resp.clone(),
+            choice: Some(choice),
+            sk_out: Some(keys.sk(&algs, false)),
+            sk_in: Some(keys.sk(&algs, true)),
+            algs: Some(algs),
+            keys: Some(keys),
+            nat_local,
+            nat_remote,
+            next_request_id: 0,
+            expected_request_id: 1,
+            pending: None,
+            last_response: None,
+            iv_counter: 0,
+            first_child_spi: 0,
+            children: Vec::new(),
+            peer_id: None,
+        };
+        transmit(&mut self.outputs, &sa, &resp);
+        let id = u64::from_be_bytes(spi_r);
+        self.half_open.insert((remote, h.spi_i), id);
+        self.sas.insert(id, sa);
+        if nat_local || nat_remote {
+            self.outputs.push_back(Output::Event(Event::NatDetected {
+                sa: id,
+                local: nat_local,
+                remote: nat_remote,
+            }));
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ initiator IKE_SA_INIT response
+
+    fn initiator_init_response(
+        &mut self,
+        now: Instant,
+        id: SaId,
+        remote: SocketAddr,
+        local_port: u16,
+        data: &[u8],
+        msg: Message,
+    ) -> Result<(), DropReason> {
+        let sa = self.sas.get_mut(&id).expect("caller checked");
+        if let Some(c) = msg.notify(notify::COOKIE) {
+            if sa.cookie_retries >= 3 || c.data.is_empty() || c.data.len() > 64 {
+                return Err(DropReason::Unexpected);
+            }
+            sa.cookie_retries += 1;
+            sa.cookie = Some(c.data.clone());
+            self.send_init_request(now, id);
+            return Ok(());
+        }
+        if let Some(n) = msg.notify(notify::INVALID_KE_PAYLOAD) {
+            let wanted = (n.data.len() == 2)
+                .then(|| DhGroup::from_id(u16::from_be_bytes([n.data[0], n.data[1]])))
+                .flatten();
+            let offered = self
+                .config
+                .ike_proposals
+                .iter()
+                .any(|p| wanted.is_some_and(|w| p.dh.contains(&w)));
+            match wanted {
+                Some(g) if offered && g != sa.dh_group && sa.ke_retries < 2 => {
+                    sa.ke_retries += 1;
+                    sa.dh_group = g;
+                    sa.dh = Some(DhPrivate::generate(g, &mut *self.rng));
+                    self.send_init_request(now, id);
+                    return Ok(());
+                }
+                _ => {
+                    self.remove_sa(
+                        id,
+                        Event::Failed {
+                            sa: id,
+                            reason: FailReason::PeerError(notify::INVALID_KE_PAYLOAD),
+                        },
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(n) = msg.payloads.iter().find_map(|p| match p {
+            Payload::Notify(n) if n.is_error() => Some(n.ntype),
+            _ => None,
+        }) {
+            self.remove_sa(
+                id,
+                Event::Failed {
+                    sa: id,
+                    reason: FailReason::PeerError(n),
+                },
+            );
+            return Ok(());
+        }
+        let h = msg.header;
+        let mut props = None;
+        let mut ke = None;
+        let mut nr = None;
+        for p in &msg.payloads {
+            match p {
+                Payload::Sa(s) => props = Some(s),
+                Payload::Ke { group, data } => ke = Some((*group, data)),
+                Payload::Nonce(n) => nr = Some(n),
+                _ => {}
+            }
+        }
+        let (Some(props), Some((ke_group, ke_data)), Some(nr)) = (props, ke, nr) else {
+            return Err(DropReason::Missing("SA, KE or Nonce"));
+        };
+        // the chosen proposal must be one of ours, with one transform of each type
+        let choice = match (props.len(), select_ike(&self.config.ike_proposals, props)) {
+            (1, Some(c)) if c.dh.contains(&sa.dh_group) && ke_group == sa.dh_group.id() => c,
+            _ => {
+                self.remove_sa(
+                    id,
+                    Event::Failed {
+                        sa: id,
+                        reason: FailReason::NoProposalChosen,
+                    },
+                );
+                return Ok(());
+            }
+        };
+        let dh = sa.dh.take().expect("initiator DH");
+        let Ok(shared) = dh.shared(ke_data) else {
+            self.remove_sa(
+                id,
+                Event::Failed {
+                    sa: id,
+                    reason: FailReason::Invalid("KE"),
+                },
+            );
+            return Ok(());
+        };
+        sa.spi_r = h.spi_r;
+        sa.nr = nr.clone();
+        sa.init_resp = data.to_vec();
+        let algs = choice.algs(sa.dh_group);
+        let keys = IkeKeys::derive(&algs, &shared, &sa.ni, &sa.nr, &sa.spi_i, &sa.spi_r);
+        sa.sk_out = Some(keys.sk(&algs, true));
+        sa.sk_in = Some(keys.sk(&algs, false));
+        sa.algs = Some(algs);
+        sa.keys = Some(keys);
+        sa.choice = Some(choice);
+        sa.pending = None;
+        sa.last_heard = now;
+        let local = SocketAddr::new(self.local_ip, local_port);
+        let (nat_local, nat_remote) = nat_flags(&msg.payloads, &sa.spi_i, &sa.spi_r, local, remote);
+        sa.nat_local = nat_local;
+        sa.nat_remote = nat_remote;
+        if nat_local || nat_remote {
+            self.outputs.push_back(Output::Event(Event::NatDetected {
+                sa: id,
+                local: nat_local,
+                remote: nat_remote,
+            }));
+        }
+        // §2.23: move to port 4500 behind a NAT (or when forced)
+        if (nat_local || nat_remote || self.config.force_encap) && sa.local_port != NATT_PORT {
+            sa.local_port = NATT_PORT;
+            sa.remote.set_port(NATT_PORT);
+        }
+        // IKE_AUTH request
+        let idi = self.config.local_id.clone();
+        let sk_pi = sa.keys.as_ref().expect("keys").sk_pi.clone();
+        let auth = psk_auth(
+            algs.prf,
+            &self.config.psk,
+            &sa.init_req,
+            &sa.nr,
+            &sk_pi,
+            &idi.body(),
+        );
+        let mut inner = vec![Payload::IdI(idi)];
+        if let Some(r) = &self.config.remote_id {
+            inner.push(Payload::IdR(r.clone()));
+        }
+        inner.push(Payload::Auth {
+            method: auth_method::SHARED_KEY_MIC,
+            data: auth.to_vec(),
+        });
+        if self.config.initial_contact {
+            inner.push(Payload::Notify(Notify::new(
+                notify::INITIAL_CONTACT,
+                vec![],
+            )));
+        }
+        if !self.config.esp_proposals.is_empty() {
+            let spi = sa.first_child_spi;
+            let props = self
+                .config
+                .esp_proposals
+                .iter()
+                .enumerate()
+                .map(|(i, p)| p.to_wire(i as u8 + 1, spi, false))
+                .collect();
+            inner.push(Payload::Sa(props));
+            inner.push(Payload::TsI(self.config.local_ts.clone()));
+            inner.push(Payload::TsR(self.config.remote_ts.clone()));
+        }
+        sa.state = State::AuthSent;
+        self.send_encrypted_request(now, id, exchange::IKE_AUTH, inner);
+        Ok(())
+    }
+
+    fn check_identity(&self, id: &Identity) -> bool {
+        if let Some(want) = &self.config.remote_id {
+            if want != id {
+                return false;
+            }
+        }
+        self.validator.as_ref().is_none_or(|v| v(id))
+    }
+
+    // ------------------------------------------------------------ responder IKE_AUTH
+
+    fn responder_auth(
+        &mut self,
+        _now: Instant,
+        id: SaId,
+        mid: u32,
+        inner: Vec<Payload>,
+    ) -> Result<(), DropReason> {
+        let mut idi = None;
+        let mut auth = None;
+        let mut esp = None;
+        let mut tsi = None;
+        let mut tsr = None;
+        for p in &inner {
+            match p {
+                Payload::IdI(i) => idi = Some(i.clone()),
+                Payload::Auth { method, data } => auth = Some((*method, data.clone())),
+                Payload::Sa(s) => esp = Some(s.clone()),
+                Payload::TsI(t) => tsi = Some(t.clone()),
+                Payload::TsR(t) => tsr = Some(t.clone()),
+                _ => {}
+            }
+        }
+        let (Some(idi), Some((method, auth))) = (idi, auth) else {
+            return Err(DropReason::Missing("IDi or AUTH"));
+        };
+        let sa = self.sas.get(&id).expect("caller checked");
+        let algs = sa.algs.expect("keys");
+        let keys = sa.keys.as_ref().expect("keys");
+        let want = psk_auth(
+            algs.prf,
+            &self.config.psk,
+            &sa.init_req,
+            &sa.nr,
+            &keys.sk_pi,
+            &idi.body(),
+        );
+        let reason = if !self.check_identity(&idi) {
+            Some(FailReason::IdentityRejected(idi.clone()))
+        } else if method != auth_method::SHARED_KEY_MIC || !ct_eq(&want, &auth) {
+            Some(FailReason::AuthenticationFailed)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.respond(
+                id,
+                exchange::IKE_AUTH,
+                mid,
+                vec![Payload::Notify(Notify::new(
+                    notify::AUTHENTICATION_FAILED,
+                    vec![],
+                ))],
+            );
+            self.remove_sa(id, Event::Failed { sa: id, reason });
+            return Ok(());
+        }
+        let idr = self.config.local_id.clone();
+        let our_auth = psk_auth(
+            algs.prf,
+            &self.config.psk,
+            &sa.init_resp,
+            &sa.ni,
+            &keys.sk_pr,
+            &idr.body(),
+        );
+        let mut out = vec![
+            Payload::IdR(idr),
+            Payload::Auth {
+                method: auth_method::SHARED_KEY_MIC,
+                data: our_auth.to_vec(),
+            },
+        ];
+        let mut child_failed = None;
+        let mut install = None;
+        if let (Some(esp), Some(tsi), Some(tsr)) = (esp, tsi, tsr) {
+            // initiator's TSi is our remote side, its TSr our local side
+            let n_remote = ts_narrow(&tsi, &self.config.remote_ts);
+            let n_local = ts_narrow(&tsr, &self.config.local_ts);
+            match select_esp(&self.config.esp_proposals, &esp) {
+                None => child_failed = Some(notify::NO_PROPOSAL_CHOSEN),
+                Some(_) if n_remote.is_empty() || n_local.is_empty() => {
+                    child_failed = Some(notify::TS_UNACCEPTABLE)
+                }
+                Some(mut c) => {
+                    c.dh = None; // no PFS in IKE_AUTH
+                    let spi_in = self.new_child_spi();
+                    out.push(Payload::Sa(vec![c.to_wire(spi_in)]));
+                    out.push(Payload::TsI(n_remote.clone()));
+                    out.push(Payload::TsR(n_local.clone()));
+                    install = Some((c, spi_in, n_local, n_remote));
+                }
+            }
+            if let Some(n) = child_failed {
+                out.push(Payload::Notify(Notify::new(n, vec![])));
+            }
+        }
+        self.respond(id, exchange::IKE_AUTH, mid, out);
+        let sa = self.sas.get_mut(&id).expect("still there");
+        sa.state = State::Established;
+        sa.peer_id = Some(idi.clone());
+        let remote = sa.remote;
+        self.half_open.retain(|_, v| *v != id);
+        self.outputs.push_back(Output::Event(Event::Established {
+            sa: id,
+            initiator: false,
+            peer: idi,
+            algs,
+            remote,
+        }));
+        if let Some((c, spi_in, ts_local, ts_remote)) = install {
+            self.install_child(id, c.transform, spi_in, c.peer_spi, ts_local, ts_remote);
+        }
+        if let Some(n) = child_failed {
+            self.outputs
+                .push_back(Output::Event(Event::ChildFailed { sa: id, notify: n }));
+        }
+        Ok(())
+    }
+
+    fn install_child(
+        &mut self,
+        id: SaId,
+        transform: EspTransform,
+        spi_in: u32,
+        spi_out: u32,
+        ts_local: Vec<TrafficSelector>,
+        ts_remote: Vec<TrafficSelector>,
+    ) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let algs = sa.algs.expect("keys");
+        let keys = sa.keys.as_ref().expect("keys");
+        let (i2r, r2i) = child_keymat(algs.prf, &keys.sk_d, &transform, None, &sa.ni, &sa.nr);
+        let (keymat_in, keymat_out) = if sa.initiator { (r2i, i2r) } else { (i2r, r2i) };
+        sa.children.push(Child { spi_in, spi_out });
+        self.outputs
+            .push_back(Output::InstallChildSa(Box::new(ChildSaParams {
+                ike_sa: id,
+                spi_in,
+                spi_out,
+                transform,
+                keymat_in,
+                keymat_out,
+                ts_local,
+                ts_remote,
+                lifetimes: self.config.child_lifetimes,
+                tunnel: true,
+                udp_encap: sa.encap(),
+                remote: sa.remote,
+            })));
+    }
+
+    // ------------------------------------------------------------ initiator IKE_AUTH response
+
+    fn initiator_auth_response(
+        &mut self,
+        now: Instant,
+        id: SaId,
+        inner: Vec<Payload>,
+    ) -> Result<(), DropReason> {
+        if let Some(n) = find_notify(&inner, notify::AUTHENTICATION_FAILED) {
+            let _ = n;
+            self.remove_sa(
+                id,
+                Event::Failed {
+                    sa: id,
+                    reason: FailReason::PeerError(notify::AUTHENTICATION_FAILED),
+                },
+            );
+            return Ok(());
+        }
+        let mut idr = None;
+        let mut auth = None;
+        let mut esp = None;
+        let mut tsi = None;
+        let mut tsr = None;
+        for p in &inner {
+            match p {
+                Payload::IdR(i) => idr = Some(i.clone()),
+                Payload::Auth { method, data } => auth = Some((*method, data.clone())),
+                Payload::Sa(s) => esp = Some(s.clone()),
+                Payload::TsI(t) => tsi = Some(t.clone()),
+                Payload::TsR(t) => tsr = Some(t.clone()),
+                _ => {}
+            }
+        }
+        let (Some(idr), Some((method, auth))) = (idr, auth) else {
+            let err = inner.iter().find_map(|p| match p {
+                Payload::Notify(n) if n.is_error() => Some(n.ntype),
+                _ => None,
+            });
+            self.remove_sa(
+                id,
+                Event::Failed {
+                    sa: id,
+                    reason: err.map_or(
+                        FailReason::Invalid("IKE_AUTH response"),
+                        FailReason::PeerError,
+                    ),
+                },
+            );
+            return Ok(());
+        };
+        let sa = self.sas.get(&id).expect("caller checked");
+        let algs = sa.algs.expect("keys");
+        let keys = sa.keys.as_ref().expect("keys");
+        let want = psk_auth(
+            algs.prf,
+            &self.config.psk,
+            &sa.init_resp,
+            &sa.ni,
+            &keys.sk_pr,
+            &idr.body(),
+        );
+        let reason = if !self.check_identity(&idr) {
+            Some(FailReason::IdentityRejected(idr.clone()))
+        } else if method != auth_method::SHARED_KEY_MIC || !ct_eq(&want, &auth) {
+            Some(FailReason::AuthenticationFailed)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            // §2.21.2: tell the responder, once, in a new INFORMATIONAL
+            let inner = vec![Payload::Notify(Notify::new(
+                notify::AUTHENTICATION_FAILED,
+                vec![],
+            ))];
+            if let Some(sa) = self.sas.get_mut(&id) {
+                let mid = sa.next_request_id;
+                let bytes = encrypt(
+                    &mut *self.rng,
+                    sa,
+                    exchange::INFORMATIONAL,
+                    mid,
+                    false,
+                    &inner,
+                );
+                transmit(&mut self.outputs, sa, &bytes);
+            }
+            self.remove_sa(id, Event::Failed { sa: id, reason });
+            return Ok(());
+        }
+        let first_spi = sa.first_child_spi;
+        let remote = sa.remote;
+        let sa = self.sas.get_mut(&id).expect("still there");
+        sa.state = State::Established;
+        sa.peer_id = Some(idr.clone());
+        sa.last_heard = now;
+        self.outputs.push_back(Output::Event(Event::Established {
+            sa: id,
+            initiator: true,
+            peer: idr,
+            algs,
+            remote,
+        }));
+        if let (Some(esp), Some(tsi), Some(tsr)) = (esp, tsi, tsr) {
+            let ok_ts =
+                ts_subset(&tsi, &self.config.local_ts) && ts_subset(&tsr, &self.config.remote_ts);
+            match select_esp(&self.config.esp_proposals, &esp) {
+                Some(c) if esp.len() == 1 && ok_ts && c.dh.is_none() => {
+                    self.install_child(id, c.transform, first_spi, c.peer_spi, tsi, tsr);
+                }
+                _ => {
+                    // unacceptable choice: delete the CHILD SA the responder made
+                    let spi = esp.first().map(|p| p.spi.clone()).unwrap_or_default();
+                    self.outputs.push_back(Output::Event(Event::ChildFailed {
+                        sa: id,
+                        notify: notify::NO_PROPOSAL_CHOSEN,
+                    }));
+                    if spi.len() == 4 {
+                        self.send_encrypted_request(
+                            now,
+                            id,
+                            exchange::INFORMATIONAL,
+                            vec![Payload::Delete(Delete {
+                                protocol: proto::ESP,
+                                spi_size: 4,
+                                spis: vec![spi],
+                            })],
+                        );
+                    }
+                }
+            }
+        } else if !self.config.esp_proposals.is_empty() {
+            let n = inner
+                .iter()
+                .find_map(|p| match p {
+                    Payload::Notify(n) if n.is_error() => Some(n.ntype),
+                    _ => None,
+                })
+                .unwrap_or(notify::NO_PROPOSAL_CHOSEN);
+            self.outputs
+                .push_back(Output::Event(Event::ChildFailed { sa: id, notify: n }));
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ INFORMATIONAL
+
+    fn informational_request(
+        &mut self,
+        id: SaId,
+        mid: u32,
+        inner: Vec<Payload>,
+    ) -> Result<(), DropReason> {
+        let mut out = Vec::new();
+        let mut delete_ike = false;
+        let mut gone = Vec::new();
+        for p in &inner {
+            if let Payload::Delete(d) = p {
+                match d.protocol {
+                    proto::IKE => delete_ike = true,
+                    proto::ESP => {
+                        let sa = self.sas.get_mut(&id).expect("caller checked");
+                        let mut ours = Vec::new();
+                        for s in &d.spis {
+                            let Ok(b) = <[u8; 4]>::try_from(&s[..]) else {
+                                continue;
+                            };
+                            let spi_out = u32::from_be_bytes(b);
+                            if let Some(pos) = sa.children.iter().position(|c| c.spi_out == spi_out)
+                            {
+                                let c = sa.children.remove(pos);
+                                ours.push(c.spi_in.to_be_bytes().to_vec());
+                                gone.push(c);
+                            }
+                        }
+                        if !ours.is_empty() {
+                            out.push(Payload::Delete(Delete {
+                                protocol: proto::ESP,
+                                spi_size: 4,
+                                spis: ours,
+                            }));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if delete_ike {
+            self.respond(id, exchange::INFORMATIONAL, mid, vec![]);
+            self.remove_sa(
+                id,
+                Event::Closed {
+                    sa: id,
+                    by_peer: true,
+                },
+            );
+            return Ok(());
+        }
+        self.respond(id, exchange::INFORMATIONAL, mid, out);
+        for c in gone {
+            self.outputs.push_back(Output::DeleteChildSa {
+                ike_sa: id,
+                spi_in: c.spi_in,
+                spi_out: c.spi_out,
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes an IKE SA (CT): sends INFORMATIONAL Delete and removes its
+    /// CHILD SAs; [`Event::Closed`] follows the peer's answer (or the timeout).
+    pub fn close(&mut self, now: Instant, id: SaId) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        if sa.state != State::Established {
+            self.remove_sa(
+                id,
+                Event::Closed {
+                    sa: id,
+                    by_peer: false,
+                },
+            );
+            return;
+        }
+        sa.state = State::Deleting;
+        let children: Vec<Child> = sa.children.drain(..).collect();
+        for c in children {
+            self.outputs.push_back(Output::DeleteChildSa {
+                ike_sa: id,
+                spi_in: c.spi_in,
+                spi_out: c.spi_out,
+            });
+        }
+        if sa.pending.is_some() {
+            // window of 1: the delete replaces nothing; wait for the pending one
+            // to finish? Simplest correct choice: drop the SA locally.
+            self.remove_sa(
+                id,
+                Event::Closed {
+                    sa: id,
+                    by_peer: false,
+                },
+            );
+            return;
+        }
+        self.send_encrypted_request(
+            now,
+            id,
+            exchange::INFORMATIONAL,
+            vec![Payload::Delete(Delete {
+                protocol: proto::IKE,
+                spi_size: 0,
+                spis: vec![],
+            })],
+        );
+    }
+
+    /// Sends a liveness check (empty INFORMATIONAL) now, if the window is free.
+    pub fn send_dpd(&mut self, now: Instant, id: SaId) {
+        if self
+            .sas
+            .get(&id)
+            .is_some_and(|s| s.state == State::Established && s.pending.is_none())
+        {
+            self.send_encrypted_request(now, id, exchange::INFORMATIONAL, vec![]);
+        }
+    }
+
+    fn remove_sa(&mut self, id: SaId, ev: Event) {
+        if let Some(sa) = self.sas.remove(&id) {
+            for c in sa.children {
+                self.outputs.push_back(Output::DeleteChildSa {
+                    ike_sa: id,
+                    spi_in: c.spi_in,
+                    spi_out: c.spi_out,
+                });
+            }
+        }
+        self.half_open.retain(|_, v| *v != id);
+        self.outputs.push_back(Output::Event(ev));
+    }
+
+    // ------------------------------------------------------------ timers
+
+    /// The earliest deadline of any IKE SA (retransmission, half-open
+    /// expiry, liveness check).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sas.values().filter_map(|sa| self.deadline(sa)).min()
+    }
+
+    fn deadline(&self, sa: &IkeSa) -> Option<Instant> {
+        let mut d = sa.pending.as_ref().map(|p| p.deadline);
+        if sa.state == State::HalfOpen {
+            let t = sa.created + self.config.half_open_timeout;
+            d = Some(d.map_or(t, |x| x.min(t)));
+        }
+        if let (State::Established, None, Some(i)) =
+            (sa.state, &sa.pending, self.config.dpd_interval)
+        {
+            let t = sa.last_heard + i;
+            d = Some(d.map_or(t, |x| x.min(t)));
+        }
+        d
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ids: Vec<SaId> = self.sas.keys().copied().collect();
+        for id in ids {
+            let Some(sa) = self.sas.get_mut(&id) else {
+                continue;
+            };
+            if sa.state == State::HalfOpen && now >= sa.created + self.config.half_open_timeout {
+                self.remove_sa(
+                    id,
+                    Event::Failed {
+                        sa: id,
+                        reason: FailReason::HalfOpenExpired,
+                    },
+                );
+                continue;
+            }
+            if let Some(p) = &mut sa.pending {
+                if now >= p.deadline {
+                    if p.retries >= self.config.retransmit.tries {
+                        let deleting = sa.state == State::Deleting;
+                        let ev = if deleting {
+                            Event::Closed {
+                                sa: id,
+                                by_peer: false,
+                            }
+                        } else {
+                            Event::Failed {
+                                sa: id,
+                                reason: FailReason::Timeout,
+                            }
+                        };
+                        self.remove_sa(id, ev);
+                        continue;
+                    }
+                    p.retries += 1;
+                    p.deadline = now + self.config.retransmit.timeout(p.retries);
+                    let bytes = p.bytes.clone();
+                    transmit(&mut self.outputs, sa, &bytes);
+                }
+                continue;
+            }
+            if let (State::Established, Some(i)) = (sa.state, self.config.dpd_interval) {
+                if now >= sa.last_heard + i {
+                    self.send_encrypted_request(now, id, exchange::INFORMATIONAL, vec![]);
+                }
+            }
+        }
+    }
+
+    /// Received ESP traffic from the peer proves liveness (skips DPD).
+    pub fn on_child_traffic(&mut self, now: Instant, id: SaId) {
+        if let Some(sa) = self.sas.get_mut(&id) {
+            sa.last_heard = now;
+        }
+    }
+
+    /// How long this IKE SA has existed.
+    pub fn age(&self, id: SaId, now: Instant) -> Option<Duration> {
+        self.sas
+            .get(&id)
+            .map(|s| now.saturating_duration_since(s.created))
+    }
+}
+
+/// (we are behind a NAT, the peer is behind a NAT), from the peer's NAT_D notifies.
+fn nat_flags(
+    payloads: &[Payload],
+    spi_i: &[u8; 8],
+    spi_r: &[u8; 8],
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> (bool, bool) {
+    let mut src = Vec::new();
+    let mut dst = None;
+    for p in payloads {
+        if let Payload::Notify(n) = p {
+            match n.ntype {
+                notify::NAT_DETECTION_SOURCE_IP => src.push(n.data.clone()),
+                notify::NAT_DETECTION_DESTINATION_IP => dst = Some(n.data.clone()),
+                _ => {}
+            }
+        }
+    }
+    if src.is_empty() || dst.is_none() {
+        return (false, false);
+    }
+    let remote_h = nat_hash(spi_i, spi_r, remote);
+    let local_h = nat_hash(spi_i, spi_r, local);
+    let nat_remote = !src.contains(&remote_h);
+    let nat_local = dst.is_some_and(|d| d != local_h);
+    (nat_local, nat_remote)
+}
+
+fn transmit(outputs: &mut VecDeque<Output>, sa: &IkeSa, msg: &[u8]) {
+    let mut bytes = Vec::with_capacity(msg.len() + 4);
+    if sa.encap() {
+        bytes.extend_from_slice(&[0; 4]);
+    }
+    bytes.extend_from_slice(msg);
+    outputs.push_back(Output::Transmit {
+        local_port: sa.local_port,
+        dst: sa.remote,
+        bytes,
+    });
+}
+
+/// Builds an encrypted message: header | SK { inner }.
+fn encrypt(
+    rng: &mut dyn IkeRng,
+    sa: &mut IkeSa,
+    exch: u8,
+    mid: u32,
+    response: bool,
+    inner: &[Payload],
+) -> Vec<u8> {
+    let sk = sa.sk_out.as_ref().expect("SK keys");
+    let mut plain = Zeroizing::new(Vec::new());
+    let first = wire::write_chain(inner, &mut plain);
+    let iv: Vec<u8> = if sk.encr.is_aead() {
+        sa.iv_counter += 1;
+        sa.iv_counter.to_be_bytes().to_vec()
+    } else {
+        let mut v = vec![0u8; 16];
+        rng.fill_bytes(&mut v);
+        v
+    };
+    let body_len = sk.sealed_len(plain.len());
+    let mut fl = if sa.initiator { flags::INITIATOR } else { 0 };
+    if response {
+        fl |= flags::RESPONSE;
+    }
+    let total = HEADER_LEN + 4 + body_len;
+    let h = Header {
+        spi_i: sa.spi_i,
+        spi_r: sa.spi_r,
+        next_payload: pt::SK,
+        version: 0x20,
+        exchange: exch,
+        flags: fl,
+        message_id: mid,
+        length: total as u32,
+    };
+    let mut out = Vec::with_capacity(total);
+    h.write(&mut out);
+    out.push(first);
+    out.push(0);
+    out.extend_from_slice(&((4 + body_len) as u16).to_be_bytes());
+    let body = sk.seal(&out, &iv, &plain);
+    debug_assert_eq!(body.len(), body_len);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Verifies and decrypts the SK payload (the last payload) of `msg`.
+fn decrypt(sa: &IkeSa, raw: &[u8], msg: &Message) -> Result<Vec<Payload>, DropReason> {
+    let Some(sk) = sa.sk_in.as_ref() else {
+        return Err(DropReason::Unexpected);
+    };
+    let Some(Payload::Sk { first_inner, body }) = msg.payloads.last() else {
+        return Err(DropReason::Missing("SK"));
+    };
+    let aad = &raw[..raw.len() - body.len()];
+    let plain = sk.open(aad, body).map_err(|_| DropReason::Integrity)?;
+    Ok(wire::parse_chain(*first_inner, &plain)?)
+}

@@ -7,5 +7,6 @@
 
 pub mod framing;
 pub mod packet;
+pub mod reliable;
 pub mod static_key;
 pub mod wrap;

@@ -5,8 +5,10 @@
 //! - [`static_key`]: OpenVPN's static key file, key slots and directions
 //! - [`wrap`]: control-channel protection (none, tls-auth, tls-crypt)
 
+pub mod data;
 pub mod framing;
 pub mod packet;
 pub mod reliable;
 pub mod static_key;
+pub mod tls;
 pub mod wrap;

@@ -7,7 +7,9 @@
 
 pub mod data;
 pub mod framing;
+pub mod keymethod;
 pub mod packet;
+pub mod push;
 pub mod reliable;
 pub mod static_key;
 pub mod tls;

@@ -102,7 +102,11 @@ fn get_string<'a>(
 }
 
 impl KeyMethod2 {
-    pub fn encode(&self, from_client: bool, rng: &mut impl rand_core::RngCore) -> Vec<u8> {
+    pub fn encode<R: rand_core::RngCore + ?Sized>(
+        &self,
+        from_client: bool,
+        rng: &mut R,
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&0u32.to_be_bytes());
         out.push(KEY_METHOD_2);
@@ -221,9 +225,17 @@ mod tests {
                 assert!(n <= l);
             }
         }
+        let mut bad = b.clone();
+        bad[0] = 1;
         assert_eq!(
-            KeyMethod2::parse(&b, false).map(|_| ()).unwrap_err(),
-            KeyMethodError::BadString("options")
+            KeyMethod2::parse(&bad, true).unwrap_err(),
+            KeyMethodError::BadPrefix
+        );
+        bad[0] = 0;
+        bad[4] = 1;
+        assert_eq!(
+            KeyMethod2::parse(&bad, true).unwrap_err(),
+            KeyMethodError::BadMethod(1)
         );
     }
 

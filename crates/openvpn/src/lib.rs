@@ -7,7 +7,7 @@
 //! - [`reliable`]: the control channel's reliability layer
 //! - [`tls`]: TLS via rustls without I/O, CA / peer-fingerprint, exporter
 //! - [`keymethod`]: key method 2, peer-info, cipher negotiation
-//! - [`push`]: PUSH_REPLY
+//! - [`push`]: PUSH_REPLY parsing and building
 //! - [`data`]: P_DATA_V2 on `polytun_core`'s record engine, tls-ekm keys
 //! - [`session`]: the sans-I/O client/server [`session::Session`] (key-id 0)
 

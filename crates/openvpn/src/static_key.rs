@@ -96,7 +96,7 @@ impl StaticKey {
             }
             let v = c.to_digit(16).ok_or(KeyFileError::BadChar(c))? as u8;
             if n / 2 < STATIC_KEY_LEN {
-                if n % 2 == 0 {
+                if n & 1 == 0 {
                     hi = v;
                 } else {
                     out[n / 2] = (hi << 4) | v;

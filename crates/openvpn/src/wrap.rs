@@ -42,7 +42,7 @@ pub enum Digest {
 }
 
 impl Digest {
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             Digest::Sha1 => 20,
             Digest::Sha256 => 32,
@@ -68,7 +68,7 @@ impl Digest {
             }
             m.finalize().into_bytes().to_vec()
         }
-        let k = &key[..self.len()];
+        let k = &key[..self.output_len()];
         Zeroizing::new(match self {
             Digest::Sha1 => run::<Hmac<sha1::Sha1>>(k, parts),
             Digest::Sha256 => run::<Hmac<sha2::Sha256>>(k, parts),
@@ -244,7 +244,7 @@ impl ControlWrap {
     pub fn overhead(&self) -> usize {
         match &self.mode {
             Mode::None => 0,
-            Mode::Auth(d, _) => d.len() + PID_LONG_LEN,
+            Mode::Auth(d, _) => d.output_len() + PID_LONG_LEN,
             Mode::Crypt(_) => PID_LONG_LEN + TLS_CRYPT_TAG_LEN,
         }
     }
@@ -330,7 +330,7 @@ impl ControlWrap {
         let (wrap_id, body) = match &self.mode {
             Mode::None => (None, rest.to_vec()),
             Mode::Auth(d, k) => {
-                let hl = d.len();
+                let hl = d.output_len();
                 need("tls-auth HMAC + packet-id", rest, hl + PID_LONG_LEN)?;
                 let (mac, after) = rest.split_at(hl);
                 let pidt = &after[..PID_LONG_LEN];

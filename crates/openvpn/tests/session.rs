@@ -119,13 +119,13 @@ fn pump(mut c: Session, mut s: Session, drop_every: usize, start: Instant) -> Ru
         }
         for p in to_s {
             n += 1;
-            if drop_every == 0 || n % drop_every != 0 {
+            if drop_every == 0 || !n.is_multiple_of(drop_every) {
                 let _ = s.handle_packet(now, &p);
             }
         }
         for p in to_c {
             n += 1;
-            if drop_every == 0 || n % drop_every != 0 {
+            if drop_every == 0 || !n.is_multiple_of(drop_every) {
                 let _ = c.handle_packet(now, &p);
             }
         }
@@ -134,6 +134,7 @@ fn pump(mut c: Session, mut s: Session, drop_every: usize, start: Instant) -> Ru
     run
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sessions(
     pki: &Pki,
     cwrap: ControlWrap,

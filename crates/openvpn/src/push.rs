@@ -1,0 +1,202 @@
+//! `PUSH_REPLY` parsing (client) and building (server).
+//!
+//! `PUSH_REPLY,opt arg arg,opt,...`: comma-separated options, each a
+//! keyword and space-separated arguments; a long reply is split over several
+//! messages ending with `push-continuation 2` (more follows) and the last
+//! with `push-continuation 1`. Options polytun does not know are kept in
+//! [`PushReply::unknown`] so they can be named, never silently dropped.
+
+use crate::data::Cipher;
+use std::net::{IpAddr, Ipv4Addr};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error("not a PUSH_REPLY message")]
+    NotPushReply,
+    #[error("bad '{option}' option: {why}")]
+    Bad { option: String, why: &'static str },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub network: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PushReply {
+    /// `ifconfig LOCAL NETMASK_OR_REMOTE` (netmask with topology subnet,
+    /// the remote end with net30/p2p).
+    pub ifconfig: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub ifconfig_ipv6: Option<String>,
+    pub topology: Option<String>,
+    pub route_gateway: Option<Ipv4Addr>,
+    pub routes: Vec<Route>,
+    /// `dhcp-option TYPE VALUE` (DNS, DOMAIN, ...).
+    pub dhcp_options: Vec<(String, String)>,
+    pub peer_id: Option<u32>,
+    pub cipher: Option<Cipher>,
+    pub ping: Option<u32>,
+    pub ping_restart: Option<u32>,
+    pub tun_mtu: Option<u32>,
+    /// `protocol-flags` (e.g. `cc-exit tls-ekm dyn-tls-crypt`) and
+    /// `key-derivation tls-ekm`.
+    pub protocol_flags: Vec<String>,
+    pub unknown: Vec<String>,
+    /// Did the last message say more follows (`push-continuation 2`)?
+    pub more: bool,
+}
+
+fn ip(option: &str, s: Option<&str>) -> Result<Ipv4Addr, PushError> {
+    s.and_then(|s| s.parse().ok()).ok_or(PushError::Bad {
+        option: option.to_string(),
+        why: "expected an IPv4 address",
+    })
+}
+
+fn num(option: &str, s: Option<&str>) -> Result<u32, PushError> {
+    s.and_then(|s| s.parse().ok()).ok_or(PushError::Bad {
+        option: option.to_string(),
+        why: "expected a number",
+    })
+}
+
+impl PushReply {
+    /// Is data channel key derivation through the TLS exporter on?
+    pub fn tls_ekm(&self) -> bool {
+        self.protocol_flags.iter().any(|f| f == "tls-ekm")
+    }
+
+    /// DNS servers from `dhcp-option DNS`.
+    pub fn dns(&self) -> Vec<IpAddr> {
+        self.dhcp_options
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("DNS") || k.eq_ignore_ascii_case("DNS6"))
+            .filter_map(|(_, v)| v.parse().ok())
+            .collect()
+    }
+
+    /// Merges one `PUSH_REPLY,...` message (without its trailing NUL).
+    pub fn merge(&mut self, msg: &str) -> Result<(), PushError> {
+        let body = msg
+            .strip_prefix("PUSH_REPLY")
+            .ok_or(PushError::NotPushReply)?;
+        self.more = false;
+        for opt in body.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let mut w = opt.split_ascii_whitespace();
+            let kw = w.next().unwrap_or("");
+            match kw {
+                "ifconfig" => {
+                    let a = ip(opt, w.next())?;
+                    self.ifconfig = Some((a, ip(opt, w.next())?));
+                }
+                "ifconfig-ipv6" => self.ifconfig_ipv6 = Some(w.collect::<Vec<_>>().join(" ")),
+                "topology" => self.topology = w.next().map(str::to_string),
+                "route-gateway" => self.route_gateway = Some(ip(opt, w.next())?),
+                "route" => {
+                    let network = ip(opt, w.next())?;
+                    let netmask = match w.next() {
+                        Some(m) => ip(opt, Some(m))?,
+                        None => Ipv4Addr::BROADCAST,
+                    };
+                    let gateway = match w.next() {
+                        Some("vpn_gateway") | None => None,
+                        Some(g) => Some(ip(opt, Some(g))?),
+                    };
+                    self.routes.push(Route {
+                        network,
+                        netmask,
+                        gateway,
+                    });
+                }
+                "dhcp-option" => {
+                    let k = w.next().unwrap_or("").to_string();
+                    self.dhcp_options.push((k, w.collect::<Vec<_>>().join(" ")));
+                }
+                "peer-id" => self.peer_id = Some(num(opt, w.next())? & 0x00FF_FFFF),
+                "cipher" => {
+                    let c = w.next().unwrap_or("");
+                    self.cipher = Some(Cipher::from_name(c).ok_or(PushError::Bad {
+                        option: opt.to_string(),
+                        why: "unsupported data cipher",
+                    })?);
+                }
+                "ping" => self.ping = Some(num(opt, w.next())?),
+                "ping-restart" => self.ping_restart = Some(num(opt, w.next())?),
+                "tun-mtu" => self.tun_mtu = Some(num(opt, w.next())?),
+                "protocol-flags" => self.protocol_flags.extend(w.map(str::to_string)),
+                "key-derivation" => {
+                    if w.next() == Some("tls-ekm") {
+                        self.protocol_flags.push("tls-ekm".into());
+                    }
+                }
+                "push-continuation" => self.more = w.next() == Some("2"),
+                _ => self.unknown.push(opt.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn parse(msg: &str) -> Result<Self, PushError> {
+        let mut r = Self::default();
+        r.merge(msg)?;
+        Ok(r)
+    }
+}
+
+/// Builds the server's reply: configured options, then the negotiated
+/// `peer-id`, `cipher` and `protocol-flags tls-ekm`.
+pub fn build_push_reply(options: &[String], peer_id: u32, cipher: Cipher) -> String {
+    let mut s = String::from("PUSH_REPLY");
+    for o in options {
+        s.push(',');
+        s.push_str(o);
+    }
+    s.push_str(&format!(
+        ",peer-id {peer_id},cipher {},protocol-flags tls-ekm",
+        cipher.name()
+    ));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openvpn_style_reply() {
+        let m = "PUSH_REPLY,route-gateway 10.8.0.1,topology subnet,ping 10,ping-restart 120,\
+                 route 192.168.50.0 255.255.255.0,dhcp-option DNS 10.8.0.1,\
+                 ifconfig 10.8.0.2 255.255.255.0,peer-id 3,cipher AES-256-GCM,\
+                 protocol-flags cc-exit tls-ekm dyn-tls-crypt,tun-mtu 1500,explicit-exit-notify";
+        let r = PushReply::parse(m).unwrap();
+        assert_eq!(
+            r.ifconfig,
+            Some((
+                "10.8.0.2".parse().unwrap(),
+                "255.255.255.0".parse().unwrap()
+            ))
+        );
+        assert_eq!(r.routes.len(), 1);
+        assert_eq!(r.peer_id, Some(3));
+        assert_eq!(r.cipher, Some(Cipher::Aes256Gcm));
+        assert_eq!((r.ping, r.ping_restart), (Some(10), Some(120)));
+        assert!(r.tls_ekm());
+        assert_eq!(r.dns(), vec!["10.8.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.unknown, vec!["explicit-exit-notify".to_string()]);
+        assert!(PushReply::parse("PUSH_REPLY,ifconfig 10.8.0.2").is_err());
+        assert!(PushReply::parse("AUTH_FAILED").is_err());
+    }
+
+    #[test]
+    fn continuation() {
+        let mut r = PushReply::default();
+        r.merge("PUSH_REPLY,route 10.0.0.0 255.0.0.0,push-continuation 2")
+            .unwrap();
+        assert!(r.more);
+        r.merge("PUSH_REPLY,peer-id 1,push-continuation 1").unwrap();
+        assert!(!r.more);
+        assert_eq!((r.routes.len(), r.peer_id), (1, Some(1)));
+    }
+}

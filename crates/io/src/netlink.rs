@@ -34,6 +34,9 @@ const RT_SCOPE_LINK: u8 = 253;
 const RT_SCOPE_NOWHERE: u8 = 255;
 const RTN_UNICAST: u8 = 1;
 const IFA_F_PERMANENT: u8 = 0x80;
+/// No duplicate address detection: on a point-to-point tunnel there is no
+/// one to collide with, and a tentative address cannot be bound for ~1 s.
+const IFA_F_NODAD: u8 = 0x02;
 
 /// Options for [`add_route`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -205,7 +208,7 @@ fn addr_msg(ty: u16, flags: u16, ifindex: u32, ip: IpAddr, prefix: u8) -> Vec<u8
     let mut ifa = [0u8; 8];
     ifa[0] = family(&ip);
     ifa[1] = prefix;
-    ifa[2] = IFA_F_PERMANENT;
+    ifa[2] = IFA_F_PERMANENT | if ip.is_ipv6() { IFA_F_NODAD } else { 0 };
     ifa[3] = RT_SCOPE_UNIVERSE;
     ifa[4..8].copy_from_slice(&ifindex.to_ne_bytes());
     m.push(&ifa);

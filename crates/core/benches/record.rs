@@ -58,7 +58,13 @@ fn keys(alg: Algorithm) -> (SealingKey<Wg>, OpeningKey<Wg>) {
     let k = vec![3u8; alg.key_len()];
     (
         SealingKey::new(Aead::new(alg, &k).unwrap(), Wg, Limits::default(), now),
-        OpeningKey::new(Aead::new(alg, &k).unwrap(), Wg, 8192, Limits::default(), now),
+        OpeningKey::new(
+            Aead::new(alg, &k).unwrap(),
+            Wg,
+            8192,
+            Limits::default(),
+            now,
+        ),
     )
 }
 
@@ -86,7 +92,10 @@ fn bench(c: &mut Criterion) {
             roundtrip_batch(&s, &o, &mut batch, now);
         }
         let allocs = ALLOCATIONS.load(Ordering::Relaxed) - before;
-        println!("{}: allocations in 100 batches of {BATCH} x {MTU} B seal+open: {allocs}", alg.name());
+        println!(
+            "{}: allocations in 100 batches of {BATCH} x {MTU} B seal+open: {allocs}",
+            alg.name()
+        );
         assert_eq!(allocs, 0, "the record engine allocated on the data path");
 
         let mut g = c.benchmark_group(format!("record {}", alg.name()));

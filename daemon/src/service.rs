@@ -220,7 +220,11 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         "interface {}: mtu {}, offload {}",
         tun.name(),
         iface.mtu,
-        if tun.offload_enabled() { "on" } else { "off" }
+        match (tun.offload_enabled(), tun.udp_offload_enabled()) {
+            (true, true) => "on (TCP and UDP segmentation)",
+            (true, false) => "on (TCP segmentation only)",
+            _ => "off",
+        }
     );
     let set: TunnelSet = Arc::new(std::sync::RwLock::new(Vec::new()));
     let mut running = Running {

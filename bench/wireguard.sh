@@ -6,8 +6,12 @@
 #   ping    20 pings (0.2 s apart) after a warm-up: median RTT
 #   tcp1    iperf3 TCP, 1 stream, DURATION s   (median of REPEAT runs)
 #   tcp4    iperf3 TCP, 4 streams, DURATION s  (median of REPEAT runs)
+#   cpu     CPU seconds both daemons spent per GB moved during the tcp1 runs
+#   udp     iperf3 UDP flood (1380-byte datagrams, unlimited rate), DURATION s: datagrams/s delivered
+#   rss     peak RSS (VmHWM) of the daemons after all runs, the UDP flood included
 # and a table with the ratios polytun/wireguard-go and polytun/boringtun.
 # Issue 2's bar: polytun tcp1 >= 2x wireguard-go, polytun ping <= wireguard-go.
+# Issue 5's bars are printed too (tcp1 >= 8x both peers, ping <= boringtun, RSS < 64 MiB).
 #
 # Usage: sudo bench/wireguard.sh            (after cargo build --release)
 # Env: IMPLS="polytun wireguard-go boringtun" (also: polytun-wg), DURATION=10, REPEAT=3,
@@ -75,9 +79,11 @@ KEYDIR=$OUT_DIR/keys; mkdir -p "$KEYDIR"; chmod 700 "$KEYDIR"
 (umask 077; wg genkey >"$KEYDIR/a"; wg genkey >"$KEYDIR/b")
 PUB_A=$(wg pubkey <"$KEYDIR/a"); PUB_B=$(wg pubkey <"$KEYDIR/b")
 
+DAEMON_PIDS=()
 setup_impl() {   # impl
   local impl=$1 side ns ifn ul ol key peer peer_ul peer_ol cmd
   teardown
+  DAEMON_PIDS=()
   ip netns add "$NS_A"; ip netns add "$NS_B"
   ip link add "$VETH_A" netns "$NS_A" type veth peer name "$VETH_B" netns "$NS_B"
   ip -n "$NS_A" link set lo up; ip -n "$NS_B" link set lo up
@@ -107,6 +113,7 @@ endpoint = "$peer_ul:$PORT"
 allowed_ips = ["$peer_ol/32"]
 TOML
         start_bg "$ns" "$OUT_DIR/$impl-$side.log" "$BIN/polytund" --config "$OUT_DIR/$impl-$side.toml"
+        DAEMON_PIDS+=("$LAST")
         for _ in $(seq 100); do "$BIN/polytun" -i "$ifn" show >/dev/null 2>&1 && break; sleep 0.1; done
         "$BIN/polytun" -i "$ifn" show >/dev/null || die "polytund did not come up (see $OUT_DIR/$impl-$side.log)"
         continue ;;
@@ -117,6 +124,7 @@ TOML
     esac
     [[ -x ${cmd[0]} ]] || die "$impl not installed (sudo scripts/install-test-deps.sh / cargo build --release)"
     start_bg "$ns" "$OUT_DIR/$impl-$side.log" "${cmd[@]}"
+    DAEMON_PIDS+=("$LAST")
     for _ in $(seq 100); do [[ -S /var/run/wireguard/$ifn.sock ]] && break; sleep 0.1; done
     [[ -S /var/run/wireguard/$ifn.sock ]] || die "$impl: no UAPI socket"
     ip netns exec "$ns" wg set "$ifn" private-key "$key" listen-port $PORT \
@@ -130,6 +138,25 @@ TOML
   die "$impl: tunnel does not pass traffic"
 }
 
+# CPU clock ticks (user + system) of the daemons, children's threads included.
+cpu_ticks() {
+  local pid total=0 f
+  for pid in "${DAEMON_PIDS[@]}"; do
+    f=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + f))
+  done
+  echo "$total"
+}
+peak_rss_kb() {
+  local pid max=0 v
+  for pid in "${DAEMON_PIDS[@]}"; do
+    v=$(awk '/VmHWM/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    (( v > max )) && max=$v
+  done
+  echo "$max"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
 median() { python3 -c 'import sys,statistics as s; v=[float(x) for x in sys.argv[1:] if x!="nan"]; print("%.3f"%s.median(v) if v else "nan")' "$@"; }
 
 measure() {   # impl
@@ -139,12 +166,20 @@ measure() {   # impl
   rtts=$(sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' <<<"$out" | tr '\n' ' ')
   # shellcheck disable=SC2086
   echo "$impl ping_ms $(median $rtts)" >>"$OUT_DIR/results.txt"
+  local ticks=0 bytes=0 t0
   for t in tcp1 tcp4; do
     v=()
     for r in $(seq "$REPEAT"); do
       local par=1; [[ $t == tcp4 ]] && par=4
+      t0=$(cpu_ticks)
       ip netns exec "$NS_A" timeout $((DURATION + 30)) iperf3 -c 198.51.100.2 -t "$DURATION" -P $par -J \
         >"$OUT_DIR/$impl-$t-$r.json" 9>&- </dev/null || true
+      if [[ $t == tcp1 ]]; then
+        ticks=$((ticks + $(cpu_ticks) - t0))
+        bytes=$((bytes + $(python3 -c 'import json,sys
+try: print(int(json.load(open(sys.argv[1]))["end"]["sum_received"]["bytes"]))
+except Exception: print(0)' "$OUT_DIR/$impl-$t-$r.json")))
+      fi
       v+=("$(python3 -c 'import json,sys
 try: print("%.3f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9))
 except Exception: print("nan")' "$OUT_DIR/$impl-$t-$r.json")")
@@ -153,6 +188,18 @@ except Exception: print("nan")' "$OUT_DIR/$impl-$t-$r.json")")
     done
     echo "$impl ${t}_gbps $(median "${v[@]}")" >>"$OUT_DIR/results.txt"
   done
+  echo "$impl cpu_s_per_gb $(python3 -c 'import sys; t,b,hz=map(float,sys.argv[1:]); print("%.3f" % ((t/hz)/(b/1e9)) if b else "nan")' "$ticks" "$bytes" "$CLK_TCK")" >>"$OUT_DIR/results.txt"
+  ip netns exec "$NS_A" timeout $((DURATION + 30)) iperf3 -c 198.51.100.2 -u -b 0 -l 1380 -t "$DURATION" -J \
+    >"$OUT_DIR/$impl-udp.json" 9>&- </dev/null || true
+  v=$(python3 -c 'import json,sys
+try:
+    e = json.load(open(sys.argv[1]))["end"]["sum"]
+    print("%.1f" % ((e["packets"] - e["lost_packets"]) / e["seconds"] / 1000))
+except Exception: print("nan")' "$OUT_DIR/$impl-udp.json")
+  log "$impl udp flood: $v k datagrams/s delivered"
+  echo "$impl udp_kpps $v" >>"$OUT_DIR/results.txt"
+  echo "$impl rss_mb $(python3 -c 'import sys; print("%.1f" % (int(sys.argv[1])/1024))' "$(peak_rss_kb)")" >>"$OUT_DIR/results.txt"
+  ip netns exec "$NS_A" ping -c 3 -i 0.2 -q 198.51.100.2 >/dev/null 9>&- || log "$impl: tunnel did not answer pings after the UDP flood"
   teardown
 }
 
@@ -172,7 +219,8 @@ for line in open(sys.argv[1]):
     impl, key, val = line.split()
     res.setdefault(impl, {})[key] = float(val)
 impls = sys.argv[2].split()
-keys = [("tcp1_gbps", "TCP 1 stream Gbit/s"), ("tcp4_gbps", "TCP 4 streams Gbit/s"), ("ping_ms", "ping median ms")]
+keys = [("tcp1_gbps", "TCP 1 stream Gbit/s"), ("tcp4_gbps", "TCP 4 streams Gbit/s"), ("ping_ms", "ping median ms"),
+        ("udp_kpps", "UDP k datagrams/s"), ("cpu_s_per_gb", "CPU s per GB (tcp1)"), ("rss_mb", "peak RSS MB")]
 print()
 print("%-22s" % "" + "".join("%16s" % i for i in impls))
 for k, name in keys:
@@ -184,11 +232,19 @@ if me:
         cells = []
         for k, name in keys:
             a, b = res.get(me, {}).get(k), res.get(other, {}).get(k)
-            cells.append("%s %s" % (name.split(" Gbit")[0].split(" median")[0], "%.2fx" % (a / b) if a and b else "n/a"))
+            cells.append("%s %s" % (name.split(" Gbit")[0].split(" median")[0].split(" k ")[0].split(" (")[0], "%.2fx" % (a / b) if a and b else "n/a"))
         print("%s/%s: %s" % (me, other, ", ".join(cells)))
     w = res.get("wireguard-go", {}); p = res.get(me, {})
     if w and p:
         ok1 = p.get("tcp1_gbps", 0) >= 2 * w.get("tcp1_gbps", 1e9)
         ok2 = p.get("ping_ms", 1e9) <= w.get("ping_ms", 0)
         print("issue-2 bar: tcp1 >= 2x wireguard-go: %s; ping <= wireguard-go: %s" % ("PASS" if ok1 else "FAIL", "PASS" if ok2 else "FAIL"))
+    bt = res.get("boringtun", {})
+    if w and bt and p:
+        t1 = p.get("tcp1_gbps", 0)
+        print("issue-5 bars: tcp1 >= 8x wireguard-go: %s; tcp1 >= 8x boringtun: %s; ping <= boringtun: %s; RSS < 64 MiB: %s" % (
+            "PASS" if t1 >= 8 * w.get("tcp1_gbps", 1e9) else "FAIL",
+            "PASS" if t1 >= 8 * bt.get("tcp1_gbps", 1e9) else "FAIL",
+            "PASS" if p.get("ping_ms", 1e9) <= bt.get("ping_ms", 0) else "FAIL",
+            "PASS" if p.get("rss_mb", 1e9) < 64 else "FAIL"))
 PY

@@ -1146,7 +1146,15 @@ impl Endpoint {
             remote,
         }));
         if let Some((c, spi_in, ts_local, ts_remote)) = install {
-            self.install_child(now, id, c.transform, spi_in, c.peer_spi, ts_local, ts_remote);
+            self.install_child(
+                now,
+                id,
+                c.transform,
+                spi_in,
+                c.peer_spi,
+                ts_local,
+                ts_remote,
+            );
         }
         if let Some(n) = child_failed {
             self.outputs
@@ -1371,8 +1379,7 @@ impl Endpoint {
                             // the peer's inbound SPI is our outbound one;
                             // the pair goes (after switching outbound to a
                             // successor from a rekey, if there is one)
-                            if let Some(spi_in) =
-                                self.peer_deletes_child(id, u32::from_be_bytes(b))
+                            if let Some(spi_in) = self.peer_deletes_child(id, u32::from_be_bytes(b))
                             {
                                 ours.push(spi_in.to_be_bytes().to_vec());
                             }

@@ -20,7 +20,8 @@ pub mod wire;
 pub use config::{Config, EspProposal, IkeProposal, Retransmit};
 pub use crypto::{ChildKeys, DhGroup, EncrAlg, EspTransform, IkeAlgs, IntegAlg, PrfAlg};
 pub use endpoint::{
-    ChildSaParams, DropReason, Endpoint, Event, FailReason, IdentityValidator, Output, SaId,
+    ChildSaInfo, ChildSaParams, DpdAction, DropReason, Endpoint, Event, FailReason,
+    IdentityValidator, Output, SaId,
 };
 pub use wire::{Identity, TrafficSelector};
 

@@ -36,9 +36,7 @@
 //! in flight on that IKE SA and vice versa (as strongSwan does), so CHILD
 //! SA state never straddles two IKE SAs.
 
-use super::{
-    ChildSaParams, DropReason, Endpoint, Event, IkeSa, Output, SaId, State,
-};
+use super::{ChildSaParams, DropReason, Endpoint, Event, IkeSa, Output, SaId, State};
 use crate::config::{select_esp, select_ike, ts_narrow, ts_subset};
 use crate::crypto::{child_keymat, DhGroup, DhPrivate, EspTransform, IkeKeys};
 use crate::wire::{exchange, notify, proto, Delete, Notify, Payload, TrafficSelector};
@@ -82,7 +80,9 @@ pub(super) enum ChildState {
     Rekeying,
     /// Rekeyed; waiting for the peer's DELETE, then `successor` (its
     /// inbound SPI) takes over.
-    Replaced { successor: Option<u32> },
+    Replaced {
+        successor: Option<u32>,
+    },
     /// We sent (or will send) a DELETE for it.
     Deleting,
 }
@@ -297,21 +297,20 @@ impl Endpoint {
         true
     }
 
-    /// Deletes the CHILD SA with this SPI (CT): INFORMATIONAL Delete, and
-    /// [`Output::DeleteChildSa`] once the peer answered.
+    /// Deletes the CHILD SA with this SPI (CT): [`Output::DeleteChildSa`]
+    /// at once (we stop sending on it before the peer stops expecting it,
+    /// §1.4.1), then an INFORMATIONAL Delete tells the peer.
     pub fn delete_child(&mut self, now: Instant, spi: u32) -> bool {
         let Some((id, i)) = self.find_child(spi) else {
             return false;
         };
-        let sa = self.sas.get_mut(&id).expect("found");
-        let c = &mut sa.children[i];
+        let c = &self.sas[&id].children[i];
         if c.state == ChildState::Deleting {
             return false;
         }
-        c.state = ChildState::Deleting;
         let spi_in = c.spi_in;
-        sa.rk.queue.push_back(Queued::DeleteChild(vec![spi_in]));
-        self.kick(now, id);
+        self.drop_child(id, spi_in);
+        self.enqueue(now, id, Queued::DeleteChild(vec![spi_in]));
         true
     }
 
@@ -376,11 +375,13 @@ impl Endpoint {
     fn find_child(&self, spi: u32) -> Option<(SaId, usize)> {
         for by_in in [true, false] {
             for (id, sa) in &self.sas {
-                if let Some(i) = sa
-                    .children
-                    .iter()
-                    .position(|c| if by_in { c.spi_in == spi } else { c.spi_out == spi })
-                {
+                if let Some(i) = sa.children.iter().position(|c| {
+                    if by_in {
+                        c.spi_in == spi
+                    } else {
+                        c.spi_out == spi
+                    }
+                }) {
                     return Some((*id, i));
                 }
             }
@@ -783,11 +784,18 @@ impl Endpoint {
                 if let Some(n) = error_notify(&inner) {
                     let ntype = n.ntype;
                     if ntype == notify::INVALID_KE_PAYLOAD && !retried {
-                        let offered = group_of(n).filter(|g| {
-                            self.config.esp_proposals.iter().any(|p| p.dh.contains(g))
-                        });
+                        let offered = group_of(n)
+                            .filter(|g| self.config.esp_proposals.iter().any(|p| p.dh.contains(g)));
                         if let Some(g) = offered {
-                            self.send_child_request(now, id, old, ts_local, ts_remote, Some(g), true);
+                            self.send_child_request(
+                                now,
+                                id,
+                                old,
+                                ts_local,
+                                ts_remote,
+                                Some(g),
+                                true,
+                            );
                             return Ok(());
                         }
                     }
@@ -860,7 +868,9 @@ impl Endpoint {
             _ => false,
         };
         let shared = match (&choice, &dh, &p.ke) {
-            (Some(c), Some(d), Some((g, data))) if c.dh == Some(d.group()) && *g == d.group().id() => {
+            (Some(c), Some(d), Some((g, data)))
+                if c.dh == Some(d.group()) && *g == d.group().id() =>
+            {
                 d.shared(data).ok().map(Some)
             }
             (Some(c), _, _) if c.dh.is_none() => Some(None),
@@ -869,10 +879,9 @@ impl Endpoint {
         let (Some(c), Some(nr), true, Some(shared)) = (choice, p.nonce, ok_ts, shared) else {
             // unacceptable: the responder installed it, so delete it there
             self.child_exchange_failed(now, id, old, notify::NO_PROPOSAL_CHOSEN);
-            let spi = p
-                .sa
-                .and_then(|s| s.first().map(|x| x.spi.clone()))
-                .unwrap_or_default();
+            let spi =
+                p.sa.and_then(|s| s.first().map(|x| x.spi.clone()))
+                    .unwrap_or_default();
             if let Ok(b) = <[u8; 4]>::try_from(&spi[..]) {
                 // our "inbound" SPI for it would have been new_spi; the peer
                 // knows the SA by that value
@@ -977,11 +986,15 @@ impl Endpoint {
             ep.respond(id, exchange::CREATE_CHILD_SA, mid, notify_payload(n, data));
             Ok(())
         };
-        if sa.rk.inactive || sa.rk.replaced || sa.rk.successor.is_some() || sa.rk.ike_rekey.is_some()
+        if sa.rk.inactive
+            || sa.rk.replaced
+            || sa.rk.successor.is_some()
+            || sa.rk.ike_rekey.is_some()
         {
             return refuse(self, notify::TEMPORARY_FAILURE, vec![]);
         }
-        let (Some(props), Some(ni), Some(tsi), Some(tsr)) = (&p.sa, &p.nonce, &p.tsi, &p.tsr) else {
+        let (Some(props), Some(ni), Some(tsi), Some(tsr)) = (&p.sa, &p.nonce, &p.tsi, &p.tsr)
+        else {
             refuse(self, notify::INVALID_SYNTAX, vec![])?;
             return Err(DropReason::Missing("SA, Nonce, TSi or TSr"));
         };
@@ -1026,9 +1039,14 @@ impl Endpoint {
                     Some(s)
                 }
                 Some((grp, _))
-                    if DhGroup::from_id(*grp).is_none() || !c.dh.is_some_and(|x| x.id() == *grp) =>
+                    if DhGroup::from_id(*grp).is_none()
+                        || !c.dh.is_some_and(|x| x.id() == *grp) =>
                 {
-                    return refuse(self, notify::INVALID_KE_PAYLOAD, g.id().to_be_bytes().to_vec())
+                    return refuse(
+                        self,
+                        notify::INVALID_KE_PAYLOAD,
+                        g.id().to_be_bytes().to_vec(),
+                    )
                 }
                 _ => {
                     // they proposed no PFS with this proposal: none then
@@ -1050,7 +1068,10 @@ impl Endpoint {
             ni,
             &nr,
         );
-        let mut out = vec![Payload::Sa(vec![c.to_wire(spi_in)]), Payload::Nonce(nr.clone())];
+        let mut out = vec![
+            Payload::Sa(vec![c.to_wire(spi_in)]),
+            Payload::Nonce(nr.clone()),
+        ];
         if let Some(d) = &ke_out {
             out.push(Payload::Ke {
                 group: d.group().id(),
@@ -1165,7 +1186,10 @@ impl Endpoint {
                 sa: id,
                 by_peer: true,
             };
-            if !matches!(sa.pending.as_ref().map(|p| &p.op), Some(Op::RekeyIke { .. })) {
+            if !matches!(
+                sa.pending.as_ref().map(|p| &p.op),
+                Some(Op::RekeyIke { .. })
+            ) {
                 self.remove_sa(id, ev);
             }
             return true;
@@ -1183,7 +1207,10 @@ impl Endpoint {
         let sa = self.sas.get(&id).expect("still there");
         // our own colliding rekey is still in flight: keep the old SA to
         // hear its answer (and delete what it created); else it is gone
-        if !matches!(sa.pending.as_ref().map(|p| &p.op), Some(Op::RekeyIke { .. })) {
+        if !matches!(
+            sa.pending.as_ref().map(|p| &p.op),
+            Some(Op::RekeyIke { .. })
+        ) {
             let ev = Event::Closed {
                 sa: id,
                 by_peer: true,
@@ -1443,11 +1470,10 @@ impl Endpoint {
                 .filter(|c| c.dh.contains(&dh.group()))
                 .map(|c| (c, props[0].spi.clone()))
         });
-        let shared = p
-            .ke
-            .as_ref()
-            .filter(|(g, _)| *g == dh.group().id())
-            .and_then(|(_, d)| dh.shared(d).ok());
+        let shared =
+            p.ke.as_ref()
+                .filter(|(g, _)| *g == dh.group().id())
+                .and_then(|(_, d)| dh.shared(d).ok());
         let (Some((choice, spi)), Some(nr), Some(shared)) = (choice, p.nonce, shared) else {
             fail(self, notify::NO_PROPOSAL_CHOSEN);
             return Ok(());
@@ -1513,12 +1539,11 @@ impl Endpoint {
             return;
         };
         let children = std::mem::take(&mut o.children);
-        let queued: Vec<Queued> = o
-            .rk
-            .queue
-            .drain(..)
-            .filter(|q| !matches!(q, Queued::RekeyIke | Queued::DeleteIke))
-            .collect();
+        let queued: Vec<Queued> =
+            o.rk.queue
+                .drain(..)
+                .filter(|q| !matches!(q, Queued::RekeyIke | Queued::DeleteIke))
+                .collect();
         o.rk.replaced = true;
         o.rk.successor = None;
         let last_heard = o.last_heard;

@@ -9,7 +9,10 @@
 //! to port 4500), IKE_AUTH with PSK and the first CHILD SA (traffic-selector
 //! narrowing), INFORMATIONAL (DELETE of IKE and CHILD SAs, liveness checks),
 //! retransmission with exponential back-off, the message-ID window of 1 and
-//! replay of the cached response to a duplicate request.
+//! replay of the cached response to a duplicate request, DPD actions and
+//! INITIAL_CONTACT. CREATE_CHILD_SA (new CHILD SAs, CHILD and IKE SA
+//! rekeys, collisions, the rekey timers and the request queue) lives in
+//! `rekey.rs`, a child module of this one.
 
 use crate::config::{select_esp, select_ike, ts_narrow, ts_subset, Config, IkeChoice};
 use crate::crypto::{

@@ -1038,18 +1038,16 @@ impl Endpoint {
                     ke_out = Some(d);
                     Some(s)
                 }
-                Some((grp, _))
-                    if DhGroup::from_id(*grp).is_none()
-                        || !c.dh.is_some_and(|x| x.id() == *grp) =>
-                {
+                Some(_) => {
+                    // a KE of another group: ask for the one we chose
                     return refuse(
                         self,
                         notify::INVALID_KE_PAYLOAD,
                         g.id().to_be_bytes().to_vec(),
-                    )
+                    );
                 }
-                _ => {
-                    // they proposed no PFS with this proposal: none then
+                None => {
+                    // no KE payload: no PFS for this CHILD SA then
                     c.dh = None;
                     None
                 }

@@ -144,6 +144,20 @@ pub struct Config {
     pub dpd_interval: Option<Duration>,
     /// Send INITIAL_CONTACT in IKE_AUTH (we hold no other SA with the peer).
     pub initial_contact: bool,
+    /// Rekey every IKE SA this long after it was established (minus a
+    /// random jitter, see `rekey_jitter`); `None`: never by time. CHILD SAs
+    /// are rekeyed at `child_lifetimes.soft_time` (minus jitter) and deleted
+    /// at `child_lifetimes.hard_time` if no rekey succeeded by then.
+    pub ike_rekey_time: Option<Duration>,
+    /// Hard lifetime of an IKE SA: it is closed this long after it was
+    /// established if no rekey succeeded by then.
+    pub ike_life_time: Option<Duration>,
+    /// Up to this much (and at most a tenth of the rekey time) is taken off
+    /// each rekey time at random, so that two peers with the same
+    /// lifetimes rarely rekey at the same instant (RFC 7296 §2.8.1).
+    pub rekey_jitter: Duration,
+    /// What to do when DPD (or any retransmission) finds the peer dead.
+    pub dpd_action: crate::endpoint::DpdAction,
 }
 
 impl Config {
@@ -167,6 +181,11 @@ impl Config {
             force_encap: false,
             dpd_interval: None,
             initial_contact: true,
+            // strongSwan's defaults: 4 h, hard at 110 %
+            ike_rekey_time: Some(Duration::from_secs(4 * 3600)),
+            ike_life_time: Some(Duration::from_secs(4 * 3600 + 24 * 60)),
+            rekey_jitter: Duration::from_secs(300),
+            dpd_action: crate::endpoint::DpdAction::Clear,
         }
     }
 }

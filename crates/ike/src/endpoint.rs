@@ -9,7 +9,10 @@
 //! to port 4500), IKE_AUTH with PSK and the first CHILD SA (traffic-selector
 //! narrowing), INFORMATIONAL (DELETE of IKE and CHILD SAs, liveness checks),
 //! retransmission with exponential back-off, the message-ID window of 1 and
-//! replay of the cached response to a duplicate request.
+//! replay of the cached response to a duplicate request, DPD actions and
+//! INITIAL_CONTACT. CREATE_CHILD_SA (new CHILD SAs, CHILD and IKE SA
+//! rekeys, collisions, the rekey timers and the request queue) lives in
+//! `rekey.rs`, a child module of this one.
 
 use crate::config::{select_esp, select_ike, ts_narrow, ts_subset, Config, IkeChoice};
 use crate::crypto::{
@@ -21,11 +24,16 @@ use crate::wire::{
     Message, Notify, ParseError, Payload, TrafficSelector, HEADER_LEN,
 };
 use polytun_core::Limits;
+use rekey::{Child, Op, SaRekey};
 use sha1::Digest;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
+
+#[path = "rekey.rs"]
+mod rekey;
+pub use rekey::{ChildSaInfo, DpdAction};
 
 /// IKE port and the NAT-T port (RFC 3948).
 pub const IKE_PORT: u16 = 500;
@@ -98,6 +106,37 @@ pub enum Event {
     Closed { sa: SaId, by_peer: bool },
     /// NAT detected (`local`: we are behind it; `remote`: the peer is).
     NatDetected { sa: SaId, local: bool, remote: bool },
+    /// A CHILD SA was rekeyed: outbound traffic moved from the old SPIs to
+    /// the new ones (emitted with [`Output::SwitchChildSaOutbound`]).
+    ChildRekeyed {
+        sa: SaId,
+        old_spi_in: u32,
+        old_spi_out: u32,
+        new_spi_in: u32,
+        new_spi_out: u32,
+    },
+    /// The IKE SA `old` was rekeyed into `new` (RFC 7296 §2.18): every CHILD
+    /// SA of `old` now belongs to `new`; `old` goes away without a
+    /// `Closed` event.
+    IkeRekeyed { old: SaId, new: SaId },
+    /// Both sides rekeyed the same SA at once (§2.8.1, §2.8.2); `child` is
+    /// the old CHILD SA's inbound SPI (`None`: the IKE SA). `won`: our
+    /// exchange's SA survives (the other one is deleted by its creator).
+    RekeyCollision {
+        sa: SaId,
+        child: Option<u32>,
+        won: bool,
+    },
+    /// A rekey (`child`: old inbound SPI, `None`: the IKE SA) or a
+    /// CREATE_CHILD_SA failed with this notify; it is retried later.
+    RekeyFailed {
+        sa: SaId,
+        child: Option<u32>,
+        notify: u16,
+    },
+    /// DPD found the peer dead and `dpd_action` is `Restart`: a new IKE SA
+    /// `new` is being initiated to replace `old`.
+    Restarting { old: SaId, new: SaId },
 }
 
 #[derive(Debug)]
@@ -116,6 +155,25 @@ pub enum Output {
         ike_sa: SaId,
         spi_in: u32,
         spi_out: u32,
+    },
+    /// Make-before-break, step 1: a CHILD SA created by a rekey. Install
+    /// its inbound half (`spi_in`, `keymat_in`) now, so it decrypts at once,
+    /// and keep its outbound half (`spi_out`, `keymat_out`) ready but
+    /// UNUSED: outbound traffic stays on the SA it replaces (`replaces`,
+    /// that SA's inbound SPI) until [`Output::SwitchChildSaOutbound`].
+    InstallChildSaInbound {
+        params: Box<ChildSaParams>,
+        replaces: Option<u32>,
+    },
+    /// Make-before-break, step 2: send this CHILD SA's traffic with
+    /// `new_spi_out` (installed earlier by `InstallChildSaInbound`) from now
+    /// on, no longer with `old_spi_out`. The old SA keeps decrypting until
+    /// its [`Output::DeleteChildSa`] (step 3).
+    SwitchChildSaOutbound {
+        ike_sa: SaId,
+        old_spi_out: Option<u32>,
+        new_spi_in: u32,
+        new_spi_out: u32,
     },
     Event(Event),
 }
@@ -159,11 +217,8 @@ struct Pending {
     bytes: Vec<u8>,
     retries: u32,
     deadline: Instant,
-}
-
-struct Child {
-    spi_in: u32,
-    spi_out: u32,
+    /// What the request is for (rekey state lives here until the answer).
+    op: Op,
 }
 
 struct IkeSa {
@@ -202,6 +257,8 @@ struct IkeSa {
     first_child_spi: u32,
     children: Vec<Child>,
     peer_id: Option<Identity>,
+    /// Rekey, CREATE_CHILD_SA and queued-exchange state (see rekey.rs).
+    rk: SaRekey,
 }
 
 impl IkeSa {
@@ -355,6 +412,7 @@ impl Endpoint {
             first_child_spi,
             children: Vec::new(),
             peer_id: None,
+            rk: SaRekey::default(),
         };
         let id = u64::from_be_bytes(spi_i);
         self.sas.insert(id, sa);
@@ -427,6 +485,7 @@ impl Endpoint {
             bytes,
             retries: 0,
             deadline: now + config.retransmit.timeout(0),
+            op: Op::Other,
         });
     }
 
@@ -496,11 +555,16 @@ impl Endpoint {
                 return self.initiator_init_response(now, id, remote, local_port, data, msg);
             }
             let inner = decrypt(sa, data, &msg)?;
-            sa.pending = None;
+            let op = sa.pending.take().map_or(Op::Other, |p| p.op);
             sa.last_heard = now;
-            return match (h.exchange, sa.state) {
+            let r = match (h.exchange, sa.state) {
                 (exchange::IKE_AUTH, State::AuthSent) => {
                     self.initiator_auth_response(now, id, inner)
+                }
+                (exchange::CREATE_CHILD_SA, _) => self.create_child_response(now, id, op, inner),
+                (exchange::INFORMATIONAL, _) if op.is_delete() => {
+                    self.delete_response(now, id, op);
+                    Ok(())
                 }
                 (exchange::INFORMATIONAL, State::Deleting) => {
                     self.remove_sa(
@@ -515,6 +579,8 @@ impl Endpoint {
                 (exchange::INFORMATIONAL, _) => Ok(()),
                 _ => Err(DropReason::Unexpected),
             };
+            self.kick(now, id);
+            return r;
         }
         // a request
         if h.exchange == exchange::IKE_SA_INIT {
@@ -550,20 +616,10 @@ impl Endpoint {
                 self.responder_auth(now, id, h.message_id, inner)
             }
             (exchange::INFORMATIONAL, State::Established | State::Deleting) => {
-                self.informational_request(id, h.message_id, inner)
+                self.informational_request(now, id, h.message_id, inner)
             }
             (exchange::CREATE_CHILD_SA, State::Established) => {
-                // not implemented yet: refuse politely, keep the IKE SA
-                self.respond(
-                    id,
-                    exchange::CREATE_CHILD_SA,
-                    h.message_id,
-                    vec![Payload::Notify(Notify::new(
-                        notify::NO_ADDITIONAL_SAS,
-                        vec![],
-                    ))],
-                );
-                Ok(())
+                self.create_child_request(now, id, h.message_id, inner)
             }
             _ => Err(DropReason::Unexpected),
         }
@@ -778,6 +834,7 @@ impl Endpoint {
             first_child_spi: 0,
             children: Vec::new(),
             peer_id: None,
+            rk: SaRekey::default(),
         };
         transmit(&mut self.outputs, &sa, &resp);
         let id = u64::from_be_bytes(spi_r);
@@ -980,7 +1037,7 @@ impl Endpoint {
 
     fn responder_auth(
         &mut self,
-        _now: Instant,
+        now: Instant,
         id: SaId,
         mid: u32,
         inner: Vec<Payload>,
@@ -1080,6 +1137,10 @@ impl Endpoint {
         sa.peer_id = Some(idi.clone());
         let remote = sa.remote;
         self.half_open.retain(|_, v| *v != id);
+        if find_notify(&inner, notify::INITIAL_CONTACT).is_some() {
+            self.initial_contact(id, &idi);
+        }
+        self.schedule_ike(now, id);
         self.outputs.push_back(Output::Event(Event::Established {
             sa: id,
             initiator: false,
@@ -1088,7 +1149,15 @@ impl Endpoint {
             remote,
         }));
         if let Some((c, spi_in, ts_local, ts_remote)) = install {
-            self.install_child(id, c.transform, spi_in, c.peer_spi, ts_local, ts_remote);
+            self.install_child(
+                now,
+                id,
+                c.transform,
+                spi_in,
+                c.peer_spi,
+                ts_local,
+                ts_remote,
+            );
         }
         if let Some(n) = child_failed {
             self.outputs
@@ -1097,8 +1166,10 @@ impl Endpoint {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn install_child(
         &mut self,
+        now: Instant,
         id: SaId,
         transform: EspTransform,
         spi_in: u32,
@@ -1113,7 +1184,17 @@ impl Endpoint {
         let keys = sa.keys.as_ref().expect("keys");
         let (i2r, r2i) = child_keymat(algs.prf, &keys.sk_d, &transform, None, &sa.ni, &sa.nr);
         let (keymat_in, keymat_out) = if sa.initiator { (r2i, i2r) } else { (i2r, r2i) };
-        sa.children.push(Child { spi_in, spi_out });
+        let child = self.new_child(
+            now,
+            spi_in,
+            spi_out,
+            transform,
+            ts_local.clone(),
+            ts_remote.clone(),
+            true,
+        );
+        let sa = self.sas.get_mut(&id).expect("caller checked");
+        sa.children.push(child);
         self.outputs
             .push_back(Output::InstallChildSa(Box::new(ChildSaParams {
                 ike_sa: id,
@@ -1227,6 +1308,7 @@ impl Endpoint {
         sa.state = State::Established;
         sa.peer_id = Some(idr.clone());
         sa.last_heard = now;
+        self.schedule_ike(now, id);
         self.outputs.push_back(Output::Event(Event::Established {
             sa: id,
             initiator: true,
@@ -1239,7 +1321,7 @@ impl Endpoint {
                 ts_subset(&tsi, &self.config.local_ts) && ts_subset(&tsr, &self.config.remote_ts);
             match select_esp(&self.config.esp_proposals, &esp) {
                 Some(c) if esp.len() == 1 && ok_ts && c.dh.is_none() => {
-                    self.install_child(id, c.transform, first_spi, c.peer_spi, tsi, tsr);
+                    self.install_child(now, id, c.transform, first_spi, c.peer_spi, tsi, tsr);
                 }
                 _ => {
                     // unacceptable choice: delete the CHILD SA the responder made
@@ -1280,30 +1362,29 @@ impl Endpoint {
 
     fn informational_request(
         &mut self,
+        now: Instant,
         id: SaId,
         mid: u32,
         inner: Vec<Payload>,
     ) -> Result<(), DropReason> {
         let mut out = Vec::new();
         let mut delete_ike = false;
-        let mut gone = Vec::new();
         for p in &inner {
             if let Payload::Delete(d) = p {
                 match d.protocol {
                     proto::IKE => delete_ike = true,
                     proto::ESP => {
-                        let sa = self.sas.get_mut(&id).expect("caller checked");
                         let mut ours = Vec::new();
                         for s in &d.spis {
                             let Ok(b) = <[u8; 4]>::try_from(&s[..]) else {
                                 continue;
                             };
-                            let spi_out = u32::from_be_bytes(b);
-                            if let Some(pos) = sa.children.iter().position(|c| c.spi_out == spi_out)
+                            // the peer's inbound SPI is our outbound one;
+                            // the pair goes (after switching outbound to a
+                            // successor from a rekey, if there is one)
+                            if let Some(spi_in) = self.peer_deletes_child(id, u32::from_be_bytes(b))
                             {
-                                let c = sa.children.remove(pos);
-                                ours.push(c.spi_in.to_be_bytes().to_vec());
-                                gone.push(c);
+                                ours.push(spi_in.to_be_bytes().to_vec());
                             }
                         }
                         if !ours.is_empty() {
@@ -1320,6 +1401,9 @@ impl Endpoint {
         }
         if delete_ike {
             self.respond(id, exchange::INFORMATIONAL, mid, vec![]);
+            if self.peer_deletes_ike(now, id) {
+                return Ok(());
+            }
             self.remove_sa(
                 id,
                 Event::Closed {
@@ -1330,13 +1414,6 @@ impl Endpoint {
             return Ok(());
         }
         self.respond(id, exchange::INFORMATIONAL, mid, out);
-        for c in gone {
-            self.outputs.push_back(Output::DeleteChildSa {
-                ike_sa: id,
-                spi_in: c.spi_in,
-                spi_out: c.spi_out,
-            });
-        }
         Ok(())
     }
 
@@ -1401,7 +1478,10 @@ impl Endpoint {
     }
 
     fn remove_sa(&mut self, id: SaId, ev: Event) {
+        let mut silent = false;
         if let Some(sa) = self.sas.remove(&id) {
+            // replaced by a rekey, or a redundant/not yet adopted SA from one
+            silent = sa.rk.replaced || sa.rk.inactive;
             for c in sa.children {
                 self.outputs.push_back(Output::DeleteChildSa {
                     ike_sa: id,
@@ -1411,7 +1491,9 @@ impl Endpoint {
             }
         }
         self.half_open.retain(|_, v| *v != id);
-        self.outputs.push_back(Output::Event(ev));
+        if !silent {
+            self.outputs.push_back(Output::Event(ev));
+        }
     }
 
     // ------------------------------------------------------------ timers
@@ -1419,7 +1501,11 @@ impl Endpoint {
     /// The earliest deadline of any IKE SA (retransmission, half-open
     /// expiry, liveness check).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sas.values().filter_map(|sa| self.deadline(sa)).min()
+        self.sas
+            .values()
+            .flat_map(|sa| [self.deadline(sa), self.rekey_deadline(sa)])
+            .flatten()
+            .min()
     }
 
     fn deadline(&self, sa: &IkeSa) -> Option<Instant> {
@@ -1428,9 +1514,12 @@ impl Endpoint {
             let t = sa.created + self.config.half_open_timeout;
             d = Some(d.map_or(t, |x| x.min(t)));
         }
-        if let (State::Established, None, Some(i)) =
-            (sa.state, &sa.pending, self.config.dpd_interval)
-        {
+        if let (State::Established, None, Some(i), false) = (
+            sa.state,
+            &sa.pending,
+            self.config.dpd_interval,
+            sa.rk.replaced || sa.rk.inactive,
+        ) {
             let t = sa.last_heard + i;
             d = Some(d.map_or(t, |x| x.min(t)));
         }
@@ -1439,6 +1528,9 @@ impl Endpoint {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         let ids: Vec<SaId> = self.sas.keys().copied().collect();
+        for &id in &ids {
+            self.rekey_timers(now, id);
+        }
         for id in ids {
             let Some(sa) = self.sas.get_mut(&id) else {
                 continue;
@@ -1457,6 +1549,14 @@ impl Endpoint {
                 if now >= p.deadline {
                     if p.retries >= self.config.retransmit.tries {
                         let deleting = sa.state == State::Deleting;
+                        let restart = !deleting
+                            && sa.state == State::Established
+                            && !(sa.rk.replaced || sa.rk.inactive)
+                            && self.config.dpd_action == DpdAction::Restart;
+                        let remote = SocketAddr::new(
+                            sa.remote.ip(),
+                            if sa.encap() { NATT_PORT } else { IKE_PORT },
+                        );
                         let ev = if deleting {
                             Event::Closed {
                                 sa: id,
@@ -1469,6 +1569,11 @@ impl Endpoint {
                             }
                         };
                         self.remove_sa(id, ev);
+                        if restart {
+                            let new = self.connect(now, remote);
+                            self.outputs
+                                .push_back(Output::Event(Event::Restarting { old: id, new }));
+                        }
                         continue;
                     }
                     p.retries += 1;
@@ -1478,7 +1583,11 @@ impl Endpoint {
                 }
                 continue;
             }
-            if let (State::Established, Some(i)) = (sa.state, self.config.dpd_interval) {
+            if let (State::Established, Some(i), false) = (
+                sa.state,
+                self.config.dpd_interval,
+                sa.rk.replaced || sa.rk.inactive,
+            ) {
                 if now >= sa.last_heard + i {
                     self.send_encrypted_request(now, id, exchange::INFORMATIONAL, vec![]);
                 }

@@ -3,7 +3,10 @@
 //! - [`wire`]: the message and payload formats (parse/serialize).
 //! - [`crypto`]: PRFs, key derivation, SK protection, key exchange, PSK AUTH.
 //! - [`config`]: proposals, traffic selectors, selection and narrowing.
-//! - [`endpoint`]: the sans-I/O state machine ([`Endpoint`]).
+//! - [`endpoint`]: the sans-I/O state machine ([`Endpoint`]); its
+//!   CREATE_CHILD_SA, rekey and collision logic is in `src/rekey.rs`
+//!   (make-before-break: [`Output::InstallChildSaInbound`], then
+//!   [`Output::SwitchChildSaOutbound`], then [`Output::DeleteChildSa`]).
 //!
 //! A daemon creates one [`Endpoint`] per tunnel, calls
 //! [`Endpoint::connect`] to initiate, feeds every UDP payload received on
@@ -20,7 +23,8 @@ pub mod wire;
 pub use config::{Config, EspProposal, IkeProposal, Retransmit};
 pub use crypto::{ChildKeys, DhGroup, EncrAlg, EspTransform, IkeAlgs, IntegAlg, PrfAlg};
 pub use endpoint::{
-    ChildSaParams, DropReason, Endpoint, Event, FailReason, IdentityValidator, Output, SaId,
+    ChildSaInfo, ChildSaParams, DpdAction, DropReason, Endpoint, Event, FailReason,
+    IdentityValidator, Output, SaId,
 };
 pub use wire::{Identity, TrafficSelector};
 
@@ -35,4 +39,6 @@ pub fn capabilities() -> Capabilities {
         .with(Interface::Iv, "configured remote identity plus an identity-validation hook")
         .with(Interface::Sav, "IKE COOKIE above a half-open threshold (RFC 7296 §2.6)")
         .with(Interface::Ct, "INFORMATIONAL Delete of IKE and CHILD SAs")
+        .with(Interface::Ku, "CHILD SA and IKE SA rekey on command (CREATE_CHILD_SA, make-before-break, collisions per RFC 7296 §2.8)")
+        .with(Interface::Ke, "CHILD SA rekey on the record engine's soft limit (time/bytes/packets) and on IKE/CHILD SA rekey and hard lifetimes from the config")
 }

@@ -115,6 +115,8 @@ impl Net {
                             spi_in, spi_out, ..
                         } => from.deleted.push((spi_in, spi_out)),
                         Output::Event(e) => from.events.push(e),
+                        // rekey outputs (make-before-break): not used here
+                        _ => {}
                     }
                 }
             }

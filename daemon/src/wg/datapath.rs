@@ -149,7 +149,9 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                         path.stats
                             .tx_bytes
                             .fetch_add(size as u64, Ordering::Relaxed);
-                        if !sent_peers.contains(&(ti, peer)) {
+                        if !sent_peers.contains(&(ti, peer))
+                            && path.stats.note_sent(shared.millis(now))
+                        {
                             sent_peers.push((ti, peer));
                         }
                     }
@@ -239,6 +241,7 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
             }
         };
         let now = Instant::now();
+        let now_ms = shared.millis(now);
         received.clear();
         // Walk every datagram; flush the TUN batch whenever it fills.
         let mut datagrams = metas[..n].iter().enumerate().flat_map(|(i, m)| {
@@ -317,12 +320,22 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                                 }
                                 k += 1;
                             }
+                            // Roaming and a keypair's first packet are told at
+                            // once; plain traffic at most every NOTE_INTERVAL_MS.
+                            let note = match tables.peers.get(peer) {
+                                Some(path) => {
+                                    let due = path.stats.note_received(now_ms, data.receiver);
+                                    due || path.endpoint != Some(src)
+                                }
+                                None => true,
+                            };
                             match received.iter_mut().find(|r| r.0 == data.receiver) {
                                 Some(r) => {
                                     r.1 = src;
                                     r.2 &= keepalive;
                                 }
-                                None => received.push((data.receiver, src, keepalive)),
+                                None if note => received.push((data.receiver, src, keepalive)),
+                                None => {}
                             }
                             if k == TUN_WRITE_SLOTS {
                                 more = true;

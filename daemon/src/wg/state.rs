@@ -20,6 +20,40 @@ pub const STAGED_PER_PEER: usize = 128;
 pub struct PeerStats {
     pub rx_bytes: AtomicU64,
     pub tx_bytes: AtomicU64,
+    /// When the data path last told the control task about traffic
+    /// (milliseconds since `Shared::epoch`), and on which keypair.
+    last_tx_note: AtomicU64,
+    last_rx_note: AtomicU64,
+    last_rx_index: std::sync::atomic::AtomicU32,
+}
+
+/// WireGuard's timers count in seconds; telling the control task about
+/// traffic more than ten times a second only costs wake-ups (and latency).
+pub const NOTE_INTERVAL_MS: u64 = 100;
+
+impl PeerStats {
+    /// Should sending at `now_ms` be reported to the control task?
+    pub fn note_sent(&self, now_ms: u64) -> bool {
+        let last = self.last_tx_note.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < NOTE_INTERVAL_MS && last != 0 {
+            return false;
+        }
+        self.last_tx_note.store(now_ms.max(1), Ordering::Relaxed);
+        true
+    }
+
+    /// Should receiving on `local_index` at `now_ms` be reported? Always
+    /// when the keypair is new to the data path (it may confirm a session).
+    pub fn note_received(&self, now_ms: u64, local_index: u32) -> bool {
+        let last = self.last_rx_note.load(Ordering::Relaxed);
+        let same_key = self.last_rx_index.load(Ordering::Relaxed) == local_index;
+        if same_key && last != 0 && now_ms.saturating_sub(last) < NOTE_INTERVAL_MS {
+            return false;
+        }
+        self.last_rx_note.store(now_ms.max(1), Ordering::Relaxed);
+        self.last_rx_index.store(local_index, Ordering::Relaxed);
+        true
+    }
 }
 
 pub struct PeerPath {
@@ -98,9 +132,15 @@ pub struct Shared {
     pub to_control: mpsc::Sender<ToControl>,
     pub staged: Mutex<HashMap<PeerId, VecDeque<Vec<u8>>>>,
     pub mtu: usize,
+    /// Origin of the millisecond clock the data path notes traffic with.
+    pub epoch: std::time::Instant,
 }
 
 impl Shared {
+    pub fn millis(&self, now: std::time::Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
     pub fn socket(&self) -> Arc<UdpSocket> {
         self.socket
             .read()

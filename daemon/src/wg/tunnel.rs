@@ -97,6 +97,7 @@ pub fn spawn(opts: TunnelOptions, tun: Arc<Tun>) -> std::io::Result<TunnelHandle
         to_control,
         staged: Mutex::new(HashMap::new()),
         mtu: opts.mtu,
+        epoch: Instant::now(),
     });
     let (commands, cmd_rx) = mpsc::channel(64);
     let now = Instant::now();

@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const APT: &str = "apt-get install -y --no-install-recommends strongswan strongswan-swanctl charon-systemd libcharon-extra-plugins libstrongswan-extra-plugins strongswan-pki";
+const APT: &str = "apt-get install -y --no-install-recommends strongswan strongswan-swanctl charon-systemd libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins strongswan-pki";
 
 /// charon's path; panics with the install command when strongSwan or its
 /// kernel-libipsec plugin is missing (never skips).
@@ -27,6 +27,12 @@ pub fn charon_bin() -> PathBuf {
         Path::new("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so").is_file(),
         "strongSwan's kernel-libipsec plugin is not installed: run `{APT}`"
     );
+    for p in ["gcm", "openssl", "chapoly"] {
+        assert!(
+            Path::new(&format!("/usr/lib/ipsec/plugins/libstrongswan-{p}.so")).is_file(),
+            "strongSwan's {p} plugin is not installed: run `{APT}`"
+        );
+    }
     charon
 }
 

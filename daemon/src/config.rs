@@ -597,9 +597,9 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 return Err(ctx.err(
                     &tp("protocol"),
                     format!(
-                        "`{}` is not implemented yet in this version (only `wireguard` and `ipsec`)",
-                        t.protocol
-                    ),
+                    "`{}` is not implemented yet in this version (only `wireguard` and `ipsec`)",
+                    t.protocol
+                ),
                 ))
             }
             other => {
@@ -757,6 +757,81 @@ persistent_keepalive = 25
         assert!(e.message.contains("unknown field"), "{e}");
         let e = p("[interface\nname=1").unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    fn ipsec() -> String {
+        r#"[interface]
+name = "pt0"
+address = ["198.51.100.1/32"]
+
+[[tunnel]]
+name = "site"
+protocol = "ipsec"
+local_addrs = ["192.0.2.1"]
+remote = "192.0.2.2"
+local_id = "a.example"
+remote_id = "@b.example"
+psk = "0sRGVtby1QU0stbm90LWZvci1yZWFsLXVzZS0yMDI2LXBvbHl0dW4="
+proposals = ["aes256gcm16-prfsha256-x25519"]
+esp_proposals = ["aes256gcm16", "chacha20poly1305"]
+local_ts = ["198.51.100.1/32"]
+remote_ts = ["198.51.100.2/32", "10.2.0.0/16"]
+rekey_time = "50m"
+dpd_delay = 30
+"#
+        .to_string()
+    }
+
+    #[test]
+    fn parses_an_ipsec_tunnel() {
+        let c = p(&ipsec()).unwrap();
+        let Protocol::Ipsec(t) = &c.tunnels[0].protocol else {
+            panic!("not ipsec")
+        };
+        assert!(t.initiate);
+        assert_eq!(t.remote_host(), Some("192.0.2.2".parse().unwrap()));
+        assert_eq!(
+            t.remote_id,
+            Some(polytun_ike::Identity::Fqdn("b.example".into()))
+        );
+        assert_eq!(t.esp_proposals.len(), 2);
+        assert_eq!(t.remote_ts.len(), 2);
+        assert_eq!(t.rekey_time, std::time::Duration::from_secs(3000));
+        assert_eq!(t.dpd_delay, Some(std::time::Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn ipsec_errors_name_file_line_and_field() {
+        let e = p(&ipsec().replace("\"aes256gcm16\", ", "\"aes256gcm16-md5\", ")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(14), "tunnel[0].esp_proposals"),
+            "{e}"
+        );
+        assert!(e.message.contains("md5"), "{e}");
+        let e = p(&ipsec().replace("10.2.0.0/16", "10.2.0.0/99")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(16), "tunnel[0].remote_ts"),
+            "{e}"
+        );
+        let e = p(&ipsec().replace("remote = \"192.0.2.2\"\n", "")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].remote_addrs", "{e}");
+        assert!(e.message.contains("initiate = false"), "{e}");
+        let e = p(&ipsec().replace("rekey_time = \"50m\"", "rekey_time = \"soon\"")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(17), "tunnel[0].rekey_time"),
+            "{e}"
+        );
+        let e = p(&ipsec().replace("psk = ", "preshared_key = ")).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+        let mixed = format!(
+            "{}\n[[tunnel]]\nname = \"wg\"\nprotocol = \"wireguard\"\nprivate_key = \"{K1}\"\n",
+            ipsec()
+        );
+        let e = p(&mixed).unwrap_err();
+        assert!(e.message.contains("one protocol per interface"), "{e}");
     }
 
     #[test]

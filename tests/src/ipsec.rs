@@ -75,7 +75,13 @@ impl<'a> Charon<'a> {
         let charon = charon_bin();
         let swanctl = bins::tool("swanctl");
         let dir = ns.dir().join("strongswan");
-        for d in ["run", "swanctl/x509", "swanctl/x509ca", "swanctl/private", "swanctl/conf.d"] {
+        for d in [
+            "run",
+            "swanctl/x509",
+            "swanctl/x509ca",
+            "swanctl/private",
+            "swanctl/conf.d",
+        ] {
             std::fs::create_dir_all(dir.join(d)).expect("mkdir strongswan dir");
         }
         let d = dir.display();
@@ -239,7 +245,11 @@ pub struct PolytunIpsec<'a> {
 
 /// The polytund TOML for one side (interface `iface`, inner address = `local_ts`).
 pub fn polytun_toml(iface: &str, side: &IpsecSide) -> String {
-    let esp: Vec<String> = side.esp_proposals.iter().map(|p| format!("\"{p}\"")).collect();
+    let esp: Vec<String> = side
+        .esp_proposals
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect();
     format!(
         r#"[interface]
 name = "{iface}"
@@ -312,7 +322,9 @@ impl<'a> PolytunIpsec<'a> {
             &[],
             Duration::from_secs(10),
         );
-        o.ok().then(|| serde_json::from_str(&o.stdout).ok()).flatten()
+        o.ok()
+            .then(|| serde_json::from_str(&o.stdout).ok())
+            .flatten()
     }
 
     pub fn show_json(&self) -> Value {
@@ -356,7 +368,9 @@ impl<'a> PolytunIpsec<'a> {
         self.ns
             .run_ok(&[cli.to_str().unwrap(), "-i", &self.iface, "down"]);
         assert!(
-            self.ns.wait_exit(self.pid, Duration::from_secs(10)).is_some(),
+            self.ns
+                .wait_exit(self.pid, Duration::from_secs(10))
+                .is_some(),
             "polytund did not exit after `polytun down`"
         );
     }

@@ -53,21 +53,34 @@ fn traffic(a: &Netns, b: &Netns) {
 fn check_polytun(p: &PolytunIpsec<'_>, want_esp: &str, initiator: bool) {
     let sas = p.ike_sas();
     let est: Vec<_> = sas.iter().filter(|s| s["state"] == "ESTABLISHED").collect();
-    assert_eq!(est.len(), 1, "polytun show: one established IKE SA expected: {sas:?}");
+    assert_eq!(
+        est.len(),
+        1,
+        "polytun show: one established IKE SA expected: {sas:?}"
+    );
     let sa = est[0];
     assert_eq!(sa["initiator"].as_bool(), Some(initiator), "{sa}");
-    assert_eq!(sa["algorithms"], "AES_GCM_16-256/PRF_HMAC_SHA2_256/CURVE_25519", "{sa}");
+    assert_eq!(
+        sa["algorithms"], "AES_GCM_16-256/PRF_HMAC_SHA2_256/CURVE_25519",
+        "{sa}"
+    );
     let ch = sa["children"].as_array().cloned().unwrap_or_default();
     assert_eq!(ch.len(), 1, "one CHILD SA expected: {sa}");
     assert_eq!(ch[0]["transform"], want_esp, "{sa}");
-    assert!(ch[0]["encap"].as_bool().unwrap_or(false), "ESP in UDP expected: {sa}");
+    assert!(
+        ch[0]["encap"].as_bool().unwrap_or(false),
+        "ESP in UDP expected: {sa}"
+    );
     let (rx, tx) = p.child_bytes();
     assert!(
         rx > XFER_BYTES / 20 && tx > 0,
         "CHILD SA byte counters rx={rx} tx={tx} do not show the transfer"
     );
     let text = p.show_text();
-    assert!(text.contains("ESTABLISHED, IKEv2") && text.contains("INSTALLED, TUNNEL-in-UDP, ESP:"), "{text}");
+    assert!(
+        text.contains("ESTABLISHED, IKEv2") && text.contains("INSTALLED, TUNNEL-in-UDP, ESP:"),
+        "{text}"
+    );
     eprintln!("polytun show:\n{text}");
 }
 
@@ -89,21 +102,35 @@ fn strongswan_pair(test: &str, esp: &str, polytun_initiates: bool, want_esp: &st
         (p, c)
     };
     wait_until("the IKE SA at polytun", Duration::from_secs(20), || {
-        p.ike_sas().iter().any(|s| s["state"] == "ESTABLISHED" && !s["children"].as_array().map_or(true, |c| c.is_empty()))
+        p.ike_sas().iter().any(|s| {
+            s["state"] == "ESTABLISHED" && !s["children"].as_array().is_none_or(|c| c.is_empty())
+        })
     });
     eprintln!("tunnel up after {:?}", t0.elapsed());
     traffic(&a, &b);
     check_polytun(&p, want_esp, polytun_initiates);
     let list = c.list_sas();
-    assert!(list.contains("ESTABLISHED") && list.contains("INSTALLED"), "strongSwan: {list}");
-    assert_eq!(c.child_alg().as_deref(), Some(want_esp), "strongSwan: {list}");
+    assert!(
+        list.contains("ESTABLISHED") && list.contains("INSTALLED"),
+        "strongSwan: {list}"
+    );
+    assert_eq!(
+        c.child_alg().as_deref(),
+        Some(want_esp),
+        "strongSwan: {list}"
+    );
     // CT: polytun down deletes the IKE SA at strongSwan too
     p.down();
-    wait_until("strongSwan to drop the IKE SA after polytun down", Duration::from_secs(10), || {
-        !c.list_sas().contains("ESTABLISHED")
-    });
+    wait_until(
+        "strongSwan to drop the IKE SA after polytun down",
+        Duration::from_secs(10),
+        || !c.list_sas().contains("ESTABLISHED"),
+    );
     let log = c.log();
-    assert!(log.contains("received DELETE for IKE_SA"), "strongSwan log has no DELETE:\n{log}");
+    assert!(
+        log.contains("received DELETE for IKE_SA"),
+        "strongSwan log has no DELETE:\n{log}"
+    );
 }
 
 #[test]
@@ -138,7 +165,10 @@ fn ipsec_polytun_polytun_example_configs() {
     let load = |f: &str, iface: &str| {
         let text = std::fs::read_to_string(root.join("configs").join(f))
             .unwrap_or_else(|e| panic!("configs/{f}: {e}"));
-        assert!(text.contains("DEMO"), "configs/{f} should mark its demo PSK");
+        assert!(
+            text.contains("DEMO"),
+            "configs/{f} should mark its demo PSK"
+        );
         let demo_psk = text
             .lines()
             .find_map(|l| l.trim().strip_prefix("psk = \""))
@@ -151,7 +181,8 @@ fn ipsec_polytun_polytun_example_configs() {
             .and_then(|r| r.split('"').next())
             .expect("name line")
             .to_string();
-        text.replace(&demo_psk, &psk).replace(&format!("\"{name}\""), &format!("\"{iface}\""))
+        text.replace(&demo_psk, &psk)
+            .replace(&format!("\"{name}\""), &format!("\"{iface}\""))
     };
     let ia = unique_ifname("ipa");
     let ib = unique_ifname("ipb");
@@ -172,7 +203,9 @@ fn ipsec_polytun_polytun_example_configs() {
     check_polytun(&pa, "AES_GCM_16-256", true);
     check_polytun(&pb, "AES_GCM_16-256", false);
     pa.down();
-    wait_until("B to drop the IKE SA after A's polytun down", Duration::from_secs(10), || {
-        pb.ike_sas().is_empty()
-    });
+    wait_until(
+        "B to drop the IKE SA after A's polytun down",
+        Duration::from_secs(10),
+        || pb.ike_sas().is_empty(),
+    );
 }

@@ -369,7 +369,10 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
     let mut remote_addrs = Vec::new();
     if let Some(rm) = r.remote {
         if !r.remote_addrs.is_empty() {
-            return Err(("remote", "set either remote or remote_addrs, not both".into()));
+            return Err((
+                "remote",
+                "set either remote or remote_addrs, not both".into(),
+            ));
         }
         remote_addrs.push(resolve("remote", rm)?);
     }
@@ -410,12 +413,11 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
             parse_psk(text.trim_end_matches(['\n', '\r']))
                 .map_err(|m| ("psk_file", format!("{}: {m}", p.display())))?
         }
-        (None, None) => {
-            return Err((
-                "psk",
-                "missing: auth = \"psk\" needs psk (\"0s<base64>\", \"0x<hex>\" or text) or psk_file".into(),
-            ))
-        }
+        (None, None) => return Err((
+            "psk",
+            "missing: auth = \"psk\" needs psk (\"0s<base64>\", \"0x<hex>\" or text) or psk_file"
+                .into(),
+        )),
     };
     let local_id = match r.local_id {
         Some(s) => parse_identity(s).map_err(|m| ("local_id", m))?,
@@ -451,7 +453,11 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
     };
     let local_ts = match r.local_ts {
         Some(v) => nets("local_ts", v)?,
-        None => r.interface_addresses.iter().map(|a| IpNet::from(a.addr())).collect(),
+        None => r
+            .interface_addresses
+            .iter()
+            .map(|a| IpNet::from(a.addr()))
+            .collect(),
     };
     if local_ts.is_empty() {
         return Err((
@@ -488,6 +494,12 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
         Some(s) => Some(parse_duration(s).map_err(|m| ("dpd_delay", m))?).filter(|d| !d.is_zero()),
         None => None,
     };
+    if r.listen_port.is_some_and(|p| p != 500) {
+        return Err((
+            "listen_port",
+            "IPsec uses UDP ports 500 and 4500 (the NAT-T port is fixed by RFC 3948); leave listen_port out".into(),
+        ));
+    }
     Ok(Ipsec {
         local_addr,
         remote_addrs,
@@ -502,7 +514,7 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
         lifetime,
         rekey_time,
         dpd_delay,
-        ike_port: r.listen_port.unwrap_or(500),
+        ike_port: 500,
     })
 }
 
@@ -539,8 +551,14 @@ mod tests {
             parse_identity("me@example.org").unwrap(),
             Identity::Rfc822("me@example.org".into())
         );
-        assert_eq!(&parse_psk("0x0102030405060708").unwrap()[..], &[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(&parse_psk("0sAQIDBAUGBwg=").unwrap()[..], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            &parse_psk("0x0102030405060708").unwrap()[..],
+            &[1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        assert_eq!(
+            &parse_psk("0sAQIDBAUGBwg=").unwrap()[..],
+            &[1, 2, 3, 4, 5, 6, 7, 8]
+        );
         assert!(parse_psk("short").is_err());
         assert_eq!(parse_duration("20s").unwrap(), Duration::from_secs(20));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));

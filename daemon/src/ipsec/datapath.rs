@@ -42,7 +42,10 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
             Err(e) => {
                 errors += 1;
                 if errors.is_power_of_two() {
-                    tracing::warn!("{}: reading the tun device: {e} ({errors} errors)", tun.name());
+                    tracing::warn!(
+                        "{}: reading the tun device: {e} ({errors} errors)",
+                        tun.name()
+                    );
                 }
                 if e.kind() != std::io::ErrorKind::InvalidInput {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -224,7 +227,9 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                             }
                             debug_assert_eq!(p.start(), TUN_WRITE_OFFSET);
                             sizes[k] = p.len();
-                            ib.stats.rx_bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
+                            ib.stats
+                                .rx_bytes
+                                .fetch_add(p.len() as u64, Ordering::Relaxed);
                             ib.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
                             k += 1;
                             if k == TUN_WRITE_SLOTS {
@@ -269,7 +274,8 @@ pub async fn ike_to_control(shared: Arc<Shared>) {
     let mut metas = vec![RecvMeta::default(); N];
     loop {
         let n = {
-            let mut iov: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut iov: Vec<IoSliceMut<'_>> =
+                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
             match socket.recv_batch(&mut iov, &mut metas).await {
                 Ok(n) => n,
                 Err(e) => {

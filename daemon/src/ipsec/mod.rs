@@ -13,8 +13,8 @@ pub mod state;
 pub mod tunnel;
 
 use ipnet::IpNet;
-use polytun_ike::{DhGroup, EncrAlg, EspTransform, IkeAlgs, IntegAlg, PrfAlg, TrafficSelector};
 use polytun_esp::Transform;
+use polytun_ike::{DhGroup, EncrAlg, EspTransform, IkeAlgs, IntegAlg, PrfAlg, TrafficSelector};
 use std::net::IpAddr;
 
 /// The ESP transform of a negotiated CHILD SA and its keys as `polytun_esp` takes them.
@@ -148,7 +148,13 @@ mod tests {
 
     #[test]
     fn selectors_to_prefixes_and_back() {
-        for p in ["198.51.100.2/32", "10.0.0.0/8", "0.0.0.0/0", "2001:db8::/32", "::/0"] {
+        for p in [
+            "198.51.100.2/32",
+            "10.0.0.0/8",
+            "0.0.0.0/0",
+            "2001:db8::/32",
+            "::/0",
+        ] {
             assert_eq!(nets_of(&ts_of(&n(p))), vec![n(p)], "{p}");
         }
         let ts = TrafficSelector {
@@ -160,7 +166,12 @@ mod tests {
         };
         assert_eq!(
             nets_of(&ts),
-            vec![n("10.0.0.1/32"), n("10.0.0.2/31"), n("10.0.0.4/31"), n("10.0.0.6/32")]
+            vec![
+                n("10.0.0.1/32"),
+                n("10.0.0.2/31"),
+                n("10.0.0.4/31"),
+                n("10.0.0.6/32")
+            ]
         );
     }
 

@@ -273,7 +273,10 @@ impl Control {
                     && !self.cfg.remote_addrs.iter().any(|n| n.contains(&src.ip()))
                 {
                     DropCounters::bump(&self.shared.drops.other);
-                    tracing::debug!("tunnel {}: IKE from {src} is not in remote_addrs", self.name);
+                    tracing::debug!(
+                        "tunnel {}: IKE from {src} is not in remote_addrs",
+                        self.name
+                    );
                     return;
                 }
                 if let Err(e) = self.ep.handle(now, src, local_port, &data) {
@@ -329,7 +332,10 @@ impl Control {
         };
         let remote = SocketAddr::new(host, self.cfg.ike_port);
         let id = self.ep.connect(now, remote);
-        tracing::info!("tunnel {}: initiating IKE SA {id:016x} to {remote}", self.name);
+        tracing::info!(
+            "tunnel {}: initiating IKE SA {id:016x} to {remote}",
+            self.name
+        );
         self.sas.insert(
             id,
             IkeInfo {
@@ -351,12 +357,18 @@ impl Control {
             ));
         }
         let Some(cur) = self.current.filter(|c| self.ep.is_established(*c)) else {
-            return Err(format!("tunnel {}: no established IKE SA to rekey", self.name));
+            return Err(format!(
+                "tunnel {}: no established IKE SA to rekey",
+                self.name
+            ));
         };
         if !self.replacing.is_empty() {
             return Ok(1); // already under way
         }
-        tracing::info!("tunnel {}: reauthenticating IKE SA {cur:016x} ({why})", self.name);
+        tracing::info!(
+            "tunnel {}: reauthenticating IKE SA {cur:016x} ({why})",
+            self.name
+        );
         self.replacing.push(cur);
         self.connect(Instant::now());
         Ok(1)
@@ -488,7 +500,10 @@ impl Control {
             return;
         };
         if !p.udp_encap {
-            tracing::warn!("tunnel {}: CHILD SA without UDP encapsulation; sending it on 4500 anyway", self.name);
+            tracing::warn!(
+                "tunnel {}: CHILD SA without UDP encapsulation; sending it on 4500 anyway",
+                self.name
+            );
         }
         let params = |spi, direction| SaParams {
             esn: p.transform.esn,
@@ -593,10 +608,17 @@ impl Control {
 
     fn add_kernel_routes(&mut self) {
         for n in self.cfg.remote_ts.clone() {
-            match self.tun.add_route(n.addr(), n.prefix_len(), &RouteOptions::default()) {
+            match self
+                .tun
+                .add_route(n.addr(), n.prefix_len(), &RouteOptions::default())
+            {
                 Ok(()) => self.kernel_routes.push(n),
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => tracing::warn!("tunnel {}: route {n} into {}: {e}", self.name, self.tun.name()),
+                Err(e) => tracing::warn!(
+                    "tunnel {}: route {n} into {}: {e}",
+                    self.name,
+                    self.tun.name()
+                ),
             }
         }
     }
@@ -624,8 +646,11 @@ impl Control {
                 } else {
                     self.cfg.ike_port
                 };
-                let mut children: Vec<(&u32, &ChildInfo)> =
-                    self.children.iter().filter(|(_, c)| c.ike_sa == id).collect();
+                let mut children: Vec<(&u32, &ChildInfo)> = self
+                    .children
+                    .iter()
+                    .filter(|(_, c)| c.ike_sa == id)
+                    .collect();
                 children.sort_by_key(|(_, c)| c.installed);
                 Some(IkeSaShow {
                     state: if self.ep.is_established(id) {

@@ -209,3 +209,52 @@ fn ipsec_polytun_polytun_example_configs() {
         || pb.ike_sas().is_empty(),
     );
 }
+
+/// KU: `polytun rekey` replaces the IKE SA (and its CHILD SA) with a new one
+/// (reauthentication, make-before-break) while pings keep flowing; strongSwan ends up with
+/// exactly the new IKE SA.
+#[test]
+fn polytun_rekey_reauthenticates_with_strongswan() {
+    let a = Netns::new("ssrk");
+    let b = Netns::new("ssrk");
+    let (_va, _vb) = veth_pair(&a, &b);
+    let (sa, sb) = sides("aes256gcm16", true);
+    let iface = unique_ifname("ptrk");
+    let c = Charon::start(&b, &sb);
+    let p = PolytunIpsec::start(&a, &iface, &sa);
+    wait_ping(&a, IN_B, Duration::from_secs(20));
+    let spi_of = |p: &PolytunIpsec<'_>| -> Vec<String> {
+        p.ike_sas()
+            .iter()
+            .filter(|s| s["state"] == "ESTABLISHED")
+            .map(|s| s["spi_i"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let before = spi_of(&p);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let cli = polytun_e2e::bins::polytun();
+    let out = a.run_ok(&[cli.to_str().unwrap(), "-i", &iface, "rekey"]);
+    eprintln!("polytun rekey: {out}");
+    let loss = ping(&a, IN_B, 10);
+    assert_eq!(loss, 0.0, "ping across the rekey lost {loss}%");
+    wait_until("a new IKE SA at polytun", Duration::from_secs(10), || {
+        let now = spi_of(&p);
+        now.iter().any(|s| !before.contains(s))
+    });
+    wait_until(
+        "strongSwan to hold only the new IKE SA",
+        Duration::from_secs(10),
+        || c.list_sas().matches("ESTABLISHED").count() == 1,
+    );
+    let new: Vec<String> = spi_of(&p)
+        .into_iter()
+        .filter(|s| !before.contains(s))
+        .collect();
+    let list = c.list_sas();
+    assert!(
+        list.contains(&new[0]),
+        "strongSwan does not hold the new IKE SA {new:?}:\n{list}"
+    );
+    let loss = ping(&a, IN_B, 10);
+    assert_eq!(loss, 0.0, "ping after the rekey lost {loss}%");
+}

@@ -17,6 +17,20 @@ use polytun_esp::Transform;
 use polytun_ike::{DhGroup, EncrAlg, EspTransform, IkeAlgs, IntegAlg, PrfAlg, TrafficSelector};
 use std::net::IpAddr;
 
+/// What polytund's IPsec supports (the IKE crate's list plus what the daemon adds).
+pub fn capabilities() -> polytun_core::Capabilities {
+    use polytun_core::Interface;
+    polytun_ike::capabilities()
+        .with(
+            Interface::Ku,
+            "`polytun rekey`: a new IKE SA replaces the current one (reauthentication, make-before-break); no CREATE_CHILD_SA rekey yet",
+        )
+        .with(
+            Interface::Ke,
+            "a CHILD SA's soft lifetime (rekey_time) starts the same reauthentication; the hard lifetime retires it",
+        )
+}
+
 /// The ESP transform of a negotiated CHILD SA and its keys as `polytun_esp` takes them.
 pub fn esp_transform(t: &EspTransform) -> Option<Transform> {
     Some(match (t.encr, t.integ) {

@@ -258,3 +258,32 @@ fn polytun_rekey_reauthenticates_with_strongswan() {
     let loss = ping(&a, IN_B, 10);
     assert_eq!(loss, 0.0, "ping after the rekey lost {loss}%");
 }
+
+/// NAT traversal: polytun (left, 192.0.2.2) behind a router that masquerades it as 203.0.113.1
+/// initiates to strongSwan (right, 203.0.113.2), which accepts it from any address. IKE moves to
+/// 4500 and ESP flows UDP-encapsulated through the NAT mapping both ways.
+#[test]
+fn polytun_behind_nat_initiates_strongswan() {
+    let r = polytun_e2e::Router::new("ssnat", true);
+    let (mut sa, mut sb) = sides("aes256gcm16", true);
+    sa.local_addr = r.left_addr.clone();
+    sa.remote_addr = r.right_addr.clone();
+    sb.local_addr = r.right_addr.clone();
+    sb.remote_addr = "%any".into();
+    let iface = unique_ifname("ptnt");
+    let c = Charon::start(&r.right, &sb);
+    let p = PolytunIpsec::start(&r.left, &iface, &sa);
+    traffic(&r.left, &r.right);
+    let list = c.list_sas();
+    // strongSwan sees the NAT's address, not polytun's
+    assert!(
+        list.contains("203.0.113.1[") && !list.contains("192.0.2.2["),
+        "strongSwan should see polytun behind the NAT (203.0.113.1):\n{list}"
+    );
+    let sas = p.ike_sas();
+    assert!(
+        sas.iter().any(|s| s["state"] == "ESTABLISHED"
+            && s["remote"].as_str().is_some_and(|r| r.ends_with("[4500]"))),
+        "polytun should talk to strongSwan on 4500: {sas:?}"
+    );
+}

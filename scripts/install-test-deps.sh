@@ -27,6 +27,20 @@ missing=()
 for cmd in "${!PKG[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG[$cmd]}")
 done
+# strongSwan 5.9 with kernel-libipsec (userspace ESP) for the IPsec interop tests. charon is
+# not on $PATH and its plugins are files: check those. --no-install-recommends drops the
+# standard plugins (openssl, gcm), which the tests load, so they are named explicitly.
+STRONGSWAN_PKGS=(strongswan strongswan-swanctl charon-systemd libcharon-extra-plugins
+  libstrongswan-extra-plugins libstrongswan-standard-plugins strongswan-pki)
+for f in /usr/lib/ipsec/charon /usr/sbin/swanctl /usr/bin/pki \
+  /usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so \
+  /usr/lib/ipsec/plugins/libstrongswan-gcm.so /usr/lib/ipsec/plugins/libstrongswan-openssl.so \
+  /usr/lib/ipsec/plugins/libstrongswan-chapoly.so; do
+  if [[ ! -e $f ]]; then
+    missing+=("${STRONGSWAN_PKGS[@]}")
+    break
+  fi
+done
 # resolvconf is not needed: the tests never set DNS= in wg-quick configs
 if ((${#missing[@]})); then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -70,6 +70,49 @@ struct RawTunnel {
     private_key_file: Option<PathBuf>,
     #[serde(default)]
     peer: Vec<RawPeer>,
+    // ---- IPsec (IKEv2 + ESP), strongSwan swanctl.conf names ----
+    #[serde(default)]
+    local_addrs: Vec<String>,
+    #[serde(default)]
+    remote_addrs: Vec<String>,
+    remote: Option<String>,
+    local_id: Option<String>,
+    remote_id: Option<String>,
+    auth: Option<String>,
+    psk: Option<String>,
+    psk_file: Option<PathBuf>,
+    proposals: Option<Vec<String>>,
+    esp_proposals: Option<Vec<String>>,
+    local_ts: Option<Vec<String>>,
+    remote_ts: Option<Vec<String>>,
+    initiate: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    lifetime: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    rekey_time: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    dpd_delay: Option<String>,
+}
+
+/// A duration as written: `20s`, `5m`, `1h`, `2d` or a number of seconds.
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"20s\", \"1h\" or a number of seconds")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,7 +155,19 @@ pub struct Tunnel {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Protocol {
     WireGuard(WireGuard),
+    Ipsec(Box<Ipsec>),
 }
+
+impl Protocol {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Protocol::WireGuard(_) => "wireguard",
+            Protocol::Ipsec(_) => "ipsec",
+        }
+    }
+}
+
+pub use crate::ipsec::config::Ipsec;
 
 pub type Key32 = Zeroizing<[u8; 32]>;
 
@@ -507,22 +562,82 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     peers,
                 })
             }
-            "ipsec" | "ikev2" | "openvpn" => {
+            "ipsec" | "ikev2" => {
+                let raw = crate::ipsec::config::RawIpsec {
+                    local_addrs: &t.local_addrs,
+                    remote_addrs: &t.remote_addrs,
+                    remote: t.remote.as_deref(),
+                    local_id: t.local_id.as_deref(),
+                    remote_id: t.remote_id.as_deref(),
+                    auth: t.auth.as_deref(),
+                    psk: t.psk.as_deref(),
+                    psk_file: t.psk_file.as_deref(),
+                    proposals: t.proposals.as_deref(),
+                    esp_proposals: t.esp_proposals.as_deref(),
+                    local_ts: t.local_ts.as_deref(),
+                    remote_ts: t.remote_ts.as_deref(),
+                    initiate: t.initiate,
+                    lifetime: t.lifetime.as_deref(),
+                    rekey_time: t.rekey_time.as_deref(),
+                    dpd_delay: t.dpd_delay.as_deref(),
+                    listen_port: t.listen_port,
+                    interface_addresses: &addresses,
+                };
+                if t.private_key.is_some() || t.private_key_file.is_some() || !t.peer.is_empty() {
+                    return Err(ctx.err(
+                        &tp("protocol"),
+                        "private_key, private_key_file and [[tunnel.peer]] are WireGuard settings; an ipsec tunnel authenticates with auth = \"psk\" and psk",
+                    ));
+                }
+                let ipsec = crate::ipsec::config::validate(&raw)
+                    .map_err(|(field, msg)| ctx.err(&tp(field), msg))?;
+                Protocol::Ipsec(Box::new(ipsec))
+            }
+            "openvpn" => {
                 return Err(ctx.err(
                     &tp("protocol"),
                     format!(
-                        "`{}` is not implemented yet in this version (only `wireguard`)",
-                        t.protocol
-                    ),
+                    "`{}` is not implemented yet in this version (only `wireguard` and `ipsec`)",
+                    t.protocol
+                ),
                 ))
             }
             other => {
                 return Err(ctx.err(
                     &tp("protocol"),
-                    format!("unknown protocol `{other}` (expected `wireguard`)"),
+                    format!("unknown protocol `{other}` (expected `wireguard` or `ipsec`)"),
                 ))
             }
         };
+        if let Some(first) = tunnels.first().map(|t: &Tunnel| t.protocol.name()) {
+            if first != protocol.name() {
+                return Err(ctx.err(
+                    &tp("protocol"),
+                    format!(
+                        "`{}` cannot share an interface with `{first}` tunnels: one protocol per interface (use a second config and interface)",
+                        protocol.name()
+                    ),
+                ));
+            }
+        }
+        if matches!(protocol, Protocol::WireGuard(_)) {
+            for (field, set) in [
+                ("local_addrs", !t.local_addrs.is_empty()),
+                ("remote_addrs", !t.remote_addrs.is_empty()),
+                ("remote", t.remote.is_some()),
+                ("psk", t.psk.is_some()),
+                ("proposals", t.proposals.is_some()),
+                ("esp_proposals", t.esp_proposals.is_some()),
+                ("remote_ts", t.remote_ts.is_some()),
+            ] {
+                if set {
+                    return Err(ctx.err(
+                        &tp(field),
+                        "an IPsec setting in a wireguard tunnel (set protocol = \"ipsec\")",
+                    ));
+                }
+            }
+        }
         tunnels.push(Tunnel { name, protocol });
     }
     Ok(Config {
@@ -594,7 +709,9 @@ persistent_keepalive = 25
             c.interface.control_socket,
             PathBuf::from("/run/polytun/pt0.sock")
         );
-        let Protocol::WireGuard(wg) = &c.tunnels[0].protocol;
+        let Protocol::WireGuard(wg) = &c.tunnels[0].protocol else {
+            panic!("not wireguard")
+        };
         assert_eq!(wg.listen_port, Some(51820));
         assert_eq!(wg.peers[0].allowed_ips.len(), 2);
         assert_eq!(
@@ -640,6 +757,81 @@ persistent_keepalive = 25
         assert!(e.message.contains("unknown field"), "{e}");
         let e = p("[interface\nname=1").unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    fn ipsec() -> String {
+        r#"[interface]
+name = "pt0"
+address = ["198.51.100.1/32"]
+
+[[tunnel]]
+name = "site"
+protocol = "ipsec"
+local_addrs = ["192.0.2.1"]
+remote = "192.0.2.2"
+local_id = "a.example"
+remote_id = "@b.example"
+psk = "0sRGVtby1QU0stbm90LWZvci1yZWFsLXVzZS0yMDI2LXBvbHl0dW4="
+proposals = ["aes256gcm16-prfsha256-x25519"]
+esp_proposals = ["aes256gcm16", "chacha20poly1305"]
+local_ts = ["198.51.100.1/32"]
+remote_ts = ["198.51.100.2/32", "10.2.0.0/16"]
+rekey_time = "50m"
+dpd_delay = 30
+"#
+        .to_string()
+    }
+
+    #[test]
+    fn parses_an_ipsec_tunnel() {
+        let c = p(&ipsec()).unwrap();
+        let Protocol::Ipsec(t) = &c.tunnels[0].protocol else {
+            panic!("not ipsec")
+        };
+        assert!(t.initiate);
+        assert_eq!(t.remote_host(), Some("192.0.2.2".parse().unwrap()));
+        assert_eq!(
+            t.remote_id,
+            Some(polytun_ike::Identity::Fqdn("b.example".into()))
+        );
+        assert_eq!(t.esp_proposals.len(), 2);
+        assert_eq!(t.remote_ts.len(), 2);
+        assert_eq!(t.rekey_time, std::time::Duration::from_secs(3000));
+        assert_eq!(t.dpd_delay, Some(std::time::Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn ipsec_errors_name_file_line_and_field() {
+        let e = p(&ipsec().replace("\"aes256gcm16\", ", "\"aes256gcm16-md5\", ")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(14), "tunnel[0].esp_proposals"),
+            "{e}"
+        );
+        assert!(e.message.contains("md5"), "{e}");
+        let e = p(&ipsec().replace("10.2.0.0/16", "10.2.0.0/99")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(16), "tunnel[0].remote_ts"),
+            "{e}"
+        );
+        let e = p(&ipsec().replace("remote = \"192.0.2.2\"\n", "")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].remote_addrs", "{e}");
+        assert!(e.message.contains("initiate = false"), "{e}");
+        let e = p(&ipsec().replace("rekey_time = \"50m\"", "rekey_time = \"soon\"")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(17), "tunnel[0].rekey_time"),
+            "{e}"
+        );
+        let e = p(&ipsec().replace("psk = ", "preshared_key = ")).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+        let mixed = format!(
+            "{}\n[[tunnel]]\nname = \"wg\"\nprotocol = \"wireguard\"\nprivate_key = \"{K1}\"\n",
+            ipsec()
+        );
+        let e = p(&mixed).unwrap_err();
+        assert!(e.message.contains("one protocol per interface"), "{e}");
     }
 
     #[test]

@@ -58,6 +58,49 @@ pub struct TunnelShow {
     pub public_key: Option<String>,
     pub drops: Drops,
     pub peers: Vec<PeerShow>,
+    /// IPsec: the IKE SAs with their CHILD SAs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ike_sas: Vec<IkeSaShow>,
+}
+
+/// One IKE SA, as `swanctl --list-sas` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct IkeSaShow {
+    /// ESTABLISHED, CONNECTING, …
+    pub state: String,
+    pub initiator: bool,
+    /// Hex, 16 digits each.
+    pub spi_i: String,
+    pub spi_r: String,
+    pub local: String,
+    pub remote: String,
+    pub local_id: String,
+    pub remote_id: String,
+    /// E.g. AES_GCM_16-256/PRF_HMAC_SHA2_256/CURVE_25519.
+    pub algorithms: String,
+    pub age_secs: u64,
+    pub children: Vec<ChildSaShow>,
+}
+
+/// One CHILD SA (both directions).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ChildSaShow {
+    /// Hex, 8 digits.
+    pub spi_in: String,
+    pub spi_out: String,
+    /// E.g. AES_GCM_16-256.
+    pub transform: String,
+    pub esn: bool,
+    pub encap: bool,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub local_ts: Vec<String>,
+    pub remote_ts: Vec<String>,
+    pub age_secs: u64,
+    /// Seconds until the soft lifetime (rekey) is reached.
+    pub rekey_in_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -232,6 +275,9 @@ pub fn render_show(s: &ShowReply, now_unix: u64) -> String {
             "  dropped: {} malformed, {} bad mac, {} replayed, {} no session, {} bad source, {} expired key, {} rate limited, {} other",
             d.malformed, d.bad_mac, d.replayed, d.no_session, d.bad_source, d.expired_key, d.rate_limited, d.other
         );
+        for sa in &t.ike_sas {
+            render_ike_sa(&mut o, &t.name, sa);
+        }
         for p in &t.peers {
             let _ = write!(o, "\npeer: {}", p.public_key);
             if let Some(n) = &p.name {
@@ -274,6 +320,49 @@ pub fn render_show(s: &ShowReply, now_unix: u64) -> String {
         }
     }
     o
+}
+
+/// An IKE SA and its CHILD SAs in the manner of `swanctl --list-sas`.
+fn render_ike_sa(o: &mut String, name: &str, sa: &IkeSaShow) {
+    use std::fmt::Write;
+    let (mi, mr) = if sa.initiator { ("*", "") } else { ("", "*") };
+    let _ = writeln!(
+        o,
+        "\n{name}: {}, IKEv2, {}_i{mi} {}_r{mr}",
+        sa.state, sa.spi_i, sa.spi_r
+    );
+    let _ = writeln!(o, "  local  '{}' @ {}", sa.local_id, sa.local);
+    let _ = writeln!(o, "  remote '{}' @ {}", sa.remote_id, sa.remote);
+    if !sa.algorithms.is_empty() {
+        let _ = writeln!(o, "  {}", sa.algorithms);
+    }
+    let _ = writeln!(o, "  established {}s ago", sa.age_secs);
+    for c in &sa.children {
+        let _ = writeln!(
+            o,
+            "  {name}: INSTALLED, TUNNEL{}, ESP:{}{}",
+            if c.encap { "-in-UDP" } else { "" },
+            c.transform,
+            if c.esn { "/ESN" } else { "" }
+        );
+        let _ = write!(o, "    installed {}s ago", c.age_secs);
+        if let Some(r) = c.rekey_in_secs {
+            let _ = write!(o, ", rekeying in {r}s");
+        }
+        o.push('\n');
+        let _ = writeln!(
+            o,
+            "    in  {}, {:>9} bytes, {:>6} packets",
+            c.spi_in, c.rx_bytes, c.rx_packets
+        );
+        let _ = writeln!(
+            o,
+            "    out {}, {:>9} bytes, {:>6} packets",
+            c.spi_out, c.tx_bytes, c.tx_packets
+        );
+        let _ = writeln!(o, "    local  {}", c.local_ts.join(" "));
+        let _ = writeln!(o, "    remote {}", c.remote_ts.join(" "));
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod control;
+pub mod ipsec;
 pub mod logging;
 pub mod service;
 pub mod uapi;

@@ -3,6 +3,8 @@
 
 use crate::config::{self, Config, Protocol};
 use crate::control::{self, Command, Reply, ShowReply};
+use crate::ipsec::state::IpsecSet;
+use crate::ipsec::tunnel::{self as ipsec_tunnel, IpsecCommand, IpsecHandle};
 use crate::wg::datapath::{self, TunnelSet};
 use crate::wg::tunnel::{self, PeerSpec, TunnelCommand, TunnelHandle, TunnelOptions};
 use anyhow::Context;
@@ -32,11 +34,34 @@ struct Running {
     tun: Arc<Tun>,
     tunnels: Vec<TunnelHandle>,
     set: TunnelSet,
+    ipsec: Vec<IpsecHandle>,
+    ipsec_set: IpsecSet,
 }
 
 impl Running {
     fn spawn_tunnel(&mut self, t: &config::Tunnel) -> anyhow::Result<()> {
-        let Protocol::WireGuard(wg) = &t.protocol;
+        let wg = match &t.protocol {
+            Protocol::WireGuard(wg) => wg,
+            Protocol::Ipsec(cfg) => {
+                let h = ipsec_tunnel::spawn(&t.name, cfg, self.tun.clone())?;
+                self.ipsec_set
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(h.shared.clone());
+                tracing::info!(
+                    "tunnel {} (ipsec): listening on UDP ports {} and 4500, {}",
+                    t.name,
+                    cfg.ike_port,
+                    if cfg.initiate {
+                        "initiating"
+                    } else {
+                        "responding"
+                    }
+                );
+                self.ipsec.push(h);
+                return Ok(());
+            }
+        };
         let h = tunnel::spawn(
             TunnelOptions {
                 name: t.name.clone(),
@@ -63,6 +88,16 @@ impl Running {
     }
 
     async fn stop_tunnel(&mut self, name: &str) {
+        if let Some(pos) = self.ipsec.iter().position(|h| h.name == name) {
+            let h = self.ipsec.remove(pos);
+            self.ipsec_set
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|s| !Arc::ptr_eq(s, &h.shared));
+            let _ = h.commands.send(IpsecCommand::Shutdown).await;
+            let _ = h.task.await;
+            return;
+        }
         if let Some(pos) = self.tunnels.iter().position(|h| h.name == name) {
             let h = self.tunnels.remove(pos);
             self.set
@@ -84,6 +119,14 @@ impl Running {
                 }
             }
         }
+        for h in &self.ipsec {
+            let (tx, rx) = oneshot::channel();
+            if h.commands.send(IpsecCommand::Show(tx)).await.is_ok() {
+                if let Ok(s) = rx.await {
+                    tunnels.push(s);
+                }
+            }
+        }
         ShowReply {
             interface: self.config.interface.name.clone(),
             mtu: self.config.interface.mtu,
@@ -94,6 +137,18 @@ impl Running {
 
     async fn rekey(&self, tunnel: Option<String>, peer: Option<String>) -> Reply {
         let mut total = 0;
+        for h in &self.ipsec {
+            if tunnel.as_ref().is_some_and(|t| *t != h.name) {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let _ = h.commands.send(IpsecCommand::Rekey(tx)).await;
+            match rx.await {
+                Ok(Ok(n)) => total += n,
+                Ok(Err(e)) if self.ipsec.len() == 1 => return Reply::Error { message: e },
+                _ => {}
+            }
+        }
         for h in &self.tunnels {
             if tunnel.as_ref().is_some_and(|t| *t != h.name) {
                 continue;
@@ -152,9 +207,13 @@ impl Running {
         let old_tunnels = old.tunnels.clone();
         for t in &old_tunnels {
             let keep = new.tunnels.iter().find(|n| n.name == t.name);
-            let same_identity = keep.is_some_and(|n| {
-                let (Protocol::WireGuard(a), Protocol::WireGuard(b)) = (&n.protocol, &t.protocol);
-                a.private_key == b.private_key && a.listen_port == b.listen_port
+            let same_identity = keep.is_some_and(|n| match (&n.protocol, &t.protocol) {
+                (Protocol::WireGuard(a), Protocol::WireGuard(b)) => {
+                    a.private_key == b.private_key && a.listen_port == b.listen_port
+                }
+                // an IPsec tunnel whose settings changed is restarted
+                (Protocol::Ipsec(a), Protocol::Ipsec(b)) => a == b,
+                _ => false,
             });
             if !same_identity {
                 tracing::info!(
@@ -166,7 +225,12 @@ impl Running {
         }
         self.config.interface = new.interface.clone();
         for t in &new.tunnels {
-            let Protocol::WireGuard(wg) = &t.protocol;
+            let Protocol::WireGuard(wg) = &t.protocol else {
+                if !self.ipsec.iter().any(|h| h.name == t.name) {
+                    self.spawn_tunnel(t)?;
+                }
+                continue;
+            };
             match self.tunnels.iter().find(|h| h.name == t.name) {
                 Some(h) => {
                     let (tx, rx) = oneshot::channel();
@@ -232,15 +296,30 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         tun: tun.clone(),
         tunnels: Vec::new(),
         set: set.clone(),
+        ipsec: Vec::new(),
+        ipsec_set: Arc::new(std::sync::RwLock::new(Vec::new())),
     };
     for t in &cfg.tunnels {
         running.spawn_tunnel(t)?;
     }
-    let reader = tokio::spawn(datapath::tun_to_net(
-        tun.clone(),
-        set,
-        usize::from(iface.mtu),
-    ));
+    // one protocol per interface: its TUN reader
+    let reader = if cfg
+        .tunnels
+        .iter()
+        .any(|t| matches!(t.protocol, Protocol::Ipsec(_)))
+    {
+        tokio::spawn(crate::ipsec::datapath::tun_to_net(
+            tun.clone(),
+            running.ipsec_set.clone(),
+            usize::from(iface.mtu),
+        ))
+    } else {
+        tokio::spawn(datapath::tun_to_net(
+            tun.clone(),
+            set,
+            usize::from(iface.mtu),
+        ))
+    };
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Request>(16);
     let socket_path = iface.control_socket.clone();
     let listener = control::bind(&socket_path)
@@ -282,7 +361,12 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("polytund: stopping");
-    let names: Vec<String> = running.tunnels.iter().map(|h| h.name.clone()).collect();
+    let names: Vec<String> = running
+        .tunnels
+        .iter()
+        .map(|h| h.name.clone())
+        .chain(running.ipsec.iter().map(|h| h.name.clone()))
+        .collect();
     for n in names {
         running.stop_tunnel(&n).await;
     }

@@ -87,6 +87,8 @@ fn install_hint(tool: &str) -> String {
         "ethtool" => format!("{APT} ethtool"),
         "ip" => format!("{APT} iproute2"),
         "systemd-analyze" => format!("{APT} systemd"),
+        "swanctl" => format!("{APT} strongswan-swanctl"),
+        "pki" => format!("{APT} strongswan-pki"),
         _ => format!("{APT} {tool}"),
     }
 }

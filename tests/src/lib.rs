@@ -12,6 +12,7 @@
 //! * [`scenario`] — the parametrised tests (pair matrix, roaming) shared by the test files.
 
 pub mod bins;
+pub mod ipsec;
 pub mod netns;
 pub mod pcap;
 pub mod scenario;

@@ -1602,6 +1602,11 @@ impl Endpoint {
         }
     }
 
+    /// The IKE SA's SPIs (initiator's, responder's), for display.
+    pub fn spis(&self, id: SaId) -> Option<([u8; 8], [u8; 8])> {
+        self.sas.get(&id).map(|s| (s.spi_i, s.spi_r))
+    }
+
     /// How long this IKE SA has existed.
     pub fn age(&self, id: SaId, now: Instant) -> Option<Duration> {
         self.sas

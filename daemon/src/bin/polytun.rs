@@ -119,9 +119,10 @@ fn main() -> ExitCode {
         }
         Cmd::Capabilities => {
             let wg = polytun_wireguard::capabilities();
+            let ipsec = polytun_daemon::ipsec::capabilities();
             print!(
                 "{}",
-                polytun_core::capabilities::render_table(&[("wireguard", &wg)])
+                polytun_core::capabilities::render_table(&[("wireguard", &wg), ("ipsec", &ipsec)])
             );
             Ok(())
         }

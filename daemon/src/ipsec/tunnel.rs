@@ -1,0 +1,707 @@
+//! One IPsec tunnel's control task: it owns the IKE [`Endpoint`], its
+//! timers, the UDP 500/4500 sockets' receivers and the kernel routes, and it
+//! is the only writer of the tables the ESP data path reads.
+//!
+//! An initiating tunnel connects at start and again after a failure, a
+//! peer's DELETE or a DPD timeout, with back-off (1 s doubling to 30 s).
+//! `polytun rekey` and a CHILD SA's soft lifetime start a new IKE SA
+//! (reauthentication, make-before-break: the old SAs keep working until
+//! the new ones are installed, then the old IKE SA is deleted).
+
+use super::config::Ipsec;
+use super::datapath;
+use super::state::{ChildStats, Inbound, Outbound, Shared, Tables, ToControl};
+use super::{esp_keymat, esp_transform, ike_algs_name, nets_of, ts_of};
+use crate::control::{ChildSaShow, IkeSaShow, TunnelShow};
+use crate::wg::state::DropCounters;
+use ipnet::IpNet;
+use polytun_esp::{Direction, EspSa, SaParams, Transform};
+use polytun_ike::{ChildSaParams, Endpoint, Event, Identity, IkeAlgs, Output, SaId};
+use polytun_io::{RouteOptions, Tun, UdpSocket};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+const CONTROL_QUEUE: usize = 1024;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// NAT keepalives on 4500 (RFC 3948 §4), strongSwan's default interval.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
+pub enum IpsecCommand {
+    Show(oneshot::Sender<TunnelShow>),
+    /// Key update on demand (KU): a new IKE SA replacing the current one.
+    Rekey(oneshot::Sender<Result<usize, String>>),
+    /// Delete every IKE SA (INFORMATIONAL Delete), then stop.
+    Shutdown,
+}
+
+pub struct IpsecHandle {
+    pub name: String,
+    pub shared: Arc<Shared>,
+    pub commands: mpsc::Sender<IpsecCommand>,
+    pub task: JoinHandle<()>,
+}
+
+struct IkeInfo {
+    initiator: bool,
+    peer: Option<Identity>,
+    algs: Option<IkeAlgs>,
+    remote: SocketAddr,
+}
+
+struct ChildInfo {
+    ike_sa: SaId,
+    spi_out: u32,
+    transform: Transform,
+    esn: bool,
+    encap: bool,
+    ts_local: Vec<IpNet>,
+    ts_remote: Vec<IpNet>,
+    stats: Arc<ChildStats>,
+    installed: Instant,
+    rekey_at: Option<Instant>,
+}
+
+struct Control {
+    name: String,
+    cfg: Ipsec,
+    ep: Endpoint,
+    local_ip: IpAddr,
+    shared: Arc<Shared>,
+    tun: Arc<Tun>,
+    sas: HashMap<SaId, IkeInfo>,
+    /// By inbound SPI.
+    children: HashMap<u32, ChildInfo>,
+    /// The IKE SA this (initiating) tunnel keeps up.
+    current: Option<SaId>,
+    /// Replaced by `current` once it is established (reauthentication).
+    replacing: Vec<SaId>,
+    reconnect_at: Option<Instant>,
+    backoff: Duration,
+    next_keepalive: Instant,
+    kernel_routes: Vec<IpNet>,
+    tasks: Vec<JoinHandle<()>>,
+    stopping: bool,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn bind(local: Option<IpAddr>, port: u16) -> std::io::Result<UdpSocket> {
+    match local {
+        Some(ip) => UdpSocket::bind(SocketAddr::new(ip, port)),
+        None => UdpSocket::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
+            .or_else(|_| UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))),
+    }
+}
+
+/// The address this host sends from towards `remote` (for NAT detection).
+fn source_towards(remote: IpAddr) -> Option<IpAddr> {
+    let any: IpAddr = if remote.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let s = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
+    s.connect(SocketAddr::new(remote, 500)).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+fn ike_config(cfg: &Ipsec) -> polytun_ike::Config {
+    let mut c = polytun_ike::Config::psk(cfg.local_id.clone(), cfg.remote_id.clone(), &cfg.psk);
+    c.ike_proposals = cfg.proposals.clone();
+    c.esp_proposals = cfg.esp_proposals.clone();
+    c.local_ts = cfg.local_ts.iter().map(ts_of).collect();
+    c.remote_ts = cfg.remote_ts.iter().map(ts_of).collect();
+    c.child_lifetimes = polytun_core::Limits {
+        soft_time: Some(cfg.rekey_time),
+        hard_time: Some(cfg.lifetime),
+        ..Default::default()
+    };
+    // userspace ESP has no raw sockets: always UDP-encapsulate, as
+    // strongSwan's kernel-libipsec does
+    c.force_encap = true;
+    c.dpd_interval = cfg.dpd_delay;
+    c
+}
+
+pub fn spawn(name: &str, cfg: &Ipsec, tun: Arc<Tun>) -> std::io::Result<IpsecHandle> {
+    let err = |port: u16| {
+        move |e: std::io::Error| {
+            std::io::Error::new(
+                e.kind(),
+                format!("tunnel {name}: cannot listen on UDP port {port}: {e}"),
+            )
+        }
+    };
+    let ike = Arc::new(bind(cfg.local_addr, cfg.ike_port).map_err(err(cfg.ike_port))?);
+    let natt = Arc::new(bind(cfg.local_addr, polytun_esp::NAT_T_PORT).map_err(err(4500))?);
+    let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
+    let shared = Arc::new(Shared {
+        name: name.to_string(),
+        tables: RwLock::new(Tables::default()),
+        ike,
+        natt,
+        drops: DropCounters::default(),
+        to_control,
+    });
+    let local_ip = cfg
+        .local_addr
+        .or_else(|| cfg.remote_host().and_then(source_towards))
+        .unwrap_or(Ipv4Addr::UNSPECIFIED.into());
+    let ep = Endpoint::new(ike_config(cfg), local_ip, Box::new(rand_core::OsRng));
+    let now = Instant::now();
+    let mut ctl = Control {
+        name: name.to_string(),
+        cfg: cfg.clone(),
+        ep,
+        local_ip,
+        shared: shared.clone(),
+        tun: tun.clone(),
+        sas: HashMap::new(),
+        children: HashMap::new(),
+        current: None,
+        replacing: Vec::new(),
+        reconnect_at: cfg.initiate.then_some(now),
+        backoff: BACKOFF_MIN,
+        next_keepalive: now + KEEPALIVE,
+        kernel_routes: Vec::new(),
+        tasks: vec![
+            tokio::spawn(datapath::natt_to_tun(tun.clone(), shared.clone())),
+            tokio::spawn(datapath::ike_to_control(shared.clone())),
+        ],
+        stopping: false,
+    };
+    ctl.add_kernel_routes();
+    let (commands, cmd_rx) = mpsc::channel(16);
+    let task = tokio::spawn(async move { ctl.run(from_data, cmd_rx).await });
+    Ok(IpsecHandle {
+        name: name.to_string(),
+        shared,
+        commands,
+        task,
+    })
+}
+
+impl Control {
+    fn deadline(&self) -> Option<Instant> {
+        let mut d = self.ep.poll_timeout();
+        for t in [self.reconnect_at, Some(self.next_keepalive)]
+            .into_iter()
+            .flatten()
+        {
+            d = Some(d.map_or(t, |x| x.min(t)));
+        }
+        d
+    }
+
+    async fn run(
+        &mut self,
+        mut from_data: mpsc::Receiver<ToControl>,
+        mut commands: mpsc::Receiver<IpsecCommand>,
+    ) {
+        loop {
+            let deadline = self.deadline();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = from_data.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.on_data(msg);
+                    while let Ok(msg) = from_data.try_recv() {
+                        self.on_data(msg);
+                        self.process_outputs();
+                    }
+                }
+                cmd = commands.recv() => match cmd {
+                    None | Some(IpsecCommand::Shutdown) => break,
+                    Some(IpsecCommand::Show(tx)) => { let _ = tx.send(self.show()); }
+                    Some(IpsecCommand::Rekey(tx)) => { let _ = tx.send(self.reauthenticate("on demand")); }
+                },
+                _ = sleep => self.on_timer(),
+            }
+            self.process_outputs();
+        }
+        self.shutdown(&mut from_data).await;
+    }
+
+    /// CT: Delete every IKE SA and wait (up to 2 s) for the answers.
+    async fn shutdown(&mut self, from_data: &mut mpsc::Receiver<ToControl>) {
+        self.stopping = true;
+        self.reconnect_at = None;
+        let now = Instant::now();
+        for id in self.ep.sa_ids() {
+            self.ep.close(now, id);
+        }
+        self.process_outputs();
+        let end = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !self.ep.sa_ids().is_empty() {
+            match tokio::time::timeout_at(end, from_data.recv()).await {
+                Ok(Some(msg)) => self.on_data(msg),
+                _ => break,
+            }
+            self.process_outputs();
+        }
+        self.shared.tables_mut().routes = Default::default();
+        self.remove_kernel_routes();
+        tracing::info!("tunnel {}: stopped", self.name);
+    }
+
+    fn on_data(&mut self, msg: ToControl) {
+        let now = Instant::now();
+        match msg {
+            ToControl::Ike {
+                local_port,
+                src,
+                data,
+            } => {
+                if !self.cfg.remote_addrs.is_empty()
+                    && !self.cfg.remote_addrs.iter().any(|n| n.contains(&src.ip()))
+                {
+                    DropCounters::bump(&self.shared.drops.other);
+                    tracing::debug!(
+                        "tunnel {}: IKE from {src} is not in remote_addrs",
+                        self.name
+                    );
+                    return;
+                }
+                if let Err(e) = self.ep.handle(now, src, local_port, &data) {
+                    use polytun_ike::DropReason as D;
+                    let d = &self.shared.drops;
+                    let c = match e {
+                        D::Malformed(_) | D::Missing(_) | D::NotIke => &d.malformed,
+                        D::Integrity => &d.bad_mac,
+                        D::BadMessageId => &d.replayed,
+                        D::UnknownSa => &d.no_session,
+                        D::Stateless(_) => &d.rate_limited,
+                        D::Unexpected => &d.other,
+                    };
+                    DropCounters::bump(c);
+                    tracing::debug!("tunnel {}: IKE from {src} dropped: {e}", self.name);
+                }
+            }
+            ToControl::Traffic { ike_sa } => self.ep.on_child_traffic(now, ike_sa),
+            ToControl::KeyExpiring { spi } => {
+                tracing::info!(
+                    "tunnel {}: CHILD SA {spi:08x} reached its soft lifetime",
+                    self.name
+                );
+                if let Err(e) = self.reauthenticate("soft lifetime") {
+                    tracing::debug!("tunnel {}: {e}", self.name);
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        self.ep.handle_timeout(now);
+        if self.reconnect_at.is_some_and(|t| now >= t) {
+            self.reconnect_at = None;
+            self.connect(now);
+        }
+        if now >= self.next_keepalive {
+            self.next_keepalive = now + KEEPALIVE;
+            // RFC 3948 §2.3: keep NAT mappings of the 4500 flow alive
+            let dsts: Vec<SocketAddr> = self.sas.values().map(|s| s.remote).collect();
+            for d in dsts {
+                if d.port() == polytun_esp::NAT_T_PORT {
+                    let _ = self.shared.natt.try_send_to(&polytun_esp::NAT_KEEPALIVE, d);
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, now: Instant) {
+        let Some(host) = self.cfg.remote_host() else {
+            return;
+        };
+        let remote = SocketAddr::new(host, self.cfg.ike_port);
+        let id = self.ep.connect(now, remote);
+        tracing::info!(
+            "tunnel {}: initiating IKE SA {id:016x} to {remote}",
+            self.name
+        );
+        self.sas.insert(
+            id,
+            IkeInfo {
+                initiator: true,
+                peer: None,
+                algs: None,
+                remote,
+            },
+        );
+        self.current = Some(id);
+    }
+
+    /// A new IKE SA (and CHILD SA) replacing the current one.
+    fn reauthenticate(&mut self, why: &str) -> Result<usize, String> {
+        if !self.cfg.initiate {
+            return Err(format!(
+                "tunnel {}: a responder (initiate = false) leaves rekeying to the initiator; CREATE_CHILD_SA rekeying is not in this build",
+                self.name
+            ));
+        }
+        let Some(cur) = self.current.filter(|c| self.ep.is_established(*c)) else {
+            return Err(format!(
+                "tunnel {}: no established IKE SA to rekey",
+                self.name
+            ));
+        };
+        if !self.replacing.is_empty() {
+            return Ok(1); // already under way
+        }
+        tracing::info!(
+            "tunnel {}: reauthenticating IKE SA {cur:016x} ({why})",
+            self.name
+        );
+        self.replacing.push(cur);
+        self.connect(Instant::now());
+        Ok(1)
+    }
+
+    fn schedule_reconnect(&mut self, why: &str) {
+        if self.stopping || !self.cfg.initiate {
+            return;
+        }
+        let at = Instant::now() + self.backoff;
+        tracing::info!(
+            "tunnel {}: {why}; connecting again in {:?}",
+            self.name,
+            self.backoff
+        );
+        self.reconnect_at = Some(at);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    fn process_outputs(&mut self) {
+        while let Some(o) = self.ep.poll_output() {
+            match o {
+                Output::Transmit {
+                    local_port,
+                    dst,
+                    bytes,
+                } => {
+                    let s = if local_port == polytun_esp::NAT_T_PORT {
+                        &self.shared.natt
+                    } else {
+                        &self.shared.ike
+                    };
+                    if let Err(e) = s.try_send_to(&bytes, dst) {
+                        tracing::debug!("tunnel {}: IKE send to {dst}: {e}", self.name);
+                    }
+                }
+                Output::InstallChildSa(p) => self.install_child(*p),
+                Output::DeleteChildSa {
+                    spi_in, spi_out, ..
+                } => self.delete_child(spi_in, spi_out),
+                Output::Event(e) => self.on_event(e),
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Established {
+                sa,
+                initiator,
+                peer,
+                algs,
+                remote,
+            } => {
+                tracing::info!(
+                    "tunnel {}: IKE SA {sa:016x} established with '{peer}' at {remote} ({})",
+                    self.name,
+                    ike_algs_name(&algs)
+                );
+                let info = self.sas.entry(sa).or_insert(IkeInfo {
+                    initiator,
+                    peer: None,
+                    algs: None,
+                    remote,
+                });
+                info.peer = Some(peer);
+                info.algs = Some(algs);
+                info.remote = remote;
+                if Some(sa) == self.current {
+                    self.backoff = BACKOFF_MIN;
+                    let now = Instant::now();
+                    for old in std::mem::take(&mut self.replacing) {
+                        tracing::info!("tunnel {}: deleting replaced IKE SA {old:016x}", self.name);
+                        self.ep.close(now, old);
+                    }
+                }
+            }
+            Event::Failed { sa, reason } => {
+                tracing::warn!("tunnel {}: IKE SA {sa:016x} failed: {reason:?}", self.name);
+                self.sas.remove(&sa);
+                self.replacing.retain(|s| *s != sa);
+                if Some(sa) == self.current {
+                    self.current = None;
+                    // a failed reauthentication leaves the old SA in charge
+                    if let Some(old) = self.replacing.pop() {
+                        self.current = Some(old);
+                    } else {
+                        self.schedule_reconnect("IKE SA failed");
+                    }
+                }
+            }
+            Event::Closed { sa, by_peer } => {
+                tracing::info!(
+                    "tunnel {}: IKE SA {sa:016x} closed{}",
+                    self.name,
+                    if by_peer { " by the peer" } else { "" }
+                );
+                self.sas.remove(&sa);
+                self.replacing.retain(|s| *s != sa);
+                if Some(sa) == self.current {
+                    self.current = None;
+                    self.backoff = BACKOFF_MIN;
+                    self.schedule_reconnect("IKE SA deleted");
+                }
+            }
+            Event::ChildFailed { sa, notify } => {
+                tracing::warn!(
+                    "tunnel {}: IKE SA {sa:016x}: the CHILD SA was refused (notify {notify})",
+                    self.name
+                );
+            }
+            Event::NatDetected { sa, local, remote } => {
+                tracing::debug!(
+                    "tunnel {}: IKE SA {sa:016x}: NAT detected (local {local}, remote {remote})",
+                    self.name
+                );
+            }
+        }
+    }
+
+    fn install_child(&mut self, p: ChildSaParams) {
+        let now = Instant::now();
+        let Some(transform) = esp_transform(&p.transform) else {
+            tracing::error!(
+                "tunnel {}: negotiated ESP transform {:?} is not supported by the data path",
+                self.name,
+                p.transform
+            );
+            return;
+        };
+        if !p.udp_encap {
+            tracing::warn!(
+                "tunnel {}: CHILD SA without UDP encapsulation; sending it on 4500 anyway",
+                self.name
+            );
+        }
+        let params = |spi, direction| SaParams {
+            esn: p.transform.esn,
+            limits: p.lifetimes,
+            ..SaParams::new(spi, direction, transform)
+        };
+        let inb = EspSa::new(
+            params(p.spi_in, Direction::Inbound),
+            &esp_keymat(&p.keymat_in),
+            now,
+        );
+        let outb = EspSa::new(
+            params(p.spi_out, Direction::Outbound),
+            &esp_keymat(&p.keymat_out),
+            now,
+        );
+        let (inb, outb) = match (inb, outb) {
+            (Ok(i), Ok(o)) => (Arc::new(i), Arc::new(o)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("tunnel {}: cannot build the CHILD SA: {e}", self.name);
+                return;
+            }
+        };
+        let ts_local: Vec<IpNet> = p.ts_local.iter().flat_map(nets_of).collect();
+        let ts_remote: Vec<IpNet> = p.ts_remote.iter().flat_map(nets_of).collect();
+        let dst = SocketAddr::new(p.remote.ip(), polytun_esp::NAT_T_PORT);
+        let dst = if p.udp_encap { p.remote } else { dst };
+        let stats = Arc::new(ChildStats::default());
+        tracing::info!(
+            "tunnel {}: CHILD SA installed: in {:08x}, out {:08x}, {}, {:?} === {:?}",
+            self.name,
+            p.spi_in,
+            p.spi_out,
+            transform.name(),
+            ts_local,
+            ts_remote
+        );
+        {
+            let mut t = self.shared.tables_mut();
+            t.inbound.insert(
+                p.spi_in,
+                Inbound {
+                    sa: inb,
+                    ike_sa: p.ike_sa,
+                    remote_ts: ts_remote.clone(),
+                    stats: stats.clone(),
+                },
+            );
+            t.outbound.insert(
+                p.spi_out,
+                Outbound {
+                    sa: outb,
+                    dst,
+                    stats: stats.clone(),
+                },
+            );
+            // the newest CHILD SA carries the traffic (make-before-break)
+            for n in &ts_remote {
+                t.routes.insert(*n, p.spi_out);
+            }
+        }
+        self.children.insert(
+            p.spi_in,
+            ChildInfo {
+                ike_sa: p.ike_sa,
+                spi_out: p.spi_out,
+                transform,
+                esn: p.transform.esn,
+                encap: p.udp_encap,
+                ts_local,
+                ts_remote,
+                stats,
+                installed: now,
+                rekey_at: p.lifetimes.soft_time.map(|s| now + s),
+            },
+        );
+    }
+
+    fn delete_child(&mut self, spi_in: u32, spi_out: u32) {
+        tracing::info!(
+            "tunnel {}: CHILD SA removed: in {spi_in:08x}, out {spi_out:08x}",
+            self.name
+        );
+        self.children.remove(&spi_in);
+        let mut t = self.shared.tables_mut();
+        if let Some(i) = t.inbound.remove(&spi_in) {
+            i.sa.retire();
+        }
+        if let Some(o) = t.outbound.remove(&spi_out) {
+            o.sa.retire();
+        }
+        // routes that pointed at it go to the newest remaining CHILD SA
+        t.routes.retain(|s| *s != spi_out);
+        let mut rest: Vec<&ChildInfo> = self.children.values().collect();
+        rest.sort_by_key(|c| c.installed);
+        for c in rest {
+            for n in &c.ts_remote {
+                t.routes.insert(*n, c.spi_out);
+            }
+        }
+    }
+
+    fn add_kernel_routes(&mut self) {
+        for n in self.cfg.remote_ts.clone() {
+            match self
+                .tun
+                .add_route(n.addr(), n.prefix_len(), &RouteOptions::default())
+            {
+                Ok(()) => self.kernel_routes.push(n),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => tracing::warn!(
+                    "tunnel {}: route {n} into {}: {e}",
+                    self.name,
+                    self.tun.name()
+                ),
+            }
+        }
+    }
+
+    fn remove_kernel_routes(&mut self) {
+        for n in std::mem::take(&mut self.kernel_routes) {
+            let _ = self
+                .tun
+                .remove_route(n.addr(), n.prefix_len(), &RouteOptions::default());
+        }
+    }
+
+    fn show(&self) -> TunnelShow {
+        let now = Instant::now();
+        let hex8 = |s: [u8; 8]| s.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut ids: Vec<SaId> = self.sas.keys().copied().collect();
+        ids.sort_by_key(|id| std::cmp::Reverse(self.ep.age(*id, now)));
+        let ike_sas = ids
+            .into_iter()
+            .filter_map(|id| {
+                let info = self.sas.get(&id)?;
+                let (spi_i, spi_r) = self.ep.spis(id)?;
+                let port = if info.remote.port() == polytun_esp::NAT_T_PORT {
+                    polytun_esp::NAT_T_PORT
+                } else {
+                    self.cfg.ike_port
+                };
+                let mut children: Vec<(&u32, &ChildInfo)> = self
+                    .children
+                    .iter()
+                    .filter(|(_, c)| c.ike_sa == id)
+                    .collect();
+                children.sort_by_key(|(_, c)| c.installed);
+                Some(IkeSaShow {
+                    state: if self.ep.is_established(id) {
+                        "ESTABLISHED".into()
+                    } else {
+                        "CONNECTING".into()
+                    },
+                    initiator: info.initiator,
+                    spi_i: hex8(spi_i),
+                    spi_r: hex8(spi_r),
+                    local: format!("{}[{port}]", self.local_ip),
+                    remote: format!("{}[{}]", info.remote.ip(), info.remote.port()),
+                    local_id: self.cfg.local_id.to_string(),
+                    remote_id: info
+                        .peer
+                        .as_ref()
+                        .or(self.cfg.remote_id.as_ref())
+                        .map_or("%any".into(), |i| i.to_string()),
+                    algorithms: info.algs.as_ref().map(ike_algs_name).unwrap_or_default(),
+                    age_secs: self.ep.age(id, now).unwrap_or_default().as_secs(),
+                    children: children
+                        .into_iter()
+                        .map(|(spi_in, c)| ChildSaShow {
+                            spi_in: format!("{spi_in:08x}"),
+                            spi_out: format!("{:08x}", c.spi_out),
+                            transform: c.transform.name().into(),
+                            esn: c.esn,
+                            encap: c.encap,
+                            rx_bytes: c.stats.rx_bytes.load(Ordering::Relaxed),
+                            rx_packets: c.stats.rx_packets.load(Ordering::Relaxed),
+                            tx_bytes: c.stats.tx_bytes.load(Ordering::Relaxed),
+                            tx_packets: c.stats.tx_packets.load(Ordering::Relaxed),
+                            local_ts: c.ts_local.iter().map(|n| n.to_string()).collect(),
+                            remote_ts: c.ts_remote.iter().map(|n| n.to_string()).collect(),
+                            age_secs: now.saturating_duration_since(c.installed).as_secs(),
+                            rekey_in_secs: c
+                                .rekey_at
+                                .map(|t| t.saturating_duration_since(now).as_secs()),
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        TunnelShow {
+            name: self.name.clone(),
+            protocol: "ipsec".into(),
+            listen_port: Some(self.cfg.ike_port),
+            public_key: None,
+            drops: self.shared.drops.snapshot(),
+            peers: Vec::new(),
+            ike_sas,
+        }
+    }
+}

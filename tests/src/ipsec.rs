@@ -1,0 +1,377 @@
+//! IPsec peers for the e2e tests: strongSwan's charon (5.9, kernel-libipsec:
+//! userspace ESP over its own TUN `ipsec0`, always UDP-encapsulated) and
+//! polytund with `protocol = "ipsec"`.
+//!
+//! Each charon gets its own `strongswan.conf` (`STRONGSWAN_CONF`: explicit
+//! plugin list with kernel-libipsec before kernel-netlink, a log file and a
+//! VICI socket in the test directory), its own swanctl folder
+//! (`SWANCTL_DIR`) and a private `/run` (bind-mounted in the mount namespace
+//! `ip netns exec` creates), because its pid file is fixed at
+//! `/var/run/charon.pid`. The harness kills it by PID when the namespace drops.
+use crate::{bins, Netns};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const APT: &str = "apt-get install -y --no-install-recommends strongswan strongswan-swanctl charon-systemd libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins strongswan-pki";
+
+/// charon's path; panics with the install command when strongSwan or its
+/// kernel-libipsec plugin is missing (never skips).
+pub fn charon_bin() -> PathBuf {
+    let charon = PathBuf::from("/usr/lib/ipsec/charon");
+    assert!(
+        charon.is_file(),
+        "strongSwan's charon (/usr/lib/ipsec/charon) is not installed: run `{APT}` (or `sudo scripts/install-test-deps.sh`)"
+    );
+    assert!(
+        Path::new("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so").is_file(),
+        "strongSwan's kernel-libipsec plugin is not installed: run `{APT}`"
+    );
+    for p in ["gcm", "openssl", "chapoly"] {
+        assert!(
+            Path::new(&format!("/usr/lib/ipsec/plugins/libstrongswan-{p}.so")).is_file(),
+            "strongSwan's {p} plugin is not installed: run `{APT}`"
+        );
+    }
+    charon
+}
+
+/// A base64 PSK (32 random bytes), written `0s…` in both configs.
+pub fn gen_psk() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .expect("read /dev/urandom");
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// One side of an IPsec connection, in swanctl.conf terms.
+#[derive(Clone, Debug)]
+pub struct IpsecSide {
+    pub local_addr: String,
+    pub remote_addr: String,
+    pub local_id: String,
+    pub remote_id: String,
+    pub psk_b64: String,
+    pub ike_proposal: String,
+    pub esp_proposals: Vec<String>,
+    pub local_ts: String,
+    pub remote_ts: String,
+    pub initiate: bool,
+}
+
+/// A running charon in a namespace.
+pub struct Charon<'a> {
+    pub ns: &'a Netns,
+    pub dir: PathBuf,
+    pub pid: u32,
+}
+
+impl<'a> Charon<'a> {
+    /// Writes the configs, starts charon, waits for VICI and loads the connection `pt`
+    /// (child `net`). The inner address (`local_ts`) goes on `lo`.
+    pub fn start(ns: &'a Netns, side: &IpsecSide) -> Charon<'a> {
+        let charon = charon_bin();
+        let swanctl = bins::tool("swanctl");
+        let dir = ns.dir().join("strongswan");
+        for d in [
+            "run",
+            "swanctl/x509",
+            "swanctl/x509ca",
+            "swanctl/private",
+            "swanctl/conf.d",
+        ] {
+            std::fs::create_dir_all(dir.join(d)).expect("mkdir strongswan dir");
+        }
+        let d = dir.display();
+        let conf = format!(
+            r#"charon {{
+    load = random nonce openssl aes sha1 sha2 hmac gcm chapoly curve25519 kdf x509 pem pkcs1 pkcs8 pubkey kernel-libipsec kernel-netlink socket-default vici
+    retransmit_tries = 3
+    retransmit_timeout = 1.0
+    filelog {{
+        charon {{
+            path = {d}/charon.log
+            time_format = %H:%M:%S
+            default = 1
+            ike = 2
+            flush_line = yes
+        }}
+    }}
+    plugins {{
+        vici {{
+            socket = unix://{d}/charon.vici
+        }}
+    }}
+}}
+swanctl {{
+    socket = unix://{d}/charon.vici
+}}
+"#
+        );
+        std::fs::write(dir.join("strongswan.conf"), conf).unwrap();
+        let swan = format!(
+            r#"connections {{
+    pt {{
+        version = 2
+        local_addrs = {la}
+        remote_addrs = {ra}
+        proposals = {ike}
+        mobike = no
+        keyingtries = 1
+        local {{
+            auth = psk
+            id = {lid}
+        }}
+        remote {{
+            auth = psk
+            id = {rid}
+        }}
+        children {{
+            net {{
+                local_ts = {lts}
+                remote_ts = {rts}
+                mode = tunnel
+                esp_proposals = {esp}
+            }}
+        }}
+    }}
+}}
+secrets {{
+    ike-pt {{
+        id-a = {lid}
+        id-b = {rid}
+        secret = 0s{psk}
+    }}
+}}
+"#,
+            la = side.local_addr,
+            ra = side.remote_addr,
+            ike = side.ike_proposal,
+            lid = side.local_id,
+            rid = side.remote_id,
+            lts = side.local_ts,
+            rts = side.remote_ts,
+            esp = side.esp_proposals.join(","),
+            psk = side.psk_b64,
+        );
+        std::fs::write(dir.join("swanctl/swanctl.conf"), swan).unwrap();
+        let inner = side.local_ts.split('/').next().unwrap();
+        ns.ip(&["addr", "add", &format!("{inner}/32"), "dev", "lo"]);
+        let run = dir.join("run");
+        let conf_path = dir.join("strongswan.conf");
+        let pid = ns.spawn_env(
+            "charon",
+            &[
+                "sh",
+                "-c",
+                "mount --bind \"$1\" /run && exec \"$2\"",
+                "sh",
+                run.to_str().unwrap(),
+                charon.to_str().unwrap(),
+            ],
+            &[("STRONGSWAN_CONF", conf_path.to_str().unwrap())],
+        );
+        let c = Charon { ns, dir, pid };
+        crate::wait_until("charon to answer on VICI", Duration::from_secs(15), || {
+            if let Some(st) = ns.try_wait(pid) {
+                panic!(
+                    "charon exited early ({st}):\n{}\n{}",
+                    ns.log_of(pid),
+                    c.log()
+                );
+            }
+            c.swanctl(&["--stats"]).ok()
+        });
+        let _ = swanctl;
+        let o = c.swanctl(&["--load-all", "--noprompt"]);
+        assert!(o.ok(), "swanctl --load-all: {}{}", o.stdout, o.stderr);
+        c
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("charon.log")).unwrap_or_default()
+    }
+
+    pub fn swanctl(&self, args: &[&str]) -> crate::Out {
+        let swanctl = bins::tool("swanctl");
+        let mut argv = vec![swanctl.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let conf = self.dir.join("strongswan.conf");
+        let sw = self.dir.join("swanctl");
+        self.ns.run_env(
+            &argv,
+            &[
+                ("STRONGSWAN_CONF", conf.to_str().unwrap()),
+                ("SWANCTL_DIR", sw.to_str().unwrap()),
+            ],
+            Duration::from_secs(40),
+        )
+    }
+
+    /// `swanctl --initiate --child net`, panicking (with charon's log) on failure.
+    pub fn initiate(&self) {
+        let o = self.swanctl(&["--initiate", "--child", "net", "--timeout", "30"]);
+        assert!(
+            o.ok(),
+            "swanctl --initiate failed:\n{}{}\ncharon log:\n{}",
+            o.stdout,
+            o.stderr,
+            self.log()
+        );
+    }
+
+    pub fn list_sas(&self) -> String {
+        self.swanctl(&["--list-sas"]).stdout
+    }
+
+    /// The ESP algorithm of the installed CHILD SA, e.g. `AES_GCM_16-256`.
+    pub fn child_alg(&self) -> Option<String> {
+        self.list_sas().lines().find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("ESP:"))
+                .map(|s| s.trim_end_matches(',').to_string())
+        })
+    }
+}
+
+/// polytund with an IPsec config.
+pub struct PolytunIpsec<'a> {
+    pub ns: &'a Netns,
+    pub iface: String,
+    pub pid: u32,
+}
+
+/// The polytund TOML for one side (interface `iface`, inner address = `local_ts`).
+pub fn polytun_toml(iface: &str, side: &IpsecSide) -> String {
+    let esp: Vec<String> = side
+        .esp_proposals
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect();
+    format!(
+        r#"[interface]
+name = "{iface}"
+address = ["{addr}/32"]
+
+[[tunnel]]
+name = "site"
+protocol = "ipsec"
+local_addrs = ["{la}"]
+remote = "{ra}"
+local_id = "{lid}"
+remote_id = "{rid}"
+auth = "psk"
+psk = "0s{psk}"
+proposals = ["{ike}"]
+esp_proposals = [{esp}]
+local_ts = ["{lts}"]
+remote_ts = ["{rts}"]
+initiate = {init}
+dpd_delay = "10s"
+"#,
+        addr = side.local_ts.split('/').next().unwrap(),
+        la = side.local_addr,
+        ra = side.remote_addr,
+        lid = side.local_id,
+        rid = side.remote_id,
+        psk = side.psk_b64,
+        ike = side.ike_proposal,
+        esp = esp.join(", "),
+        lts = side.local_ts,
+        rts = side.remote_ts,
+        init = side.initiate,
+    )
+}
+
+impl<'a> PolytunIpsec<'a> {
+    pub fn start(ns: &'a Netns, iface: &str, side: &IpsecSide) -> PolytunIpsec<'a> {
+        Self::start_toml(ns, iface, &polytun_toml(iface, side))
+    }
+
+    /// polytund with this config text; waits for `polytund: ready` and `show`.
+    pub fn start_toml(ns: &'a Netns, iface: &str, toml: &str) -> PolytunIpsec<'a> {
+        let d = bins::polytund();
+        let _ = bins::polytun();
+        let conf = ns.write_file(&format!("{iface}.toml"), toml);
+        ns.cleanup_file(format!("/run/polytun/{iface}.sock"));
+        let pid = ns.spawn_env(
+            "polytund",
+            &[d.to_str().unwrap(), "--config", conf.to_str().unwrap()],
+            &[("RUST_LOG", "debug"), ("RUST_BACKTRACE", "1")],
+        );
+        let p = PolytunIpsec {
+            ns,
+            iface: iface.to_string(),
+            pid,
+        };
+        crate::wait_until("polytund ready", Duration::from_secs(15), || {
+            if let Some(st) = ns.try_wait(pid) {
+                panic!("polytund exited early ({st}):\n{}", ns.log_of(pid));
+            }
+            ns.log_of(pid).contains("polytund: ready") && p.try_show_json().is_some()
+        });
+        p
+    }
+
+    pub fn try_show_json(&self) -> Option<Value> {
+        let cli = bins::polytun();
+        let o = self.ns.run_env(
+            &[cli.to_str().unwrap(), "-i", &self.iface, "show", "--json"],
+            &[],
+            Duration::from_secs(10),
+        );
+        o.ok()
+            .then(|| serde_json::from_str(&o.stdout).ok())
+            .flatten()
+    }
+
+    pub fn show_json(&self) -> Value {
+        self.try_show_json()
+            .unwrap_or_else(|| panic!("polytun show --json failed:\n{}", self.log()))
+    }
+
+    pub fn show_text(&self) -> String {
+        let cli = bins::polytun();
+        self.ns
+            .run_ok(&[cli.to_str().unwrap(), "-i", &self.iface, "show"])
+    }
+
+    pub fn log(&self) -> String {
+        self.ns.log_of(self.pid)
+    }
+
+    /// The tunnel's IKE SAs (`tunnels[0].ike_sas`).
+    pub fn ike_sas(&self) -> Vec<Value> {
+        self.show_json()["tunnels"][0]["ike_sas"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// (rx_bytes, tx_bytes) summed over every CHILD SA.
+    pub fn child_bytes(&self) -> (u64, u64) {
+        let mut r = (0, 0);
+        for sa in self.ike_sas() {
+            for c in sa["children"].as_array().cloned().unwrap_or_default() {
+                r.0 += c["rx_bytes"].as_u64().unwrap_or(0);
+                r.1 += c["tx_bytes"].as_u64().unwrap_or(0);
+            }
+        }
+        r
+    }
+
+    /// `polytun down`, then wait for polytund to exit.
+    pub fn down(&self) {
+        let cli = bins::polytun();
+        self.ns
+            .run_ok(&[cli.to_str().unwrap(), "-i", &self.iface, "down"]);
+        assert!(
+            self.ns
+                .wait_exit(self.pid, Duration::from_secs(10))
+                .is_some(),
+            "polytund did not exit after `polytun down`"
+        );
+    }
+}

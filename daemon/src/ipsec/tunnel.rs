@@ -405,7 +405,17 @@ impl Control {
                         tracing::debug!("tunnel {}: IKE send to {dst}: {e}", self.name);
                     }
                 }
-                Output::InstallChildSa(p) => self.install_child(*p),
+                Output::InstallChildSa(p) => self.install_child(*p, true),
+                // Make-before-break (crates/ike/src/rekey.rs): the new SA
+                // decrypts at once, traffic moves to it only on the switch,
+                // the old SA goes with its DeleteChildSa.
+                Output::InstallChildSaInbound { params, .. } => self.install_child(*params, false),
+                Output::SwitchChildSaOutbound {
+                    old_spi_out,
+                    new_spi_in,
+                    new_spi_out,
+                    ..
+                } => self.switch_outbound(old_spi_out, new_spi_in, new_spi_out),
                 Output::DeleteChildSa {
                     spi_in, spi_out, ..
                 } => self.delete_child(spi_in, spi_out),
@@ -474,6 +484,56 @@ impl Control {
                     self.schedule_reconnect("IKE SA deleted");
                 }
             }
+            Event::ChildRekeyed {
+                sa,
+                old_spi_in,
+                old_spi_out,
+                new_spi_in,
+                new_spi_out,
+            } => tracing::info!(
+                "tunnel {}: IKE SA {sa:016x}: CHILD SA rekeyed: in {old_spi_in:08x} -> {new_spi_in:08x}, out {old_spi_out:08x} -> {new_spi_out:08x}",
+                self.name
+            ),
+            Event::IkeRekeyed { old, new } => {
+                tracing::info!("tunnel {}: IKE SA {old:016x} rekeyed into {new:016x}", self.name);
+                if let Some(info) = self.sas.remove(&old) {
+                    self.sas.insert(new, info);
+                }
+                for c in self.children.values_mut() {
+                    if c.ike_sa == old {
+                        c.ike_sa = new;
+                    }
+                }
+                for i in self.shared.tables_mut().inbound.values_mut() {
+                    if i.ike_sa == old {
+                        i.ike_sa = new;
+                    }
+                }
+                if self.current == Some(old) {
+                    self.current = Some(new);
+                }
+            }
+            Event::RekeyCollision { sa, child, won } => tracing::info!(
+                "tunnel {}: IKE SA {sa:016x}: simultaneous rekey of {} ({})",
+                self.name,
+                child.map_or("the IKE SA".to_string(), |c| format!("CHILD SA {c:08x}")),
+                if won { "ours survives" } else { "the peer's survives" }
+            ),
+            Event::RekeyFailed { sa, child, notify } => tracing::warn!(
+                "tunnel {}: IKE SA {sa:016x}: rekey of {} failed (notify {notify}); retrying later",
+                self.name,
+                child.map_or("the IKE SA".to_string(), |c| format!("CHILD SA {c:08x}"))
+            ),
+            Event::Restarting { old, new } => {
+                tracing::warn!(
+                    "tunnel {}: peer dead (DPD); IKE SA {old:016x} replaced by a new attempt {new:016x}",
+                    self.name
+                );
+                self.sas.remove(&old);
+                if self.current == Some(old) {
+                    self.current = Some(new);
+                }
+            }
             Event::ChildFailed { sa, notify } => {
                 tracing::warn!(
                     "tunnel {}: IKE SA {sa:016x}: the CHILD SA was refused (notify {notify})",
@@ -489,7 +549,31 @@ impl Control {
         }
     }
 
-    fn install_child(&mut self, p: ChildSaParams) {
+    fn switch_outbound(&mut self, old_spi_out: Option<u32>, new_spi_in: u32, new_spi_out: u32) {
+        let Some(child) = self.children.get(&new_spi_in) else {
+            tracing::warn!(
+                "tunnel {}: switch to unknown CHILD SA in {new_spi_in:08x}",
+                self.name
+            );
+            return;
+        };
+        tracing::info!(
+            "tunnel {}: traffic moves to CHILD SA out {new_spi_out:08x}{}",
+            self.name,
+            old_spi_out.map_or(String::new(), |o| format!(" (from {o:08x})"))
+        );
+        let mut t = self.shared.tables_mut();
+        if let Some(old) = old_spi_out {
+            t.routes.retain(|s| *s != old);
+        }
+        for n in &child.ts_remote {
+            t.routes.insert(*n, new_spi_out);
+        }
+    }
+
+    /// Installs both directions of a CHILD SA; `route` sends traffic with
+    /// it at once (a new SA) or waits for the switch (a rekey).
+    fn install_child(&mut self, p: ChildSaParams, route: bool) {
         let now = Instant::now();
         let Some(transform) = esp_transform(&p.transform) else {
             tracing::error!(
@@ -561,8 +645,10 @@ impl Control {
                 },
             );
             // the newest CHILD SA carries the traffic (make-before-break)
-            for n in &ts_remote {
-                t.routes.insert(*n, p.spi_out);
+            if route {
+                for n in &ts_remote {
+                    t.routes.insert(*n, p.spi_out);
+                }
             }
         }
         self.children.insert(

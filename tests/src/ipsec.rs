@@ -59,6 +59,9 @@ pub struct IpsecSide {
     pub local_ts: String,
     pub remote_ts: String,
     pub initiate: bool,
+    /// strongSwan only: rekey the CHILD SA every this many seconds
+    /// (CREATE_CHILD_SA), with one second of jitter.
+    pub child_rekey_secs: Option<u32>,
 }
 
 /// A running charon in a namespace.
@@ -133,7 +136,7 @@ swanctl {{
                 local_ts = {lts}
                 remote_ts = {rts}
                 mode = tunnel
-                esp_proposals = {esp}
+                esp_proposals = {esp}{rekey}
             }}
         }}
     }}
@@ -155,6 +158,10 @@ secrets {{
             rts = side.remote_ts,
             esp = side.esp_proposals.join(","),
             psk = side.psk_b64,
+            rekey = side.child_rekey_secs.map_or(String::new(), |r| format!(
+                "\n                rekey_time = {r}s\n                life_time = {}s\n                rand_time = 1s",
+                r * 4
+            )),
         );
         std::fs::write(dir.join("swanctl/swanctl.conf"), swan).unwrap();
         let inner = side.local_ts.split('/').next().unwrap();

@@ -23,6 +23,7 @@ fn sides(esp: &str, a_initiates: bool) -> (IpsecSide, IpsecSide) {
         local_ts: format!("{IN_A}/32"),
         remote_ts: format!("{IN_B}/32"),
         initiate: a_initiates,
+        child_rekey_secs: None,
     };
     let b = IpsecSide {
         local_addr: a.remote_addr.clone(),
@@ -286,4 +287,60 @@ fn polytun_behind_nat_initiates_strongswan() {
             && s["remote"].as_str().is_some_and(|r| r.ends_with("[4500]"))),
         "polytun should talk to strongSwan on 4500: {sas:?}"
     );
+}
+
+/// strongSwan rekeys the CHILD SA (CREATE_CHILD_SA) every ~5 s, polytun
+/// answers; make-before-break must keep a steady ping lossless, and neither
+/// side may keep an orphaned SA.
+fn strongswan_rekeys_child(test: &str, esp: &str) {
+    let a = Netns::new(test);
+    let b = Netns::new(test);
+    let (_va, _vb) = veth_pair(&a, &b);
+    let (sa, mut sb) = sides(esp, false);
+    sb.child_rekey_secs = Some(5);
+    let iface = unique_ifname("ptrk");
+    let p = PolytunIpsec::start(&a, &iface, &sa);
+    let c = Charon::start(&b, &sb);
+    c.initiate();
+    wait_until("the IKE SA at polytun", Duration::from_secs(20), || {
+        p.ike_sas().iter().any(|s| {
+            s["state"] == "ESTABLISHED" && !s["children"].as_array().is_none_or(|c| c.is_empty())
+        })
+    });
+    wait_ping(&a, IN_B, Duration::from_secs(20));
+    // 25 s of pings, 5 per second: four or five rekeys happen meanwhile.
+    let loss = ping(&a, IN_B, 125);
+    let rekeys = p.log().matches("CHILD SA rekeyed").count();
+    assert!(
+        rekeys >= 2,
+        "strongSwan should have rekeyed the CHILD SA several times; polytun saw {rekeys}:\n{}",
+        c.log()
+    );
+    assert_eq!(
+        loss, 0.0,
+        "{loss}% of pings lost across {rekeys} CHILD SA rekeys"
+    );
+    // No orphans: one CHILD SA on each side once the last rekey settled.
+    wait_until("one CHILD SA at polytun", Duration::from_secs(5), || {
+        p.ike_sas()
+            .iter()
+            .map(|s| s["children"].as_array().map_or(0, |c| c.len()))
+            .sum::<usize>()
+            == 1
+    });
+    let list = c.list_sas();
+    assert_eq!(list.matches("INSTALLED").count(), 1, "strongSwan: {list}");
+    let loss = ping(&a, IN_B, 5);
+    assert_eq!(loss, 0.0, "tunnel after the rekeys");
+    eprintln!("{rekeys} CHILD SA rekeys by strongSwan, no ping lost");
+}
+
+#[test]
+fn strongswan_rekeys_child_sa_polytun_follows() {
+    strongswan_rekeys_child("ssrk", "aes256gcm16");
+}
+
+#[test]
+fn strongswan_rekeys_child_sa_with_pfs_polytun_follows() {
+    strongswan_rekeys_child("ssrkp", "aes256gcm16-x25519");
 }

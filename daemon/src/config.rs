@@ -70,6 +70,20 @@ struct RawTunnel {
     private_key_file: Option<PathBuf>,
     #[serde(default)]
     peer: Vec<RawPeer>,
+    // OpenVPN (protocol = "openvpn")
+    role: Option<String>,
+    config: Option<PathBuf>,
+    remote: Option<String>,
+    proto: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    tls_crypt: Option<PathBuf>,
+    tls_auth: Option<PathBuf>,
+    key_direction: Option<u8>,
+    data_ciphers: Option<Vec<String>>,
+    peer_fingerprint: Option<Vec<String>>,
+    hand_window: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +126,16 @@ pub struct Tunnel {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Protocol {
     WireGuard(WireGuard),
+    OpenVpn(crate::openvpn::settings::OpenVpn),
+}
+
+impl Protocol {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Protocol::WireGuard(_) => "wireguard",
+            Protocol::OpenVpn(_) => "openvpn",
+        }
+    }
 }
 
 pub type Key32 = Zeroizing<[u8; 32]>;
@@ -415,6 +439,36 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
         if !names.insert(name.clone()) {
             return Err(ctx.err(&tp("name"), format!("duplicate tunnel name `{name}`")));
         }
+        let foreign: &[(&'static str, bool)] = match t.protocol.as_str() {
+            "wireguard" => &[
+                ("role", t.role.is_some()),
+                ("config", t.config.is_some()),
+                ("remote", t.remote.is_some()),
+                ("proto", t.proto.is_some()),
+                ("ca", t.ca.is_some()),
+                ("cert", t.cert.is_some()),
+                ("key", t.key.is_some()),
+                ("tls_crypt", t.tls_crypt.is_some()),
+                ("tls_auth", t.tls_auth.is_some()),
+                ("key_direction", t.key_direction.is_some()),
+                ("data_ciphers", t.data_ciphers.is_some()),
+                ("peer_fingerprint", t.peer_fingerprint.is_some()),
+                ("hand_window", t.hand_window.is_some()),
+            ],
+            "openvpn" => &[
+                ("listen_port", t.listen_port.is_some()),
+                ("private_key", t.private_key.is_some()),
+                ("private_key_file", t.private_key_file.is_some()),
+                ("peer", !t.peer.is_empty()),
+            ],
+            _ => &[],
+        };
+        if let Some((f, _)) = foreign.iter().find(|(_, set)| *set) {
+            return Err(ctx.err(
+                &tp(f),
+                format!("not a setting of a `{}` tunnel", t.protocol),
+            ));
+        }
         let protocol = match t.protocol.as_str() {
             "wireguard" => {
                 let private_key = read_key_field(
@@ -507,11 +561,32 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     peers,
                 })
             }
-            "ipsec" | "ikev2" | "openvpn" => {
+            "openvpn" => {
+                let raw = crate::openvpn::settings::RawFields {
+                    role: t.role.as_deref(),
+                    config: t.config.as_deref(),
+                    remote: t.remote.as_deref(),
+                    proto: t.proto.as_deref(),
+                    ca: t.ca.as_deref(),
+                    cert: t.cert.as_deref(),
+                    key: t.key.as_deref(),
+                    tls_crypt: t.tls_crypt.as_deref(),
+                    tls_auth: t.tls_auth.as_deref(),
+                    key_direction: t.key_direction,
+                    data_ciphers: t.data_ciphers.as_deref(),
+                    peer_fingerprint: t.peer_fingerprint.as_deref(),
+                    hand_window: t.hand_window,
+                };
+                let base = file.parent().unwrap_or(Path::new("."));
+                Protocol::OpenVpn(crate::openvpn::settings::build(&raw, base, &|f, m| {
+                    ctx.err(&tp(f), m)
+                })?)
+            }
+            "ipsec" | "ikev2" => {
                 return Err(ctx.err(
                     &tp("protocol"),
                     format!(
-                        "`{}` is not implemented yet in this version (only `wireguard`)",
+                        "`{}` is not implemented yet in this version (only `wireguard`, `openvpn`)",
                         t.protocol
                     ),
                 ))
@@ -519,10 +594,22 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
             other => {
                 return Err(ctx.err(
                     &tp("protocol"),
-                    format!("unknown protocol `{other}` (expected `wireguard`)"),
+                    format!("unknown protocol `{other}` (expected `wireguard` or `openvpn`)"),
                 ))
             }
         };
+        if let Some(first) = tunnels.first().map(|t: &Tunnel| t.protocol.name()) {
+            if first != protocol.name() {
+                return Err(ctx.err(
+                    &tp("protocol"),
+                    format!(
+                        "`{}` on an interface whose first tunnel is `{first}`: one protocol per \
+                         interface (use a second config and interface)",
+                        protocol.name()
+                    ),
+                ));
+            }
+        }
         tunnels.push(Tunnel { name, protocol });
     }
     Ok(Config {
@@ -594,7 +681,9 @@ persistent_keepalive = 25
             c.interface.control_socket,
             PathBuf::from("/run/polytun/pt0.sock")
         );
-        let Protocol::WireGuard(wg) = &c.tunnels[0].protocol;
+        let Protocol::WireGuard(wg) = &c.tunnels[0].protocol else {
+            panic!("wireguard")
+        };
         assert_eq!(wg.listen_port, Some(51820));
         assert_eq!(wg.peers[0].allowed_ips.len(), 2);
         assert_eq!(

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod control;
 pub mod logging;
+pub mod openvpn;
 pub mod service;
 pub mod uapi;
 pub mod wg;

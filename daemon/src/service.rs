@@ -3,6 +3,7 @@
 
 use crate::config::{self, Config, Protocol};
 use crate::control::{self, Command, Reply, ShowReply};
+use crate::openvpn;
 use crate::wg::datapath::{self, TunnelSet};
 use crate::wg::tunnel::{self, PeerSpec, TunnelCommand, TunnelHandle, TunnelOptions};
 use anyhow::Context;
@@ -32,11 +33,30 @@ struct Running {
     tun: Arc<Tun>,
     tunnels: Vec<TunnelHandle>,
     set: TunnelSet,
+    ovpn: Vec<openvpn::tunnel::TunnelHandle>,
+    ovpn_set: openvpn::state::TunnelSet,
 }
 
 impl Running {
     fn spawn_tunnel(&mut self, t: &config::Tunnel) -> anyhow::Result<()> {
-        let Protocol::WireGuard(wg) = &t.protocol;
+        let wg = match &t.protocol {
+            Protocol::WireGuard(wg) => wg,
+            Protocol::OpenVpn(o) => {
+                let h = openvpn::tunnel::spawn(&t.name, o.clone(), self.tun.clone())?;
+                self.ovpn_set
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(h.shared.clone());
+                tracing::info!(
+                    "tunnel {} (openvpn client): server {} over {}",
+                    t.name,
+                    o.remote,
+                    o.transport.name()
+                );
+                self.ovpn.push(h);
+                return Ok(());
+            }
+        };
         let h = tunnel::spawn(
             TunnelOptions {
                 name: t.name.clone(),
@@ -72,6 +92,18 @@ impl Running {
             let _ = h.commands.send(TunnelCommand::Shutdown).await;
             let _ = h.task.await;
         }
+        if let Some(pos) = self.ovpn.iter().position(|h| h.name == name) {
+            let h = self.ovpn.remove(pos);
+            self.ovpn_set
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|s| !Arc::ptr_eq(s, &h.shared));
+            let _ = h
+                .commands
+                .send(openvpn::tunnel::TunnelCommand::Shutdown)
+                .await;
+            let _ = h.task.await;
+        }
     }
 
     async fn show(&self) -> ShowReply {
@@ -79,6 +111,15 @@ impl Running {
         for h in &self.tunnels {
             let (tx, rx) = oneshot::channel();
             if h.commands.send(TunnelCommand::Show(tx)).await.is_ok() {
+                if let Ok(s) = rx.await {
+                    tunnels.push(s);
+                }
+            }
+        }
+        for h in &self.ovpn {
+            let (tx, rx) = oneshot::channel();
+            let cmd = openvpn::tunnel::TunnelCommand::Show(tx);
+            if h.commands.send(cmd).await.is_ok() {
                 if let Ok(s) = rx.await {
                     tunnels.push(s);
                 }
@@ -110,6 +151,19 @@ impl Running {
                 Ok(Ok(n)) => total += n,
                 Ok(Err(e)) if self.tunnels.len() == 1 => return Reply::Error { message: e },
                 _ => {}
+            }
+        }
+        for h in &self.ovpn {
+            if tunnel.as_ref().is_some_and(|t| *t != h.name) {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let _ = h
+                .commands
+                .send(openvpn::tunnel::TunnelCommand::Rekey(tx))
+                .await;
+            if let Ok(Ok(n)) = rx.await {
+                total += n;
             }
         }
         if total == 0 {
@@ -152,9 +206,11 @@ impl Running {
         let old_tunnels = old.tunnels.clone();
         for t in &old_tunnels {
             let keep = new.tunnels.iter().find(|n| n.name == t.name);
-            let same_identity = keep.is_some_and(|n| {
-                let (Protocol::WireGuard(a), Protocol::WireGuard(b)) = (&n.protocol, &t.protocol);
-                a.private_key == b.private_key && a.listen_port == b.listen_port
+            let same_identity = keep.is_some_and(|n| match (&n.protocol, &t.protocol) {
+                (Protocol::WireGuard(a), Protocol::WireGuard(b)) => {
+                    a.private_key == b.private_key && a.listen_port == b.listen_port
+                }
+                (a, b) => a == b,
             });
             if !same_identity {
                 tracing::info!(
@@ -166,7 +222,12 @@ impl Running {
         }
         self.config.interface = new.interface.clone();
         for t in &new.tunnels {
-            let Protocol::WireGuard(wg) = &t.protocol;
+            let Protocol::WireGuard(wg) = &t.protocol else {
+                if !self.ovpn.iter().any(|h| h.name == t.name) {
+                    self.spawn_tunnel(t)?;
+                }
+                continue;
+            };
             match self.tunnels.iter().find(|h| h.name == t.name) {
                 Some(h) => {
                     let (tx, rx) = oneshot::channel();
@@ -228,15 +289,25 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         tun: tun.clone(),
         tunnels: Vec::new(),
         set: set.clone(),
+        ovpn: Vec::new(),
+        ovpn_set: Arc::new(std::sync::RwLock::new(Vec::new())),
     };
     for t in &cfg.tunnels {
         running.spawn_tunnel(t)?;
     }
-    let reader = tokio::spawn(datapath::tun_to_net(
-        tun.clone(),
-        set,
-        usize::from(iface.mtu),
-    ));
+    // One protocol per interface: its TUN reader.
+    let reader = match cfg.tunnels.first().map(|t| &t.protocol) {
+        Some(Protocol::OpenVpn(_)) => tokio::spawn(openvpn::datapath::tun_to_net(
+            tun.clone(),
+            running.ovpn_set.clone(),
+            usize::from(iface.mtu),
+        )),
+        _ => tokio::spawn(datapath::tun_to_net(
+            tun.clone(),
+            set,
+            usize::from(iface.mtu),
+        )),
+    };
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Request>(16);
     let socket_path = iface.control_socket.clone();
     let listener = control::bind(&socket_path)
@@ -278,7 +349,12 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("polytund: stopping");
-    let names: Vec<String> = running.tunnels.iter().map(|h| h.name.clone()).collect();
+    let names: Vec<String> = running
+        .tunnels
+        .iter()
+        .map(|h| h.name.clone())
+        .chain(running.ovpn.iter().map(|h| h.name.clone()))
+        .collect();
     for n in names {
         running.stop_tunnel(&n).await;
     }

@@ -684,6 +684,7 @@ impl Control {
                 .then(|| keys::encode_base64(self.device.public_key().as_bytes())),
             drops: self.shared.drops.snapshot(),
             peers,
+            ..Default::default()
         }
     }
 

@@ -13,6 +13,7 @@
 
 pub mod bins;
 pub mod netns;
+pub mod openvpn;
 pub mod pcap;
 pub mod scenario;
 pub mod traffic;

@@ -677,7 +677,7 @@ mod tests {
         )
         .unwrap();
         let e = build(&raw, &dir, &terr).unwrap_err();
-        assert_eq!((e.line, e.field.as_str()), (Some(4), "key"), "{e}");
+        assert_eq!((e.line, e.field.as_str()), (Some(9), "key"), "{e}");
         assert!(e.message.contains("cannot read"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -114,7 +114,11 @@ fn render_openvpn(o: &mut String, v: &OpenVpnShow, now_unix: u64) {
         let _ = writeln!(o, "  routes: {}", v.routes.join(", "));
     }
     if !v.dns.is_empty() {
-        let _ = writeln!(o, "  pushed DNS: {} (not applied to the host)", v.dns.join(", "));
+        let _ = writeln!(
+            o,
+            "  pushed DNS: {} (not applied to the host)",
+            v.dns.join(", ")
+        );
     }
     let _ = writeln!(
         o,

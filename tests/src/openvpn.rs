@@ -80,7 +80,16 @@ impl Pki {
             let crt = format!("{n}.crt");
             let ext = format!("{n}.ext");
             ossl(&[&["genpkey"][..], &ec, &["-out", &key]].concat());
-            ossl(&["req", "-new", "-key", &key, "-subj", &format!("/CN={n}"), "-out", &csr]);
+            ossl(&[
+                "req",
+                "-new",
+                "-key",
+                &key,
+                "-subj",
+                &format!("/CN={n}"),
+                "-out",
+                &csr,
+            ]);
             std::fs::write(
                 pki.dir.join(&ext),
                 format!(
@@ -89,8 +98,21 @@ impl Pki {
             )
             .unwrap();
             ossl(&[
-                "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", &ext, "-out", &crt,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &crt,
             ]);
         }
         pki.genkey("ta.key");
@@ -136,7 +158,7 @@ pub fn start_server(ns: &Netns, conf: &str) -> u32 {
     let bin = bins::tool("openvpn");
     let path = ns.write_file("server.conf", conf);
     // the pushed route leads somewhere: an address in it on the server
-    ns.ip(&["addr", "add", &format!("{PUSHED_HOST}/32"), "dev", "lo"]);
+    ns.ip(&["addr", "replace", &format!("{PUSHED_HOST}/32"), "dev", "lo"]);
     let pid = ns.spawn(
         "openvpn-server",
         &[bin.to_str().unwrap(), "--config", path.to_str().unwrap()],
@@ -235,7 +257,9 @@ impl<'a> Client<'a> {
             &[],
             Duration::from_secs(10),
         );
-        o.ok().then(|| serde_json::from_str(&o.stdout).ok()).flatten()
+        o.ok()
+            .then(|| serde_json::from_str(&o.stdout).ok())
+            .flatten()
     }
 
     /// The first tunnel's `openvpn` section of `polytun show --json`.

@@ -18,7 +18,10 @@ fn setup(test: &str) -> (Netns, Netns, Pki) {
 fn session_test(test: &str, proto: Proto, mode: KeyMode, cipher: &str) {
     let t0 = Instant::now();
     let (s, c, pki) = setup(test);
-    let server = ovpn::start_server(&s, &ovpn::server_conf(&pki, "192.0.2.1", proto, mode, cipher));
+    let server = ovpn::start_server(
+        &s,
+        &ovpn::server_conf(&pki, "192.0.2.1", proto, mode, cipher),
+    );
     // The client offers all three; the server's data-ciphers picks.
     let tunnel = ovpn::client_tunnel_toml(
         &pki,
@@ -31,7 +34,11 @@ fn session_test(test: &str, proto: Proto, mode: KeyMode, cipher: &str) {
     let client = Client::start(&c, &tunnel);
     client.wait_connected(Duration::from_secs(30));
     wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
-    assert_eq!(ping(&c, ovpn::SERVER_TUN, 10), 0.0, "ping loss through the tunnel");
+    assert_eq!(
+        ping(&c, ovpn::SERVER_TUN, 10),
+        0.0,
+        "ping loss through the tunnel"
+    );
     // pushed route: in the client's routing table, and it leads to the server
     let routes = c.run_ok(&["ip", "route", "show", "dev", &client.iface]);
     assert!(
@@ -40,27 +47,44 @@ fn session_test(test: &str, proto: Proto, mode: KeyMode, cipher: &str) {
         ovpn::PUSHED_NET,
         client.iface
     );
-    assert_eq!(ping(&c, ovpn::PUSHED_HOST, 5), 0.0, "ping over the pushed route");
+    assert_eq!(
+        ping(&c, ovpn::PUSHED_HOST, 5),
+        0.0,
+        "ping over the pushed route"
+    );
     let sess = client.session();
     assert_eq!(sess["cipher"], cipher, "{sess}");
-    assert_eq!(sess["virtual_address"], format!("{}/24", ovpn::CLIENT_TUN), "{sess}");
+    assert_eq!(
+        sess["virtual_address"],
+        format!("{}/24", ovpn::CLIENT_TUN),
+        "{sess}"
+    );
     assert_eq!(sess["dns"][0], ovpn::PUSHED_DNS, "pushed DNS: {sess}");
     assert!(sess["peer_id"].is_u64(), "{sess}");
     assert_eq!(sess["key_id"], 0, "{sess}");
     assert!(
-        client.log().contains(&format!("DNS [{}]", ovpn::PUSHED_DNS)),
+        client
+            .log()
+            .contains(&format!("DNS [{}]", ovpn::PUSHED_DNS)),
         "pushed DNS logged"
     );
     xfer(&s, &c, ovpn::SERVER_TUN, 5201, XFER_BYTES);
     let sess = client.session();
     assert!(sess["tx_bytes"].as_u64().unwrap() >= XFER_BYTES, "{sess}");
     let text = client.show_text();
-    assert!(text.contains(&format!("cipher: {cipher}, key-id 0")), "{text}");
+    assert!(
+        text.contains(&format!("cipher: {cipher}, key-id 0")),
+        "{text}"
+    );
     assert!(text.contains("peer-id:"), "{text}");
     let drops = &client.try_show().unwrap()["tunnels"][0]["drops"];
     assert_eq!(drops["bad_mac"], 0, "{drops}");
     assert_eq!(drops["malformed"], 0, "{drops}");
     assert!(s.try_wait(server).is_none(), "openvpn server still running");
+    eprintln!("{text}");
+    for l in client.log().lines().filter(|l| l.contains("tunnel vpn")) {
+        eprintln!("polytund: {l}");
+    }
     eprintln!("{test}: passed in {:?}", t0.elapsed());
 }
 
@@ -88,7 +112,13 @@ fn openvpn_ovpn_file_client() {
     let (s, c, pki) = setup("ovf");
     ovpn::start_server(
         &s,
-        &ovpn::server_conf(&pki, "192.0.2.1", Proto::Udp, KeyMode::TlsCrypt, "CHACHA20-POLY1305"),
+        &ovpn::server_conf(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            "CHACHA20-POLY1305",
+        ),
     );
     let root = polytun_e2e::bins::workspace_root().join("configs");
     let ovpn_text = std::fs::read_to_string(root.join("openvpn-client.ovpn")).unwrap();
@@ -118,7 +148,13 @@ fn openvpn_wrong_tls_crypt_key_fails_cleanly() {
     let (s, c, pki) = setup("ovw");
     let server = ovpn::start_server(
         &s,
-        &ovpn::server_conf(&pki, "192.0.2.1", Proto::Udp, KeyMode::TlsCrypt, "AES-256-GCM"),
+        &ovpn::server_conf(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            "AES-256-GCM",
+        ),
     );
     let wrong = pki.genkey("wrong.key");
     let mut tunnel = ovpn::client_tunnel_toml(
@@ -142,11 +178,20 @@ fn openvpn_wrong_tls_crypt_key_fails_cleanly() {
         .find(|l| l.contains("OpenVPN handshake failed"))
         .unwrap()
         .to_string();
-    assert!(line.contains("hand-window") && line.contains("tls-crypt key"), "{line}");
+    assert!(
+        line.contains("hand-window") && line.contains("tls-crypt key"),
+        "{line}"
+    );
     bad.assert_alive();
     let sess = bad.session();
     assert_ne!(sess["state"], "connected", "{sess}");
-    assert!(sess["last_error"].as_str().unwrap().contains("handshake failed"), "{sess}");
+    assert!(
+        sess["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("handshake failed"),
+        "{sess}"
+    );
     assert!(
         s.log_of(server).contains("tls-crypt unwrapping failed"),
         "the server saw the bad key"
@@ -169,4 +214,68 @@ fn openvpn_wrong_tls_crypt_key_fails_cleanly() {
     assert_eq!(ping(&c, ovpn::SERVER_TUN, 5), 0.0);
     bad.assert_alive();
     assert!(s.try_wait(server).is_none(), "openvpn server still running");
+}
+
+/// Keepalive both ways (an idle session survives the server's short
+/// ping-restart; the server's pings are counted, not written to the TUN),
+/// then the server restarts: UDP notices by ping-restart, TCP by the closed
+/// connection; both reconnect and carry traffic again.
+fn reconnect_test(test: &str, proto: Proto) {
+    let (s, c, pki) = setup(test);
+    let conf = ovpn::server_conf(&pki, "192.0.2.1", proto, KeyMode::TlsCrypt, "AES-256-GCM")
+        .replace("keepalive 10 60", "keepalive 1 4");
+    let server = ovpn::start_server(&s, &conf);
+    let client = Client::start(
+        &c,
+        &ovpn::client_tunnel_toml(
+            &pki,
+            "192.0.2.1",
+            proto,
+            KeyMode::TlsCrypt,
+            &["AES-256-GCM"],
+            &pki.path("ta.key"),
+        ),
+    );
+    client.wait_connected(Duration::from_secs(30));
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    let since = client.session()["connected_since_unix"].clone();
+    // idle for longer than the server's ping-restart (2 x 4 s)
+    std::thread::sleep(Duration::from_secs(10));
+    let sess = client.session();
+    assert_eq!(sess["state"], "connected", "{sess}");
+    assert_eq!(
+        sess["connected_since_unix"], since,
+        "no reconnect while idle: {sess}"
+    );
+    assert!(sess["pings_received"].as_u64().unwrap() >= 3, "{sess}");
+    assert!(
+        !s.log_of(server).contains("Inactivity timeout"),
+        "the server kept the idle client (our pings)"
+    );
+    assert_eq!(ping(&c, ovpn::SERVER_TUN, 5), 0.0);
+    s.kill(server);
+    let server2 = ovpn::start_server(&s, &conf);
+    polytun_e2e::wait_until(
+        "polytund to notice and reconnect",
+        Duration::from_secs(40),
+        || {
+            let v = client.session();
+            v["state"] == "connected" && v["connected_since_unix"] != since
+        },
+    );
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    assert_eq!(ping(&c, ovpn::SERVER_TUN, 5), 0.0);
+    assert!(client.log().contains("reconnecting"), "reason logged");
+    client.assert_alive();
+    assert!(s.try_wait(server2).is_none());
+}
+
+#[test]
+fn openvpn_udp_keepalive_and_reconnect() {
+    reconnect_test("ovr1", Proto::Udp);
+}
+
+#[test]
+fn openvpn_tcp_keepalive_and_reconnect() {
+    reconnect_test("ovr2", Proto::Tcp);
 }

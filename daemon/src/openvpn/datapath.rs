@@ -140,7 +140,10 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
             Err(e) => {
                 errors += 1;
                 if errors.is_power_of_two() {
-                    tracing::warn!("{}: reading the tun device: {e} ({errors} errors)", tun.name());
+                    tracing::warn!(
+                        "{}: reading the tun device: {e} ({errors} errors)",
+                        tun.name()
+                    );
                 }
                 if e.kind() != std::io::ErrorKind::InvalidInput {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -362,6 +365,7 @@ pub async fn tcp_to_tun(
     tun: Arc<Tun>,
     shared: Arc<Shared>,
     mut rd: tokio::net::tcp::OwnedReadHalf,
+    conn: u64,
 ) {
     let mut dec = FrameDecoder::default();
     let mut buf = vec![0u8; UDP_BUF];
@@ -402,7 +406,7 @@ pub async fn tcp_to_tun(
             break format!("TCP framing: {f}");
         }
     };
-    let _ = shared.to_control.send(ToControl::LinkDown(why)).await;
+    let _ = shared.to_control.send(ToControl::LinkDown(conn, why)).await;
 }
 
 /// Writes framed bytes to the TCP connection until the queue closes.
@@ -410,13 +414,14 @@ pub async fn tcp_writer(
     shared: Arc<Shared>,
     mut wr: tokio::net::tcp::OwnedWriteHalf,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    conn: u64,
 ) {
     use tokio::io::AsyncWriteExt;
     while let Some(b) = rx.recv().await {
         if let Err(e) = wr.write_all(&b).await {
             let _ = shared
                 .to_control
-                .send(ToControl::LinkDown(format!("TCP send: {e}")))
+                .send(ToControl::LinkDown(conn, format!("TCP send: {e}")))
                 .await;
             break;
         }

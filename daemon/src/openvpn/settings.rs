@@ -227,7 +227,10 @@ fn finish(
             }
         },
     };
-    let (remote, rsrc) = c.remote.clone().ok_or_else(|| missing("remote", "remote"))?;
+    let (remote, rsrc) = c
+        .remote
+        .clone()
+        .ok_or_else(|| missing("remote", "remote"))?;
     let remote = resolve(&remote).map_err(|m| err(&rsrc, m))?;
     let read = |m: &(Material, Src)| -> Result<Zeroizing<String>, ConfigError> {
         match &m.0 {
@@ -269,7 +272,8 @@ fn finish(
     }
     let static_key = |m: &(Material, Src)| -> Result<Zeroizing<String>, ConfigError> {
         let text = read(m)?;
-        StaticKey::parse(&text).map_err(|e| err(&m.1, format!("not an OpenVPN static key: {e}")))?;
+        StaticKey::parse(&text)
+            .map_err(|e| err(&m.1, format!("not an OpenVPN static key: {e}")))?;
         Ok(text)
     };
     let digest = match &c.auth {
@@ -306,10 +310,18 @@ fn finish(
         (None, None) => KeyMode::None,
     };
     let data_ciphers = match &c.data_ciphers {
-        None => vec![Cipher::Aes256Gcm, Cipher::Aes128Gcm, Cipher::ChaCha20Poly1305],
+        None => vec![
+            Cipher::Aes256Gcm,
+            Cipher::Aes128Gcm,
+            Cipher::ChaCha20Poly1305,
+        ],
         Some((list, src)) => {
             let mut v = Vec::new();
-            for name in list.iter().flat_map(|s| s.split(':')).filter(|s| !s.is_empty()) {
+            for name in list
+                .iter()
+                .flat_map(|s| s.split(':'))
+                .filter(|s| !s.is_empty())
+            {
                 let cph = Cipher::from_name(name).ok_or_else(|| {
                     err(
                         src,
@@ -372,7 +384,10 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
-    let with_port = if s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let with_port = if s
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         s.to_string()
     } else {
         format!("{s}:{DEFAULT_PORT}")
@@ -699,6 +714,9 @@ mod tests {
         assert_eq!(e.field, "proto");
         assert_eq!(resolve("192.0.2.1").unwrap().port(), 1194);
         assert!(parse_fingerprint("zz").is_err());
-        assert_eq!(parse_fingerprint(&["ab"; 32].join(":")).unwrap(), [0xab; 32]);
+        assert_eq!(
+            parse_fingerprint(&["ab"; 32].join(":")).unwrap(),
+            [0xab; 32]
+        );
     }
 }

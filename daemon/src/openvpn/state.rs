@@ -39,8 +39,8 @@ pub enum Link {
 pub enum ToControl {
     /// A control-channel packet from the server.
     Control(Vec<u8>),
-    /// The TCP connection closed or failed.
-    LinkDown(String),
+    /// TCP connection number `.0` closed or failed.
+    LinkDown(u64, String),
 }
 
 pub struct Shared {

@@ -72,10 +72,9 @@ fn control_wrap(s: &OpenVpn) -> ControlWrap {
     // Validated when the config was loaded.
     match &s.key_mode {
         KeyMode::None => ControlWrap::none(),
-        KeyMode::TlsCrypt(k) => ControlWrap::tls_crypt(
-            &StaticKey::parse(k).expect("validated static key"),
-            false,
-        ),
+        KeyMode::TlsCrypt(k) => {
+            ControlWrap::tls_crypt(&StaticKey::parse(k).expect("validated static key"), false)
+        }
         KeyMode::TlsAuth {
             key,
             direction,
@@ -95,9 +94,8 @@ pub fn spawn(name: &str, settings: OpenVpn, tun: Arc<Tun>) -> anyhow::Result<Tun
     let shared = Arc::new(Shared::new(name.to_string(), settings.remote, to_control));
     let mut link_tasks = Vec::new();
     if settings.transport == Transport::Udp {
-        let sock = Arc::new(
-            bind_udp().map_err(|e| anyhow::anyhow!("tunnel {name}: UDP socket: {e}"))?,
-        );
+        let sock =
+            Arc::new(bind_udp().map_err(|e| anyhow::anyhow!("tunnel {name}: UDP socket: {e}"))?);
         shared.set_link(Some(Arc::new(Link::Udp(sock.clone()))));
         link_tasks.push(tokio::spawn(datapath::udp_to_tun(
             tun.clone(),
@@ -117,6 +115,7 @@ pub fn spawn(name: &str, settings: OpenVpn, tun: Arc<Tun>) -> anyhow::Result<Tun
         backoff: BACKOFF_MIN,
         reconnect_at: Some(Instant::now()),
         attempts: 0,
+        next_tick: Instant::now(),
         answered: false,
         wrap_errors: 0,
         push: None,
@@ -155,6 +154,8 @@ struct Control {
     backoff: Duration,
     reconnect_at: Option<Instant>,
     attempts: u64,
+    /// When `ping` / `ping-restart` are checked next.
+    next_tick: Instant,
     /// Did the server send anything we could authenticate this attempt?
     answered: bool,
     wrap_errors: u64,
@@ -190,7 +191,7 @@ impl Control {
             let deadline = [
                 self.session.as_ref().and_then(Session::poll_timeout),
                 self.reconnect_at,
-                (self.state == State::Connected).then(|| Instant::now() + TICK),
+                (self.state == State::Connected).then_some(self.next_tick),
             ]
             .into_iter()
             .flatten()
@@ -237,7 +238,10 @@ impl Control {
         if let Some(s) = self.session.as_mut() {
             s.handle_timeout(now);
         }
-        if self.state == State::Connected {
+        if self.state == State::Connected && now >= self.next_tick {
+            // A fixed schedule: commands and packets waking the loop must
+            // not push the keepalive check away.
+            self.next_tick = now + TICK;
             self.keepalive(now);
         }
     }
@@ -256,6 +260,12 @@ impl Control {
                 datapath::send_ping(&self.shared, now);
             }
         }
+        tracing::trace!(
+            "tunnel {}: keepalive: last rx {:?} ago, last tx {:?} ago",
+            self.name,
+            now.saturating_duration_since(self.shared.last_rx()),
+            now.saturating_duration_since(self.shared.last_tx())
+        );
         if let Some(r) = restart.filter(|r| *r > 0) {
             if now.saturating_duration_since(self.shared.last_rx()) > Duration::from_secs(r.into())
             {
@@ -285,9 +295,14 @@ impl Control {
                         self.tun.clone(),
                         self.shared.clone(),
                         rd,
+                        self.attempts,
                     )));
-                    self.tcp_tasks
-                        .push(tokio::spawn(datapath::tcp_writer(self.shared.clone(), wr, rx)));
+                    self.tcp_tasks.push(tokio::spawn(datapath::tcp_writer(
+                        self.shared.clone(),
+                        wr,
+                        rx,
+                        self.attempts,
+                    )));
                 }
                 Ok(Err(e)) => return self.failed(format!("TCP connect to {remote}: {e}")),
                 Err(_) => return self.failed(format!("TCP connect to {remote}: timed out")),
@@ -344,8 +359,9 @@ impl Control {
                     }
                 }
             }
-            ToControl::LinkDown(why) => {
-                if self.settings.transport == Transport::Tcp && self.state != State::Idle {
+            ToControl::LinkDown(conn, why) => {
+                // (a late report from an earlier connection is stale)
+                if conn == self.attempts && self.state != State::Idle {
                     self.restart(why, BACKOFF_MIN);
                 }
             }
@@ -419,6 +435,12 @@ impl Control {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(v6) = &push.ifconfig_ipv6 {
+            tracing::warn!(
+                "tunnel {}: pushed ifconfig-ipv6 {v6} not applied (IPv6 inside OpenVPN tunnels is not supported yet)",
+                self.name
+            );
+        }
         if !push.unknown.is_empty() {
             tracing::warn!(
                 "tunnel {}: pushed options not applied by polytun: {}",
@@ -561,9 +583,18 @@ impl Control {
             dns: push
                 .map(|p| p.dns().iter().map(ToString::to_string).collect())
                 .unwrap_or_default(),
-            rx_bytes: self.shared.rx_bytes.load(std::sync::atomic::Ordering::Relaxed),
-            tx_bytes: self.shared.tx_bytes.load(std::sync::atomic::Ordering::Relaxed),
-            pings_received: self.shared.pings_rx.load(std::sync::atomic::Ordering::Relaxed),
+            rx_bytes: self
+                .shared
+                .rx_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            tx_bytes: self
+                .shared
+                .tx_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            pings_received: self
+                .shared
+                .pings_rx
+                .load(std::sync::atomic::Ordering::Relaxed),
             connected_since_unix: self
                 .connected_since
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())

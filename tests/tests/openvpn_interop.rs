@@ -279,3 +279,47 @@ fn openvpn_udp_keepalive_and_reconnect() {
 fn openvpn_tcp_keepalive_and_reconnect() {
     reconnect_test("ovr2", Proto::Tcp);
 }
+
+/// polytund stopping over UDP sends explicit-exit-notify: the server drops
+/// the client at once (not after its ping-restart).
+#[test]
+fn openvpn_explicit_exit_notify_drops_client_at_once() {
+    let (s, c, pki) = setup("ove");
+    let server = ovpn::start_server(
+        &s,
+        &ovpn::server_conf(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            "AES-256-GCM",
+        ),
+    );
+    let client = Client::start(
+        &c,
+        &ovpn::client_tunnel_toml(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            &["AES-256-GCM"],
+            &pki.path("ta.key"),
+        ),
+    );
+    client.wait_connected(Duration::from_secs(30));
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    let t = Instant::now();
+    c.kill(client.pid);
+    polytun_e2e::wait_until(
+        "the server to drop the client (keepalive would take 60 s)",
+        Duration::from_secs(5),
+        || s.log_of(server).contains("remote-exit"),
+    );
+    let log = s.log_of(server);
+    let line = log.lines().find(|l| l.contains("remote-exit")).unwrap();
+    eprintln!(
+        "server dropped the client {:?} after SIGTERM: {line}",
+        t.elapsed()
+    );
+    assert!(client.log().contains("sent explicit-exit-notify (2x)"));
+}

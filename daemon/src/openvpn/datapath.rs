@@ -8,7 +8,9 @@ use crate::wg::datapath::dst_ip;
 use crate::wg::state::DropCounters;
 use polytun_core::{OpenError, PacketBatch, PacketBuf};
 use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
-use polytun_openvpn::data::{DataError, Opened, OVERHEAD, PING_MAGIC};
+use polytun_openvpn::data::{
+    occ_exit_payload, DataError, Opened, OCC_EXIT, OCC_MAGIC, OVERHEAD, PING_MAGIC,
+};
 use polytun_openvpn::framing::{encode_frame, FrameDecoder};
 use polytun_openvpn::packet::{split_op_byte, Opcode, DATA_TAG_LEN};
 use std::io::IoSliceMut;
@@ -106,12 +108,21 @@ pub fn send_now(shared: &Shared, packet: &[u8]) -> bool {
 
 /// Seals and sends OpenVPN's keepalive ping with the current key.
 pub fn send_ping(shared: &Shared, now: Instant) -> bool {
+    send_payload(shared, now, &PING_MAGIC)
+}
+
+/// Sends explicit-exit-notify (OCC_EXIT in a data packet; UDP only).
+pub fn send_exit_notify(shared: &Shared, now: Instant) -> bool {
+    send_payload(shared, now, &occ_exit_payload())
+}
+
+fn send_payload(shared: &Shared, now: Instant, payload: &[u8]) -> bool {
     let Some(key) = shared.tables().current.clone() else {
         return false;
     };
-    let mut buf = [0u8; OVERHEAD + PING_MAGIC.len() + DATA_TAG_LEN];
-    buf[OVERHEAD..OVERHEAD + PING_MAGIC.len()].copy_from_slice(&PING_MAGIC);
-    let mut p = PacketBuf::new(&mut buf, OVERHEAD, OVERHEAD + PING_MAGIC.len());
+    let mut buf = [0u8; OVERHEAD + 32 + DATA_TAG_LEN];
+    buf[OVERHEAD..OVERHEAD + payload.len()].copy_from_slice(payload);
+    let mut p = PacketBuf::new(&mut buf, OVERHEAD, OVERHEAD + payload.len());
     if key.seal(now, &mut p).is_err() {
         return false;
     }
@@ -247,6 +258,13 @@ impl TunWriter {
                     Ok(Opened::Packet(_)) => {
                         shared.mark_rx(now);
                         if p.is_empty() {
+                            return;
+                        }
+                        if p.as_slice().starts_with(&OCC_MAGIC) {
+                            // OCC, not an IP packet: only EXIT matters here.
+                            if p.as_slice().get(16) == Some(&OCC_EXIT) {
+                                let _ = shared.to_control.try_send(ToControl::ServerExit);
+                            }
                             return;
                         }
                         debug_assert_eq!(p.start(), TUN_WRITE_OFFSET);

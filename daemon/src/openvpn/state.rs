@@ -39,6 +39,8 @@ pub enum Link {
 pub enum ToControl {
     /// A control-channel packet from the server.
     Control(Vec<u8>),
+    /// The server sent OCC_EXIT (its explicit-exit-notify).
+    ServerExit,
     /// TCP connection number `.0` closed or failed.
     LinkDown(u64, String),
 }

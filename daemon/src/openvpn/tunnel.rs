@@ -224,6 +224,15 @@ impl Control {
             }
             self.process_outputs();
         }
+        if self.state == State::Connected && self.settings.transport == Transport::Udp {
+            // explicit-exit-notify: the server drops this client at once
+            // instead of waiting for its ping-restart.
+            let now = Instant::now();
+            let sent = (0..2)
+                .filter(|_| datapath::send_exit_notify(&self.shared, now))
+                .count();
+            tracing::info!("tunnel {}: sent explicit-exit-notify ({sent}x)", self.name);
+        }
         self.teardown();
         tracing::info!("tunnel {}: stopped", self.name);
     }
@@ -357,6 +366,14 @@ impl Control {
                         crate::wg::state::DropCounters::bump(&self.shared.drops.other);
                         tracing::debug!("tunnel {}: control packet dropped: {e}", self.name);
                     }
+                }
+            }
+            ToControl::ServerExit => {
+                if self.state == State::Connected {
+                    self.restart(
+                        "the server announced its exit (explicit-exit-notify)".into(),
+                        BACKOFF_MIN,
+                    );
                 }
             }
             ToControl::LinkDown(conn, why) => {

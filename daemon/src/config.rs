@@ -469,6 +469,18 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 format!("not a setting of a `{}` tunnel", t.protocol),
             ));
         }
+        if let Some(first) = raw.tunnel.first().map(|f| f.protocol.as_str()) {
+            if first != t.protocol {
+                return Err(ctx.err(
+                    &tp("protocol"),
+                    format!(
+                        "`{}` on an interface whose first tunnel is `{first}`: one protocol per \
+                         interface (use a second config and interface)",
+                        t.protocol
+                    ),
+                ));
+            }
+        }
         let protocol = match t.protocol.as_str() {
             "wireguard" => {
                 let private_key = read_key_field(
@@ -598,18 +610,6 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 ))
             }
         };
-        if let Some(first) = tunnels.first().map(|t: &Tunnel| t.protocol.name()) {
-            if first != protocol.name() {
-                return Err(ctx.err(
-                    &tp("protocol"),
-                    format!(
-                        "`{}` on an interface whose first tunnel is `{first}`: one protocol per \
-                         interface (use a second config and interface)",
-                        protocol.name()
-                    ),
-                ));
-            }
-        }
         tunnels.push(Tunnel { name, protocol });
     }
     Ok(Config {
@@ -729,6 +729,40 @@ persistent_keepalive = 25
         assert!(e.message.contains("unknown field"), "{e}");
         let e = p("[interface\nname=1").unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn openvpn_errors_name_line_and_field() {
+        let base =
+            "[interface]\nname = \"pt0\"\n\n[[tunnel]]\nname = \"vpn\"\nprotocol = \"openvpn\"\n";
+        let e = p(&format!(
+            "{base}remote = \"192.0.2.1:1194\"\nproto = \"sctp\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(8), "tunnel[0].proto"),
+            "{e}"
+        );
+        let e = p(&format!("{base}remote = \"192.0.2.1\"\n")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].cert", "{e}");
+        assert!(e.message.contains("missing"), "{e}");
+        let e = p(&format!("{base}listen_port = 1194\n")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(7), "tunnel[0].listen_port"),
+            "{e}"
+        );
+        // one protocol per interface
+        let mixed = format!(
+            "{}\n[[tunnel]]\nname = \"vpn\"\nprotocol = \"openvpn\"\n",
+            good()
+        );
+        let e = p(&mixed).unwrap_err();
+        assert_eq!(e.field, "tunnel[1].protocol", "{e}");
+        assert!(e.message.contains("one protocol per interface"), "{e}");
+        let e = p(&good().replace("listen_port = 51820", "remote = \"x:1\"")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].remote", "{e}");
     }
 
     #[test]

@@ -22,6 +22,8 @@ declare -A PKG=(
   [flock]=util-linux
   [systemd-analyze]=systemd
   [python3]=python3-minimal
+  [openvpn]=openvpn
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!PKG[@]}"; do

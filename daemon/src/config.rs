@@ -92,6 +92,19 @@ struct RawTunnel {
     rekey_time: Option<String>,
     #[serde(default, deserialize_with = "de_duration")]
     dpd_delay: Option<String>,
+    // OpenVPN (protocol = "openvpn")
+    role: Option<String>,
+    config: Option<PathBuf>,
+    proto: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    tls_crypt: Option<PathBuf>,
+    tls_auth: Option<PathBuf>,
+    key_direction: Option<u8>,
+    data_ciphers: Option<Vec<String>>,
+    peer_fingerprint: Option<Vec<String>>,
+    hand_window: Option<u32>,
 }
 
 /// A duration as written: `20s`, `5m`, `1h`, `2d` or a number of seconds.
@@ -156,6 +169,7 @@ pub struct Tunnel {
 pub enum Protocol {
     WireGuard(WireGuard),
     Ipsec(Box<Ipsec>),
+    OpenVpn(crate::openvpn::settings::OpenVpn),
 }
 
 impl Protocol {
@@ -163,6 +177,7 @@ impl Protocol {
         match self {
             Protocol::WireGuard(_) => "wireguard",
             Protocol::Ipsec(_) => "ipsec",
+            Protocol::OpenVpn(_) => "openvpn",
         }
     }
 }
@@ -470,6 +485,48 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
         if !names.insert(name.clone()) {
             return Err(ctx.err(&tp("name"), format!("duplicate tunnel name `{name}`")));
         }
+        let foreign: &[(&'static str, bool)] = match t.protocol.as_str() {
+            "wireguard" => &[
+                ("role", t.role.is_some()),
+                ("config", t.config.is_some()),
+                ("remote", t.remote.is_some()),
+                ("proto", t.proto.is_some()),
+                ("ca", t.ca.is_some()),
+                ("cert", t.cert.is_some()),
+                ("key", t.key.is_some()),
+                ("tls_crypt", t.tls_crypt.is_some()),
+                ("tls_auth", t.tls_auth.is_some()),
+                ("key_direction", t.key_direction.is_some()),
+                ("data_ciphers", t.data_ciphers.is_some()),
+                ("peer_fingerprint", t.peer_fingerprint.is_some()),
+                ("hand_window", t.hand_window.is_some()),
+            ],
+            "openvpn" => &[
+                ("listen_port", t.listen_port.is_some()),
+                ("private_key", t.private_key.is_some()),
+                ("private_key_file", t.private_key_file.is_some()),
+                ("peer", !t.peer.is_empty()),
+            ],
+            _ => &[],
+        };
+        if let Some((f, _)) = foreign.iter().find(|(_, set)| *set) {
+            return Err(ctx.err(
+                &tp(f),
+                format!("not a setting of a `{}` tunnel", t.protocol),
+            ));
+        }
+        if let Some(first) = raw.tunnel.first().map(|f| f.protocol.as_str()) {
+            if first != t.protocol {
+                return Err(ctx.err(
+                    &tp("protocol"),
+                    format!(
+                        "`{}` on an interface whose first tunnel is `{first}`: one protocol per \
+                         interface (use a second config and interface)",
+                        t.protocol
+                    ),
+                ));
+            }
+        }
         let protocol = match t.protocol.as_str() {
             "wireguard" => {
                 let private_key = read_key_field(
@@ -594,18 +651,32 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 Protocol::Ipsec(Box::new(ipsec))
             }
             "openvpn" => {
-                return Err(ctx.err(
-                    &tp("protocol"),
-                    format!(
-                    "`{}` is not implemented yet in this version (only `wireguard` and `ipsec`)",
-                    t.protocol
-                ),
-                ))
+                let raw = crate::openvpn::settings::RawFields {
+                    role: t.role.as_deref(),
+                    config: t.config.as_deref(),
+                    remote: t.remote.as_deref(),
+                    proto: t.proto.as_deref(),
+                    ca: t.ca.as_deref(),
+                    cert: t.cert.as_deref(),
+                    key: t.key.as_deref(),
+                    tls_crypt: t.tls_crypt.as_deref(),
+                    tls_auth: t.tls_auth.as_deref(),
+                    key_direction: t.key_direction,
+                    data_ciphers: t.data_ciphers.as_deref(),
+                    peer_fingerprint: t.peer_fingerprint.as_deref(),
+                    hand_window: t.hand_window,
+                };
+                let base = file.parent().unwrap_or(Path::new("."));
+                Protocol::OpenVpn(crate::openvpn::settings::build(&raw, base, &|f, m| {
+                    ctx.err(&tp(f), m)
+                })?)
             }
             other => {
                 return Err(ctx.err(
                     &tp("protocol"),
-                    format!("unknown protocol `{other}` (expected `wireguard` or `ipsec`)"),
+                    format!(
+                        "unknown protocol `{other}` (expected `wireguard`, `ipsec` or `openvpn`)"
+                    ),
                 ))
             }
         };
@@ -832,6 +903,40 @@ dpd_delay = 30
         );
         let e = p(&mixed).unwrap_err();
         assert!(e.message.contains("one protocol per interface"), "{e}");
+    }
+
+    #[test]
+    fn openvpn_errors_name_line_and_field() {
+        let base =
+            "[interface]\nname = \"pt0\"\n\n[[tunnel]]\nname = \"vpn\"\nprotocol = \"openvpn\"\n";
+        let e = p(&format!(
+            "{base}remote = \"192.0.2.1:1194\"\nproto = \"sctp\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(8), "tunnel[0].proto"),
+            "{e}"
+        );
+        let e = p(&format!("{base}remote = \"192.0.2.1\"\n")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].cert", "{e}");
+        assert!(e.message.contains("missing"), "{e}");
+        let e = p(&format!("{base}listen_port = 1194\n")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(7), "tunnel[0].listen_port"),
+            "{e}"
+        );
+        // one protocol per interface
+        let mixed = format!(
+            "{}\n[[tunnel]]\nname = \"vpn\"\nprotocol = \"openvpn\"\n",
+            good()
+        );
+        let e = p(&mixed).unwrap_err();
+        assert_eq!(e.field, "tunnel[1].protocol", "{e}");
+        assert!(e.message.contains("one protocol per interface"), "{e}");
+        let e = p(&good().replace("listen_port = 51820", "remote = \"x:1\"")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].remote", "{e}");
     }
 
     #[test]

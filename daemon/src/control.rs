@@ -61,6 +61,78 @@ pub struct TunnelShow {
     /// IPsec: the IKE SAs with their CHILD SAs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ike_sas: Vec<IkeSaShow>,
+    /// An OpenVPN tunnel's session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openvpn: Option<OpenVpnShow>,
+}
+
+/// One OpenVPN session, as `polytun show` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct OpenVpnShow {
+    pub role: String,
+    pub remote: String,
+    pub transport: String,
+    pub control_wrap: String,
+    pub state: String,
+    pub tls_version: Option<String>,
+    pub peer_id: Option<u32>,
+    pub virtual_address: Option<String>,
+    pub cipher: Option<String>,
+    pub key_id: Option<u8>,
+    #[serde(default)]
+    pub routes: Vec<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub pings_received: u64,
+    pub connected_since_unix: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+fn render_openvpn(o: &mut String, v: &OpenVpnShow, now_unix: u64) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        o,
+        "\nsession: {} {} over {} ({})",
+        v.role, v.remote, v.transport, v.control_wrap
+    );
+    let _ = writeln!(o, "  state: {}", v.state);
+    if let Some(t) = v.connected_since_unix {
+        let _ = writeln!(o, "  connected: {} ago", ago(now_unix.saturating_sub(t)));
+    }
+    if let Some(t) = &v.tls_version {
+        let _ = writeln!(o, "  tls: {t}");
+    }
+    if let Some(a) = &v.virtual_address {
+        let _ = writeln!(o, "  virtual address: {a}");
+    }
+    if let Some(p) = v.peer_id {
+        let _ = writeln!(o, "  peer-id: {p}");
+    }
+    if let (Some(c), Some(k)) = (&v.cipher, v.key_id) {
+        let _ = writeln!(o, "  cipher: {c}, key-id {k}");
+    }
+    if !v.routes.is_empty() {
+        let _ = writeln!(o, "  routes: {}", v.routes.join(", "));
+    }
+    if !v.dns.is_empty() {
+        let _ = writeln!(
+            o,
+            "  pushed DNS: {} (not applied to the host)",
+            v.dns.join(", ")
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  transfer: {} received, {} sent, {} keepalive pings received",
+        human_bytes(v.rx_bytes),
+        human_bytes(v.tx_bytes),
+        v.pings_received
+    );
+    if let Some(e) = &v.last_error {
+        let _ = writeln!(o, "  last error: {e}");
+    }
 }
 
 /// One IKE SA, as `swanctl --list-sas` shows it.
@@ -277,6 +349,9 @@ pub fn render_show(s: &ShowReply, now_unix: u64) -> String {
         );
         for sa in &t.ike_sas {
             render_ike_sa(&mut o, &t.name, sa);
+        }
+        if let Some(v) = &t.openvpn {
+            render_openvpn(&mut o, v, now_unix);
         }
         for p in &t.peers {
             let _ = write!(o, "\npeer: {}", p.public_key);

@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod ipsec;
 pub mod logging;
+pub mod openvpn;
 pub mod service;
 pub mod uapi;
 pub mod wg;

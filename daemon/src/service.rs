@@ -5,6 +5,7 @@ use crate::config::{self, Config, Protocol};
 use crate::control::{self, Command, Reply, ShowReply};
 use crate::ipsec::state::IpsecSet;
 use crate::ipsec::tunnel::{self as ipsec_tunnel, IpsecCommand, IpsecHandle};
+use crate::openvpn;
 use crate::wg::datapath::{self, TunnelSet};
 use crate::wg::tunnel::{self, PeerSpec, TunnelCommand, TunnelHandle, TunnelOptions};
 use anyhow::Context;
@@ -36,6 +37,8 @@ struct Running {
     set: TunnelSet,
     ipsec: Vec<IpsecHandle>,
     ipsec_set: IpsecSet,
+    ovpn: Vec<openvpn::tunnel::TunnelHandle>,
+    ovpn_set: openvpn::state::TunnelSet,
 }
 
 impl Running {
@@ -59,6 +62,21 @@ impl Running {
                     }
                 );
                 self.ipsec.push(h);
+                return Ok(());
+            }
+            Protocol::OpenVpn(o) => {
+                let h = openvpn::tunnel::spawn(&t.name, o.clone(), self.tun.clone())?;
+                self.ovpn_set
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(h.shared.clone());
+                tracing::info!(
+                    "tunnel {} (openvpn client): server {} over {}",
+                    t.name,
+                    o.remote,
+                    o.transport.name()
+                );
+                self.ovpn.push(h);
                 return Ok(());
             }
         };
@@ -107,6 +125,18 @@ impl Running {
             let _ = h.commands.send(TunnelCommand::Shutdown).await;
             let _ = h.task.await;
         }
+        if let Some(pos) = self.ovpn.iter().position(|h| h.name == name) {
+            let h = self.ovpn.remove(pos);
+            self.ovpn_set
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|s| !Arc::ptr_eq(s, &h.shared));
+            let _ = h
+                .commands
+                .send(openvpn::tunnel::TunnelCommand::Shutdown)
+                .await;
+            let _ = h.task.await;
+        }
     }
 
     async fn show(&self) -> ShowReply {
@@ -122,6 +152,15 @@ impl Running {
         for h in &self.ipsec {
             let (tx, rx) = oneshot::channel();
             if h.commands.send(IpsecCommand::Show(tx)).await.is_ok() {
+                if let Ok(s) = rx.await {
+                    tunnels.push(s);
+                }
+            }
+        }
+        for h in &self.ovpn {
+            let (tx, rx) = oneshot::channel();
+            let cmd = openvpn::tunnel::TunnelCommand::Show(tx);
+            if h.commands.send(cmd).await.is_ok() {
                 if let Ok(s) = rx.await {
                     tunnels.push(s);
                 }
@@ -165,6 +204,19 @@ impl Running {
                 Ok(Ok(n)) => total += n,
                 Ok(Err(e)) if self.tunnels.len() == 1 => return Reply::Error { message: e },
                 _ => {}
+            }
+        }
+        for h in &self.ovpn {
+            if tunnel.as_ref().is_some_and(|t| *t != h.name) {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let _ = h
+                .commands
+                .send(openvpn::tunnel::TunnelCommand::Rekey(tx))
+                .await;
+            if let Ok(Ok(n)) = rx.await {
+                total += n;
             }
         }
         if total == 0 {
@@ -211,9 +263,8 @@ impl Running {
                 (Protocol::WireGuard(a), Protocol::WireGuard(b)) => {
                     a.private_key == b.private_key && a.listen_port == b.listen_port
                 }
-                // an IPsec tunnel whose settings changed is restarted
-                (Protocol::Ipsec(a), Protocol::Ipsec(b)) => a == b,
-                _ => false,
+                // IPsec and OpenVPN tunnels whose settings changed are restarted
+                (a, b) => a == b,
             });
             if !same_identity {
                 tracing::info!(
@@ -226,7 +277,9 @@ impl Running {
         self.config.interface = new.interface.clone();
         for t in &new.tunnels {
             let Protocol::WireGuard(wg) = &t.protocol else {
-                if !self.ipsec.iter().any(|h| h.name == t.name) {
+                if !self.ipsec.iter().any(|h| h.name == t.name)
+                    && !self.ovpn.iter().any(|h| h.name == t.name)
+                {
                     self.spawn_tunnel(t)?;
                 }
                 continue;
@@ -298,27 +351,29 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         set: set.clone(),
         ipsec: Vec::new(),
         ipsec_set: Arc::new(std::sync::RwLock::new(Vec::new())),
+        ovpn: Vec::new(),
+        ovpn_set: Arc::new(std::sync::RwLock::new(Vec::new())),
     };
     for t in &cfg.tunnels {
         running.spawn_tunnel(t)?;
     }
-    // one protocol per interface: its TUN reader
-    let reader = if cfg
-        .tunnels
-        .iter()
-        .any(|t| matches!(t.protocol, Protocol::Ipsec(_)))
-    {
-        tokio::spawn(crate::ipsec::datapath::tun_to_net(
+    // One protocol per interface: its TUN reader.
+    let reader = match cfg.tunnels.first().map(|t| &t.protocol) {
+        Some(Protocol::Ipsec(_)) => tokio::spawn(crate::ipsec::datapath::tun_to_net(
             tun.clone(),
             running.ipsec_set.clone(),
             usize::from(iface.mtu),
-        ))
-    } else {
-        tokio::spawn(datapath::tun_to_net(
+        )),
+        Some(Protocol::OpenVpn(_)) => tokio::spawn(openvpn::datapath::tun_to_net(
+            tun.clone(),
+            running.ovpn_set.clone(),
+            usize::from(iface.mtu),
+        )),
+        _ => tokio::spawn(datapath::tun_to_net(
             tun.clone(),
             set,
             usize::from(iface.mtu),
-        ))
+        )),
     };
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Request>(16);
     let socket_path = iface.control_socket.clone();
@@ -366,6 +421,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|h| h.name.clone())
         .chain(running.ipsec.iter().map(|h| h.name.clone()))
+        .chain(running.ovpn.iter().map(|h| h.name.clone()))
         .collect();
     for n in names {
         running.stop_tunnel(&n).await;

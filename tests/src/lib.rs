@@ -14,6 +14,7 @@
 pub mod bins;
 pub mod ipsec;
 pub mod netns;
+pub mod openvpn;
 pub mod pcap;
 pub mod scenario;
 pub mod traffic;

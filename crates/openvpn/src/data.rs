@@ -26,6 +26,22 @@ pub const PING_MAGIC: [u8; 16] = [
     0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb, 0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48,
 ];
 
+/// OpenVPN's OCC message prefix (`occ_magic`): a data packet starting with
+/// it is an options-consistency message, never an IP packet.
+pub const OCC_MAGIC: [u8; 16] = [
+    0x28, 0x7f, 0x34, 0x6b, 0xd4, 0xef, 0x7a, 0x81, 0x2d, 0x56, 0xb8, 0xd3, 0xaf, 0xc5, 0x45, 0x9c,
+];
+/// The OCC opcode of `explicit-exit-notify` on UDP (`OCC_EXIT`).
+pub const OCC_EXIT: u8 = 6;
+
+/// The payload of an explicit-exit-notify data packet.
+pub fn occ_exit_payload() -> [u8; 17] {
+    let mut p = [0u8; 17];
+    p[..16].copy_from_slice(&OCC_MAGIC);
+    p[16] = OCC_EXIT;
+    p
+}
+
 /// Bytes P_DATA_V2 adds to a packet.
 pub const OVERHEAD: usize = DATA_V2_HEADER_LEN + DATA_TAG_LEN;
 

@@ -184,6 +184,14 @@ impl Session {
         self.tls.as_ref()
     }
 
+    /// Sets `hand-window`: the handshake must complete within `window`
+    /// from `now` (default [`HAND_WINDOW`] from the session's start).
+    pub fn set_hand_window(&mut self, now: Instant, window: Duration) {
+        if self.phase != Phase::Active && self.phase != Phase::Failed {
+            self.deadline = now + window;
+        }
+    }
+
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }

@@ -120,9 +120,14 @@ fn main() -> ExitCode {
         Cmd::Capabilities => {
             let wg = polytun_wireguard::capabilities();
             let ipsec = polytun_daemon::ipsec::capabilities();
+            let openvpn = polytun_openvpn::capabilities();
             print!(
                 "{}",
-                polytun_core::capabilities::render_table(&[("wireguard", &wg), ("ipsec", &ipsec)])
+                polytun_core::capabilities::render_table(&[
+                    ("wireguard", &wg),
+                    ("ipsec", &ipsec),
+                    ("openvpn", &openvpn)
+                ])
             );
             Ok(())
         }

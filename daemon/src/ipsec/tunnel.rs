@@ -788,6 +788,7 @@ impl Control {
             drops: self.shared.drops.snapshot(),
             peers: Vec::new(),
             ike_sas,
+            ..Default::default()
         }
     }
 }

@@ -685,7 +685,7 @@ impl Control {
                 .then(|| keys::encode_base64(self.device.public_key().as_bytes())),
             drops: self.shared.drops.snapshot(),
             peers,
-            ike_sas: Vec::new(),
+            ..Default::default()
         }
     }
 

@@ -1,0 +1,447 @@
+//! The OpenVPN data path: TUN → P_DATA_V2 seal in place (batched) → UDP
+//! (GSO runs) or TCP (16-bit framing); UDP/TCP → classify → control task,
+//! or open in place in 64 KiB TUN slots → TUN write batch. Keepalive pings
+//! count as liveness and are never written to the TUN.
+
+use super::state::{Link, Shared, Tables, ToControl, TunnelSet};
+use crate::wg::datapath::dst_ip;
+use crate::wg::state::DropCounters;
+use polytun_core::{OpenError, PacketBatch, PacketBuf};
+use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
+use polytun_openvpn::data::{
+    occ_exit_payload, DataError, Opened, OCC_EXIT, OCC_MAGIC, OVERHEAD, PING_MAGIC,
+};
+use polytun_openvpn::framing::{encode_frame, FrameDecoder};
+use polytun_openvpn::packet::{split_op_byte, Opcode, DATA_TAG_LEN};
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::AsyncReadExt;
+
+const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
+/// Headroom in front of a packet written to the TUN device (≥ the virtio
+/// header the offloaded writer puts there).
+const TUN_WRITE_OFFSET: usize = 32;
+const TUN_WRITE_SLOTS: usize = 128;
+const TUN_WRITE_SLOT: usize = TUN_WRITE_OFFSET + 65535;
+const UDP_BUF: usize = 65536;
+
+/// Which tunnel of the set carries `dst`: the one whose routes contain
+/// it, else the first with a key (a client's default).
+fn pick(guards: &[std::sync::RwLockReadGuard<'_, Tables>], dst: std::net::IpAddr) -> Option<usize> {
+    if guards.len() == 1 {
+        return Some(0);
+    }
+    guards
+        .iter()
+        .position(|t| t.routes.lookup(dst).is_some())
+        .or_else(|| guards.iter().position(|t| t.current.is_some()))
+}
+
+/// Sends already sealed packets of one tunnel (`sealed`: ranges in `buf`).
+async fn send_sealed(shared: &Shared, link: &Link, pkts: &[&[u8]], scratch: &mut Vec<u8>) {
+    match link {
+        Link::Udp(sock) => {
+            // Copy into one contiguous buffer so runs of equal-size datagrams
+            // (the last may be shorter) leave as one GSO send.
+            scratch.clear();
+            let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (start, end, seg)
+            let max_seg = sock.max_gso_segments().max(1);
+            let mut closed = true;
+            for p in pkts {
+                let start = scratch.len();
+                scratch.extend_from_slice(p);
+                let joinable = runs.last().is_some_and(|&(s, e, seg)| {
+                    !closed
+                        && p.len() <= seg
+                        && (e - s) / seg < max_seg
+                        && e - s + p.len() <= u16::MAX as usize - 48
+                });
+                if joinable {
+                    let r = runs.last_mut().expect("checked");
+                    r.1 = scratch.len();
+                    closed = p.len() < r.2;
+                } else {
+                    runs.push((start, scratch.len(), p.len()));
+                    closed = false;
+                }
+            }
+            let transmits: Vec<Transmit<'_>> = runs
+                .iter()
+                .map(|&(s, e, seg)| Transmit {
+                    destination: shared.remote,
+                    ecn: None,
+                    contents: &scratch[s..e],
+                    segment_size: (e - s > seg).then_some(seg),
+                    src_ip: None,
+                })
+                .collect();
+            if let Err(e) = sock.send_batch(&transmits).await {
+                tracing::debug!("{}: udp send: {e}", shared.name);
+            }
+        }
+        Link::Tcp(tx) => {
+            let mut out = Vec::with_capacity(pkts.iter().map(|p| p.len() + 2).sum());
+            for p in pkts {
+                let _ = encode_frame(p, &mut out);
+            }
+            if tx.send(out).await.is_err() {
+                DropCounters::bump(&shared.drops.other);
+            }
+        }
+    }
+}
+
+/// Sends one packet (control packets, pings) without waiting.
+pub fn send_now(shared: &Shared, packet: &[u8]) -> bool {
+    match shared.link().as_deref() {
+        Some(Link::Udp(sock)) => sock.try_send_to(packet, shared.remote).is_ok(),
+        Some(Link::Tcp(tx)) => {
+            let mut out = Vec::with_capacity(packet.len() + 2);
+            encode_frame(packet, &mut out).is_ok() && tx.try_send(out).is_ok()
+        }
+        None => false,
+    }
+}
+
+/// Seals and sends OpenVPN's keepalive ping with the current key.
+pub fn send_ping(shared: &Shared, now: Instant) -> bool {
+    send_payload(shared, now, &PING_MAGIC)
+}
+
+/// Sends explicit-exit-notify (OCC_EXIT in a data packet; UDP only).
+pub fn send_exit_notify(shared: &Shared, now: Instant) -> bool {
+    send_payload(shared, now, &occ_exit_payload())
+}
+
+fn send_payload(shared: &Shared, now: Instant, payload: &[u8]) -> bool {
+    let Some(key) = shared.tables().current.clone() else {
+        return false;
+    };
+    let mut buf = [0u8; OVERHEAD + 32 + DATA_TAG_LEN];
+    buf[OVERHEAD..OVERHEAD + payload.len()].copy_from_slice(payload);
+    let mut p = PacketBuf::new(&mut buf, OVERHEAD, OVERHEAD + payload.len());
+    if key.seal(now, &mut p).is_err() {
+        return false;
+    }
+    let ok = send_now(shared, p.as_slice());
+    if ok {
+        shared.mark_tx(now);
+    }
+    ok
+}
+
+/// Reads the TUN device forever and sends each packet through the OpenVPN
+/// tunnel it routes to.
+pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
+    let mut batch = PacketBatch::new(TUN_BATCH, OVERHEAD, mtu, DATA_TAG_LEN);
+    let mut sizes = vec![0usize; TUN_BATCH];
+    let mut sealed: Vec<(usize, usize)> = Vec::with_capacity(TUN_BATCH); // (slot, tunnel)
+    let mut scratch = Vec::with_capacity(TUN_BATCH * (OVERHEAD + mtu));
+    let mut errors = 0u64;
+    loop {
+        let r = {
+            let mut bufs: Vec<&mut [u8]> = batch.slot_buffers().collect();
+            tun.recv_batch(&mut bufs, &mut sizes, OVERHEAD).await
+        };
+        let n = match r {
+            Ok(n) => n,
+            Err(e) => {
+                errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::warn!(
+                        "{}: reading the tun device: {e} ({errors} errors)",
+                        tun.name()
+                    );
+                }
+                if e.kind() != std::io::ErrorKind::InvalidInput {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                continue;
+            }
+        };
+        batch.set_filled(OVERHEAD, &sizes[..n]);
+        let now = Instant::now();
+        let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if set.is_empty() {
+            continue;
+        }
+        sealed.clear();
+        {
+            let guards: Vec<_> = set.iter().map(|s| s.tables()).collect();
+            for i in 0..batch.len() {
+                let Some(ti) = dst_ip(batch.get(i)).and_then(|d| pick(&guards, d)) else {
+                    continue;
+                };
+                let shared = &set[ti];
+                let Some(key) = guards[ti].current.as_ref() else {
+                    DropCounters::bump(&shared.drops.no_session);
+                    continue;
+                };
+                let size = batch.get(i).len();
+                match batch.with_packet(i, |p| key.seal(now, p)) {
+                    Ok(_) => {
+                        shared.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                        sealed.push((i, ti));
+                    }
+                    Err(_) => DropCounters::bump(&shared.drops.expired_key),
+                }
+            }
+        }
+        for (ti, shared) in set.iter().enumerate() {
+            let pkts: Vec<&[u8]> = sealed
+                .iter()
+                .filter(|s| s.1 == ti)
+                .map(|&(i, _)| batch.get(i))
+                .collect();
+            if pkts.is_empty() {
+                continue;
+            }
+            let Some(link) = shared.link() else {
+                DropCounters::bump(&shared.drops.no_session);
+                continue;
+            };
+            shared.mark_tx(now);
+            send_sealed(shared, &link, &pkts, &mut scratch).await;
+        }
+    }
+}
+
+/// Writes received packets to the TUN in batches.
+struct TunWriter {
+    slots: Vec<u8>,
+    sizes: Vec<usize>,
+    k: usize,
+}
+
+impl TunWriter {
+    fn new() -> Self {
+        Self {
+            slots: vec![0u8; TUN_WRITE_SLOTS * TUN_WRITE_SLOT],
+            sizes: vec![0; TUN_WRITE_SLOTS],
+            k: 0,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.k == TUN_WRITE_SLOTS
+    }
+
+    /// Classifies one packet from the server: data is opened into the
+    /// next slot, control packets go to the control task.
+    fn handle(&mut self, shared: &Shared, tables: &Tables, d: &[u8], now: Instant) {
+        let Some(&first) = d.first() else {
+            DropCounters::bump(&shared.drops.malformed);
+            return;
+        };
+        let Ok((op, key_id)) = split_op_byte(first) else {
+            DropCounters::bump(&shared.drops.malformed);
+            return;
+        };
+        match op {
+            Opcode::DataV2 => {
+                let Some(key) = tables.keys[usize::from(key_id)].as_ref() else {
+                    DropCounters::bump(&shared.drops.no_session);
+                    return;
+                };
+                let at = TUN_WRITE_OFFSET - OVERHEAD;
+                if d.len() > TUN_WRITE_SLOT - at {
+                    DropCounters::bump(&shared.drops.malformed);
+                    return;
+                }
+                let slot = &mut self.slots[self.k * TUN_WRITE_SLOT..(self.k + 1) * TUN_WRITE_SLOT];
+                slot[at..at + d.len()].copy_from_slice(d);
+                let mut p = PacketBuf::new(slot, at, at + d.len());
+                match key.open(now, &mut p) {
+                    Ok(Opened::Packet(_)) => {
+                        shared.mark_rx(now);
+                        if p.is_empty() {
+                            return;
+                        }
+                        if p.as_slice().starts_with(&OCC_MAGIC) {
+                            // OCC, not an IP packet: only EXIT matters here.
+                            if p.as_slice().get(16) == Some(&OCC_EXIT) {
+                                let _ = shared.to_control.try_send(ToControl::ServerExit);
+                            }
+                            return;
+                        }
+                        debug_assert_eq!(p.start(), TUN_WRITE_OFFSET);
+                        shared.rx_bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
+                        self.sizes[self.k] = p.len();
+                        self.k += 1;
+                    }
+                    Ok(Opened::Ping(_)) => {
+                        shared.mark_rx(now);
+                        shared.pings_rx.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let c = match e {
+                            DataError::Open(OpenError::Replay(_)) => &shared.drops.replayed,
+                            DataError::Open(OpenError::Auth) => &shared.drops.bad_mac,
+                            DataError::Open(OpenError::Expired(_)) => &shared.drops.expired_key,
+                            DataError::NotForThisKey(_) => &shared.drops.no_session,
+                            _ => &shared.drops.malformed,
+                        };
+                        DropCounters::bump(c);
+                    }
+                }
+            }
+            Opcode::DataV1 => DropCounters::bump(&shared.drops.other),
+            _ => {
+                if shared
+                    .to_control
+                    .try_send(ToControl::Control(d.to_vec()))
+                    .is_err()
+                {
+                    DropCounters::bump(&shared.drops.rate_limited);
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self, tun: &Tun, shared: &Shared) {
+        if self.k == 0 {
+            return;
+        }
+        let mut bufs: Vec<&mut [u8]> = self
+            .slots
+            .chunks_exact_mut(TUN_WRITE_SLOT)
+            .take(self.k)
+            .collect();
+        if let Err(e) = tun
+            .send_batch(&mut bufs, &self.sizes[..self.k], TUN_WRITE_OFFSET)
+            .await
+        {
+            tracing::debug!("{}: writing to the tun device: {e}", shared.name);
+        }
+        self.k = 0;
+    }
+}
+
+/// Receives the tunnel's UDP datagrams forever.
+pub async fn udp_to_tun(tun: Arc<Tun>, shared: Arc<Shared>, sock: Arc<polytun_io::UdpSocket>) {
+    let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
+    let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
+    let mut w = TunWriter::new();
+    let mut errors = 0u64;
+    loop {
+        let n = {
+            let mut iov: Vec<IoSliceMut<'_>> =
+                udp_bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match sock.recv_batch(&mut iov, &mut metas).await {
+                Ok(n) => n,
+                Err(e) => {
+                    errors += 1;
+                    if errors.is_power_of_two() {
+                        tracing::debug!("{}: udp receive: {e}", shared.name);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    continue;
+                }
+            }
+        };
+        let now = Instant::now();
+        let mut datagrams = metas[..n].iter().enumerate().flat_map(|(i, m)| {
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let len = m.len.min(UDP_BUF);
+            (0..len.div_ceil(stride.max(1))).map(move |s| {
+                let start = s * stride;
+                let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
+                (i, start, (start + stride).min(len), src)
+            })
+        });
+        loop {
+            let mut more = false;
+            {
+                let tables = shared.tables();
+                for (i, start, end, src) in datagrams.by_ref() {
+                    if src != shared.remote {
+                        // A client talks to its server only.
+                        DropCounters::bump(&shared.drops.bad_source);
+                        continue;
+                    }
+                    w.handle(&shared, &tables, &udp_bufs[i][start..end], now);
+                    if w.full() {
+                        more = true;
+                        break;
+                    }
+                }
+            }
+            w.flush(&tun, &shared).await;
+            if !more {
+                break;
+            }
+        }
+    }
+}
+
+/// Reads the tunnel's TCP connection until it closes; tells the control
+/// task why it ended.
+pub async fn tcp_to_tun(
+    tun: Arc<Tun>,
+    shared: Arc<Shared>,
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    conn: u64,
+) {
+    let mut dec = FrameDecoder::default();
+    let mut buf = vec![0u8; UDP_BUF];
+    let mut w = TunWriter::new();
+    let why = loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) => break "the server closed the TCP connection".to_string(),
+            Ok(n) => n,
+            Err(e) => break format!("TCP receive: {e}"),
+        };
+        dec.push(&buf[..n]);
+        let now = Instant::now();
+        let mut failed = None;
+        loop {
+            {
+                let tables = shared.tables();
+                loop {
+                    match dec.next_frame() {
+                        Ok(Some(f)) => w.handle(&shared, &tables, f, now),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break;
+                        }
+                    }
+                    if w.full() {
+                        break;
+                    }
+                }
+            }
+            let again = w.full() && failed.is_none();
+            w.flush(&tun, &shared).await;
+            if !again {
+                break;
+            }
+        }
+        if let Some(f) = failed {
+            break format!("TCP framing: {f}");
+        }
+    };
+    let _ = shared.to_control.send(ToControl::LinkDown(conn, why)).await;
+}
+
+/// Writes framed bytes to the TCP connection until the queue closes.
+pub async fn tcp_writer(
+    shared: Arc<Shared>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    conn: u64,
+) {
+    use tokio::io::AsyncWriteExt;
+    while let Some(b) = rx.recv().await {
+        if let Err(e) = wr.write_all(&b).await {
+            let _ = shared
+                .to_control
+                .send(ToControl::LinkDown(conn, format!("TCP send: {e}")))
+                .await;
+            break;
+        }
+    }
+}

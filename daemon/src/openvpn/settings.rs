@@ -1,0 +1,722 @@
+//! OpenVPN tunnel settings: from `[[tunnel]]` fields of the TOML config or
+//! from a standard `.ovpn` client file (`config = "client.ovpn"`).
+//!
+//! Everything is checked here (PEM certificates and keys parse, the static
+//! key file parses, cipher names are known), so a bad value is reported
+//! with its file, line and field before anything starts.
+
+use crate::config::ConfigError;
+use polytun_openvpn::data::Cipher;
+use polytun_openvpn::static_key::StaticKey;
+use polytun_openvpn::wrap::Digest;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+pub const DEFAULT_PORT: u16 = 1194;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// Control-channel protection and its static key (file text, validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyMode {
+    None,
+    TlsCrypt(Zeroizing<String>),
+    TlsAuth {
+        key: Zeroizing<String>,
+        direction: Option<u8>,
+        digest: Digest,
+    },
+}
+
+impl KeyMode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyMode::None => "none",
+            KeyMode::TlsCrypt(_) => "tls-crypt",
+            KeyMode::TlsAuth { .. } => "tls-auth",
+        }
+    }
+}
+
+/// A validated OpenVPN client tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenVpn {
+    pub remote: SocketAddr,
+    pub transport: Transport,
+    /// CA certificates (PEM); None with `peer_fingerprints`.
+    pub ca: Option<String>,
+    pub cert: String,
+    pub key: Zeroizing<String>,
+    pub key_mode: KeyMode,
+    pub data_ciphers: Vec<Cipher>,
+    pub peer_fingerprints: Vec<[u8; 32]>,
+    pub hand_window: Duration,
+    /// Client-side `ping` / `ping-restart` (the server's push overrides).
+    pub ping: Option<u32>,
+    pub ping_restart: Option<u32>,
+    /// Where the settings came from (a .ovpn file), for messages.
+    pub source: Option<PathBuf>,
+}
+
+/// The `[[tunnel]]` fields an OpenVPN tunnel uses, as written.
+#[derive(Debug, Default)]
+pub struct RawFields<'a> {
+    pub role: Option<&'a str>,
+    pub config: Option<&'a Path>,
+    pub remote: Option<&'a str>,
+    pub proto: Option<&'a str>,
+    pub ca: Option<&'a Path>,
+    pub cert: Option<&'a Path>,
+    pub key: Option<&'a Path>,
+    pub tls_crypt: Option<&'a Path>,
+    pub tls_auth: Option<&'a Path>,
+    pub key_direction: Option<u8>,
+    pub data_ciphers: Option<&'a [String]>,
+    pub peer_fingerprint: Option<&'a [String]>,
+    pub hand_window: Option<u32>,
+}
+
+/// One value and where it was written: a TOML field, or a .ovpn line.
+#[derive(Clone, Debug)]
+enum Src {
+    Toml(&'static str),
+    Ovpn { line: usize, option: String },
+}
+
+/// Either a path to read or text given inline (`<ca>...</ca>`).
+#[derive(Clone, Debug)]
+enum Material {
+    Path(PathBuf),
+    Inline(String),
+}
+
+#[derive(Default)]
+struct Collected {
+    remote: Option<(String, Src)>,
+    proto: Option<(String, Src)>,
+    ca: Option<(Material, Src)>,
+    cert: Option<(Material, Src)>,
+    key: Option<(Material, Src)>,
+    tls_crypt: Option<(Material, Src)>,
+    tls_auth: Option<(Material, Src)>,
+    key_direction: Option<(u8, Src)>,
+    auth: Option<(String, Src)>,
+    data_ciphers: Option<(Vec<String>, Src)>,
+    fingerprints: Vec<(String, Src)>,
+    hand_window: Option<u32>,
+    ping: Option<u32>,
+    ping_restart: Option<u32>,
+}
+
+/// Builds the settings; `toml_err(field, message)` makes an error for a
+/// TOML field; `base` is the directory relative paths are taken from.
+pub fn build(
+    raw: &RawFields<'_>,
+    base: &Path,
+    toml_err: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<OpenVpn, ConfigError> {
+    if let Some(r) = raw.role {
+        if r != "client" {
+            return Err(toml_err(
+                "role",
+                format!("`{r}`: only `client` is implemented for OpenVPN so far"),
+            ));
+        }
+    }
+    let mut c = Collected::default();
+    let mut source = None;
+    if let Some(p) = raw.config {
+        let p = abs(base, p);
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| toml_err("config", format!("cannot read {}: {e}", p.display())))?;
+        parse_ovpn(&p, &text, &mut c)?;
+        source = Some(p);
+    }
+    // TOML fields (override the .ovpn file's values).
+    let t = |f: &'static str| Src::Toml(f);
+    let mat = |p: Option<&Path>, f: &'static str| p.map(|p| (Material::Path(abs(base, p)), t(f)));
+    if let Some(r) = raw.remote {
+        c.remote = Some((r.to_string(), t("remote")));
+    }
+    if let Some(r) = raw.proto {
+        c.proto = Some((r.to_string(), t("proto")));
+    }
+    c.ca = mat(raw.ca, "ca").or(c.ca);
+    c.cert = mat(raw.cert, "cert").or(c.cert);
+    c.key = mat(raw.key, "key").or(c.key);
+    c.tls_crypt = mat(raw.tls_crypt, "tls_crypt").or(c.tls_crypt);
+    c.tls_auth = mat(raw.tls_auth, "tls_auth").or(c.tls_auth);
+    if let Some(d) = raw.key_direction {
+        c.key_direction = Some((d, t("key_direction")));
+    }
+    if let Some(d) = raw.data_ciphers {
+        c.data_ciphers = Some((d.to_vec(), t("data_ciphers")));
+    }
+    if let Some(f) = raw.peer_fingerprint {
+        c.fingerprints = f
+            .iter()
+            .map(|s| (s.clone(), t("peer_fingerprint")))
+            .collect();
+    }
+    if let Some(h) = raw.hand_window {
+        c.hand_window = Some(h);
+    }
+    finish(c, source, base, toml_err)
+}
+
+fn abs(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn finish(
+    c: Collected,
+    source: Option<PathBuf>,
+    base: &Path,
+    toml_err: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<OpenVpn, ConfigError> {
+    let err = |src: &Src, msg: String| -> ConfigError {
+        match src {
+            Src::Toml(f) => toml_err(f, msg),
+            Src::Ovpn { line, option } => ConfigError {
+                file: source.clone().unwrap_or_default(),
+                line: Some(*line),
+                field: option.clone(),
+                message: msg,
+            },
+        }
+    };
+    let missing = |what: &'static str, ovpn: &str| {
+        toml_err(
+            what,
+            format!("missing: an OpenVPN client needs `{what}` (or `{ovpn}` in the .ovpn file)"),
+        )
+    };
+    let transport = match &c.proto {
+        None => Transport::Udp,
+        Some((p, src)) => match p.as_str() {
+            "udp" | "udp4" | "udp6" => Transport::Udp,
+            "tcp" | "tcp4" | "tcp6" | "tcp-client" | "tcp4-client" | "tcp6-client" => {
+                Transport::Tcp
+            }
+            other => {
+                return Err(err(
+                    src,
+                    format!("`{other}`: expected `udp` or `tcp` (a client)"),
+                ))
+            }
+        },
+    };
+    let (remote, rsrc) = c
+        .remote
+        .clone()
+        .ok_or_else(|| missing("remote", "remote"))?;
+    let remote = resolve(&remote).map_err(|m| err(&rsrc, m))?;
+    let read = |m: &(Material, Src)| -> Result<Zeroizing<String>, ConfigError> {
+        match &m.0 {
+            Material::Inline(s) => Ok(Zeroizing::new(s.clone())),
+            Material::Path(p) => std::fs::read_to_string(abs(base, p))
+                .map(Zeroizing::new)
+                .map_err(|e| err(&m.1, format!("cannot read {}: {e}", p.display()))),
+        }
+    };
+    let cert_m = c.cert.as_ref().ok_or_else(|| missing("cert", "cert"))?;
+    let cert = read(cert_m)?;
+    if parse_certs(&cert).is_empty() {
+        return Err(err(&cert_m.1, "no PEM certificate found".into()));
+    }
+    let key_m = c.key.as_ref().ok_or_else(|| missing("key", "key"))?;
+    let key = read(key_m)?;
+    PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| {
+        err(
+            &key_m.1,
+            format!("no usable PEM private key (PKCS#8, SEC1 or PKCS#1): {e}"),
+        )
+    })?;
+    let ca = match &c.ca {
+        Some(m) => {
+            let ca = read(m)?;
+            if parse_certs(&ca).is_empty() {
+                return Err(err(&m.1, "no PEM certificate found".into()));
+            }
+            Some(ca.to_string())
+        }
+        None => None,
+    };
+    let mut peer_fingerprints = Vec::new();
+    for (f, src) in &c.fingerprints {
+        peer_fingerprints.push(parse_fingerprint(f).map_err(|m| err(src, m))?);
+    }
+    if ca.is_none() && peer_fingerprints.is_empty() {
+        return Err(missing("ca", "ca"));
+    }
+    let static_key = |m: &(Material, Src)| -> Result<Zeroizing<String>, ConfigError> {
+        let text = read(m)?;
+        StaticKey::parse(&text)
+            .map_err(|e| err(&m.1, format!("not an OpenVPN static key: {e}")))?;
+        Ok(text)
+    };
+    let digest = match &c.auth {
+        None => Digest::Sha1,
+        Some((a, src)) => Digest::from_name(a).ok_or_else(|| {
+            err(
+                src,
+                format!("`{a}`: supported digests are SHA1, SHA256, SHA512"),
+            )
+        })?,
+    };
+    let key_mode = match (&c.tls_crypt, &c.tls_auth) {
+        (Some(_), Some(m)) => {
+            return Err(err(
+                &m.1,
+                "set either tls-crypt or tls-auth, not both".into(),
+            ))
+        }
+        (Some(m), None) => KeyMode::TlsCrypt(static_key(m)?),
+        (None, Some(m)) => {
+            let direction = match &c.key_direction {
+                Some((d, src)) if *d > 1 => {
+                    return Err(err(src, format!("{d}: key direction is 0 or 1")))
+                }
+                Some((d, _)) => Some(*d),
+                None => None,
+            };
+            KeyMode::TlsAuth {
+                key: static_key(m)?,
+                direction,
+                digest,
+            }
+        }
+        (None, None) => KeyMode::None,
+    };
+    let data_ciphers = match &c.data_ciphers {
+        None => vec![
+            Cipher::Aes256Gcm,
+            Cipher::Aes128Gcm,
+            Cipher::ChaCha20Poly1305,
+        ],
+        Some((list, src)) => {
+            let mut v = Vec::new();
+            for name in list
+                .iter()
+                .flat_map(|s| s.split(':'))
+                .filter(|s| !s.is_empty())
+            {
+                let cph = Cipher::from_name(name).ok_or_else(|| {
+                    err(
+                        src,
+                        format!(
+                            "unknown or unsupported data cipher `{name}` (supported: {})",
+                            Cipher::list_string(&Cipher::ALL)
+                        ),
+                    )
+                })?;
+                if !v.contains(&cph) {
+                    v.push(cph);
+                }
+            }
+            if v.is_empty() {
+                return Err(err(src, "empty cipher list".into()));
+            }
+            v
+        }
+    };
+    let hand_window = Duration::from_secs(u64::from(c.hand_window.unwrap_or(60).max(1)));
+    Ok(OpenVpn {
+        remote,
+        transport,
+        ca,
+        cert: cert.to_string(),
+        key,
+        key_mode,
+        data_ciphers,
+        peer_fingerprints,
+        hand_window,
+        ping: c.ping,
+        ping_restart: c.ping_restart,
+        source,
+    })
+}
+
+pub fn parse_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect()
+}
+
+fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    let bad = || format!("`{s}` is not a SHA-256 fingerprint (32 hex bytes, colon-separated)");
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    let with_port = if s
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        s.to_string()
+    } else {
+        format!("{s}:{DEFAULT_PORT}")
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{s}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{s}` resolves to no address"))
+}
+
+/// Options of a client .ovpn that need no action here (polytun behaves
+/// that way anyway, or they only concern OpenVPN's own process).
+const HARMLESS: &[&str] = &[
+    "client",
+    "tls-client",
+    "pull",
+    "nobind",
+    "persist-key",
+    "persist-tun",
+    "verb",
+    "mute",
+    "mute-replay-warnings",
+    "resolv-retry",
+    "auth-nocache",
+    "connect-retry",
+    "connect-retry-max",
+    "remote-random",
+    "float",
+    "fast-io",
+    "sndbuf",
+    "rcvbuf",
+    "server-poll-timeout",
+    "tun-mtu",
+    "mssfix",
+    "explicit-exit-notify",
+    "suppress-timestamps",
+    "machine-readable-output",
+    "setenv",
+    "ignore-unknown-option",
+    "data-ciphers-fallback",
+];
+
+fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigError> {
+    let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let e = |line: usize, option: &str, message: String| ConfigError {
+        file: file.to_path_buf(),
+        line: Some(line),
+        field: option.to_string(),
+        message,
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    let mut remotes = 0;
+    while i < lines.len() {
+        let ln = i + 1;
+        let l = lines[i].trim();
+        i += 1;
+        if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
+            continue;
+        }
+        // Inline blocks: <ca> ... </ca>
+        if let Some(tag) = l.strip_prefix('<').and_then(|r| r.strip_suffix('>')) {
+            let close = format!("</{tag}>");
+            let mut body = String::new();
+            loop {
+                let Some(b) = lines.get(i) else {
+                    return Err(e(ln, tag, format!("<{tag}> block without {close}")));
+                };
+                i += 1;
+                if b.trim() == close {
+                    break;
+                }
+                body.push_str(b);
+                body.push('\n');
+            }
+            let src = Src::Ovpn {
+                line: ln,
+                option: tag.to_string(),
+            };
+            let m = Some((Material::Inline(body.clone()), src.clone()));
+            match tag {
+                "ca" => c.ca = m,
+                "cert" => c.cert = m,
+                "key" => c.key = m,
+                "tls-crypt" => c.tls_crypt = m,
+                "tls-auth" => c.tls_auth = m,
+                "peer-fingerprint" => {
+                    for f in body.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                        c.fingerprints.push((f.to_string(), src.clone()));
+                    }
+                }
+                other => {
+                    return Err(e(
+                        ln,
+                        other,
+                        format!("inline <{other}> is not supported by polytun"),
+                    ))
+                }
+            }
+            continue;
+        }
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let opt = words[0].trim_start_matches("--");
+        let args = &words[1..];
+        let src = Src::Ovpn {
+            line: ln,
+            option: opt.to_string(),
+        };
+        let arg = |n: usize| -> Result<&str, ConfigError> {
+            args.get(n)
+                .copied()
+                .ok_or_else(|| e(ln, opt, format!("`{opt}` needs an argument")))
+        };
+        let path_or_inline = |a: &str| -> Material {
+            if a == "[inline]" {
+                Material::Inline(String::new()) // replaced by the block
+            } else {
+                Material::Path(abs(&dir, Path::new(a)))
+            }
+        };
+        let set_mat = |slot: &mut Option<(Material, Src)>, a: &str| {
+            // `ca [inline]` before its block: keep the block if it came first.
+            if a == "[inline]" && slot.is_some() {
+                return;
+            }
+            *slot = Some((path_or_inline(a), src.clone()));
+        };
+        let num = |n: usize| -> Result<u32, ConfigError> {
+            let a = arg(n)?;
+            a.parse()
+                .map_err(|_| e(ln, opt, format!("`{a}` is not a number")))
+        };
+        match opt {
+            "dev" => {
+                let d = arg(0)?;
+                if !d.starts_with("tun") {
+                    return Err(e(
+                        ln,
+                        opt,
+                        format!("`dev {d}`: polytun supports only `dev tun` (layer 3)"),
+                    ));
+                }
+            }
+            "dev-type" => {
+                if arg(0)? != "tun" {
+                    return Err(e(ln, opt, "polytun supports only `dev-type tun`".into()));
+                }
+            }
+            "proto" => c.proto = Some((arg(0)?.to_string(), src.clone())),
+            "remote" => {
+                remotes += 1;
+                if remotes > 1 {
+                    return Err(e(
+                        ln,
+                        opt,
+                        "more than one `remote`: polytun connects to one server per tunnel".into(),
+                    ));
+                }
+                let host = arg(0)?;
+                let port = args.get(1).copied().unwrap_or("1194");
+                let hp = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                c.remote = Some((hp, src.clone()));
+                if let Some(p) = args.get(2) {
+                    c.proto = Some((p.to_string(), src.clone()));
+                }
+            }
+            "port" | "rport" => {
+                let p = arg(0)?;
+                if let Some((r, s)) = &mut c.remote {
+                    if let Some((h, _)) = r.rsplit_once(':') {
+                        *r = format!("{h}:{p}");
+                    }
+                    *s = src.clone();
+                }
+            }
+            "ca" => set_mat(&mut c.ca, arg(0)?),
+            "cert" => set_mat(&mut c.cert, arg(0)?),
+            "key" => set_mat(&mut c.key, arg(0)?),
+            "tls-crypt" => set_mat(&mut c.tls_crypt, arg(0)?),
+            "tls-auth" => {
+                set_mat(&mut c.tls_auth, arg(0)?);
+                if let Some(d) = args.get(1) {
+                    let d = d
+                        .parse()
+                        .map_err(|_| e(ln, opt, format!("`{d}`: key direction is 0 or 1")))?;
+                    c.key_direction = Some((d, src.clone()));
+                }
+            }
+            "key-direction" => {
+                let d = arg(0)?;
+                let d = d
+                    .parse()
+                    .map_err(|_| e(ln, opt, format!("`{d}`: key direction is 0 or 1")))?;
+                c.key_direction = Some((d, src.clone()));
+            }
+            "auth" => c.auth = Some((arg(0)?.to_string(), src.clone())),
+            "data-ciphers" | "ncp-ciphers" => {
+                c.data_ciphers = Some((vec![arg(0)?.to_string()], src.clone()))
+            }
+            "cipher" => {
+                // Only used by OpenVPN 2.6 as a fallback for old servers;
+                // accepted when it names a cipher polytun can negotiate.
+                let a = arg(0)?;
+                if Cipher::from_name(a).is_none() {
+                    return Err(e(
+                        ln,
+                        opt,
+                        format!(
+                            "`cipher {a}`: polytun negotiates only {} (data-ciphers)",
+                            Cipher::list_string(&Cipher::ALL)
+                        ),
+                    ));
+                }
+            }
+            "remote-cert-tls" => {
+                if arg(0)? != "server" {
+                    return Err(e(
+                        ln,
+                        opt,
+                        "a client can only require `remote-cert-tls server`".into(),
+                    ));
+                }
+            }
+            "peer-fingerprint" => {
+                let a = arg(0)?;
+                if a != "[inline]" {
+                    c.fingerprints.push((a.to_string(), src.clone()));
+                }
+            }
+            "tls-version-min" => {
+                let v = arg(0)?;
+                if v != "1.2" && v != "1.3" {
+                    return Err(e(ln, opt, format!("`{v}`: polytun speaks TLS 1.2 and 1.3")));
+                }
+            }
+            "hand-window" => c.hand_window = Some(num(0)?),
+            "ping" => c.ping = Some(num(0)?),
+            "ping-restart" => c.ping_restart = Some(num(0)?),
+            "keepalive" => {
+                c.ping = Some(num(0)?);
+                c.ping_restart = Some(num(1)?);
+            }
+            o if HARMLESS.contains(&o) => {}
+            o => {
+                return Err(e(
+                    ln,
+                    o,
+                    format!(
+                        "option `{o}` is not supported by polytun (line: `{l}`); remove it or \
+                         configure the tunnel in TOML"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terr(f: &'static str, m: String) -> ConfigError {
+        ConfigError {
+            file: "t.toml".into(),
+            line: None,
+            field: f.into(),
+            message: m,
+        }
+    }
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIUJ4vC4gpjUcsrO1YQmMY3HZ0hm4kwCgYIKoZIzj0EAwIw\nETEPMA0GA1UEAwwGcG92LWNhMB4XDTI0MDEwMTAwMDAwMFoXDTM0MDEwMTAwMDAw\nMFowETEPMA0GA1UEAwwGcG92LWNhMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn ovpn_errors_name_the_line() {
+        let dir = std::env::temp_dir().join(format!("pt-ovpn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.ovpn");
+        std::fs::write(&p, "client\ndev tun\nproto udp\ncomp-lzo yes\n").unwrap();
+        let raw = RawFields {
+            config: Some(&p),
+            ..Default::default()
+        };
+        let e = build(&raw, &dir, &terr).unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert_eq!(e.field, "comp-lzo");
+        assert!(e.message.contains("not supported"), "{e}");
+        std::fs::write(&p, "client\ndev tap\n").unwrap();
+        let e = build(&raw, &dir, &terr).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(2), "dev"), "{e}");
+        std::fs::write(&p, "client\nremote 192.0.2.1 1194\n<ca>\n").unwrap();
+        let e = build(&raw, &dir, &terr).unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        std::fs::write(
+            &p,
+            format!("remote 192.0.2.1 1194 udp\n<cert>\n{CERT}</cert>\nkey /nonexistent/k.pem\n"),
+        )
+        .unwrap();
+        let e = build(&raw, &dir, &terr).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(9), "key"), "{e}");
+        assert!(e.message.contains("cannot read"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn toml_fields_and_values() {
+        let e = build(&RawFields::default(), Path::new("/"), &terr).unwrap_err();
+        assert_eq!(e.field, "remote");
+        let e = build(
+            &RawFields {
+                remote: Some("192.0.2.1:1194"),
+                proto: Some("sctp"),
+                ..Default::default()
+            },
+            Path::new("/"),
+            &terr,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "proto");
+        assert_eq!(resolve("192.0.2.1").unwrap().port(), 1194);
+        assert!(parse_fingerprint("zz").is_err());
+        assert_eq!(
+            parse_fingerprint(&["ab"; 32].join(":")).unwrap(),
+            [0xab; 32]
+        );
+    }
+}

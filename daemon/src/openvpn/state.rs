@@ -1,0 +1,129 @@
+//! What an OpenVPN tunnel's data path reads and its control task writes.
+//! The data path takes the read lock once per batch; the control task
+//! takes the write lock only when keys or routes change.
+
+use crate::wg::state::DropCounters;
+use ipnet::IpNet;
+use polytun_core::PrefixTable;
+use polytun_io::UdpSocket;
+use polytun_openvpn::data::DataChannelKey;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Key-ids are 3 bits.
+pub const KEY_SLOTS: usize = 8;
+
+#[derive(Default)]
+pub struct Tables {
+    /// The key outbound packets are sealed with.
+    pub current: Option<Arc<DataChannelKey>>,
+    /// Keys inbound packets are opened with, by key-id.
+    pub keys: [Option<Arc<DataChannelKey>>; KEY_SLOTS],
+    /// Inner destinations this tunnel carries (pushed routes, the virtual
+    /// subnet): picks the tunnel when one interface has several.
+    pub routes: PrefixTable<()>,
+}
+
+/// How outbound packets leave: a UDP socket, or the TCP connection's
+/// writer queue (already framed bytes).
+pub enum Link {
+    Udp(Arc<UdpSocket>),
+    Tcp(mpsc::Sender<Vec<u8>>),
+}
+
+/// What the data path tells the control task.
+#[derive(Debug)]
+pub enum ToControl {
+    /// A control-channel packet from the server.
+    Control(Vec<u8>),
+    /// The server sent OCC_EXIT (its explicit-exit-notify).
+    ServerExit,
+    /// TCP connection number `.0` closed or failed.
+    LinkDown(u64, String),
+}
+
+pub struct Shared {
+    pub name: String,
+    pub remote: SocketAddr,
+    pub tables: RwLock<Tables>,
+    pub link: RwLock<Option<Arc<Link>>>,
+    pub drops: DropCounters,
+    /// Keepalive pings received (not written to the TUN).
+    pub pings_rx: AtomicU64,
+    pub to_control: mpsc::Sender<ToControl>,
+    pub rx_bytes: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last authenticated data packet in
+    /// and of the last data packet out (keepalive timers).
+    last_rx: AtomicU64,
+    last_tx: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(name: String, remote: SocketAddr, to_control: mpsc::Sender<ToControl>) -> Self {
+        Self {
+            name,
+            remote,
+            tables: RwLock::new(Tables::default()),
+            link: RwLock::new(None),
+            drops: DropCounters::default(),
+            pings_rx: AtomicU64::new(0),
+            to_control,
+            rx_bytes: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            epoch: Instant::now(),
+            last_rx: AtomicU64::new(0),
+            last_tx: AtomicU64::new(0),
+        }
+    }
+
+    pub fn tables(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn tables_mut(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn link(&self) -> Option<Arc<Link>> {
+        self.link.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_link(&self, l: Option<Arc<Link>>) {
+        *self.link.write().unwrap_or_else(|e| e.into_inner()) = l;
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    pub fn mark_rx(&self, now: Instant) {
+        self.last_rx.store(self.ms(now), Ordering::Relaxed);
+    }
+
+    pub fn mark_tx(&self, now: Instant) {
+        self.last_tx.store(self.ms(now), Ordering::Relaxed);
+    }
+
+    pub fn last_rx(&self) -> Instant {
+        self.epoch + std::time::Duration::from_millis(self.last_rx.load(Ordering::Relaxed))
+    }
+
+    pub fn last_tx(&self) -> Instant {
+        self.epoch + std::time::Duration::from_millis(self.last_tx.load(Ordering::Relaxed))
+    }
+
+    /// Routes carried by this tunnel, for show.
+    pub fn route_list(&self) -> Vec<IpNet> {
+        let mut v: Vec<IpNet> = self.tables().routes.iter().map(|(n, _)| n).collect();
+        v.sort();
+        v
+    }
+}
+
+/// The OpenVPN tunnels of an interface (the TUN reader dispatches to them).
+pub type TunnelSet = Arc<RwLock<Vec<Arc<Shared>>>>;

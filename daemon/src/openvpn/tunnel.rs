@@ -1,0 +1,632 @@
+//! One OpenVPN client tunnel's control task: it owns the protocol
+//! [`Session`], its timers, the link (UDP socket or TCP connection), the
+//! reconnect back-off and the pushed settings applied to the TUN; it is the
+//! only writer of the tables the data path reads.
+
+use super::datapath;
+use super::settings::{parse_certs, KeyMode, OpenVpn, Transport};
+use super::state::{Link, Shared, ToControl};
+use crate::control::{OpenVpnShow, TunnelShow};
+use ipnet::IpNet;
+use polytun_core::Limits;
+use polytun_io::{RouteOptions, Tun, UdpSocket};
+use polytun_openvpn::push::PushReply;
+use polytun_openvpn::reliable::ReliableConfig;
+use polytun_openvpn::session::{
+    Event, Output, Role, Session, SessionConfig, SessionError, DEFAULT_CONTROL_MTU,
+};
+use polytun_openvpn::static_key::{KeyDirection, StaticKey};
+use polytun_openvpn::tls::{self, PeerVerification, TlsIdentity};
+use polytun_openvpn::wrap::ControlWrap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivateKeyDer;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+const CONTROL_QUEUE: usize = 1024;
+const TCP_QUEUE: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const TICK: Duration = Duration::from_secs(1);
+
+pub enum TunnelCommand {
+    Show(oneshot::Sender<TunnelShow>),
+    /// Starts a new session (hard reset; soft-reset renegotiation is not
+    /// built yet).
+    Rekey(oneshot::Sender<Result<usize, String>>),
+    Shutdown,
+}
+
+pub struct TunnelHandle {
+    pub name: String,
+    pub shared: Arc<Shared>,
+    pub commands: mpsc::Sender<TunnelCommand>,
+    pub task: JoinHandle<()>,
+}
+
+fn bind_udp() -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0))
+        .or_else(|_| UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)))
+}
+
+/// The rustls client configuration of these settings.
+fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let verify = match &s.ca {
+        Some(ca) => PeerVerification::Ca(parse_certs(ca)),
+        None => PeerVerification::Fingerprints(s.peer_fingerprints.clone()),
+    };
+    let id = TlsIdentity {
+        cert_chain: parse_certs(&s.cert),
+        key: PrivateKeyDer::from_pem_slice(s.key.as_bytes())?,
+        verify,
+        allow_tls12: true,
+    };
+    Ok(tls::client_config(&id)?)
+}
+
+fn control_wrap(s: &OpenVpn) -> ControlWrap {
+    // Validated when the config was loaded.
+    match &s.key_mode {
+        KeyMode::None => ControlWrap::none(),
+        KeyMode::TlsCrypt(k) => {
+            ControlWrap::tls_crypt(&StaticKey::parse(k).expect("validated static key"), false)
+        }
+        KeyMode::TlsAuth {
+            key,
+            direction,
+            digest,
+        } => ControlWrap::tls_auth(
+            &StaticKey::parse(key).expect("validated static key"),
+            KeyDirection::from_config(*direction).expect("validated direction"),
+            *digest,
+        ),
+    }
+}
+
+pub fn spawn(name: &str, settings: OpenVpn, tun: Arc<Tun>) -> anyhow::Result<TunnelHandle> {
+    let tls = tls_config(&settings)
+        .map_err(|e| anyhow::anyhow!("tunnel {name}: certificate or key unusable: {e}"))?;
+    let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
+    let shared = Arc::new(Shared::new(name.to_string(), settings.remote, to_control));
+    let mut link_tasks = Vec::new();
+    if settings.transport == Transport::Udp {
+        let sock =
+            Arc::new(bind_udp().map_err(|e| anyhow::anyhow!("tunnel {name}: UDP socket: {e}"))?);
+        shared.set_link(Some(Arc::new(Link::Udp(sock.clone()))));
+        link_tasks.push(tokio::spawn(datapath::udp_to_tun(
+            tun.clone(),
+            shared.clone(),
+            sock,
+        )));
+    }
+    let (commands, cmd_rx) = mpsc::channel(16);
+    let mut ctl = Control {
+        name: name.to_string(),
+        settings,
+        tls,
+        tun,
+        shared: shared.clone(),
+        session: None,
+        state: State::Idle,
+        backoff: BACKOFF_MIN,
+        reconnect_at: Some(Instant::now()),
+        attempts: 0,
+        next_tick: Instant::now(),
+        answered: false,
+        wrap_errors: 0,
+        push: None,
+        applied_addrs: Vec::new(),
+        applied_routes: Vec::new(),
+        tls_version: None,
+        connected_since: None,
+        last_error: None,
+        link_tasks,
+        tcp_tasks: Vec::new(),
+    };
+    let task = tokio::spawn(async move { ctl.run(from_data, cmd_rx).await });
+    Ok(TunnelHandle {
+        name: name.to_string(),
+        shared,
+        commands,
+        task,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    Connecting,
+    Connected,
+}
+
+struct Control {
+    name: String,
+    settings: OpenVpn,
+    tls: Arc<rustls::ClientConfig>,
+    tun: Arc<Tun>,
+    shared: Arc<Shared>,
+    session: Option<Session>,
+    state: State,
+    backoff: Duration,
+    reconnect_at: Option<Instant>,
+    attempts: u64,
+    /// When `ping` / `ping-restart` are checked next.
+    next_tick: Instant,
+    /// Did the server send anything we could authenticate this attempt?
+    answered: bool,
+    wrap_errors: u64,
+    push: Option<PushReply>,
+    applied_addrs: Vec<(IpAddr, u8)>,
+    applied_routes: Vec<(IpAddr, u8)>,
+    tls_version: Option<String>,
+    connected_since: Option<SystemTime>,
+    last_error: Option<String>,
+    link_tasks: Vec<JoinHandle<()>>,
+    tcp_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        for t in self.link_tasks.drain(..).chain(self.tcp_tasks.drain(..)) {
+            t.abort();
+        }
+    }
+}
+
+fn mask_prefix(m: Ipv4Addr) -> u8 {
+    u32::from(m).leading_ones() as u8
+}
+
+impl Control {
+    async fn run(
+        &mut self,
+        mut from_data: mpsc::Receiver<ToControl>,
+        mut commands: mpsc::Receiver<TunnelCommand>,
+    ) {
+        loop {
+            let deadline = [
+                self.session.as_ref().and_then(Session::poll_timeout),
+                self.reconnect_at,
+                (self.state == State::Connected).then_some(self.next_tick),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = from_data.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.on_data(msg);
+                    while let Ok(msg) = from_data.try_recv() {
+                        self.on_data(msg);
+                        self.process_outputs();
+                    }
+                }
+                cmd = commands.recv() => match cmd {
+                    None | Some(TunnelCommand::Shutdown) => break,
+                    Some(TunnelCommand::Show(tx)) => { let _ = tx.send(self.show()); }
+                    Some(TunnelCommand::Rekey(tx)) => {
+                        tracing::info!("tunnel {}: new session on request (hard reset)", self.name);
+                        self.restart("restarted on request".into(), Duration::ZERO);
+                        let _ = tx.send(Ok(1));
+                    }
+                },
+                _ = sleep => self.on_timer().await,
+            }
+            self.process_outputs();
+        }
+        if self.state == State::Connected && self.settings.transport == Transport::Udp {
+            // explicit-exit-notify: the server drops this client at once
+            // instead of waiting for its ping-restart.
+            let now = Instant::now();
+            let sent = (0..2)
+                .filter(|_| datapath::send_exit_notify(&self.shared, now))
+                .count();
+            tracing::info!("tunnel {}: sent explicit-exit-notify ({sent}x)", self.name);
+        }
+        self.teardown();
+        tracing::info!("tunnel {}: stopped", self.name);
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.reconnect_at.is_some_and(|t| now >= t) {
+            self.reconnect_at = None;
+            self.connect(now).await;
+            return;
+        }
+        if let Some(s) = self.session.as_mut() {
+            s.handle_timeout(now);
+        }
+        if self.state == State::Connected && now >= self.next_tick {
+            // A fixed schedule: commands and packets waking the loop must
+            // not push the keepalive check away.
+            self.next_tick = now + TICK;
+            self.keepalive(now);
+        }
+    }
+
+    /// `ping`: send a keepalive when nothing went out for that long;
+    /// `ping-restart`: reconnect when nothing came in for that long.
+    fn keepalive(&mut self, now: Instant) {
+        let push = self.push.as_ref();
+        let ping = push.and_then(|p| p.ping).or(self.settings.ping);
+        let restart = push
+            .and_then(|p| p.ping_restart)
+            .or(self.settings.ping_restart);
+        if let Some(p) = ping.filter(|p| *p > 0) {
+            if now.saturating_duration_since(self.shared.last_tx()) >= Duration::from_secs(p.into())
+            {
+                datapath::send_ping(&self.shared, now);
+            }
+        }
+        tracing::trace!(
+            "tunnel {}: keepalive: last rx {:?} ago, last tx {:?} ago",
+            self.name,
+            now.saturating_duration_since(self.shared.last_rx()),
+            now.saturating_duration_since(self.shared.last_tx())
+        );
+        if let Some(r) = restart.filter(|r| *r > 0) {
+            if now.saturating_duration_since(self.shared.last_rx()) > Duration::from_secs(r.into())
+            {
+                self.restart(
+                    format!("no packet from the server for {r} s (ping-restart)"),
+                    BACKOFF_MIN,
+                );
+            }
+        }
+    }
+
+    async fn connect(&mut self, now: Instant) {
+        self.attempts += 1;
+        self.answered = false;
+        self.wrap_errors = 0;
+        if self.settings.transport == Transport::Tcp {
+            let remote = self.settings.remote;
+            match tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(remote))
+                .await
+            {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (rd, wr) = stream.into_split();
+                    let (tx, rx) = mpsc::channel(TCP_QUEUE);
+                    self.shared.set_link(Some(Arc::new(Link::Tcp(tx))));
+                    self.tcp_tasks.push(tokio::spawn(datapath::tcp_to_tun(
+                        self.tun.clone(),
+                        self.shared.clone(),
+                        rd,
+                        self.attempts,
+                    )));
+                    self.tcp_tasks.push(tokio::spawn(datapath::tcp_writer(
+                        self.shared.clone(),
+                        wr,
+                        rx,
+                        self.attempts,
+                    )));
+                }
+                Ok(Err(e)) => return self.failed(format!("TCP connect to {remote}: {e}")),
+                Err(_) => return self.failed(format!("TCP connect to {remote}: timed out")),
+            }
+        }
+        tracing::info!(
+            "tunnel {}: connecting to {} over {} ({}, attempt {})",
+            self.name,
+            self.settings.remote,
+            self.settings.transport.name(),
+            self.settings.key_mode.name(),
+            self.attempts
+        );
+        let cfg = SessionConfig {
+            role: Role::Client(self.tls.clone()),
+            wrap: control_wrap(&self.settings),
+            ciphers: self.settings.data_ciphers.clone(),
+            udp: self.settings.transport == Transport::Udp,
+            control_mtu: DEFAULT_CONTROL_MTU,
+            reliable: ReliableConfig::default(),
+            data_limits: Limits::default(),
+        };
+        let mut s = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
+        s.set_hand_window(now, self.settings.hand_window);
+        self.session = Some(s);
+        self.state = State::Connecting;
+    }
+
+    fn on_data(&mut self, msg: ToControl) {
+        match msg {
+            ToControl::Control(p) => {
+                let now = Instant::now();
+                let Some(s) = self.session.as_mut() else {
+                    return;
+                };
+                match s.handle_packet(now, &p) {
+                    Ok(()) => self.answered = true,
+                    Err(SessionError::Wrap(e)) => {
+                        crate::wg::state::DropCounters::bump(&self.shared.drops.bad_mac);
+                        self.wrap_errors += 1;
+                        if self.wrap_errors == 1 {
+                            tracing::warn!(
+                                "tunnel {}: control packet from {} failed {} authentication: {e} \
+                                 (wrong key or key direction?)",
+                                self.name,
+                                self.settings.remote,
+                                self.settings.key_mode.name()
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        crate::wg::state::DropCounters::bump(&self.shared.drops.other);
+                        tracing::debug!("tunnel {}: control packet dropped: {e}", self.name);
+                    }
+                }
+            }
+            ToControl::ServerExit => {
+                if self.state == State::Connected {
+                    self.restart(
+                        "the server announced its exit (explicit-exit-notify)".into(),
+                        BACKOFF_MIN,
+                    );
+                }
+            }
+            ToControl::LinkDown(conn, why) => {
+                // (a late report from an earlier connection is stale)
+                if conn == self.attempts && self.state != State::Idle {
+                    self.restart(why, BACKOFF_MIN);
+                }
+            }
+        }
+    }
+
+    fn process_outputs(&mut self) {
+        let mut events = Vec::new();
+        if let Some(s) = self.session.as_mut() {
+            while let Some(o) = s.poll_output() {
+                match o {
+                    Output::Transmit(b) => {
+                        datapath::send_now(&self.shared, &b);
+                    }
+                    Output::InstallKey(k) => {
+                        let mut t = self.shared.tables_mut();
+                        t.keys[usize::from(k.key_id & 7)] = Some(k.clone());
+                        t.current = Some(k);
+                    }
+                    Output::Event(e) => events.push(e),
+                }
+            }
+        }
+        for e in events {
+            match e {
+                Event::TlsEstablished { version } => {
+                    tracing::info!(
+                        "tunnel {}: TLS established with {} ({version})",
+                        self.name,
+                        self.settings.remote
+                    );
+                    self.tls_version = Some(version);
+                }
+                Event::Connected { push } => self.connected(*push),
+                Event::Failed(why) => {
+                    let why = if !self.answered {
+                        format!(
+                            "{why} (no valid answer from the server: check remote, proto and the \
+                             {} key)",
+                            self.settings.key_mode.name()
+                        )
+                    } else {
+                        why
+                    };
+                    self.failed(format!("OpenVPN handshake failed: {why}"));
+                }
+            }
+        }
+    }
+
+    fn connected(&mut self, push: PushReply) {
+        let now = Instant::now();
+        self.state = State::Connected;
+        self.backoff = BACKOFF_MIN;
+        self.connected_since = Some(SystemTime::now());
+        self.last_error = None;
+        self.shared.mark_rx(now);
+        self.shared.mark_tx(now);
+        self.apply(&push);
+        let cipher = push.cipher.map_or("?", |c| c.name());
+        tracing::info!(
+            "tunnel {}: connected to {}: address {}, cipher {cipher}, peer-id {}, {} route(s), DNS [{}]",
+            self.name,
+            self.settings.remote,
+            self.virtual_address(&push).unwrap_or_else(|| "none".into()),
+            push.peer_id.map_or("none".to_string(), |p| p.to_string()),
+            push.routes.len(),
+            push.dns()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Some(v6) = &push.ifconfig_ipv6 {
+            tracing::warn!(
+                "tunnel {}: pushed ifconfig-ipv6 {v6} not applied (IPv6 inside OpenVPN tunnels is not supported yet)",
+                self.name
+            );
+        }
+        if !push.unknown.is_empty() {
+            tracing::warn!(
+                "tunnel {}: pushed options not applied by polytun: {}",
+                self.name,
+                push.unknown.join(", ")
+            );
+        }
+        self.push = Some(push);
+    }
+
+    fn virtual_address(&self, push: &PushReply) -> Option<String> {
+        let (local, b) = push.ifconfig?;
+        Some(if Self::is_subnet(push) {
+            format!("{local}/{}", mask_prefix(b))
+        } else {
+            format!("{local} peer {b}")
+        })
+    }
+
+    fn is_subnet(push: &PushReply) -> bool {
+        match push.topology.as_deref() {
+            Some("subnet") => true,
+            Some(_) => false,
+            None => push.ifconfig.is_some_and(|(_, b)| b.octets()[0] == 255),
+        }
+    }
+
+    /// ifconfig (topology subnet: address/mask; net30/p2p: address + a
+    /// route to the remote end) and routes, into the TUN.
+    fn apply(&mut self, push: &PushReply) {
+        let mut routes: Vec<(IpAddr, u8)> = Vec::new();
+        if let Some((local, b)) = push.ifconfig {
+            let (addr, prefix) = if Self::is_subnet(push) {
+                (local, mask_prefix(b))
+            } else {
+                routes.push((b.into(), 32));
+                (local, 32)
+            };
+            match self.tun.add_address(addr.into(), prefix) {
+                Ok(()) => self.applied_addrs.push((addr.into(), prefix)),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => tracing::warn!("tunnel {}: address {addr}/{prefix}: {e}", self.name),
+            }
+            if let Ok(n) = IpNet::new(addr.into(), prefix) {
+                self.shared.tables_mut().routes.insert(n.trunc(), ());
+            }
+        }
+        for r in &push.routes {
+            routes.push((r.network.into(), mask_prefix(r.netmask)));
+        }
+        for (dst, prefix) in routes {
+            let opts = RouteOptions {
+                replace: true,
+                ..RouteOptions::default()
+            };
+            match self.tun.add_route(dst, prefix, &opts) {
+                Ok(()) => self.applied_routes.push((dst, prefix)),
+                Err(e) => tracing::warn!("tunnel {}: route {dst}/{prefix}: {e}", self.name),
+            }
+            if let Ok(n) = IpNet::new(dst, prefix) {
+                self.shared.tables_mut().routes.insert(n.trunc(), ());
+            }
+        }
+    }
+
+    fn unapply(&mut self) {
+        let opts = RouteOptions::default();
+        for (dst, prefix) in self.applied_routes.drain(..) {
+            let _ = self.tun.remove_route(dst, prefix, &opts);
+        }
+        for (a, prefix) in self.applied_addrs.drain(..) {
+            let _ = self.tun.remove_address(a, prefix);
+        }
+        let mut t = self.shared.tables_mut();
+        t.current = None;
+        t.keys = Default::default();
+        t.routes = Default::default();
+    }
+
+    /// Ends the current session and link; the tables are emptied.
+    fn teardown(&mut self) {
+        self.session = None;
+        self.push = None;
+        self.connected_since = None;
+        self.state = State::Idle;
+        self.unapply();
+        if self.settings.transport == Transport::Tcp {
+            self.shared.set_link(None);
+            for t in self.tcp_tasks.drain(..) {
+                t.abort();
+            }
+        }
+    }
+
+    fn failed(&mut self, why: String) {
+        let wait = self.backoff;
+        tracing::error!(
+            "tunnel {}: {why}; retrying in {} s",
+            self.name,
+            wait.as_secs()
+        );
+        self.last_error = Some(why);
+        self.teardown();
+        self.reconnect_at = Some(Instant::now() + wait);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    fn restart(&mut self, why: String, wait: Duration) {
+        tracing::warn!("tunnel {}: {why}: reconnecting", self.name);
+        self.last_error = Some(why);
+        self.teardown();
+        self.reconnect_at = Some(Instant::now() + wait);
+    }
+
+    fn show(&self) -> TunnelShow {
+        let push = self.push.as_ref();
+        let key = self.shared.tables().current.clone();
+        let state = match self.state {
+            State::Idle => "waiting to reconnect",
+            State::Connecting => "connecting",
+            State::Connected => "connected",
+        };
+        let ovpn = OpenVpnShow {
+            role: "client".into(),
+            remote: self.settings.remote.to_string(),
+            transport: self.settings.transport.name().into(),
+            control_wrap: self.settings.key_mode.name().into(),
+            state: state.into(),
+            tls_version: self.tls_version.clone(),
+            peer_id: push.and_then(|p| p.peer_id),
+            virtual_address: push.and_then(|p| self.virtual_address(p)),
+            cipher: key.as_ref().map(|k| k.cipher.name().to_string()),
+            key_id: key.as_ref().map(|k| k.key_id),
+            routes: self
+                .shared
+                .route_list()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            dns: push
+                .map(|p| p.dns().iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+            rx_bytes: self
+                .shared
+                .rx_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            tx_bytes: self
+                .shared
+                .tx_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            pings_received: self
+                .shared
+                .pings_rx
+                .load(std::sync::atomic::Ordering::Relaxed),
+            connected_since_unix: self
+                .connected_since
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            last_error: self.last_error.clone(),
+        };
+        TunnelShow {
+            name: self.name.clone(),
+            protocol: "openvpn".into(),
+            listen_port: None,
+            public_key: None,
+            drops: self.shared.drops.snapshot(),
+            peers: Vec::new(),
+            openvpn: Some(ovpn),
+            ..Default::default()
+        }
+    }
+}

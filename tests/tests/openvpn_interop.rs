@@ -1,0 +1,325 @@
+//! Issue 4: polytund as an OpenVPN client against the real OpenVPN 2.6
+//! server, in network namespaces: UDP and TCP, tls-crypt and tls-auth, the
+//! three data ciphers; ping, a 50 MB checksummed TCP transfer, pushed route
+//! and DNS applied and shown; a wrong tls-crypt key fails cleanly.
+use polytun_e2e::openvpn::{self as ovpn, Client, KeyMode, Pki, Proto};
+use polytun_e2e::{ping, veth_pair, wait_ping, xfer, Netns, XFER_BYTES};
+use std::time::{Duration, Instant};
+
+/// Server in `s`, polytun client in `c`, connected over a veth pair.
+fn setup(test: &str) -> (Netns, Netns, Pki) {
+    let s = Netns::new(&format!("{test}s"));
+    let c = Netns::new(&format!("{test}c"));
+    let _ = veth_pair(&s, &c);
+    let pki = Pki::new(&s);
+    (s, c, pki)
+}
+
+fn session_test(test: &str, proto: Proto, mode: KeyMode, cipher: &str) {
+    let t0 = Instant::now();
+    let (s, c, pki) = setup(test);
+    let server = ovpn::start_server(
+        &s,
+        &ovpn::server_conf(&pki, "192.0.2.1", proto, mode, cipher),
+    );
+    // The client offers all three; the server's data-ciphers picks.
+    let tunnel = ovpn::client_tunnel_toml(
+        &pki,
+        "192.0.2.1",
+        proto,
+        mode,
+        &["AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"],
+        &pki.path("ta.key"),
+    );
+    let client = Client::start(&c, &tunnel);
+    client.wait_connected(Duration::from_secs(30));
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    assert_eq!(
+        ping(&c, ovpn::SERVER_TUN, 10),
+        0.0,
+        "ping loss through the tunnel"
+    );
+    // pushed route: in the client's routing table, and it leads to the server
+    let routes = c.run_ok(&["ip", "route", "show", "dev", &client.iface]);
+    assert!(
+        routes.contains(ovpn::PUSHED_NET),
+        "pushed route {} missing from {}: {routes}",
+        ovpn::PUSHED_NET,
+        client.iface
+    );
+    assert_eq!(
+        ping(&c, ovpn::PUSHED_HOST, 5),
+        0.0,
+        "ping over the pushed route"
+    );
+    let sess = client.session();
+    assert_eq!(sess["cipher"], cipher, "{sess}");
+    assert_eq!(
+        sess["virtual_address"],
+        format!("{}/24", ovpn::CLIENT_TUN),
+        "{sess}"
+    );
+    assert_eq!(sess["dns"][0], ovpn::PUSHED_DNS, "pushed DNS: {sess}");
+    assert!(sess["peer_id"].is_u64(), "{sess}");
+    assert_eq!(sess["key_id"], 0, "{sess}");
+    assert!(
+        client
+            .log()
+            .contains(&format!("DNS [{}]", ovpn::PUSHED_DNS)),
+        "pushed DNS logged"
+    );
+    xfer(&s, &c, ovpn::SERVER_TUN, 5201, XFER_BYTES);
+    let sess = client.session();
+    assert!(sess["tx_bytes"].as_u64().unwrap() >= XFER_BYTES, "{sess}");
+    let text = client.show_text();
+    assert!(
+        text.contains(&format!("cipher: {cipher}, key-id 0")),
+        "{text}"
+    );
+    assert!(text.contains("peer-id:"), "{text}");
+    let drops = &client.try_show().unwrap()["tunnels"][0]["drops"];
+    assert_eq!(drops["bad_mac"], 0, "{drops}");
+    assert_eq!(drops["malformed"], 0, "{drops}");
+    assert!(s.try_wait(server).is_none(), "openvpn server still running");
+    eprintln!("{text}");
+    for l in client.log().lines().filter(|l| l.contains("tunnel vpn")) {
+        eprintln!("polytund: {l}");
+    }
+    eprintln!("{test}: passed in {:?}", t0.elapsed());
+}
+
+macro_rules! matrix {
+    ($($name:ident: $short:literal, $proto:ident, $mode:ident, $cipher:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            session_test($short, Proto::$proto, KeyMode::$mode, $cipher);
+        }
+    )*};
+}
+
+matrix! {
+    openvpn_udp_tls_crypt_aes256gcm:         "ovu1", Udp, TlsCrypt, "AES-256-GCM";
+    openvpn_udp_tls_auth_aes256gcm:          "ovu2", Udp, TlsAuth,  "AES-256-GCM";
+    openvpn_udp_tls_crypt_chacha20poly1305:  "ovu3", Udp, TlsCrypt, "CHACHA20-POLY1305";
+    openvpn_udp_tls_auth_aes128gcm:          "ovu4", Udp, TlsAuth,  "AES-128-GCM";
+    openvpn_tcp_tls_crypt_aes256gcm:         "ovt1", Tcp, TlsCrypt, "AES-256-GCM";
+    openvpn_tcp_tls_auth_chacha20poly1305:   "ovt2", Tcp, TlsAuth,  "CHACHA20-POLY1305";
+}
+
+/// configs/openvpn-client.toml + .ovpn, as shipped, with this test's PKI.
+#[test]
+fn openvpn_ovpn_file_client() {
+    let (s, c, pki) = setup("ovf");
+    ovpn::start_server(
+        &s,
+        &ovpn::server_conf(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            "CHACHA20-POLY1305",
+        ),
+    );
+    let root = polytun_e2e::bins::workspace_root().join("configs");
+    let ovpn_text = std::fs::read_to_string(root.join("openvpn-client.ovpn")).unwrap();
+    let ta = std::fs::read_to_string(pki.dir.join("ta.key")).unwrap();
+    let ovpn_text = ovpn_text.replace(
+        "# the server's `openvpn --genkey secret ta.key` goes here\n",
+        &ta,
+    );
+    std::fs::write(pki.dir.join("openvpn-client.ovpn"), ovpn_text).unwrap();
+    let toml = std::fs::read_to_string(root.join("openvpn-client.toml")).unwrap();
+    let iface = polytun_e2e::unique_ifname("pto");
+    let toml = toml.replace("name = \"ptovpn0\"", &format!("name = \"{iface}\""));
+    let path = pki.dir.join("openvpn-client.toml");
+    std::fs::write(&path, toml).unwrap();
+    let client = Client::start_with(&c, iface, path);
+    client.wait_connected(Duration::from_secs(30));
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    assert_eq!(ping(&c, ovpn::SERVER_TUN, 10), 0.0);
+    assert_eq!(client.session()["cipher"], "CHACHA20-POLY1305");
+}
+
+/// A wrong tls-crypt key: the server drops every packet, polytun gives up
+/// after its hand-window with a clear log line, keeps retrying, and the
+/// server goes on serving a correct client.
+#[test]
+fn openvpn_wrong_tls_crypt_key_fails_cleanly() {
+    let (s, c, pki) = setup("ovw");
+    let server = ovpn::start_server(
+        &s,
+        &ovpn::server_conf(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            "AES-256-GCM",
+        ),
+    );
+    let wrong = pki.genkey("wrong.key");
+    let mut tunnel = ovpn::client_tunnel_toml(
+        &pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        &["AES-256-GCM"],
+        &wrong,
+    );
+    tunnel.push_str("hand_window = 4\n");
+    let bad = Client::start(&c, &tunnel);
+    polytun_e2e::wait_until(
+        "polytund to report the failed handshake",
+        Duration::from_secs(20),
+        || bad.log().contains("OpenVPN handshake failed"),
+    );
+    let line = bad
+        .log()
+        .lines()
+        .find(|l| l.contains("OpenVPN handshake failed"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("hand-window") && line.contains("tls-crypt key"),
+        "{line}"
+    );
+    bad.assert_alive();
+    let sess = bad.session();
+    assert_ne!(sess["state"], "connected", "{sess}");
+    assert!(
+        sess["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("handshake failed"),
+        "{sess}"
+    );
+    assert!(
+        s.log_of(server).contains("tls-crypt unwrapping failed"),
+        "the server saw the bad key"
+    );
+    // Nothing else disturbed: the server serves a correct client (a second
+    // polytund next to the failing one), the failing one keeps running.
+    let good = Client::start(
+        &c,
+        &ovpn::client_tunnel_toml(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            &["AES-256-GCM"],
+            &pki.path("ta.key"),
+        ),
+    );
+    good.wait_connected(Duration::from_secs(30));
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    assert_eq!(ping(&c, ovpn::SERVER_TUN, 5), 0.0);
+    bad.assert_alive();
+    assert!(s.try_wait(server).is_none(), "openvpn server still running");
+}
+
+/// Keepalive both ways (an idle session survives the server's short
+/// ping-restart; the server's pings are counted, not written to the TUN),
+/// then the server restarts: UDP notices by ping-restart, TCP by the closed
+/// connection; both reconnect and carry traffic again.
+fn reconnect_test(test: &str, proto: Proto) {
+    let (s, c, pki) = setup(test);
+    let conf = ovpn::server_conf(&pki, "192.0.2.1", proto, KeyMode::TlsCrypt, "AES-256-GCM")
+        .replace("keepalive 10 60", "keepalive 1 4");
+    let server = ovpn::start_server(&s, &conf);
+    let client = Client::start(
+        &c,
+        &ovpn::client_tunnel_toml(
+            &pki,
+            "192.0.2.1",
+            proto,
+            KeyMode::TlsCrypt,
+            &["AES-256-GCM"],
+            &pki.path("ta.key"),
+        ),
+    );
+    client.wait_connected(Duration::from_secs(30));
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    let since = client.session()["connected_since_unix"].clone();
+    // idle for longer than the server's ping-restart (2 x 4 s)
+    std::thread::sleep(Duration::from_secs(10));
+    let sess = client.session();
+    assert_eq!(sess["state"], "connected", "{sess}");
+    assert_eq!(
+        sess["connected_since_unix"], since,
+        "no reconnect while idle: {sess}"
+    );
+    assert!(sess["pings_received"].as_u64().unwrap() >= 3, "{sess}");
+    assert!(
+        !s.log_of(server).contains("Inactivity timeout"),
+        "the server kept the idle client (our pings)"
+    );
+    assert_eq!(ping(&c, ovpn::SERVER_TUN, 5), 0.0);
+    s.kill(server);
+    let server2 = ovpn::start_server(&s, &conf);
+    polytun_e2e::wait_until(
+        "polytund to notice and reconnect",
+        Duration::from_secs(40),
+        || {
+            let v = client.session();
+            v["state"] == "connected" && v["connected_since_unix"] != since
+        },
+    );
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    assert_eq!(ping(&c, ovpn::SERVER_TUN, 5), 0.0);
+    assert!(client.log().contains("reconnecting"), "reason logged");
+    client.assert_alive();
+    assert!(s.try_wait(server2).is_none());
+}
+
+#[test]
+fn openvpn_udp_keepalive_and_reconnect() {
+    reconnect_test("ovr1", Proto::Udp);
+}
+
+#[test]
+fn openvpn_tcp_keepalive_and_reconnect() {
+    reconnect_test("ovr2", Proto::Tcp);
+}
+
+/// polytund stopping over UDP sends explicit-exit-notify: the server drops
+/// the client at once (not after its ping-restart).
+#[test]
+fn openvpn_explicit_exit_notify_drops_client_at_once() {
+    let (s, c, pki) = setup("ove");
+    let server = ovpn::start_server(
+        &s,
+        &ovpn::server_conf(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            "AES-256-GCM",
+        ),
+    );
+    let client = Client::start(
+        &c,
+        &ovpn::client_tunnel_toml(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            &["AES-256-GCM"],
+            &pki.path("ta.key"),
+        ),
+    );
+    client.wait_connected(Duration::from_secs(30));
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    let t = Instant::now();
+    c.kill(client.pid);
+    polytun_e2e::wait_until(
+        "the server to drop the client (keepalive would take 60 s)",
+        Duration::from_secs(5),
+        || s.log_of(server).contains("remote-exit"),
+    );
+    let log = s.log_of(server);
+    let line = log.lines().find(|l| l.contains("remote-exit")).unwrap();
+    eprintln!(
+        "server dropped the client {:?} after SIGTERM: {line}",
+        t.elapsed()
+    );
+    assert!(client.log().contains("sent explicit-exit-notify (2x)"));
+}

@@ -394,6 +394,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                     Command::Rekey { tunnel, peer } => running.rekey(tunnel, peer).await,
                     Command::Down => {
                         let _ = reply.send(Reply::Ok { message: "polytund stopping".into() });
+                        // The reply is written by the connection's own task;
+                        // give it the moment it needs before the runtime
+                        // (and that task) ends with this function.
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                         break;
                     }
                 };

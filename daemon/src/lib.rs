@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod control;
+pub mod datapath;
 pub mod ipsec;
 pub mod logging;
 pub mod openvpn;

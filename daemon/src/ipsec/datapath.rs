@@ -4,7 +4,7 @@
 //! [`classify_udp4500`]; IKE goes to the control task.
 
 use super::state::{IpsecSet, Shared, ToControl};
-use crate::wg::datapath::{dst_ip, src_ip};
+use crate::datapath::{dst_ip, src_ip};
 use crate::wg::state::DropCounters;
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf};
 use polytun_esp::{classify_udp4500, EspOpenError, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN};
@@ -33,27 +33,7 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
     let mut expiring: Vec<(usize, u32)> = Vec::new();
     let mut errors = 0u64;
     loop {
-        let r = {
-            let mut bufs: Vec<&mut [u8]> = batch.slot_buffers().collect();
-            tun.recv_batch(&mut bufs, &mut sizes, MAX_HEADER_LEN).await
-        };
-        let n = match r {
-            Ok(n) => n,
-            Err(e) => {
-                errors += 1;
-                if errors.is_power_of_two() {
-                    tracing::warn!(
-                        "{}: reading the tun device: {e} ({errors} errors)",
-                        tun.name()
-                    );
-                }
-                if e.kind() != std::io::ErrorKind::InvalidInput {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                continue;
-            }
-        };
-        batch.set_filled(MAX_HEADER_LEN, &sizes[..n]);
+        crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await;
         let now = Instant::now();
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
         out.clear();

@@ -4,7 +4,7 @@
 //! count as liveness and are never written to the TUN.
 
 use super::state::{Link, Shared, Tables, ToControl, TunnelSet};
-use crate::wg::datapath::dst_ip;
+use crate::datapath::dst_ip;
 use crate::wg::state::DropCounters;
 use polytun_core::{OpenError, PacketBatch, PacketBuf};
 use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
@@ -142,27 +142,7 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
     let mut scratch = Vec::with_capacity(TUN_BATCH * (OVERHEAD + mtu));
     let mut errors = 0u64;
     loop {
-        let r = {
-            let mut bufs: Vec<&mut [u8]> = batch.slot_buffers().collect();
-            tun.recv_batch(&mut bufs, &mut sizes, OVERHEAD).await
-        };
-        let n = match r {
-            Ok(n) => n,
-            Err(e) => {
-                errors += 1;
-                if errors.is_power_of_two() {
-                    tracing::warn!(
-                        "{}: reading the tun device: {e} ({errors} errors)",
-                        tun.name()
-                    );
-                }
-                if e.kind() != std::io::ErrorKind::InvalidInput {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                continue;
-            }
-        };
-        batch.set_filled(OVERHEAD, &sizes[..n]);
+        crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await;
         let now = Instant::now();
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
         if set.is_empty() {

@@ -11,6 +11,7 @@
 //! writer coalesce TCP segments back into super-packets (GRO).
 
 use super::state::{DropCounters, Shared, ToControl};
+use crate::datapath::{dst_ip, src_ip};
 use polytun_core::record::OpenError;
 use polytun_core::{KeyStatus, PacketBatch, PacketBuf};
 use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
@@ -18,7 +19,7 @@ use polytun_wireguard::messages::DATA_HEADER_LEN;
 use polytun_wireguard::transport::TransportError;
 use polytun_wireguard::{classify, Message, PeerId};
 use std::io::IoSliceMut;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,28 +36,6 @@ const UDP_BUF: usize = 65536;
 /// to 64 datagrams per entry; a full batch is flushed and refilled).
 const TUN_WRITE_SLOTS: usize = 128;
 const TUN_WRITE_SLOT: usize = TUN_WRITE_OFFSET + 65535;
-
-pub fn dst_ip(p: &[u8]) -> Option<IpAddr> {
-    match p.first()? >> 4 {
-        4 if p.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19]))),
-        6 if p.len() >= 40 => {
-            let b: [u8; 16] = p[24..40].try_into().ok()?;
-            Some(IpAddr::V6(Ipv6Addr::from(b)))
-        }
-        _ => None,
-    }
-}
-
-pub fn src_ip(p: &[u8]) -> Option<IpAddr> {
-    match p.first()? >> 4 {
-        4 if p.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15]))),
-        6 if p.len() >= 40 => {
-            let b: [u8; 16] = p[8..24].try_into().ok()?;
-            Some(IpAddr::V6(Ipv6Addr::from(b)))
-        }
-        _ => None,
-    }
-}
 
 /// The sealed size of a full-MTU packet: the outbound arena stride. (WireGuard
 /// pads to 16 but never beyond the MTU, so a full packet gets no padding.)
@@ -87,27 +66,7 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
     let mut expiring: Vec<(usize, PeerId)> = Vec::new();
     let mut errors = 0u64;
     loop {
-        let r = {
-            let mut bufs: Vec<&mut [u8]> = batch.slot_buffers().collect();
-            tun.recv_batch(&mut bufs, &mut sizes, TUN_READ_OFFSET).await
-        };
-        let n = match r {
-            Ok(n) => n,
-            Err(e) => {
-                errors += 1;
-                if errors.is_power_of_two() {
-                    tracing::warn!(
-                        "{}: reading the tun device: {e} ({errors} errors)",
-                        tun.name()
-                    );
-                }
-                if e.kind() != std::io::ErrorKind::InvalidInput {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                continue;
-            }
-        };
-        batch.set_filled(TUN_READ_OFFSET, &sizes[..n]);
+        crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await;
         let now = Instant::now();
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
         out.clear();
@@ -387,24 +346,6 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_of_packets() {
-        let mut v4 = [0u8; 20];
-        v4[0] = 0x45;
-        v4[12..16].copy_from_slice(&[192, 0, 2, 1]);
-        v4[16..20].copy_from_slice(&[198, 51, 100, 2]);
-        assert_eq!(src_ip(&v4), Some("192.0.2.1".parse().unwrap()));
-        assert_eq!(dst_ip(&v4), Some("198.51.100.2".parse().unwrap()));
-        let mut v6 = [0u8; 40];
-        v6[0] = 0x60;
-        v6[24] = 0x20;
-        v6[25] = 0x01;
-        assert_eq!(dst_ip(&v6), Some("2001::".parse().unwrap()));
-        assert_eq!(dst_ip(&v6[..39]), None);
-        assert_eq!(dst_ip(&[0x45; 19]), None);
-        assert_eq!(src_ip(&[]), None);
-    }
 
     #[test]
     fn stride_fits_a_sealed_full_packet() {

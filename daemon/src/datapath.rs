@@ -1,0 +1,82 @@
+//! What every protocol's data path shares: reading a batch from the TUN
+//! device and the addresses of an IP packet.
+
+use polytun_core::PacketBatch;
+use polytun_io::Tun;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Reads the next batch of packets from `tun` into `batch`, each at the
+/// batch's headroom. Errors are logged (at powers of two, counted in
+/// `errors`) and retried, so a bad read never ends a data path.
+pub async fn read_tun(tun: &Tun, batch: &mut PacketBatch, sizes: &mut [usize], errors: &mut u64) {
+    let offset = batch.headroom();
+    loop {
+        let r = {
+            let mut bufs: Vec<&mut [u8]> = batch.slot_buffers().collect();
+            tun.recv_batch(&mut bufs, sizes, offset).await
+        };
+        match r {
+            Ok(n) => {
+                batch.set_filled(offset, &sizes[..n]);
+                return;
+            }
+            Err(e) => {
+                *errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::warn!(
+                        "{}: reading the tun device: {e} ({errors} errors)",
+                        tun.name()
+                    );
+                }
+                if e.kind() != std::io::ErrorKind::InvalidInput {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+pub fn dst_ip(p: &[u8]) -> Option<IpAddr> {
+    match p.first()? >> 4 {
+        4 if p.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19]))),
+        6 if p.len() >= 40 => {
+            let b: [u8; 16] = p[24..40].try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+pub fn src_ip(p: &[u8]) -> Option<IpAddr> {
+    match p.first()? >> 4 {
+        4 if p.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15]))),
+        6 if p.len() >= 40 => {
+            let b: [u8; 16] = p[8..24].try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_of_packets() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        v4[12..16].copy_from_slice(&[192, 0, 2, 1]);
+        v4[16..20].copy_from_slice(&[198, 51, 100, 2]);
+        assert_eq!(src_ip(&v4), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(dst_ip(&v4), Some("198.51.100.2".parse().unwrap()));
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        v6[24] = 0x20;
+        v6[25] = 0x01;
+        assert_eq!(dst_ip(&v6), Some("2001::".parse().unwrap()));
+        assert_eq!(dst_ip(&v6[..39]), None);
+        assert_eq!(dst_ip(&[0x45; 19]), None);
+        assert_eq!(src_ip(&[]), None);
+    }
+}

@@ -1024,6 +1024,42 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Verifies the peer's identity and PSK AUTH payload (RFC 7296 §2.15):
+    /// the peer signed its own first message, our nonce and its identity,
+    /// keyed by its SK_p. `we_respond`: the peer is the initiator.
+    fn check_peer_auth(
+        &self,
+        id: SaId,
+        we_respond: bool,
+        peer_id: &Identity,
+        method: u8,
+        auth: &[u8],
+    ) -> Option<FailReason> {
+        let sa = self.sas.get(&id).expect("caller checked");
+        let algs = sa.algs.expect("keys");
+        let keys = sa.keys.as_ref().expect("keys");
+        let (peer_msg, our_nonce, sk_p) = if we_respond {
+            (&sa.init_req, &sa.nr, &keys.sk_pi)
+        } else {
+            (&sa.init_resp, &sa.ni, &keys.sk_pr)
+        };
+        let want = psk_auth(
+            algs.prf,
+            &self.config.psk,
+            peer_msg,
+            our_nonce,
+            sk_p,
+            &peer_id.body(),
+        );
+        if !self.check_identity(peer_id) {
+            Some(FailReason::IdentityRejected(peer_id.clone()))
+        } else if method != auth_method::SHARED_KEY_MIC || !ct_eq(&want, auth) {
+            Some(FailReason::AuthenticationFailed)
+        } else {
+            None
+        }
+    }
+
     fn check_identity(&self, id: &Identity) -> bool {
         if let Some(want) = &self.config.remote_id {
             if want != id {
@@ -1060,24 +1096,10 @@ impl Endpoint {
         let (Some(idi), Some((method, auth))) = (idi, auth) else {
             return Err(DropReason::Missing("IDi or AUTH"));
         };
+        let reason = self.check_peer_auth(id, true, &idi, method, &auth);
         let sa = self.sas.get(&id).expect("caller checked");
         let algs = sa.algs.expect("keys");
         let keys = sa.keys.as_ref().expect("keys");
-        let want = psk_auth(
-            algs.prf,
-            &self.config.psk,
-            &sa.init_req,
-            &sa.nr,
-            &keys.sk_pi,
-            &idi.body(),
-        );
-        let reason = if !self.check_identity(&idi) {
-            Some(FailReason::IdentityRejected(idi.clone()))
-        } else if method != auth_method::SHARED_KEY_MIC || !ct_eq(&want, &auth) {
-            Some(FailReason::AuthenticationFailed)
-        } else {
-            None
-        };
         if let Some(reason) = reason {
             self.respond(
                 id,
@@ -1263,24 +1285,9 @@ impl Endpoint {
             );
             return Ok(());
         };
+        let reason = self.check_peer_auth(id, false, &idr, method, &auth);
         let sa = self.sas.get(&id).expect("caller checked");
         let algs = sa.algs.expect("keys");
-        let keys = sa.keys.as_ref().expect("keys");
-        let want = psk_auth(
-            algs.prf,
-            &self.config.psk,
-            &sa.init_resp,
-            &sa.ni,
-            &keys.sk_pr,
-            &idr.body(),
-        );
-        let reason = if !self.check_identity(&idr) {
-            Some(FailReason::IdentityRejected(idr.clone()))
-        } else if method != auth_method::SHARED_KEY_MIC || !ct_eq(&want, &auth) {
-            Some(FailReason::AuthenticationFailed)
-        } else {
-            None
-        };
         if let Some(reason) = reason {
             // §2.21.2: tell the responder, once, in a new INFORMATIONAL
             let inner = vec![Payload::Notify(Notify::new(

@@ -125,6 +125,10 @@ pub struct Config {
     /// The peer's expected identity; `None`: any identity the validator accepts.
     pub remote_id: Option<Identity>,
     pub psk: Secret,
+    /// Certificate authentication (RFC 7427 signatures) instead of the PSK,
+    /// for both directions: we sign with its key, the peer must present a
+    /// certificate chaining to its CAs.
+    pub pubkey: Option<crate::auth::PubkeyAuth>,
     /// In order of preference (the responder picks by this order).
     pub ike_proposals: Vec<IkeProposal>,
     pub esp_proposals: Vec<EspProposal>,
@@ -166,6 +170,7 @@ impl Config {
             local_id,
             remote_id,
             psk: zeroize::Zeroizing::new(psk.to_vec()),
+            pubkey: None,
             ike_proposals: vec![IkeProposal::aes256gcm_sha256_x25519()],
             esp_proposals: vec![EspProposal::aes256gcm()],
             local_ts: vec![any_v4()],
@@ -190,12 +195,37 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Certificate authentication; `local_id` `None`: our certificate's
+    /// subject DN (strongSwan's default).
+    pub fn pubkey(
+        local_id: Option<Identity>,
+        remote_id: Option<Identity>,
+        auth: crate::auth::PubkeyAuth,
+    ) -> Config {
+        // a DN naming our certificate's subject is sent as the subject's
+        // exact DER, which the peer compares with the certificate
+        let subject = auth.subject_identity();
+        let local_id = match (local_id, &subject) {
+            (Some(Identity::DerDn(d)), Identity::DerDn(s)) if crate::cert::dn_eq(&d, s) => {
+                subject.clone()
+            }
+            (Some(id), _) => id,
+            (None, _) => subject,
+        };
+        let mut c = Config::psk(local_id, remote_id, &[]);
+        c.pubkey = Some(auth);
+        c
+    }
+}
+
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("local_id", &self.local_id)
             .field("remote_id", &self.remote_id)
             .field("psk", &"<redacted>")
+            .field("pubkey", &self.pubkey)
             .field("ike_proposals", &self.ike_proposals)
             .field("esp_proposals", &self.esp_proposals)
             .field("local_ts", &self.local_ts)

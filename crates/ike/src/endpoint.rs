@@ -14,6 +14,7 @@
 //! rekeys, collisions, the rekey timers and the request queue) lives in
 //! `rekey.rs`, a child module of this one.
 
+use crate::auth::{self, AuthError};
 use crate::config::{select_esp, select_ike, ts_narrow, ts_subset, Config, IkeChoice};
 use crate::crypto::{
     child_keymat, ct_eq, psk_auth, ChildKeys, DhGroup, DhPrivate, EspTransform, IkeAlgs, IkeKeys,
@@ -70,21 +71,32 @@ pub struct ChildSaParams {
 }
 
 /// Why an IKE SA failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FailReason {
     /// No answer after every retransmission.
+    #[error("no answer from the peer")]
     Timeout,
     /// The peer sent this error notify.
+    #[error("the peer answered with error notify {0}")]
     PeerError(u16),
-    /// The peer's AUTH did not verify.
+    /// The peer's PSK AUTH did not verify.
+    #[error("the peer's AUTH does not verify with the PSK")]
     AuthenticationFailed,
+    /// Certificate authentication failed (ours could not be made, or the
+    /// peer's certificate or signature was refused).
+    #[error("authentication failed: {0}")]
+    Auth(crate::auth::AuthError),
     /// The peer's identity is not the configured one or the validator refused it.
+    #[error("the peer's identity `{0}` is not the configured remote_id or was refused")]
     IdentityRejected(Identity),
     /// The peer chose a proposal we did not offer, or none of theirs fits.
+    #[error("no proposal chosen")]
     NoProposalChosen,
     /// The peer's KE data or the message contents were invalid.
+    #[error("invalid {0}")]
     Invalid(&'static str),
     /// Half-open responder SA never completed.
+    #[error("half-open SA expired")]
     HalfOpenExpired,
 }
 
@@ -452,6 +464,9 @@ impl Endpoint {
             notify::NAT_DETECTION_DESTINATION_IP,
             nat_hash(&sa.spi_i, &zero, sa.remote),
         )));
+        if self.config.pubkey.is_some() {
+            payloads.push(auth::hash_notify());
+        }
         let m = Message {
             header: Header {
                 spi_i: sa.spi_i,
@@ -771,7 +786,7 @@ impl Endpoint {
         let keys = IkeKeys::derive(&algs, &shared, ni, &nr, &h.spi_i, &spi_r);
         let local = SocketAddr::new(self.local_ip, local_port);
         let (nat_local, nat_remote) = nat_flags(&msg.payloads, &h.spi_i, &[0; 8], local, remote);
-        let payloads = vec![
+        let mut payloads = vec![
             Payload::Sa(vec![choice.to_wire(group)]),
             Payload::Ke {
                 group: group.id(),
@@ -787,6 +802,11 @@ impl Endpoint {
                 nat_hash(&h.spi_i, &spi_r, remote),
             )),
         ];
+        if let Some(p) = &self.config.pubkey {
+            // as strongSwan: name our CAs here, so the initiator sends its certificate
+            payloads.insert(3, p.certreq_payload());
+            payloads.push(auth::hash_notify());
+        }
         let resp = Message {
             header: Header {
                 spi_i: h.spi_i,
@@ -981,25 +1001,31 @@ impl Endpoint {
             sa.local_port = NATT_PORT;
             sa.remote.set_port(NATT_PORT);
         }
-        // IKE_AUTH request
+        // IKE_AUTH request: IDi, [CERT+], [CERTREQ], [IDr], AUTH, ...
         let idi = self.config.local_id.clone();
-        let sk_pi = sa.keys.as_ref().expect("keys").sk_pi.clone();
-        let auth = psk_auth(
-            algs.prf,
-            &self.config.psk,
-            &sa.init_req,
-            &sa.nr,
-            &sk_pi,
-            &idi.body(),
-        );
+        let (certs, auth) = match self.our_auth(id) {
+            Ok(a) => a,
+            Err(e) => {
+                self.remove_sa(
+                    id,
+                    Event::Failed {
+                        sa: id,
+                        reason: FailReason::Auth(e),
+                    },
+                );
+                return Ok(());
+            }
+        };
+        let sa = self.sas.get_mut(&id).expect("still there");
         let mut inner = vec![Payload::IdI(idi)];
+        inner.extend(certs);
+        if let Some(p) = &self.config.pubkey {
+            inner.push(p.certreq_payload());
+        }
         if let Some(r) = &self.config.remote_id {
             inner.push(Payload::IdR(r.clone()));
         }
-        inner.push(Payload::Auth {
-            method: auth_method::SHARED_KEY_MIC,
-            data: auth.to_vec(),
-        });
+        inner.push(auth);
         if self.config.initial_contact {
             inner.push(Payload::Notify(Notify::new(
                 notify::INITIAL_CONTACT,
@@ -1024,9 +1050,46 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Verifies the peer's identity and PSK AUTH payload (RFC 7296 §2.15):
-    /// the peer signed its own first message, our nonce and its identity,
-    /// keyed by its SK_p. `we_respond`: the peer is the initiator.
+    /// Our AUTH payload for IKE_AUTH (§2.15), and the CERT payloads to send
+    /// before it: PSK MAC, or an RFC 7427 signature with our certificate.
+    fn our_auth(&self, id: SaId) -> Result<(Vec<Payload>, Payload), AuthError> {
+        let sa = self.sas.get(&id).expect("caller checked");
+        let algs = sa.algs.expect("keys");
+        let keys = sa.keys.as_ref().expect("keys");
+        let (our_msg, peer_nonce, sk_p, peer_init) = if sa.initiator {
+            (&sa.init_req, &sa.nr, &keys.sk_pi, &sa.init_resp)
+        } else {
+            (&sa.init_resp, &sa.ni, &keys.sk_pr, &sa.init_req)
+        };
+        let id_body = self.config.local_id.body();
+        let Some(p) = &self.config.pubkey else {
+            let mac = psk_auth(
+                algs.prf,
+                &self.config.psk,
+                our_msg,
+                peer_nonce,
+                sk_p,
+                &id_body,
+            );
+            return Ok((
+                vec![],
+                Payload::Auth {
+                    method: auth_method::SHARED_KEY_MIC,
+                    data: mac.to_vec(),
+                },
+            ));
+        };
+        let octets = auth::signed_octets(algs.prf, our_msg, peer_nonce, sk_p, &id_body);
+        let hashes = auth::peer_hashes(peer_init);
+        let (method, data) = auth::sign(p, &octets, hashes.as_deref())?;
+        Ok((p.cert_payloads(), Payload::Auth { method, data }))
+    }
+
+    /// Verifies the peer's identity and AUTH payload (RFC 7296 §2.15): the
+    /// peer signed (or MACed with the PSK) its own first message, our nonce
+    /// and its identity keyed by its SK_p. With certificates, its chain and
+    /// the identity-in-certificate match are checked too. `we_respond`: the
+    /// peer is the initiator; `certs`: its X.509 CERT payloads.
     fn check_peer_auth(
         &self,
         id: SaId,
@@ -1034,6 +1097,7 @@ impl Endpoint {
         peer_id: &Identity,
         method: u8,
         auth: &[u8],
+        certs: &[&[u8]],
     ) -> Option<FailReason> {
         let sa = self.sas.get(&id).expect("caller checked");
         let algs = sa.algs.expect("keys");
@@ -1043,6 +1107,15 @@ impl Endpoint {
         } else {
             (&sa.init_resp, &sa.ni, &keys.sk_pr)
         };
+        if !self.check_identity(peer_id) {
+            return Some(FailReason::IdentityRejected(peer_id.clone()));
+        }
+        if let Some(p) = &self.config.pubkey {
+            let octets = auth::signed_octets(algs.prf, peer_msg, our_nonce, sk_p, &peer_id.body());
+            return auth::verify(p, peer_id, method, auth, &octets, certs)
+                .err()
+                .map(FailReason::Auth);
+        }
         let want = psk_auth(
             algs.prf,
             &self.config.psk,
@@ -1051,9 +1124,7 @@ impl Endpoint {
             sk_p,
             &peer_id.body(),
         );
-        if !self.check_identity(peer_id) {
-            Some(FailReason::IdentityRejected(peer_id.clone()))
-        } else if method != auth_method::SHARED_KEY_MIC || !ct_eq(&want, auth) {
+        if method != auth_method::SHARED_KEY_MIC || !ct_eq(&want, auth) {
             Some(FailReason::AuthenticationFailed)
         } else {
             None
@@ -1062,7 +1133,7 @@ impl Endpoint {
 
     fn check_identity(&self, id: &Identity) -> bool {
         if let Some(want) = &self.config.remote_id {
-            if want != id {
+            if !crate::cert::identity_matches(want, id) {
                 return false;
             }
         }
@@ -1096,11 +1167,19 @@ impl Endpoint {
         let (Some(idi), Some((method, auth))) = (idi, auth) else {
             return Err(DropReason::Missing("IDi or AUTH"));
         };
-        let reason = self.check_peer_auth(id, true, &idi, method, &auth);
+        let certs = x509_certs(&inner);
+        let mut reason = self.check_peer_auth(id, true, &idi, method, &auth, &certs);
+        let mut ours = None;
+        if reason.is_none() {
+            match self.our_auth(id) {
+                Ok(a) => ours = Some(a),
+                Err(e) => reason = Some(FailReason::Auth(e)),
+            }
+        }
         let sa = self.sas.get(&id).expect("caller checked");
         let algs = sa.algs.expect("keys");
-        let keys = sa.keys.as_ref().expect("keys");
-        if let Some(reason) = reason {
+        let (Some((our_certs, our_auth)), None) = (ours, reason.clone()) else {
+            let reason = reason.unwrap_or(FailReason::Invalid("our AUTH"));
             self.respond(
                 id,
                 exchange::IKE_AUTH,
@@ -1112,23 +1191,11 @@ impl Endpoint {
             );
             self.remove_sa(id, Event::Failed { sa: id, reason });
             return Ok(());
-        }
+        };
         let idr = self.config.local_id.clone();
-        let our_auth = psk_auth(
-            algs.prf,
-            &self.config.psk,
-            &sa.init_resp,
-            &sa.ni,
-            &keys.sk_pr,
-            &idr.body(),
-        );
-        let mut out = vec![
-            Payload::IdR(idr),
-            Payload::Auth {
-                method: auth_method::SHARED_KEY_MIC,
-                data: our_auth.to_vec(),
-            },
-        ];
+        let mut out = vec![Payload::IdR(idr)];
+        out.extend(our_certs);
+        out.push(our_auth);
         let mut child_failed = None;
         let mut install = None;
         if let (Some(esp), Some(tsi), Some(tsr)) = (esp, tsi, tsr) {
@@ -1285,7 +1352,8 @@ impl Endpoint {
             );
             return Ok(());
         };
-        let reason = self.check_peer_auth(id, false, &idr, method, &auth);
+        let certs = x509_certs(&inner);
+        let reason = self.check_peer_auth(id, false, &idr, method, &auth, &certs);
         let sa = self.sas.get(&id).expect("caller checked");
         let algs = sa.algs.expect("keys");
         if let Some(reason) = reason {
@@ -1620,6 +1688,19 @@ impl Endpoint {
             .get(&id)
             .map(|s| now.saturating_duration_since(s.created))
     }
+}
+
+/// The data of the X.509 CERT payloads, in order (the peer's own first).
+fn x509_certs(payloads: &[Payload]) -> Vec<&[u8]> {
+    payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Cert { encoding, data } if *encoding == auth::CERT_X509_SIGNATURE => {
+                Some(&data[..])
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// (we are behind a NAT, the peer is behind a NAT), from the peer's NAT_D notifies.

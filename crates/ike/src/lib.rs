@@ -2,6 +2,9 @@
 //!
 //! - [`wire`]: the message and payload formats (parse/serialize).
 //! - [`crypto`]: PRFs, key derivation, SK protection, key exchange, PSK AUTH.
+//! - [`auth`]: the AUTH payload: signed octets, RFC 7427 signatures.
+//! - [`cert`]: X.509 certificates, chain checks, identities, DN notation.
+//! - [`key`]: private keys from PEM/DER.
 //! - [`config`]: proposals, traffic selectors, selection and narrowing.
 //! - [`endpoint`]: the sans-I/O state machine ([`Endpoint`]); its
 //!   CREATE_CHILD_SA, rekey and collision logic is in `src/rekey.rs`
@@ -15,17 +18,23 @@
 //! remove [`Output::DeleteChildSa`], report [`Output::Event`]) and calls
 //! [`Endpoint::handle_timeout`] at [`Endpoint::poll_timeout`].
 
+pub mod auth;
+pub mod cert;
 pub mod config;
 pub mod crypto;
 pub mod endpoint;
+pub mod key;
 pub mod wire;
 
+pub use auth::{AuthError, Clock, PubkeyAuth, SetupError};
+pub use cert::{CertError, Certificate};
 pub use config::{Config, EspProposal, IkeProposal, Retransmit};
 pub use crypto::{ChildKeys, DhGroup, EncrAlg, EspTransform, IkeAlgs, IntegAlg, PrfAlg};
 pub use endpoint::{
     ChildSaInfo, ChildSaParams, DpdAction, DropReason, Endpoint, Event, FailReason,
     IdentityValidator, Output, SaId,
 };
+pub use key::{KeyError, KeyKind, PrivateKey};
 pub use wire::{Identity, TrafficSelector};
 
 use polytun_core::{Capabilities, Interface};
@@ -33,10 +42,10 @@ use polytun_core::{Capabilities, Interface};
 /// What this crate implements today, in RFC 8922 §5 terms.
 pub fn capabilities() -> Capabilities {
     Capabilities::new()
-        .with(Interface::Ipk, "IKE identities (IPv4/IPv6, FQDN, RFC 822, DER DN, KEY_ID); no certificates yet")
+        .with(Interface::Ipk, "IKE identities (IPv4/IPv6, FQDN, RFC 822, DER DN, KEY_ID); X.509 certificates with RFC 7427 signatures (ECDSA P-256/P-384, RSA PKCS#1 v1.5/PSS, Ed25519), CERT/CERTREQ, chains to configured CAs; PEM keys (PKCS#8, SEC1, PKCS#1)")
         .with(Interface::Alg, "IKE and ESP proposals in order of preference: AES-GCM-16, ChaCha20-Poly1305, AES-CBC+HMAC-SHA2; PRF HMAC-SHA2; groups 14/19/20/31")
         .with(Interface::Pski, "IKEv2 PSK authentication (RFC 7296 §2.15)")
-        .with(Interface::Iv, "configured remote identity plus an identity-validation hook")
+        .with(Interface::Iv, "configured remote identity (DNs with * wildcards), the identity must be in the peer's certificate (subject or subjectAltName), plus an identity-validation hook")
         .with(Interface::Sav, "IKE COOKIE above a half-open threshold (RFC 7296 §2.6)")
         .with(Interface::Ct, "INFORMATIONAL Delete of IKE and CHILD SAs")
         .with(Interface::Ku, "CHILD SA and IKE SA rekey on command (CREATE_CHILD_SA, make-before-break, collisions per RFC 7296 §2.8)")

@@ -359,7 +359,11 @@ impl std::fmt::Display for Identity {
             Identity::Ipv6(a) => write!(f, "{a}"),
             Identity::Fqdn(s) => write!(f, "{s}"),
             Identity::Rfc822(s) => write!(f, "{s}"),
-            Identity::DerDn(b) => write!(f, "dn:{}", hex(b)),
+            // strongSwan's notation: C=CH, O=polytun, CN=moon
+            Identity::DerDn(b) => match crate::cert::dn_to_string(b) {
+                Some(s) => write!(f, "{s}"),
+                None => write!(f, "dn:{}", hex(b)),
+            },
             Identity::KeyId(b) => write!(f, "keyid:{}", hex(b)),
             Identity::Other(t, b) => write!(f, "id{t}:{}", hex(b)),
         }

@@ -96,7 +96,7 @@ struct RawTunnel {
     role: Option<String>,
     config: Option<PathBuf>,
     proto: Option<String>,
-    ca: Option<PathBuf>,
+    ca: Option<PathList>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     tls_crypt: Option<PathBuf>,
@@ -105,6 +105,23 @@ struct RawTunnel {
     data_ciphers: Option<Vec<String>>,
     peer_fingerprint: Option<Vec<String>>,
     hand_window: Option<u32>,
+}
+
+/// One path or a list of them (`ca = "a.pem"` or `ca = ["a.pem", "b.pem"]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PathList {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl PathList {
+    fn as_slice(&self) -> &[PathBuf] {
+        match self {
+            PathList::One(p) => std::slice::from_ref(p),
+            PathList::Many(v) => v,
+        }
+    }
 }
 
 /// A duration as written: `20s`, `5m`, `1h`, `2d` or a number of seconds.
@@ -629,6 +646,10 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     auth: t.auth.as_deref(),
                     psk: t.psk.as_deref(),
                     psk_file: t.psk_file.as_deref(),
+                    cert: t.cert.as_deref(),
+                    key: t.key.as_deref(),
+                    ca: t.ca.as_ref().map_or(&[][..], PathList::as_slice),
+                    base: file.parent().unwrap_or(Path::new(".")),
                     proposals: t.proposals.as_deref(),
                     esp_proposals: t.esp_proposals.as_deref(),
                     local_ts: t.local_ts.as_deref(),
@@ -643,7 +664,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 if t.private_key.is_some() || t.private_key_file.is_some() || !t.peer.is_empty() {
                     return Err(ctx.err(
                         &tp("protocol"),
-                        "private_key, private_key_file and [[tunnel.peer]] are WireGuard settings; an ipsec tunnel authenticates with auth = \"psk\" and psk",
+                        "private_key, private_key_file and [[tunnel.peer]] are WireGuard settings; an ipsec tunnel authenticates with auth = \"psk\" and psk, or auth = \"pubkey\" with cert, key and ca",
                     ));
                 }
                 let ipsec = crate::ipsec::config::validate(&raw)
@@ -656,7 +677,16 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     config: t.config.as_deref(),
                     remote: t.remote.as_deref(),
                     proto: t.proto.as_deref(),
-                    ca: t.ca.as_deref(),
+                    ca: match t.ca.as_ref().map(PathList::as_slice) {
+                        None => None,
+                        Some([one]) => Some(one.as_path()),
+                        Some(_) => {
+                            return Err(ctx.err(
+                                &tp("ca"),
+                                "an openvpn tunnel takes one ca file (put several CA certificates into it)",
+                            ))
+                        }
+                    },
                     cert: t.cert.as_deref(),
                     key: t.key.as_deref(),
                     tls_crypt: t.tls_crypt.as_deref(),

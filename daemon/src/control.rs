@@ -148,6 +148,9 @@ pub struct IkeSaShow {
     pub remote: String,
     pub local_id: String,
     pub remote_id: String,
+    /// How both sides authenticate: `psk` or `pubkey (ECDSA P-256)`.
+    #[serde(default)]
+    pub auth: String,
     /// E.g. AES_GCM_16-256/PRF_HMAC_SHA2_256/CURVE_25519.
     pub algorithms: String,
     pub age_secs: u64,
@@ -408,6 +411,9 @@ fn render_ike_sa(o: &mut String, name: &str, sa: &IkeSaShow) {
     );
     let _ = writeln!(o, "  local  '{}' @ {}", sa.local_id, sa.local);
     let _ = writeln!(o, "  remote '{}' @ {}", sa.remote_id, sa.remote);
+    if !sa.auth.is_empty() {
+        let _ = writeln!(o, "  authentication: {}", sa.auth);
+    }
     if !sa.algorithms.is_empty() {
         let _ = writeln!(o, "  {}", sa.algorithms);
     }

@@ -71,10 +71,181 @@ pub struct Charon<'a> {
     pub pid: u32,
 }
 
+/// How a side authenticates: the side's PSK, or certificates.
+#[derive(Clone, Debug)]
+pub enum SideAuth {
+    Psk,
+    Cert(CertFiles),
+}
+
+/// One side's certificate files (PEM): its certificate, its private key,
+/// the CA certificates it trusts.
+#[derive(Clone, Debug)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Vec<PathBuf>,
+}
+
+/// Key types for test certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyType {
+    EcdsaP256,
+    Rsa2048,
+    Ed25519,
+}
+
+/// A test CA made with `openssl` in `dir`: `C=CH, O=polytun, CN=<name>`,
+/// issuing end-entity certificates `C=CH, O=polytun, CN=<cn>`.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub name: String,
+    pub ca_cert: PathBuf,
+    ca_key: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let o = std::process::Command::new(bins::tool("openssl"))
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn genkey(kind: KeyType, out: &Path) {
+    let o = out.to_str().unwrap();
+    match kind {
+        KeyType::EcdsaP256 => openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            o,
+        ]),
+        KeyType::Rsa2048 => openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            o,
+        ]),
+        KeyType::Ed25519 => openssl(&["genpkey", "-algorithm", "ed25519", "-out", o]),
+    }
+}
+
+impl Pki {
+    pub fn new(dir: &Path, name: &str, kind: KeyType) -> Pki {
+        let dir = dir.join(format!("pki-{}", name.replace(' ', "_")));
+        std::fs::create_dir_all(&dir).expect("mkdir pki");
+        let ca_key = dir.join("ca.key");
+        let ca_cert = dir.join("ca.pem");
+        genkey(kind, &ca_key);
+        openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            ca_key.to_str().unwrap(),
+            "-subj",
+            &format!("/C=CH/O=polytun/CN={name}"),
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            ca_cert.to_str().unwrap(),
+        ]);
+        Pki {
+            dir,
+            name: name.into(),
+            ca_cert,
+            ca_key,
+        }
+    }
+
+    /// The DN of an end entity `cn`, in strongSwan notation.
+    pub fn dn(cn: &str) -> String {
+        format!("C=CH, O=polytun, CN={cn}")
+    }
+
+    /// Issues `C=CH, O=polytun, CN=<cn>` (key `kind`) with these
+    /// subjectAltNames (e.g. `DNS:moon.pt.test`, `IP:192.0.2.1`), valid for
+    /// 30 days, trusting only this CA.
+    pub fn issue(&self, cn: &str, sans: &[&str], kind: KeyType) -> CertFiles {
+        let key = self.dir.join(format!("{cn}.key"));
+        let csr = self.dir.join(format!("{cn}.csr"));
+        let cert = self.dir.join(format!("{cn}.pem"));
+        let ext = self.dir.join(format!("{cn}.ext"));
+        genkey(kind, &key);
+        let mut e = String::from("basicConstraints=CA:FALSE\n");
+        if !sans.is_empty() {
+            e.push_str(&format!("subjectAltName={}\n", sans.join(",")));
+        }
+        std::fs::write(&ext, e).unwrap();
+        openssl(&[
+            "req",
+            "-new",
+            "-key",
+            key.to_str().unwrap(),
+            "-subj",
+            &format!("/C=CH/O=polytun/CN={cn}"),
+            "-out",
+            csr.to_str().unwrap(),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            self.ca_cert.to_str().unwrap(),
+            "-CAkey",
+            self.ca_key.to_str().unwrap(),
+            "-set_serial",
+            &rand_serial().to_string(),
+            "-days",
+            "30",
+            "-extfile",
+            ext.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ]);
+        CertFiles {
+            cert,
+            key,
+            ca: vec![self.ca_cert.clone()],
+        }
+    }
+}
+
+fn rand_serial() -> u64 {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .expect("read /dev/urandom");
+    u64::from_be_bytes(b) >> 2
+}
+
 impl<'a> Charon<'a> {
     /// Writes the configs, starts charon, waits for VICI and loads the connection `pt`
     /// (child `net`). The inner address (`local_ts`) goes on `lo`.
     pub fn start(ns: &'a Netns, side: &IpsecSide) -> Charon<'a> {
+        Self::start_with(ns, side, &SideAuth::Psk)
+    }
+
+    /// Like [`Charon::start`], authenticating with `auth`: certificates go
+    /// into swanctl's x509/, x509ca/ and private/ folders.
+    pub fn start_with(ns: &'a Netns, side: &IpsecSide, auth: &SideAuth) -> Charon<'a> {
         let charon = charon_bin();
         let swanctl = bins::tool("swanctl");
         let dir = ns.dir().join("strongswan");
@@ -114,6 +285,32 @@ swanctl {{
 "#
         );
         std::fs::write(dir.join("strongswan.conf"), conf).unwrap();
+        let (local_auth, remote_auth, secrets) = match auth {
+            SideAuth::Psk => (
+                format!("auth = psk\n            id = {}", side.local_id),
+                format!("auth = psk\n            id = {}", side.remote_id),
+                format!(
+                    "secrets {{\n    ike-pt {{\n        id-a = {}\n        id-b = {}\n        secret = 0s{}\n    }}\n}}\n",
+                    side.local_id, side.remote_id, side.psk_b64
+                ),
+            ),
+            SideAuth::Cert(f) => {
+                std::fs::copy(&f.cert, dir.join("swanctl/x509/local.pem")).expect("copy cert");
+                std::fs::copy(&f.key, dir.join("swanctl/private/local.pem")).expect("copy key");
+                for (i, c) in f.ca.iter().enumerate() {
+                    std::fs::copy(c, dir.join(format!("swanctl/x509ca/ca{i}.pem")))
+                        .expect("copy ca");
+                }
+                (
+                    format!(
+                        "auth = pubkey\n            certs = local.pem\n            id = \"{}\"",
+                        side.local_id
+                    ),
+                    format!("auth = pubkey\n            id = \"{}\"", side.remote_id),
+                    String::new(),
+                )
+            }
+        };
         let swan = format!(
             r#"connections {{
     pt {{
@@ -124,12 +321,10 @@ swanctl {{
         mobike = no
         keyingtries = 1
         local {{
-            auth = psk
-            id = {lid}
+            {local_auth}
         }}
         remote {{
-            auth = psk
-            id = {rid}
+            {remote_auth}
         }}
         children {{
             net {{
@@ -141,23 +336,13 @@ swanctl {{
         }}
     }}
 }}
-secrets {{
-    ike-pt {{
-        id-a = {lid}
-        id-b = {rid}
-        secret = 0s{psk}
-    }}
-}}
-"#,
+{secrets}"#,
             la = side.local_addr,
             ra = side.remote_addr,
             ike = side.ike_proposal,
-            lid = side.local_id,
-            rid = side.remote_id,
             lts = side.local_ts,
             rts = side.remote_ts,
             esp = side.esp_proposals.join(","),
-            psk = side.psk_b64,
             rekey = side.child_rekey_secs.map_or(String::new(), |r| format!(
                 "\n                rekey_time = {r}s\n                life_time = {}s\n                rand_time = 1s",
                 r * 4
@@ -252,6 +437,23 @@ pub struct PolytunIpsec<'a> {
 
 /// The polytund TOML for one side (interface `iface`, inner address = `local_ts`).
 pub fn polytun_toml(iface: &str, side: &IpsecSide) -> String {
+    polytun_toml_with(iface, side, &SideAuth::Psk)
+}
+
+/// [`polytun_toml`] authenticating with `auth` (`auth = "pubkey"`, cert, key, ca).
+pub fn polytun_toml_with(iface: &str, side: &IpsecSide, auth: &SideAuth) -> String {
+    let auth = match auth {
+        SideAuth::Psk => format!("auth = \"psk\"\npsk = \"0s{}\"", side.psk_b64),
+        SideAuth::Cert(f) => format!(
+            "auth = \"pubkey\"\ncert = \"{}\"\nkey = \"{}\"\nca = [{}]",
+            f.cert.display(),
+            f.key.display(),
+            f.ca.iter()
+                .map(|c| format!("\"{}\"", c.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     let esp: Vec<String> = side
         .esp_proposals
         .iter()
@@ -269,8 +471,7 @@ local_addrs = ["{la}"]
 remote = "{ra}"
 local_id = "{lid}"
 remote_id = "{rid}"
-auth = "psk"
-psk = "0s{psk}"
+{auth}
 proposals = ["{ike}"]
 esp_proposals = [{esp}]
 local_ts = ["{lts}"]
@@ -283,7 +484,6 @@ dpd_delay = "10s"
         ra = side.remote_addr,
         lid = side.local_id,
         rid = side.remote_id,
-        psk = side.psk_b64,
         ike = side.ike_proposal,
         esp = esp.join(", "),
         lts = side.local_ts,

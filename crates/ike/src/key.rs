@@ -57,6 +57,15 @@ pub struct PrivateKey {
     public: Vec<u8>,
 }
 
+/// Equal when the public halves are (which determine the private ones);
+/// never compares secret bytes.
+impl PartialEq for PrivateKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.public == other.public
+    }
+}
+impl Eq for PrivateKey {}
+
 impl std::fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PrivateKey({}, <redacted>)", self.kind)

@@ -4,9 +4,13 @@
 //! `dpd_delay`, …) and validated into what [`polytun_ike::Config`] needs.
 
 use ipnet::IpNet;
-use polytun_ike::{DhGroup, EncrAlg, EspProposal, Identity, IkeProposal, IntegAlg, PrfAlg};
+use polytun_ike::{
+    Certificate, DhGroup, EncrAlg, EspProposal, Identity, IkeProposal, IntegAlg, PrfAlg,
+    PrivateKey, PubkeyAuth, SetupError,
+};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -20,6 +24,13 @@ pub struct RawIpsec<'a> {
     pub auth: Option<&'a str>,
     pub psk: Option<&'a str>,
     pub psk_file: Option<&'a Path>,
+    /// `auth = "pubkey"`: our certificate (PEM, intermediates after it),
+    /// our private key (PEM), the CA certificates we trust.
+    pub cert: Option<&'a Path>,
+    pub key: Option<&'a Path>,
+    pub ca: &'a [PathBuf],
+    /// Relative paths are taken from here (the config file's directory).
+    pub base: &'a Path,
     pub proposals: Option<&'a [String]>,
     pub esp_proposals: Option<&'a [String]>,
     pub local_ts: Option<&'a [String]>,
@@ -42,7 +53,10 @@ pub struct Ipsec {
     pub local_id: Identity,
     /// `None`: any identity that authenticates with the PSK.
     pub remote_id: Option<Identity>,
+    /// Empty with `auth = "pubkey"`.
     pub psk: Zeroizing<Vec<u8>>,
+    /// `auth = "pubkey"`: certificates and key (`None`: PSK).
+    pub pubkey: Option<Pubkey>,
     pub proposals: Vec<IkeProposal>,
     pub esp_proposals: Vec<EspProposal>,
     pub local_ts: Vec<IpNet>,
@@ -55,6 +69,46 @@ pub struct Ipsec {
     pub dpd_delay: Option<Duration>,
     /// The IKE port (500); NAT-T is always this + 4000 when 500, else 4500.
     pub ike_port: u16,
+}
+
+/// What `auth = "pubkey"` loaded: our certificate (then intermediates),
+/// our private key (zeroized on drop), the trusted CAs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pubkey {
+    pub certs: Vec<Certificate>,
+    pub key: PrivateKey,
+    pub cas: Vec<Certificate>,
+}
+
+impl Ipsec {
+    /// `psk` or `pubkey`, for `polytun show`.
+    pub fn auth_name(&self) -> String {
+        match &self.pubkey {
+            None => "psk".into(),
+            Some(p) => format!("pubkey ({})", p.key.kind()),
+        }
+    }
+
+    /// The IKE config's identities and authentication (the caller fills
+    /// in proposals, selectors and timers).
+    pub fn ike_auth_config(&self) -> polytun_ike::Config {
+        match &self.pubkey {
+            None => {
+                polytun_ike::Config::psk(self.local_id.clone(), self.remote_id.clone(), &self.psk)
+            }
+            Some(p) => polytun_ike::Config::pubkey(
+                Some(self.local_id.clone()),
+                self.remote_id.clone(),
+                PubkeyAuth {
+                    key: p.key.clone(),
+                    certs: p.certs.clone(),
+                    cas: p.cas.clone(),
+                    clock: Arc::new(std::time::SystemTime::now),
+                    rsa_pss: false,
+                },
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for Ipsec {
@@ -101,7 +155,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// An identity in strongSwan notation: an IP address, `@fqdn` or `fqdn`,
-/// `user@domain` (RFC 822).
+/// `user@domain` (RFC 822), or a distinguished name (`C=CH, O=polytun, CN=moon`).
 pub fn parse_identity(s: &str) -> Result<Identity, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -113,6 +167,11 @@ pub fn parse_identity(s: &str) -> Result<Identity, String> {
             IpAddr::V6(a) => Identity::Ipv6(a),
         });
     }
+    if s.contains('=') {
+        return polytun_ike::cert::dn_from_str(s)
+            .map(Identity::DerDn)
+            .map_err(|e| format!("`{s}`: {e}"));
+    }
     if let Some(f) = s.strip_prefix('@') {
         return if f.is_empty() {
             Err("`@` needs a name after it".into())
@@ -123,9 +182,9 @@ pub fn parse_identity(s: &str) -> Result<Identity, String> {
     if s.contains('@') {
         return Ok(Identity::Rfc822(s.into()));
     }
-    if s.contains(['=', ' ', ',']) {
+    if s.contains([' ', ',']) {
         return Err(format!(
-            "`{s}`: distinguished names need certificates, which polytun's IPsec does not do yet; use an address, FQDN or email"
+            "`{s}` is not an identity: an address, FQDN, email or a DN like \"C=CH, O=polytun, CN=moon\""
         ));
     }
     Ok(Identity::Fqdn(s.into()))
@@ -357,6 +416,104 @@ fn resolve(field: &'static str, s: &str) -> Result<IpNet, Err> {
         .ok_or_else(|| (field, format!("`{s}` resolves to no address")))
 }
 
+fn read_psk(r: &RawIpsec<'_>) -> Result<Zeroizing<Vec<u8>>, Err> {
+    Ok(match (r.psk, r.psk_file) {
+        (Some(_), Some(_)) => return Err(("psk", "set either psk or psk_file, not both".into())),
+        (Some(s), None) => parse_psk(s).map_err(|m| ("psk", m))?,
+        (None, Some(p)) => {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(p)
+                    .map_err(|e| ("psk_file", format!("cannot read {}: {e}", p.display())))?,
+            );
+            parse_psk(text.trim_end_matches(['\n', '\r']))
+                .map_err(|m| ("psk_file", format!("{}: {m}", p.display())))?
+        }
+        (None, None) => return Err((
+            "psk",
+            "missing: auth = \"psk\" needs psk (\"0s<base64>\", \"0x<hex>\" or text) or psk_file; or use auth = \"pubkey\" with cert, key and ca"
+                .into(),
+        )),
+    })
+}
+
+fn abs(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn read_file(
+    field: &'static str,
+    base: &Path,
+    p: &Path,
+) -> Result<(PathBuf, Zeroizing<Vec<u8>>), Err> {
+    let p = abs(base, p);
+    let data =
+        std::fs::read(&p).map_err(|e| (field, format!("cannot read {}: {e}", p.display())))?;
+    Ok((p, Zeroizing::new(data)))
+}
+
+/// Loads `cert`, `key` and `ca` for `auth = "pubkey"`.
+fn read_pubkey(r: &RawIpsec<'_>) -> Result<Pubkey, Err> {
+    let Some(cert) = r.cert else {
+        return Err((
+            "cert",
+            "missing: auth = \"pubkey\" needs cert = \"/path/to/cert.pem\" (our certificate, PEM or DER)".into(),
+        ));
+    };
+    let Some(key) = r.key else {
+        return Err((
+            "key",
+            "missing: auth = \"pubkey\" needs key = \"/path/to/key.pem\" (the certificate's private key)".into(),
+        ));
+    };
+    if r.ca.is_empty() {
+        return Err((
+            "ca",
+            "missing: auth = \"pubkey\" needs ca = [\"/path/to/ca.pem\"] (the CA certificates the peer's certificate must chain to)".into(),
+        ));
+    }
+    let (cpath, data) = read_file("cert", r.base, cert)?;
+    let certs = Certificate::all_from_pem_or_der(&data)
+        .map_err(|e| ("cert", format!("{}: {e}", cpath.display())))?;
+    let (kpath, data) = read_file("key", r.base, key)?;
+    let key = PrivateKey::from_pem_or_der(&data)
+        .map_err(|e| ("key", format!("{}: {e}", kpath.display())))?;
+    let mut cas = Vec::new();
+    for c in r.ca {
+        let (p, data) = read_file("ca", r.base, c)?;
+        let v = Certificate::all_from_pem_or_der(&data)
+            .map_err(|e| ("ca", format!("{}: {e}", p.display())))?;
+        if let Some(x) = v.iter().find(|x| !x.is_ca()) {
+            return Err((
+                "ca",
+                format!(
+                    "{}: `{}` is not a CA certificate (basicConstraints cA is not set)",
+                    p.display(),
+                    x.subject_string()
+                ),
+            ));
+        }
+        cas.extend(v);
+    }
+    let auth = PubkeyAuth::new(key, certs, cas, Arc::new(std::time::SystemTime::now)).map_err(
+        |e| match e {
+            SetupError::KeyMismatch { .. } => ("key", format!("{}: {e}", kpath.display())),
+            SetupError::NoCa | SetupError::NotCa { .. } => ("ca", e.to_string()),
+            SetupError::NoCertificate | SetupError::Cert(_) => {
+                ("cert", format!("{}: {e}", cpath.display()))
+            }
+        },
+    )?;
+    Ok(Pubkey {
+        certs: auth.certs,
+        key: auth.key,
+        cas: auth.cas,
+    })
+}
+
 pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
     let local = nets("local_addrs", r.local_addrs)?;
     if local.len() > 1 || local.iter().any(|n| n.prefix_len() != n.max_prefix_len()) {
@@ -389,39 +546,59 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
             "missing: an initiating tunnel (initiate = true, the default) needs the peer's address (remote = \"192.0.2.2\"); set initiate = false to only respond".into(),
         ));
     }
-    match r.auth.unwrap_or("psk") {
-        "psk" => {}
-        "pubkey" | "cert" | "eap" => {
+    let (psk, pubkey) = match r.auth.unwrap_or("psk") {
+        "psk" => {
+            for (f, set) in [
+                ("cert", r.cert.is_some()),
+                ("key", r.key.is_some()),
+                ("ca", !r.ca.is_empty()),
+            ] {
+                if set {
+                    return Err((
+                        f,
+                        "certificates are for auth = \"pubkey\" (this tunnel has auth = \"psk\")"
+                            .into(),
+                    ));
+                }
+            }
+            (read_psk(r)?, None)
+        }
+        "pubkey" => {
+            if r.psk.is_some() || r.psk_file.is_some() {
+                return Err((
+                    if r.psk.is_some() { "psk" } else { "psk_file" },
+                    "a PSK with auth = \"pubkey\": choose one (auth = \"psk\" uses it)".into(),
+                ));
+            }
+            (Zeroizing::new(Vec::new()), Some(read_pubkey(r)?))
+        }
+        "cert" | "certificate" | "x509" => {
             return Err((
                 "auth",
                 format!(
-                    "`{}` is not supported yet by polytun's IPsec; use auth = \"psk\"",
+                    "`{}`: certificates are auth = \"pubkey\" (as in swanctl.conf)",
                     r.auth.unwrap_or_default()
                 ),
             ))
         }
-        other => return Err(("auth", format!("unknown `{other}` (expected \"psk\")"))),
-    }
-    let psk = match (r.psk, r.psk_file) {
-        (Some(_), Some(_)) => return Err(("psk", "set either psk or psk_file, not both".into())),
-        (Some(s), None) => parse_psk(s).map_err(|m| ("psk", m))?,
-        (None, Some(p)) => {
-            let text = Zeroizing::new(
-                std::fs::read_to_string(p)
-                    .map_err(|e| ("psk_file", format!("cannot read {}: {e}", p.display())))?,
-            );
-            parse_psk(text.trim_end_matches(['\n', '\r']))
-                .map_err(|m| ("psk_file", format!("{}: {m}", p.display())))?
+        "eap" => {
+            return Err((
+                "auth",
+                "`eap` is not supported yet by polytun's IPsec; use \"psk\" or \"pubkey\"".into(),
+            ))
         }
-        (None, None) => return Err((
-            "psk",
-            "missing: auth = \"psk\" needs psk (\"0s<base64>\", \"0x<hex>\" or text) or psk_file"
-                .into(),
-        )),
+        other => {
+            return Err((
+                "auth",
+                format!("unknown `{other}` (expected \"psk\" or \"pubkey\")"),
+            ))
+        }
     };
-    let local_id = match r.local_id {
-        Some(s) => parse_identity(s).map_err(|m| ("local_id", m))?,
-        None => match local_addr {
+    let local_id = match (r.local_id, &pubkey) {
+        (Some(s), _) => parse_identity(s).map_err(|m| ("local_id", m))?,
+        // strongSwan's default with a certificate: its subject
+        (None, Some(p)) => p.certs[0].subject_identity(),
+        (None, None) => match local_addr {
             Some(a) => parse_identity(&a.to_string()).map_err(|m| ("local_id", m))?,
             None => {
                 return Err((
@@ -431,6 +608,17 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
             }
         },
     };
+    if let Some(p) = &pubkey {
+        if !p.certs[0].has_identity(&local_id) {
+            return Err((
+                "local_id",
+                format!(
+                    "`{local_id}` is not in the certificate `{}` (neither its subject nor a subjectAltName); leave local_id out to use the subject",
+                    p.certs[0].subject_string()
+                ),
+            ));
+        }
+    }
     let remote_id = match r.remote_id {
         Some("%any") | None => None,
         Some(s) => Some(parse_identity(s).map_err(|m| ("remote_id", m))?),
@@ -506,6 +694,7 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
         local_id,
         remote_id,
         psk,
+        pubkey,
         proposals,
         esp_proposals,
         local_ts,
@@ -560,6 +749,12 @@ mod tests {
             &[1, 2, 3, 4, 5, 6, 7, 8]
         );
         assert!(parse_psk("short").is_err());
+        // DNs in strongSwan notation (auth = "pubkey")
+        let dn = parse_identity("C=CH, O=polytun, CN=moon").unwrap();
+        assert!(matches!(dn, Identity::DerDn(_)));
+        assert_eq!(dn.to_string(), "C=CH, O=polytun, CN=moon");
+        assert!(parse_identity("C=CH, Q=x").is_err());
+        assert!(parse_identity("not an id").is_err());
         assert_eq!(parse_duration("20s").unwrap(), Duration::from_secs(20));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));

@@ -118,7 +118,7 @@ fn source_towards(remote: IpAddr) -> Option<IpAddr> {
 }
 
 fn ike_config(cfg: &Ipsec) -> polytun_ike::Config {
-    let mut c = polytun_ike::Config::psk(cfg.local_id.clone(), cfg.remote_id.clone(), &cfg.psk);
+    let mut c = cfg.ike_auth_config();
     c.ike_proposals = cfg.proposals.clone();
     c.esp_proposals = cfg.esp_proposals.clone();
     c.local_ts = cfg.local_ts.iter().map(ts_of).collect();
@@ -457,7 +457,7 @@ impl Control {
                 }
             }
             Event::Failed { sa, reason } => {
-                tracing::warn!("tunnel {}: IKE SA {sa:016x} failed: {reason:?}", self.name);
+                tracing::warn!("tunnel {}: IKE SA {sa:016x} failed: {reason}", self.name);
                 self.sas.remove(&sa);
                 self.replacing.retain(|s| *s != sa);
                 if Some(sa) == self.current {
@@ -755,6 +755,7 @@ impl Control {
                         .as_ref()
                         .or(self.cfg.remote_id.as_ref())
                         .map_or("%any".into(), |i| i.to_string()),
+                    auth: self.cfg.auth_name(),
                     algorithms: info.algs.as_ref().map(ike_algs_name).unwrap_or_default(),
                     age_secs: self.ep.age(id, now).unwrap_or_default().as_secs(),
                     children: children

@@ -149,8 +149,10 @@ impl PrivateKey {
         }
         let blocks = pem::parse_many(data).map_err(|e| KeyError::Format(format!("PEM: {e}")))?;
         for b in blocks {
-            let der = Zeroizing::new(b.contents().to_vec());
-            match b.tag() {
+            let tag = b.tag().to_string();
+            // the decoded key lives only in a buffer that is wiped on drop
+            let der = Zeroizing::new(b.into_contents());
+            match tag.as_str() {
                 "PRIVATE KEY" => return Self::from_pkcs8(&der),
                 "EC PRIVATE KEY" => return Self::from_sec1(&der, None),
                 "RSA PRIVATE KEY" => return Self::from_pkcs1(&der),

@@ -522,6 +522,19 @@ fn check_cert(c: &X509Certificate<'_>, now: i64, is_issuer: bool) -> Result<(), 
                     oid: oid.to_id_string(),
                 });
             }
+            // parsed but not enforced here: refusing beats ignoring them
+            if matches!(
+                ext.parsed_extension(),
+                ParsedExtension::NameConstraints(_)
+                    | ParsedExtension::PolicyConstraints(_)
+                    | ParsedExtension::PolicyMappings(_)
+                    | ParsedExtension::InhibitAnyPolicy(_)
+            ) {
+                return Err(CertError::UnsupportedCritical {
+                    subject: subject(),
+                    oid: ext.oid.to_id_string(),
+                });
+            }
             if let ParsedExtension::ParseError { error } = ext.parsed_extension() {
                 return Err(malformed(format!(
                     "critical extension {}: {error}",

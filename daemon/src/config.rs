@@ -711,7 +711,12 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
             }
         }
         let ovpn_server = |p: &Protocol| matches!(p, Protocol::OpenVpn(o) if o.server.is_some());
-        if ti > 0 && (ovpn_server(&protocol) || tunnels.first().is_some_and(|f: &Tunnel| ovpn_server(&f.protocol))) {
+        if ti > 0
+            && (ovpn_server(&protocol)
+                || tunnels
+                    .first()
+                    .is_some_and(|f: &Tunnel| ovpn_server(&f.protocol)))
+        {
             return Err(ctx.err(
                 &tp("mode"),
                 "an OpenVPN server owns its interface: put it alone in its config (one TUN device per server)",

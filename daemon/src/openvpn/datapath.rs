@@ -176,8 +176,7 @@ pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routi
         sealed.clear();
         {
             // A server locks only the sessions this batch uses.
-            let mut guards: Vec<Option<std::sync::RwLockReadGuard<'_, Tables>>> = match r.by_dst
-            {
+            let mut guards: Vec<Option<std::sync::RwLockReadGuard<'_, Tables>>> = match r.by_dst {
                 None => set.iter().map(|s| Some(s.tables())).collect(),
                 Some(_) => set.iter().map(|_| None).collect(),
             };

@@ -159,9 +159,11 @@ pub fn spawn(
         }
     }
     let t = tables.clone();
-    tasks.push(tokio::spawn(datapath::tun_loop(tun.clone(), mtu, move || {
-        read(&t).routing.clone()
-    })));
+    tasks.push(tokio::spawn(datapath::tun_loop(
+        tun.clone(),
+        mtu,
+        move || read(&t).routing.clone(),
+    )));
     // The server's own address in the pool (topology subnet).
     let gw = first_host(&srv.pool);
     let added_address = match tun.add_address(gw.into(), srv.pool.prefix_len()) {
@@ -350,7 +352,9 @@ impl Server {
                 if let Some(c) = self.conns.remove(&conn) {
                     match c.peer {
                         Some(pid) => self.remove(pid, &why),
-                        None => tracing::debug!("tunnel {}: TCP connection {conn}: {why}", self.name),
+                        None => {
+                            tracing::debug!("tunnel {}: TCP connection {conn}: {why}", self.name)
+                        }
                     }
                 }
             }
@@ -761,7 +765,9 @@ impl Server {
         self.publish();
         if self.added_address {
             let gw = first_host(&self.srv.pool);
-            let _ = self.tun.remove_address(gw.into(), self.srv.pool.prefix_len());
+            let _ = self
+                .tun
+                .remove_address(gw.into(), self.srv.pool.prefix_len());
         }
     }
 
@@ -933,7 +939,8 @@ async fn udp_rx(
     let mut errors = 0u64;
     loop {
         let n = {
-            let mut iov: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut iov: Vec<IoSliceMut<'_>> =
+                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
             match sock.recv_batch(&mut iov, &mut metas).await {
                 Ok(n) => n,
                 Err(e) => {
@@ -1050,9 +1057,15 @@ async fn tcp_rx(
                 let t = read(&tables);
                 loop {
                     match dec.next_frame() {
-                        Ok(Some(f)) => {
-                            handle(&mut w, &tunnel, &t, &tx, f, (addr, Some((conn, &link))), now)
-                        }
+                        Ok(Some(f)) => handle(
+                            &mut w,
+                            &tunnel,
+                            &t,
+                            &tx,
+                            f,
+                            (addr, Some((conn, &link))),
+                            now,
+                        ),
                         Ok(None) => break,
                         Err(e) => {
                             failed = Some(e.to_string());

@@ -209,7 +209,11 @@ pub fn build(
     if let Some(h) = raw.hand_window {
         c.hand_window = Some(h);
     }
-    if let Some((m, f)) = raw.mode.map(|m| (m, "mode")).or(raw.role.map(|r| (r, "role"))) {
+    if let Some((m, f)) = raw
+        .mode
+        .map(|m| (m, "mode"))
+        .or(raw.role.map(|r| (r, "role")))
+    {
         c.mode = Some((m.to_string(), t(f)));
     }
     if let Some(v) = raw.server {
@@ -324,7 +328,10 @@ fn finish(
             (c.max_clients.as_ref().map(|l| &l.1), "a server setting"),
         ] {
             if let Some(s) = set {
-                return Err(err(s, format!("{src} (set mode = \"server\" for a server)")));
+                return Err(err(
+                    s,
+                    format!("{src} (set mode = \"server\" for a server)"),
+                ));
             }
         }
         None
@@ -477,7 +484,10 @@ fn server_settings(
     err: &dyn Fn(&Src, String) -> ConfigError,
     missing: &dyn Fn(&'static str, &str) -> ConfigError,
 ) -> Result<ServerSettings, ConfigError> {
-    let (net, src) = c.server.as_ref().ok_or_else(|| missing("server", "server"))?;
+    let (net, src) = c
+        .server
+        .as_ref()
+        .ok_or_else(|| missing("server", "server"))?;
     let bad = || {
         err(
             src,
@@ -814,7 +824,10 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
                     return Err(e(
                         ln,
                         opt,
-                        format!("a {} can only require `remote-cert-tls {want}`", if want == "client" { "server" } else { "client" }),
+                        format!(
+                            "a {} can only require `remote-cert-tls {want}`",
+                            if want == "client" { "server" } else { "client" }
+                        ),
                     ));
                 }
             }

@@ -72,9 +72,10 @@ pub(super) fn control_wrap(s: &OpenVpn, is_server: bool) -> ControlWrap {
     // Validated when the config was loaded.
     match &s.key_mode {
         KeyMode::None => ControlWrap::none(),
-        KeyMode::TlsCrypt(k) => {
-            ControlWrap::tls_crypt(&StaticKey::parse(k).expect("validated static key"), is_server)
-        }
+        KeyMode::TlsCrypt(k) => ControlWrap::tls_crypt(
+            &StaticKey::parse(k).expect("validated static key"),
+            is_server,
+        ),
         KeyMode::TlsAuth {
             key,
             direction,

@@ -446,3 +446,65 @@ fn openvpn_server_polytun_client_udp() {
 fn openvpn_server_polytun_client_tcp() {
     polytun_pair("osp2", Proto::Tcp);
 }
+
+/// configs/openvpn-server.toml and configs/openvpn-server-conf.toml (+ the
+/// OpenVPN-style openvpn-server.conf), as shipped, with this test's PKI;
+/// one openvpn client follows from the first to the second (`polytun down`
+/// on the first tells it to reconnect: OCC_EXIT, "remote-exit").
+#[test]
+fn openvpn_server_shipped_configs() {
+    let (s, c, pki) = setup("osc");
+    let root = polytun_e2e::bins::workspace_root().join("configs");
+    std::fs::copy(
+        root.join("openvpn-server.conf"),
+        pki.dir.join("openvpn-server.conf"),
+    )
+    .unwrap();
+    let cli = polytun_e2e::bins::polytun();
+    let mut client = None;
+    for (i, (toml, name)) in [
+        ("openvpn-server.toml", "ptovpns0"),
+        ("openvpn-server-conf.toml", "ptovpns1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let iface = polytun_e2e::unique_ifname("pts");
+        let text = std::fs::read_to_string(root.join(toml)).unwrap().replace(
+            &format!("name = \"{name}\""),
+            &format!("name = \"{iface}\""),
+        );
+        let path = pki.dir.join(toml);
+        std::fs::write(&path, text).unwrap();
+        // (the first server has put the pushed host's address on lo already)
+        let server = Client::start_with(&s, iface, path);
+        let pid = *client.get_or_insert_with(|| {
+            ovpn::start_client(
+                &c,
+                &ovpn::client_conf(
+                    &pki,
+                    "192.0.2.1",
+                    Proto::Udp,
+                    KeyMode::TlsCrypt,
+                    "AES-128-GCM",
+                ),
+            )
+        });
+        let cl = wait_clients(&server, 1);
+        assert_eq!(cl[0]["cipher"], "AES-128-GCM", "{toml}: {cl:?}");
+        assert_eq!(
+            cl[0]["virtual_address"], "198.51.100.2/24",
+            "{toml}: {cl:?}"
+        );
+        wait_ping(&c, SERVER_TUN, Duration::from_secs(20));
+        assert_eq!(ping(&c, SERVER_TUN, 5), 0.0, "{toml}");
+        assert_eq!(ping(&c, ovpn::PUSHED_HOST, 5), 0.0, "{toml}: pushed route");
+        s.run_ok(&[cli.to_str().unwrap(), "-i", &server.iface, "down"]);
+        wait_until(
+            "the openvpn client to restart on the server's exit",
+            Duration::from_secs(10),
+            || c.log_of(pid).matches("remote-exit").count() > i,
+        );
+        s.wait_exit(server.pid, Duration::from_secs(10));
+    }
+}

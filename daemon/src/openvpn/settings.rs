@@ -102,7 +102,7 @@ const SERVER_SET: &[&str] = &[
 ];
 
 /// The `[[tunnel]]` fields an OpenVPN tunnel uses, as written.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct RawFields<'a> {
     pub role: Option<&'a str>,
     pub config: Option<&'a Path>,
@@ -946,6 +946,151 @@ mod tests {
         let e = build(&raw, &dir, &terr).unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (Some(9), "key"), "{e}");
         assert!(e.message.contains("cannot read"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A throwaway self-signed P-256 certificate and key (valid PEM).
+    fn cert_and_key(dir: &Path) -> (PathBuf, PathBuf) {
+        let (c, k) = (dir.join("s.crt"), dir.join("s.key"));
+        let o = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-subj", "/CN=t", "-days", "1", "-keyout"])
+            .arg(&k)
+            .arg("-out")
+            .arg(&c)
+            .output()
+            .expect("openssl");
+        assert!(o.status.success(), "{o:?}");
+        (c, k)
+    }
+
+    #[test]
+    fn server_settings_toml_and_conf() {
+        let dir = std::env::temp_dir().join(format!("pt-ovpns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, k) = cert_and_key(&dir);
+        let push = vec!["route 203.0.113.0 255.255.255.0".to_string()];
+        let raw = RawFields {
+            mode: Some("server"),
+            server: Some("198.51.100.0/24"),
+            ca: Some(&c),
+            cert: Some(&c),
+            key: Some(&k),
+            push: Some(&push),
+            proto: Some("tcp"),
+            listen_port: Some(443),
+            keepalive: Some(&[5, 30]),
+            ..Default::default()
+        };
+        let o = build(&raw, &dir, &terr).unwrap();
+        let srv = o.server.as_ref().unwrap();
+        assert_eq!(srv.pool.to_string(), "198.51.100.0/24");
+        assert_eq!(srv.max_clients, 253);
+        assert_eq!(srv.push, push);
+        assert_eq!((o.transport, o.remote.port()), (Transport::Tcp, 443));
+        assert_eq!((o.ping, o.ping_restart), (Some(5), Some(30)));
+        // errors name the field
+        let field = |r: RawFields<'_>| build(&r, &dir, &terr).unwrap_err().field;
+        assert_eq!(
+            field(RawFields {
+                server: None,
+                ..raw
+            }),
+            "server"
+        );
+        assert_eq!(
+            field(RawFields {
+                server: Some("198.51.100.1/24"),
+                ..raw
+            }),
+            "server"
+        );
+        assert_eq!(
+            field(RawFields {
+                server: Some("nonsense"),
+                ..raw
+            }),
+            "server"
+        );
+        let bad_push = vec!["ifconfig 1.2.3.4 255.0.0.0".to_string()];
+        assert_eq!(
+            field(RawFields {
+                push: Some(&bad_push),
+                ..raw
+            }),
+            "push"
+        );
+        assert_eq!(
+            field(RawFields {
+                mode: Some("p2p"),
+                ..raw
+            }),
+            "mode"
+        );
+        assert_eq!(
+            field(RawFields {
+                keepalive: Some(&[1]),
+                ..raw
+            }),
+            "keepalive"
+        );
+        assert_eq!(
+            field(RawFields {
+                proto: Some("tcp-client"),
+                ..raw
+            }),
+            "proto"
+        );
+        // a client does not listen
+        let e = build(
+            &RawFields {
+                mode: None,
+                remote: Some("192.0.2.1"),
+                ..raw
+            },
+            &dir,
+            &terr,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "listen_port", "{e}");
+        // an OpenVPN server .conf
+        let conf = dir.join("server.conf");
+        let text = format!(
+            "port 1195\nproto tcp-server\ndev tun\nca {c}\ncert {c}\nkey {k}\ndh none\n\
+             topology subnet\nserver 198.51.100.0 255.255.255.128\n\
+             push \"dhcp-option DNS 198.51.100.53\"\nkeepalive 10 60\nmax-clients 7\n\
+             remote-cert-tls client\nexplicit-exit-notify 1\n",
+            c = c.display(),
+            k = k.display()
+        );
+        std::fs::write(&conf, &text).unwrap();
+        let from_conf = RawFields {
+            config: Some(&conf),
+            ..Default::default()
+        };
+        let o = build(&from_conf, &dir, &terr).unwrap();
+        let srv = o.server.as_ref().unwrap();
+        assert_eq!(srv.pool.to_string(), "198.51.100.0/25");
+        assert_eq!(srv.max_clients, 7);
+        assert_eq!(srv.push, vec!["dhcp-option DNS 198.51.100.53".to_string()]);
+        assert_eq!((o.transport, o.remote.port()), (Transport::Tcp, 1195));
+        std::fs::write(&conf, text.replace("topology subnet", "topology net30")).unwrap();
+        let e = build(&from_conf, &dir, &terr).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(8), "topology"), "{e}");
+        std::fs::write(&conf, text.replace("dh none", "client-to-client")).unwrap();
+        let e = build(&from_conf, &dir, &terr).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(7), "client-to-client"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

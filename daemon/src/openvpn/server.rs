@@ -113,7 +113,8 @@ pub fn spawn(
 ) -> anyhow::Result<TunnelHandle> {
     let srv = settings
         .server
-        .clone()
+        .as_deref()
+        .cloned()
         .ok_or_else(|| anyhow::anyhow!("tunnel {name}: not a server"))?;
     let tls = tls_config(&settings)
         .map_err(|e| anyhow::anyhow!("tunnel {name}: certificate or key unusable: {e}"))?;
@@ -887,11 +888,11 @@ fn handle(
             let r = {
                 let tables = client.tables();
                 let r = w.open(client, &tables, key_id, d, now);
+                let own = |s: IpAddr| tables.routes.lookup(s).is_some();
                 let spoofed = r == Rx::Queued
-                    && !w
-                        .last()
+                    && w.last()
                         .and_then(crate::datapath::src_ip)
-                        .is_some_and(|s| tables.routes.lookup(s).is_some());
+                        .is_none_or(|s| !own(s));
                 if spoofed {
                     // not its own address: no client speaks for another
                     w.unqueue();

@@ -75,7 +75,7 @@ pub struct OpenVpn {
     /// Where the settings came from (a .ovpn file), for messages.
     pub source: Option<PathBuf>,
     /// `mode = "server"`: the server's own settings.
-    pub server: Option<ServerSettings>,
+    pub server: Option<Box<ServerSettings>>,
 }
 
 /// An OpenVPN server's settings (`mode server`, `server NET MASK`, ...).
@@ -311,7 +311,7 @@ fn finish(
         },
     };
     let server = if is_server {
-        Some(server_settings(&c, &err, &missing)?)
+        Some(Box::new(server_settings(&c, &err, &missing)?))
     } else {
         for (set, src) in [
             (

@@ -378,9 +378,7 @@ impl TunWriter {
 
 /// The datagrams of one `recv_batch` (GRO runs split at their stride):
 /// (buffer index, start, end, canonical source address).
-pub(super) fn datagrams(
-    metas: &[RecvMeta],
-) -> impl Iterator<Item = (usize, usize, usize, SocketAddr)> + '_ {
+fn datagrams(metas: &[RecvMeta]) -> impl Iterator<Item = (usize, usize, usize, SocketAddr)> + '_ {
     metas.iter().enumerate().flat_map(|(i, m)| {
         let stride = if m.stride == 0 { m.len } else { m.stride };
         let len = m.len.min(UDP_BUF);
@@ -394,6 +392,33 @@ pub(super) fn datagrams(
 
 /// Receives the tunnel's UDP datagrams forever.
 pub async fn udp_to_tun(tun: Arc<Tun>, shared: Arc<Shared>, sock: Arc<polytun_io::UdpSocket>) {
+    read_datagrams(
+        &sock,
+        &tun,
+        &shared,
+        || (shared.tables(), shared.remote()),
+        |w, (tables, remote), d, src, now| {
+            if src != *remote {
+                // A client talks to its server only.
+                DropCounters::bump(&shared.drops.bad_source);
+                return;
+            }
+            w.handle(&shared, tables, d, now);
+        },
+    )
+    .await
+}
+
+/// Receives datagrams forever: `each` sees every datagram (GRO runs
+/// split) with its source, under one `lock()` per run, queueing TUN
+/// packets into the writer, which is flushed per run.
+pub(super) async fn read_datagrams<G>(
+    sock: &polytun_io::UdpSocket,
+    tun: &Tun,
+    shared: &Shared,
+    lock: impl Fn() -> G,
+    mut each: impl FnMut(&mut TunWriter, &G, &[u8], SocketAddr, Instant),
+) {
     let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
     let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
     let mut w = TunWriter::new();
@@ -415,26 +440,20 @@ pub async fn udp_to_tun(tun: Arc<Tun>, shared: Arc<Shared>, sock: Arc<polytun_io
             }
         };
         let now = Instant::now();
-        let remote = shared.remote();
         let mut datagrams = datagrams(&metas[..n]);
         loop {
             let mut more = false;
             {
-                let tables = shared.tables();
+                let g = lock();
                 for (i, start, end, src) in datagrams.by_ref() {
-                    if src != remote {
-                        // A client talks to its server only.
-                        DropCounters::bump(&shared.drops.bad_source);
-                        continue;
-                    }
-                    w.handle(&shared, &tables, &udp_bufs[i][start..end], now);
+                    each(&mut w, &g, &udp_bufs[i][start..end], src, now);
                     if w.full() {
                         more = true;
                         break;
                     }
                 }
             }
-            w.flush(&tun, &shared).await;
+            w.flush(tun, shared).await;
             if !more {
                 break;
             }
@@ -450,24 +469,47 @@ pub async fn tcp_to_tun(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     conn: u64,
 ) {
+    let why = read_frames(
+        &mut rd,
+        &tun,
+        &shared,
+        "the server",
+        || shared.tables(),
+        |w, tables, f, now| w.handle(&shared, tables, f, now),
+    )
+    .await;
+    let _ = shared.to_control.send(ToControl::LinkDown(conn, why)).await;
+}
+
+/// Reads OpenVPN's framed packets from a TCP connection until it ends
+/// and returns why; `each` sees every frame under one `lock()` per run,
+/// queueing TUN packets into the writer, which is flushed per run.
+pub(super) async fn read_frames<G>(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    tun: &Tun,
+    shared: &Shared,
+    peer: &str,
+    lock: impl Fn() -> G,
+    mut each: impl FnMut(&mut TunWriter, &G, &[u8], Instant),
+) -> String {
     let mut dec = FrameDecoder::default();
     let mut buf = vec![0u8; UDP_BUF];
     let mut w = TunWriter::new();
-    let why = loop {
+    loop {
         let n = match rd.read(&mut buf).await {
-            Ok(0) => break "the server closed the TCP connection".to_string(),
+            Ok(0) => return format!("{peer} closed the TCP connection"),
             Ok(n) => n,
-            Err(e) => break format!("TCP receive: {e}"),
+            Err(e) => return format!("TCP receive: {e}"),
         };
         dec.push(&buf[..n]);
         let now = Instant::now();
         let mut failed = None;
         loop {
             {
-                let tables = shared.tables();
+                let g = lock();
                 loop {
                     match dec.next_frame() {
-                        Ok(Some(f)) => w.handle(&shared, &tables, f, now),
+                        Ok(Some(f)) => each(&mut w, &g, f, now),
                         Ok(None) => break,
                         Err(e) => {
                             failed = Some(e.to_string());
@@ -480,16 +522,15 @@ pub async fn tcp_to_tun(
                 }
             }
             let again = w.full() && failed.is_none();
-            w.flush(&tun, &shared).await;
+            w.flush(tun, shared).await;
             if !again {
                 break;
             }
         }
         if let Some(f) = failed {
-            break format!("TCP framing: {f}");
+            return format!("TCP framing: {f}");
         }
-    };
-    let _ = shared.to_control.send(ToControl::LinkDown(conn, why)).await;
+    }
 }
 
 /// Writes framed bytes to the TCP connection until the queue closes.
@@ -499,14 +540,22 @@ pub async fn tcp_writer(
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     conn: u64,
 ) {
+    if let Some(e) = write_frames(&mut wr, &mut rx).await {
+        let _ = shared.to_control.send(ToControl::LinkDown(conn, e)).await;
+    }
+}
+
+/// Writes queued (framed) bytes until the queue closes or a write fails
+/// (returns the error).
+pub(super) async fn write_frames(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Option<String> {
     use tokio::io::AsyncWriteExt;
     while let Some(b) = rx.recv().await {
         if let Err(e) = wr.write_all(&b).await {
-            let _ = shared
-                .to_control
-                .send(ToControl::LinkDown(conn, format!("TCP send: {e}")))
-                .await;
-            break;
+            return Some(format!("TCP send: {e}"));
         }
     }
+    None
 }

@@ -15,7 +15,7 @@
 //! - explicit-exit-notify (CT) removes a client at once; `ping-restart`
 //!   removes silent ones; both free the address and the peer-id.
 
-use super::datapath::{self, Routing, Rx, TunWriter, UDP_BUF};
+use super::datapath::{self, Routing, Rx, TunWriter};
 use super::settings::{parse_certs, OpenVpn, ServerSettings, Transport};
 use super::state::{Link, Shared, ToControl};
 use super::tunnel::{control_wrap, TunnelCommand, TunnelHandle};
@@ -23,8 +23,7 @@ use crate::control::{Drops, OpenVpnShow, TunnelShow};
 use crate::wg::state::DropCounters;
 use ipnet::{IpNet, Ipv4Net};
 use polytun_core::{Limits, PrefixTable};
-use polytun_io::{RecvMeta, Tun, UdpSocket, UDP_RECV_BATCH};
-use polytun_openvpn::framing::FrameDecoder;
+use polytun_io::{Tun, UdpSocket};
 use polytun_openvpn::packet::{split_op_byte, Opcode, SessionId, SESSION_ID_LEN};
 use polytun_openvpn::reliable::ReliableConfig;
 use polytun_openvpn::session::{
@@ -35,12 +34,10 @@ use polytun_openvpn::wrap::ControlWrap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use std::collections::{BTreeMap, HashMap};
-use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -934,54 +931,14 @@ async fn udp_rx(
     sock: Arc<UdpSocket>,
     tx: mpsc::Sender<Msg>,
 ) {
-    let mut bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
-    let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
-    let mut w = TunWriter::new();
-    let mut errors = 0u64;
-    loop {
-        let n = {
-            let mut iov: Vec<IoSliceMut<'_>> =
-                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            match sock.recv_batch(&mut iov, &mut metas).await {
-                Ok(n) => n,
-                Err(e) => {
-                    errors += 1;
-                    if errors.is_power_of_two() {
-                        tracing::debug!("{}: udp receive: {e}", tunnel.name);
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
-                }
-            }
-        };
-        let now = Instant::now();
-        let mut datagrams = datapath::datagrams(&metas[..n]);
-        loop {
-            let mut more = false;
-            {
-                let t = read(&tables);
-                for (i, start, end, src) in datagrams.by_ref() {
-                    handle(
-                        &mut w,
-                        &tunnel,
-                        &t,
-                        &tx,
-                        &bufs[i][start..end],
-                        (src, None),
-                        now,
-                    );
-                    if w.full() {
-                        more = true;
-                        break;
-                    }
-                }
-            }
-            w.flush(&tun, &tunnel).await;
-            if !more {
-                break;
-            }
-        }
-    }
+    datapath::read_datagrams(
+        &sock,
+        &tun,
+        &tunnel,
+        || read(&tables),
+        |w, t, d, src, now| handle(w, &tunnel, t, &tx, d, (src, None), now),
+    )
+    .await
 }
 
 /// Accepts TCP connections forever; each gets a reader and a writer task,
@@ -1041,53 +998,15 @@ async fn tcp_rx(
     (conn, addr, link): (u64, SocketAddr, Arc<Link>),
     tx: mpsc::Sender<Msg>,
 ) {
-    let mut dec = FrameDecoder::default();
-    let mut buf = vec![0u8; UDP_BUF];
-    let mut w = TunWriter::new();
-    let why = loop {
-        let n = match rd.read(&mut buf).await {
-            Ok(0) => break "the client closed the TCP connection".to_string(),
-            Ok(n) => n,
-            Err(e) => break format!("TCP receive: {e}"),
-        };
-        dec.push(&buf[..n]);
-        let now = Instant::now();
-        let mut failed = None;
-        loop {
-            {
-                let t = read(&tables);
-                loop {
-                    match dec.next_frame() {
-                        Ok(Some(f)) => handle(
-                            &mut w,
-                            &tunnel,
-                            &t,
-                            &tx,
-                            f,
-                            (addr, Some((conn, &link))),
-                            now,
-                        ),
-                        Ok(None) => break,
-                        Err(e) => {
-                            failed = Some(e.to_string());
-                            break;
-                        }
-                    }
-                    if w.full() {
-                        break;
-                    }
-                }
-            }
-            let again = w.full() && failed.is_none();
-            w.flush(&tun, &tunnel).await;
-            if !again {
-                break;
-            }
-        }
-        if let Some(f) = failed {
-            break format!("TCP framing: {f}");
-        }
-    };
+    let why = datapath::read_frames(
+        &mut rd,
+        &tun,
+        &tunnel,
+        "the client",
+        || read(&tables),
+        |w, t, f, now| handle(w, &tunnel, t, &tx, f, (addr, Some((conn, &link))), now),
+    )
+    .await;
     let _ = tx.send(Msg::LinkDown(conn, why)).await;
 }
 
@@ -1098,10 +1017,7 @@ async fn tcp_write(
     conn: u64,
     tx: mpsc::Sender<Msg>,
 ) {
-    while let Some(b) = rx.recv().await {
-        if let Err(e) = wr.write_all(&b).await {
-            let _ = tx.send(Msg::LinkDown(conn, format!("TCP send: {e}"))).await;
-            return;
-        }
+    if let Some(e) = datapath::write_frames(&mut wr, &mut rx).await {
+        let _ = tx.send(Msg::LinkDown(conn, e)).await;
     }
 }

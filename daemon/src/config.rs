@@ -105,6 +105,13 @@ struct RawTunnel {
     data_ciphers: Option<Vec<String>>,
     peer_fingerprint: Option<Vec<String>>,
     hand_window: Option<u32>,
+    // OpenVPN server (mode = "server")
+    mode: Option<String>,
+    server: Option<String>,
+    push: Option<Vec<String>>,
+    keepalive: Option<Vec<u32>>,
+    max_clients: Option<u32>,
+    local: Option<String>,
 }
 
 /// One path or a list of them (`ca = "a.pem"` or `ca = ["a.pem", "b.pem"]`).
@@ -517,9 +524,14 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 ("data_ciphers", t.data_ciphers.is_some()),
                 ("peer_fingerprint", t.peer_fingerprint.is_some()),
                 ("hand_window", t.hand_window.is_some()),
+                ("mode", t.mode.is_some()),
+                ("server", t.server.is_some()),
+                ("push", t.push.is_some()),
+                ("keepalive", t.keepalive.is_some()),
+                ("max_clients", t.max_clients.is_some()),
+                ("local", t.local.is_some()),
             ],
             "openvpn" => &[
-                ("listen_port", t.listen_port.is_some()),
                 ("private_key", t.private_key.is_some()),
                 ("private_key_file", t.private_key_file.is_some()),
                 ("peer", !t.peer.is_empty()),
@@ -695,6 +707,13 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     data_ciphers: t.data_ciphers.as_deref(),
                     peer_fingerprint: t.peer_fingerprint.as_deref(),
                     hand_window: t.hand_window,
+                    mode: t.mode.as_deref(),
+                    server: t.server.as_deref(),
+                    push: t.push.as_deref(),
+                    keepalive: t.keepalive.as_deref(),
+                    max_clients: t.max_clients,
+                    local: t.local.as_deref(),
+                    listen_port: t.listen_port,
                 };
                 let base = file.parent().unwrap_or(Path::new("."));
                 Protocol::OpenVpn(crate::openvpn::settings::build(&raw, base, &|f, m| {
@@ -720,6 +739,18 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     ),
                 ));
             }
+        }
+        let ovpn_server = |p: &Protocol| matches!(p, Protocol::OpenVpn(o) if o.server.is_some());
+        if ti > 0
+            && (ovpn_server(&protocol)
+                || tunnels
+                    .first()
+                    .is_some_and(|f: &Tunnel| ovpn_server(&f.protocol)))
+        {
+            return Err(ctx.err(
+                &tp("mode"),
+                "an OpenVPN server owns its interface: put it alone in its config (one TUN device per server)",
+            ));
         }
         if matches!(protocol, Protocol::WireGuard(_)) {
             for (field, set) in [

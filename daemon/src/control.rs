@@ -88,6 +88,9 @@ pub struct OpenVpnShow {
     pub pings_received: u64,
     pub connected_since_unix: Option<u64>,
     pub last_error: Option<String>,
+    /// A server's clients, one entry each (role "client").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<OpenVpnShow>,
 }
 
 fn render_openvpn(o: &mut String, v: &OpenVpnShow, now_unix: u64) {
@@ -132,6 +135,23 @@ fn render_openvpn(o: &mut String, v: &OpenVpnShow, now_unix: u64) {
     );
     if let Some(e) = &v.last_error {
         let _ = writeln!(o, "  last error: {e}");
+    }
+    for c in &v.clients {
+        let _ = writeln!(
+            o,
+            "  client {}: {}, peer-id {}, address {}, {} key-id {}, {} received, {} sent{}",
+            c.remote,
+            c.state,
+            c.peer_id.map_or("-".into(), |p| p.to_string()),
+            c.virtual_address.as_deref().unwrap_or("-"),
+            c.cipher.as_deref().unwrap_or("-"),
+            c.key_id.map_or("-".into(), |k| k.to_string()),
+            human_bytes(c.rx_bytes),
+            human_bytes(c.tx_bytes),
+            c.connected_since_unix
+                .map(|t| format!(", connected {} ago", ago(now_unix.saturating_sub(t))))
+                .unwrap_or_default()
+        );
     }
 }
 

@@ -64,6 +64,13 @@ impl Running {
                 self.ipsec.push(h);
                 return Ok(());
             }
+            Protocol::OpenVpn(o) if o.server.is_some() => {
+                // The server reads the TUN device itself (alone on it).
+                let mtu = usize::from(self.config.interface.mtu);
+                let h = openvpn::server::spawn(&t.name, o.clone(), self.tun.clone(), mtu)?;
+                self.ovpn.push(h);
+                return Ok(());
+            }
             Protocol::OpenVpn(o) => {
                 let h = openvpn::tunnel::spawn(&t.name, o.clone(), self.tun.clone())?;
                 self.ovpn_set
@@ -364,6 +371,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             running.ipsec_set.clone(),
             usize::from(iface.mtu),
         )),
+        Some(Protocol::OpenVpn(o)) if o.server.is_some() => tokio::spawn(std::future::pending()),
         Some(Protocol::OpenVpn(_)) => tokio::spawn(openvpn::datapath::tun_to_net(
             tun.clone(),
             running.ovpn_set.clone(),

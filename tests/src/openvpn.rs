@@ -282,3 +282,87 @@ impl<'a> Client<'a> {
         });
     }
 }
+
+/// An `openvpn` 2.6 client config for a server at `remote` (the counterpart
+/// of [`server_conf`]); over UDP it announces its exit (explicit-exit-notify).
+pub fn client_conf(pki: &Pki, remote: &str, proto: Proto, mode: KeyMode, cipher: &str) -> String {
+    let ta = pki.path("ta.key");
+    let wrap = match mode {
+        KeyMode::TlsCrypt => format!("tls-crypt {ta}"),
+        KeyMode::TlsAuth => format!("tls-auth {ta} 1"),
+    };
+    format!(
+        "client\ndev tun\nproto {}\nremote {remote} {PORT}\nnobind\nca {}\ncert {}\nkey {}\n\
+         {wrap}\nremote-cert-tls server\ndata-ciphers {cipher}\nverb 3\n{}",
+        match proto {
+            Proto::Udp => "udp",
+            Proto::Tcp => "tcp-client",
+        },
+        pki.path("ca.crt"),
+        pki.path("client.crt"),
+        pki.path("client.key"),
+        if proto == Proto::Udp {
+            "explicit-exit-notify 1\n"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Starts an `openvpn` client with `conf` in `ns` and waits until its
+/// tunnel is up ("Initialization Sequence Completed").
+pub fn start_client(ns: &Netns, conf: &str) -> u32 {
+    let bin = bins::tool("openvpn");
+    let path = ns.write_file("client.conf", conf);
+    let pid = ns.spawn(
+        "openvpn-client",
+        &[bin.to_str().unwrap(), "--config", path.to_str().unwrap()],
+    );
+    wait_until(
+        "the openvpn client to connect",
+        Duration::from_secs(40),
+        || {
+            if let Some(st) = ns.try_wait(pid) {
+                panic!("openvpn client exited early ({st}):\n{}", ns.log_of(pid));
+            }
+            ns.log_of(pid).contains("Initialization Sequence Completed")
+        },
+    );
+    pid
+}
+
+/// The `[[tunnel]]` of a polytun OpenVPN server listening on `local`
+/// (pool 198.51.100.0/24, pushed route [`PUSHED_NET`] and DNS
+/// [`PUSHED_DNS`], `keepalive 10 60`).
+pub fn server_tunnel_toml(
+    pki: &Pki,
+    local: &str,
+    proto: Proto,
+    mode: KeyMode,
+    ciphers: &[&str],
+) -> String {
+    let ta = pki.path("ta.key");
+    let wrap = match mode {
+        KeyMode::TlsCrypt => format!("tls_crypt = \"{ta}\""),
+        KeyMode::TlsAuth => format!("tls_auth = \"{ta}\"\nkey_direction = 0"),
+    };
+    format!(
+        "[[tunnel]]\nname = \"vpn\"\nprotocol = \"openvpn\"\nmode = \"server\"\n\
+         local = \"{local}\"\nlisten_port = {PORT}\nproto = \"{}\"\nserver = \"198.51.100.0/24\"\n\
+         ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{wrap}\ndata_ciphers = [{}]\n\
+         push = [\"route 203.0.113.0 255.255.255.0\", \"dhcp-option DNS {PUSHED_DNS}\"]\n\
+         keepalive = [10, 60]\n",
+        match proto {
+            Proto::Udp => "udp",
+            Proto::Tcp => "tcp",
+        },
+        pki.path("ca.crt"),
+        pki.path("server.crt"),
+        pki.path("server.key"),
+        ciphers
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}

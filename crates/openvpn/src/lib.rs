@@ -47,5 +47,13 @@ pub fn capabilities() -> Capabilities {
             Interface::Ke,
             "record engine reports KeyExpiring at reneg-bytes/pkts or near packet-id wrap",
         )
-    // Not yet: KU/CT/ME (soft reset, explicit-exit-notify, float), SAV (HMAC cookie).
+        .with(
+            Interface::Ct,
+            "explicit-exit-notify (OCC_EXIT) sent and honoured, both roles, UDP",
+        )
+        .with(
+            Interface::Me,
+            "server follows a client's authenticated new address (float)",
+        )
+    // Not yet: KU (soft reset), SAV (HMAC cookie).
 }

@@ -6,7 +6,7 @@
 use super::state::{Link, Shared, Tables, ToControl, TunnelSet};
 use crate::datapath::dst_ip;
 use crate::wg::state::DropCounters;
-use polytun_core::{OpenError, PacketBatch, PacketBuf};
+use polytun_core::{OpenError, PacketBatch, PacketBuf, PrefixTable};
 use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
 use polytun_openvpn::data::{
     occ_exit_payload, DataError, Opened, OCC_EXIT, OCC_MAGIC, OVERHEAD, PING_MAGIC,
@@ -26,18 +26,19 @@ const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
 const TUN_WRITE_OFFSET: usize = 32;
 const TUN_WRITE_SLOTS: usize = 128;
 const TUN_WRITE_SLOT: usize = TUN_WRITE_OFFSET + 65535;
-const UDP_BUF: usize = 65536;
+pub(super) const UDP_BUF: usize = 65536;
 
 /// Which tunnel of the set carries `dst`: the one whose routes contain
 /// it, else the first with a key (a client's default).
-fn pick(guards: &[std::sync::RwLockReadGuard<'_, Tables>], dst: std::net::IpAddr) -> Option<usize> {
+fn pick(
+    guards: &[Option<std::sync::RwLockReadGuard<'_, Tables>>],
+    dst: std::net::IpAddr,
+) -> Option<usize> {
     if guards.len() == 1 {
         return Some(0);
     }
-    guards
-        .iter()
-        .position(|t| t.routes.lookup(dst).is_some())
-        .or_else(|| guards.iter().position(|t| t.current.is_some()))
+    let has = |f: &dyn Fn(&Tables) -> bool| guards.iter().position(|t| t.as_deref().is_some_and(f));
+    has(&|t| t.routes.lookup(dst).is_some()).or_else(|| has(&|t| t.current.is_some()))
 }
 
 /// Sends already sealed packets of one tunnel (`sealed`: ranges in `buf`).
@@ -49,6 +50,7 @@ async fn send_sealed(shared: &Shared, link: &Link, pkts: &[&[u8]], scratch: &mut
             scratch.clear();
             let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (start, end, seg)
             let max_seg = sock.max_gso_segments().max(1);
+            let destination = shared.remote();
             let mut closed = true;
             for p in pkts {
                 let start = scratch.len();
@@ -71,7 +73,7 @@ async fn send_sealed(shared: &Shared, link: &Link, pkts: &[&[u8]], scratch: &mut
             let transmits: Vec<Transmit<'_>> = runs
                 .iter()
                 .map(|&(s, e, seg)| Transmit {
-                    destination: shared.remote,
+                    destination,
                     ecn: None,
                     contents: &scratch[s..e],
                     segment_size: (e - s > seg).then_some(seg),
@@ -97,7 +99,7 @@ async fn send_sealed(shared: &Shared, link: &Link, pkts: &[&[u8]], scratch: &mut
 /// Sends one packet (control packets, pings) without waiting.
 pub fn send_now(shared: &Shared, packet: &[u8]) -> bool {
     match shared.link().as_deref() {
-        Some(Link::Udp(sock)) => sock.try_send_to(packet, shared.remote).is_ok(),
+        Some(Link::Udp(sock)) => sock.try_send_to(packet, shared.remote()).is_ok(),
         Some(Link::Tcp(tx)) => {
             let mut out = Vec::with_capacity(packet.len() + 2);
             encode_frame(packet, &mut out).is_ok() && tx.try_send(out).is_ok()
@@ -133,30 +135,65 @@ fn send_payload(shared: &Shared, now: Instant, payload: &[u8]) -> bool {
     ok
 }
 
+/// The sessions TUN packets may go to, as one batch sees them.
+#[derive(Default)]
+pub struct Routing {
+    pub sessions: Vec<Arc<Shared>>,
+    /// A server's table: inner destination → index into `sessions`. Without
+    /// it, the session whose routes contain the destination (client tunnels).
+    pub by_dst: Option<PrefixTable<usize>>,
+}
+
 /// Reads the TUN device forever and sends each packet through the OpenVPN
-/// tunnel it routes to.
+/// client tunnel it routes to.
 pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
+    tun_loop(tun, mtu, move || {
+        Arc::new(Routing {
+            sessions: tunnels.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            by_dst: None,
+        })
+    })
+    .await
+}
+
+/// Reads the TUN device forever; `routing()` (called once per batch) says
+/// which session carries each packet. Packets are sealed in place with
+/// that session's current key and sent per session in one batch.
+pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routing>) {
     let mut batch = PacketBatch::new(TUN_BATCH, OVERHEAD, mtu, DATA_TAG_LEN);
     let mut sizes = vec![0usize; TUN_BATCH];
-    let mut sealed: Vec<(usize, usize)> = Vec::with_capacity(TUN_BATCH); // (slot, tunnel)
+    let mut sealed: Vec<(usize, usize)> = Vec::with_capacity(TUN_BATCH); // (slot, session)
     let mut scratch = Vec::with_capacity(TUN_BATCH * (OVERHEAD + mtu));
     let mut errors = 0u64;
     loop {
         crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await;
         let now = Instant::now();
-        let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let r = routing();
+        let set = &r.sessions;
         if set.is_empty() {
             continue;
         }
         sealed.clear();
         {
-            let guards: Vec<_> = set.iter().map(|s| s.tables()).collect();
+            // A server locks only the sessions this batch uses.
+            let mut guards: Vec<Option<std::sync::RwLockReadGuard<'_, Tables>>> = match r.by_dst {
+                None => set.iter().map(|s| Some(s.tables())).collect(),
+                Some(_) => set.iter().map(|_| None).collect(),
+            };
             for i in 0..batch.len() {
-                let Some(ti) = dst_ip(batch.get(i)).and_then(|d| pick(&guards, d)) else {
+                let Some(dst) = dst_ip(batch.get(i)) else {
+                    continue;
+                };
+                let ti = match &r.by_dst {
+                    Some(t) => t.lookup(dst).copied().filter(|&ti| ti < set.len()),
+                    None => pick(&guards, dst),
+                };
+                let Some(ti) = ti else {
                     continue;
                 };
                 let shared = &set[ti];
-                let Some(key) = guards[ti].current.as_ref() else {
+                let tables = guards[ti].get_or_insert_with(|| shared.tables());
+                let Some(key) = tables.current.as_ref() else {
                     DropCounters::bump(&shared.drops.no_session);
                     continue;
                 };
@@ -170,15 +207,11 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                 }
             }
         }
-        for (ti, shared) in set.iter().enumerate() {
-            let pkts: Vec<&[u8]> = sealed
-                .iter()
-                .filter(|s| s.1 == ti)
-                .map(|&(i, _)| batch.get(i))
-                .collect();
-            if pkts.is_empty() {
-                continue;
-            }
+        // stable: each session's packets keep their order
+        sealed.sort_by_key(|s| s.1);
+        for run in sealed.chunk_by(|a, b| a.1 == b.1) {
+            let shared = &set[run[0].1];
+            let pkts: Vec<&[u8]> = run.iter().map(|&(i, _)| batch.get(i)).collect();
             let Some(link) = shared.link() else {
                 DropCounters::bump(&shared.drops.no_session);
                 continue;
@@ -189,15 +222,28 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
     }
 }
 
+/// What one received data packet turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rx {
+    /// An IP packet, queued for the TUN.
+    Queued,
+    /// Authenticated, nothing for the TUN (keepalive ping, empty, OCC).
+    Consumed,
+    /// OCC_EXIT: the peer's explicit-exit-notify.
+    Exit,
+    /// Not authenticated or not for a key we have (counted).
+    Dropped,
+}
+
 /// Writes received packets to the TUN in batches.
-struct TunWriter {
+pub(super) struct TunWriter {
     slots: Vec<u8>,
     sizes: Vec<usize>,
     k: usize,
 }
 
 impl TunWriter {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             slots: vec![0u8; TUN_WRITE_SLOTS * TUN_WRITE_SLOT],
             sizes: vec![0; TUN_WRITE_SLOTS],
@@ -205,7 +251,7 @@ impl TunWriter {
         }
     }
 
-    fn full(&self) -> bool {
+    pub(super) fn full(&self) -> bool {
         self.k == TUN_WRITE_SLOTS
     }
 
@@ -222,50 +268,8 @@ impl TunWriter {
         };
         match op {
             Opcode::DataV2 => {
-                let Some(key) = tables.keys[usize::from(key_id)].as_ref() else {
-                    DropCounters::bump(&shared.drops.no_session);
-                    return;
-                };
-                let at = TUN_WRITE_OFFSET - OVERHEAD;
-                if d.len() > TUN_WRITE_SLOT - at {
-                    DropCounters::bump(&shared.drops.malformed);
-                    return;
-                }
-                let slot = &mut self.slots[self.k * TUN_WRITE_SLOT..(self.k + 1) * TUN_WRITE_SLOT];
-                slot[at..at + d.len()].copy_from_slice(d);
-                let mut p = PacketBuf::new(slot, at, at + d.len());
-                match key.open(now, &mut p) {
-                    Ok(Opened::Packet(_)) => {
-                        shared.mark_rx(now);
-                        if p.is_empty() {
-                            return;
-                        }
-                        if p.as_slice().starts_with(&OCC_MAGIC) {
-                            // OCC, not an IP packet: only EXIT matters here.
-                            if p.as_slice().get(16) == Some(&OCC_EXIT) {
-                                let _ = shared.to_control.try_send(ToControl::ServerExit);
-                            }
-                            return;
-                        }
-                        debug_assert_eq!(p.start(), TUN_WRITE_OFFSET);
-                        shared.rx_bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
-                        self.sizes[self.k] = p.len();
-                        self.k += 1;
-                    }
-                    Ok(Opened::Ping(_)) => {
-                        shared.mark_rx(now);
-                        shared.pings_rx.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        let c = match e {
-                            DataError::Open(OpenError::Replay(_)) => &shared.drops.replayed,
-                            DataError::Open(OpenError::Auth) => &shared.drops.bad_mac,
-                            DataError::Open(OpenError::Expired(_)) => &shared.drops.expired_key,
-                            DataError::NotForThisKey(_) => &shared.drops.no_session,
-                            _ => &shared.drops.malformed,
-                        };
-                        DropCounters::bump(c);
-                    }
+                if self.open(shared, tables, key_id, d, now) == Rx::Exit {
+                    let _ = shared.to_control.try_send(ToControl::ServerExit);
                 }
             }
             Opcode::DataV1 => DropCounters::bump(&shared.drops.other),
@@ -281,7 +285,79 @@ impl TunWriter {
         }
     }
 
-    async fn flush(&mut self, tun: &Tun, shared: &Shared) {
+    /// Opens one P_DATA_V2 packet of `shared`'s session (key `key_id`) into
+    /// the next slot; liveness and counters are updated here.
+    pub(super) fn open(
+        &mut self,
+        shared: &Shared,
+        tables: &Tables,
+        key_id: u8,
+        d: &[u8],
+        now: Instant,
+    ) -> Rx {
+        let Some(key) = tables.keys[usize::from(key_id & 7)].as_ref() else {
+            DropCounters::bump(&shared.drops.no_session);
+            return Rx::Dropped;
+        };
+        let at = TUN_WRITE_OFFSET - OVERHEAD;
+        if d.len() > TUN_WRITE_SLOT - at {
+            DropCounters::bump(&shared.drops.malformed);
+            return Rx::Dropped;
+        }
+        let slot = &mut self.slots[self.k * TUN_WRITE_SLOT..(self.k + 1) * TUN_WRITE_SLOT];
+        slot[at..at + d.len()].copy_from_slice(d);
+        let mut p = PacketBuf::new(slot, at, at + d.len());
+        match key.open(now, &mut p) {
+            Ok(Opened::Packet(_)) => {
+                shared.mark_rx(now);
+                if p.is_empty() {
+                    return Rx::Consumed;
+                }
+                if p.as_slice().starts_with(&OCC_MAGIC) {
+                    // OCC, not an IP packet: only EXIT matters here.
+                    if p.as_slice().get(16) == Some(&OCC_EXIT) {
+                        return Rx::Exit;
+                    }
+                    return Rx::Consumed;
+                }
+                debug_assert_eq!(p.start(), TUN_WRITE_OFFSET);
+                shared.rx_bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
+                self.sizes[self.k] = p.len();
+                self.k += 1;
+                Rx::Queued
+            }
+            Ok(Opened::Ping(_)) => {
+                shared.mark_rx(now);
+                shared.pings_rx.fetch_add(1, Ordering::Relaxed);
+                Rx::Consumed
+            }
+            Err(e) => {
+                let c = match e {
+                    DataError::Open(OpenError::Replay(_)) => &shared.drops.replayed,
+                    DataError::Open(OpenError::Auth) => &shared.drops.bad_mac,
+                    DataError::Open(OpenError::Expired(_)) => &shared.drops.expired_key,
+                    DataError::NotForThisKey(_) => &shared.drops.no_session,
+                    _ => &shared.drops.malformed,
+                };
+                DropCounters::bump(c);
+                Rx::Dropped
+            }
+        }
+    }
+
+    /// The packet queued last (to check its inner source).
+    pub(super) fn last(&self) -> Option<&[u8]> {
+        let k = self.k.checked_sub(1)?;
+        let start = k * TUN_WRITE_SLOT + TUN_WRITE_OFFSET;
+        Some(&self.slots[start..start + self.sizes[k]])
+    }
+
+    /// Takes back the packet queued last.
+    pub(super) fn unqueue(&mut self) {
+        self.k = self.k.saturating_sub(1);
+    }
+
+    pub(super) async fn flush(&mut self, tun: &Tun, shared: &Shared) {
         if self.k == 0 {
             return;
         }
@@ -300,8 +376,49 @@ impl TunWriter {
     }
 }
 
+/// The datagrams of one `recv_batch` (GRO runs split at their stride):
+/// (buffer index, start, end, canonical source address).
+fn datagrams(metas: &[RecvMeta]) -> impl Iterator<Item = (usize, usize, usize, SocketAddr)> + '_ {
+    metas.iter().enumerate().flat_map(|(i, m)| {
+        let stride = if m.stride == 0 { m.len } else { m.stride };
+        let len = m.len.min(UDP_BUF);
+        (0..len.div_ceil(stride.max(1))).map(move |s| {
+            let start = s * stride;
+            let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
+            (i, start, (start + stride).min(len), src)
+        })
+    })
+}
+
 /// Receives the tunnel's UDP datagrams forever.
 pub async fn udp_to_tun(tun: Arc<Tun>, shared: Arc<Shared>, sock: Arc<polytun_io::UdpSocket>) {
+    read_datagrams(
+        &sock,
+        &tun,
+        &shared,
+        || (shared.tables(), shared.remote()),
+        |w, (tables, remote), d, src, now| {
+            if src != *remote {
+                // A client talks to its server only.
+                DropCounters::bump(&shared.drops.bad_source);
+                return;
+            }
+            w.handle(&shared, tables, d, now);
+        },
+    )
+    .await
+}
+
+/// Receives datagrams forever: `each` sees every datagram (GRO runs
+/// split) with its source, under one `lock()` per run, queueing TUN
+/// packets into the writer, which is flushed per run.
+pub(super) async fn read_datagrams<G>(
+    sock: &polytun_io::UdpSocket,
+    tun: &Tun,
+    shared: &Shared,
+    lock: impl Fn() -> G,
+    mut each: impl FnMut(&mut TunWriter, &G, &[u8], SocketAddr, Instant),
+) {
     let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
     let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
     let mut w = TunWriter::new();
@@ -323,33 +440,20 @@ pub async fn udp_to_tun(tun: Arc<Tun>, shared: Arc<Shared>, sock: Arc<polytun_io
             }
         };
         let now = Instant::now();
-        let mut datagrams = metas[..n].iter().enumerate().flat_map(|(i, m)| {
-            let stride = if m.stride == 0 { m.len } else { m.stride };
-            let len = m.len.min(UDP_BUF);
-            (0..len.div_ceil(stride.max(1))).map(move |s| {
-                let start = s * stride;
-                let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
-                (i, start, (start + stride).min(len), src)
-            })
-        });
+        let mut datagrams = datagrams(&metas[..n]);
         loop {
             let mut more = false;
             {
-                let tables = shared.tables();
+                let g = lock();
                 for (i, start, end, src) in datagrams.by_ref() {
-                    if src != shared.remote {
-                        // A client talks to its server only.
-                        DropCounters::bump(&shared.drops.bad_source);
-                        continue;
-                    }
-                    w.handle(&shared, &tables, &udp_bufs[i][start..end], now);
+                    each(&mut w, &g, &udp_bufs[i][start..end], src, now);
                     if w.full() {
                         more = true;
                         break;
                     }
                 }
             }
-            w.flush(&tun, &shared).await;
+            w.flush(tun, shared).await;
             if !more {
                 break;
             }
@@ -365,24 +469,47 @@ pub async fn tcp_to_tun(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     conn: u64,
 ) {
+    let why = read_frames(
+        &mut rd,
+        &tun,
+        &shared,
+        "the server",
+        || shared.tables(),
+        |w, tables, f, now| w.handle(&shared, tables, f, now),
+    )
+    .await;
+    let _ = shared.to_control.send(ToControl::LinkDown(conn, why)).await;
+}
+
+/// Reads OpenVPN's framed packets from a TCP connection until it ends
+/// and returns why; `each` sees every frame under one `lock()` per run,
+/// queueing TUN packets into the writer, which is flushed per run.
+pub(super) async fn read_frames<G>(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    tun: &Tun,
+    shared: &Shared,
+    peer: &str,
+    lock: impl Fn() -> G,
+    mut each: impl FnMut(&mut TunWriter, &G, &[u8], Instant),
+) -> String {
     let mut dec = FrameDecoder::default();
     let mut buf = vec![0u8; UDP_BUF];
     let mut w = TunWriter::new();
-    let why = loop {
+    loop {
         let n = match rd.read(&mut buf).await {
-            Ok(0) => break "the server closed the TCP connection".to_string(),
+            Ok(0) => return format!("{peer} closed the TCP connection"),
             Ok(n) => n,
-            Err(e) => break format!("TCP receive: {e}"),
+            Err(e) => return format!("TCP receive: {e}"),
         };
         dec.push(&buf[..n]);
         let now = Instant::now();
         let mut failed = None;
         loop {
             {
-                let tables = shared.tables();
+                let g = lock();
                 loop {
                     match dec.next_frame() {
-                        Ok(Some(f)) => w.handle(&shared, &tables, f, now),
+                        Ok(Some(f)) => each(&mut w, &g, f, now),
                         Ok(None) => break,
                         Err(e) => {
                             failed = Some(e.to_string());
@@ -395,16 +522,15 @@ pub async fn tcp_to_tun(
                 }
             }
             let again = w.full() && failed.is_none();
-            w.flush(&tun, &shared).await;
+            w.flush(tun, shared).await;
             if !again {
                 break;
             }
         }
         if let Some(f) = failed {
-            break format!("TCP framing: {f}");
+            return format!("TCP framing: {f}");
         }
-    };
-    let _ = shared.to_control.send(ToControl::LinkDown(conn, why)).await;
+    }
 }
 
 /// Writes framed bytes to the TCP connection until the queue closes.
@@ -414,14 +540,22 @@ pub async fn tcp_writer(
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     conn: u64,
 ) {
+    if let Some(e) = write_frames(&mut wr, &mut rx).await {
+        let _ = shared.to_control.send(ToControl::LinkDown(conn, e)).await;
+    }
+}
+
+/// Writes queued (framed) bytes until the queue closes or a write fails
+/// (returns the error).
+pub(super) async fn write_frames(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Option<String> {
     use tokio::io::AsyncWriteExt;
     while let Some(b) = rx.recv().await {
         if let Err(e) = wr.write_all(&b).await {
-            let _ = shared
-                .to_control
-                .send(ToControl::LinkDown(conn, format!("TCP send: {e}")))
-                .await;
-            break;
+            return Some(format!("TCP send: {e}"));
         }
     }
+    None
 }

@@ -55,9 +55,10 @@ impl KeyMode {
     }
 }
 
-/// A validated OpenVPN client tunnel.
+/// A validated OpenVPN tunnel (client, or server with [`OpenVpn::server`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenVpn {
+    /// Client: the server. Server: the address and port it listens on.
     pub remote: SocketAddr,
     pub transport: Transport,
     /// CA certificates (PEM); None with `peer_fingerprints`.
@@ -73,10 +74,35 @@ pub struct OpenVpn {
     pub ping_restart: Option<u32>,
     /// Where the settings came from (a .ovpn file), for messages.
     pub source: Option<PathBuf>,
+    /// `mode = "server"`: the server's own settings.
+    pub server: Option<Box<ServerSettings>>,
 }
 
+/// An OpenVPN server's settings (`mode server`, `server NET MASK`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// `server`: the virtual network (topology subnet); the server takes the
+    /// first address, clients get the following ones.
+    pub pool: ipnet::Ipv4Net,
+    /// `push "..."` options, sent to every client before the per-client ones.
+    pub push: Vec<String>,
+    pub max_clients: usize,
+}
+
+/// Options the server sets per client: `push` must not carry them.
+const SERVER_SET: &[&str] = &[
+    "ifconfig",
+    "peer-id",
+    "cipher",
+    "protocol-flags",
+    "topology",
+    "route-gateway",
+    "key-derivation",
+    "push-continuation",
+];
+
 /// The `[[tunnel]]` fields an OpenVPN tunnel uses, as written.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct RawFields<'a> {
     pub role: Option<&'a str>,
     pub config: Option<&'a Path>,
@@ -91,6 +117,13 @@ pub struct RawFields<'a> {
     pub data_ciphers: Option<&'a [String]>,
     pub peer_fingerprint: Option<&'a [String]>,
     pub hand_window: Option<u32>,
+    pub mode: Option<&'a str>,
+    pub server: Option<&'a str>,
+    pub push: Option<&'a [String]>,
+    pub keepalive: Option<&'a [u32]>,
+    pub max_clients: Option<u32>,
+    pub local: Option<&'a str>,
+    pub listen_port: Option<u16>,
 }
 
 /// One value and where it was written: a TOML field, or a .ovpn line.
@@ -123,6 +156,12 @@ struct Collected {
     hand_window: Option<u32>,
     ping: Option<u32>,
     ping_restart: Option<u32>,
+    mode: Option<(String, Src)>,
+    server: Option<(String, Src)>,
+    push: Vec<(String, Src)>,
+    max_clients: Option<(u32, Src)>,
+    local: Option<(String, Src)>,
+    lport: Option<(u16, Src)>,
 }
 
 /// Builds the settings; `toml_err(field, message)` makes an error for a
@@ -132,14 +171,6 @@ pub fn build(
     base: &Path,
     toml_err: &dyn Fn(&'static str, String) -> ConfigError,
 ) -> Result<OpenVpn, ConfigError> {
-    if let Some(r) = raw.role {
-        if r != "client" {
-            return Err(toml_err(
-                "role",
-                format!("`{r}`: only `client` is implemented for OpenVPN so far"),
-            ));
-        }
-    }
     let mut c = Collected::default();
     let mut source = None;
     if let Some(p) = raw.config {
@@ -178,6 +209,42 @@ pub fn build(
     if let Some(h) = raw.hand_window {
         c.hand_window = Some(h);
     }
+    if let Some((m, f)) = raw
+        .mode
+        .map(|m| (m, "mode"))
+        .or(raw.role.map(|r| (r, "role")))
+    {
+        c.mode = Some((m.to_string(), t(f)));
+    }
+    if let Some(v) = raw.server {
+        c.server = Some((v.to_string(), t("server")));
+    }
+    if let Some(v) = raw.push {
+        c.push = v.iter().map(|p| (p.clone(), t("push"))).collect();
+    }
+    if let Some(k) = raw.keepalive {
+        match k {
+            [p, r] => {
+                c.ping = Some(*p);
+                c.ping_restart = Some(*r);
+            }
+            _ => {
+                return Err(toml_err(
+                    "keepalive",
+                    "expected [PING, PING_RESTART] in seconds, e.g. [10, 60]".into(),
+                ))
+            }
+        }
+    }
+    if let Some(v) = raw.max_clients {
+        c.max_clients = Some((v, t("max_clients")));
+    }
+    if let Some(v) = raw.local {
+        c.local = Some((v.to_string(), t("local")));
+    }
+    if let Some(v) = raw.listen_port {
+        c.lport = Some((v, t("listen_port")));
+    }
     finish(c, source, base, toml_err)
 }
 
@@ -206,32 +273,84 @@ fn finish(
             },
         }
     };
+    let is_server = match &c.mode {
+        None => false,
+        Some((m, src)) => match m.as_str() {
+            "client" => false,
+            "server" => true,
+            other => {
+                return Err(err(
+                    src,
+                    format!("`{other}`: expected `client` or `server`"),
+                ))
+            }
+        },
+    };
+    let role = if is_server { "server" } else { "client" };
     let missing = |what: &'static str, ovpn: &str| {
         toml_err(
             what,
-            format!("missing: an OpenVPN client needs `{what}` (or `{ovpn}` in the .ovpn file)"),
+            format!(
+                "missing: an OpenVPN {role} needs `{what}` (or `{ovpn}` in the .ovpn/.conf file)"
+            ),
         )
     };
     let transport = match &c.proto {
         None => Transport::Udp,
         Some((p, src)) => match p.as_str() {
             "udp" | "udp4" | "udp6" => Transport::Udp,
-            "tcp" | "tcp4" | "tcp6" | "tcp-client" | "tcp4-client" | "tcp6-client" => {
-                Transport::Tcp
-            }
+            "tcp" | "tcp4" | "tcp6" => Transport::Tcp,
+            "tcp-client" | "tcp4-client" | "tcp6-client" if !is_server => Transport::Tcp,
+            "tcp-server" | "tcp4-server" | "tcp6-server" if is_server => Transport::Tcp,
             other => {
                 return Err(err(
                     src,
-                    format!("`{other}`: expected `udp` or `tcp` (a client)"),
+                    format!("`{other}`: expected `udp` or `tcp` (a {role})"),
                 ))
             }
         },
     };
-    let (remote, rsrc) = c
-        .remote
-        .clone()
-        .ok_or_else(|| missing("remote", "remote"))?;
-    let remote = resolve(&remote).map_err(|m| err(&rsrc, m))?;
+    let server = if is_server {
+        Some(Box::new(server_settings(&c, &err, &missing)?))
+    } else {
+        for (set, src) in [
+            (
+                // (`port` before `remote` in a client file stays harmless)
+                c.lport
+                    .as_ref()
+                    .filter(|l| !matches!(&l.1, Src::Ovpn { option, .. } if option == "port"))
+                    .map(|l| &l.1),
+                "a client does not listen",
+            ),
+            (c.local.as_ref().map(|l| &l.1), "a client does not listen"),
+            (c.server.as_ref().map(|l| &l.1), "a server setting"),
+            (c.push.first().map(|l| &l.1), "a server setting"),
+            (c.max_clients.as_ref().map(|l| &l.1), "a server setting"),
+        ] {
+            if let Some(s) = set {
+                return Err(err(
+                    s,
+                    format!("{src} (set mode = \"server\" for a server)"),
+                ));
+            }
+        }
+        None
+    };
+    let remote = if is_server {
+        let ip = match &c.local {
+            None => std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+            Some((l, src)) => l
+                .parse()
+                .map_err(|_| err(src, format!("`{l}` is not an IP address")))?,
+        };
+        SocketAddr::new(ip, c.lport.as_ref().map_or(DEFAULT_PORT, |l| l.0))
+    } else {
+        let (remote, rsrc) = c
+            .remote
+            .clone()
+            .ok_or_else(|| missing("remote", "remote"))?;
+        resolve(&remote).map_err(|m| err(&rsrc, m))?
+    };
     let read = |m: &(Material, Src)| -> Result<Zeroizing<String>, ConfigError> {
         match &m.0 {
             Material::Inline(s) => Ok(Zeroizing::new(s.clone())),
@@ -355,6 +474,69 @@ fn finish(
         ping: c.ping,
         ping_restart: c.ping_restart,
         source,
+        server,
+    })
+}
+
+/// `server`, `push` and `max-clients`, checked.
+fn server_settings(
+    c: &Collected,
+    err: &dyn Fn(&Src, String) -> ConfigError,
+    missing: &dyn Fn(&'static str, &str) -> ConfigError,
+) -> Result<ServerSettings, ConfigError> {
+    let (net, src) = c
+        .server
+        .as_ref()
+        .ok_or_else(|| missing("server", "server"))?;
+    let bad = || {
+        err(
+            src,
+            format!("`{net}`: expected an IPv4 network, e.g. \"198.51.100.0/24\" or \"198.51.100.0 255.255.255.0\""),
+        )
+    };
+    let pool: ipnet::Ipv4Net = match net.split_once(' ') {
+        Some((a, m)) => {
+            let a: std::net::Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+            let m: std::net::Ipv4Addr = m.trim().parse().map_err(|_| bad())?;
+            ipnet::Ipv4Net::with_netmask(a, m).map_err(|_| bad())?
+        }
+        None => net.parse().map_err(|_| bad())?,
+    };
+    if pool.prefix_len() > 29 {
+        return Err(err(src, format!("`{net}`: the pool needs at least a /29")));
+    }
+    if pool.trunc() != pool {
+        return Err(err(
+            src,
+            format!("`{net}`: host bits set (the network is {})", pool.trunc()),
+        ));
+    }
+    let mut push = Vec::new();
+    for (p, src) in &c.push {
+        let p = p.trim();
+        let kw = p.split_whitespace().next().unwrap_or("");
+        if kw.is_empty() {
+            return Err(err(src, "empty push option".into()));
+        }
+        if SERVER_SET.contains(&kw) {
+            return Err(err(
+                src,
+                format!("`push \"{p}\"`: `{kw}` is set by the server for each client"),
+            ));
+        }
+        push.push(p.to_string());
+    }
+    // the server's address, the network and broadcast addresses are not for clients
+    let pool_size = (1usize << (32 - pool.prefix_len())) - 3;
+    let max_clients = match &c.max_clients {
+        None => pool_size,
+        Some((0, src)) => return Err(err(src, "must be at least 1".into())),
+        Some((n, _)) => (*n as usize).min(pool_size),
+    };
+    Ok(ServerSettings {
+        pool,
+        push,
+        max_clients,
     })
 }
 
@@ -429,6 +611,8 @@ const HARMLESS: &[&str] = &[
     "setenv",
     "ignore-unknown-option",
     "data-ciphers-fallback",
+    // server: clients are keyed by address/connection, never by name
+    "duplicate-cn",
 ];
 
 fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigError> {
@@ -492,6 +676,22 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
         }
         let words: Vec<&str> = l.split_whitespace().collect();
         let opt = words[0].trim_start_matches("--");
+        if opt == "push" {
+            // push "route 203.0.113.0 255.255.255.0": the quoted rest of the line
+            let rest = l[words[0].len()..].trim();
+            let v = rest
+                .strip_prefix('"')
+                .and_then(|r| r.strip_suffix('"'))
+                .unwrap_or(rest);
+            c.push.push((
+                v.to_string(),
+                Src::Ovpn {
+                    line: ln,
+                    option: opt.to_string(),
+                },
+            ));
+            continue;
+        }
         let args = &words[1..];
         let src = Src::Ovpn {
             line: ln,
@@ -559,6 +759,13 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
                     c.proto = Some((p.to_string(), src.clone()));
                 }
             }
+            "port" | "lport" if opt == "lport" || c.remote.is_none() => {
+                let p = arg(0)?;
+                let p = p
+                    .parse()
+                    .map_err(|_| e(ln, opt, format!("`{p}` is not a port number")))?;
+                c.lport = Some((p, src.clone()));
+            }
             "port" | "rport" => {
                 let p = arg(0)?;
                 if let Some((r, s)) = &mut c.remote {
@@ -608,14 +815,59 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
                 }
             }
             "remote-cert-tls" => {
-                if arg(0)? != "server" {
+                let want = if matches!(&c.mode, Some((m, _)) if m == "server") {
+                    "client"
+                } else {
+                    "server"
+                };
+                if arg(0)? != want {
                     return Err(e(
                         ln,
                         opt,
-                        "a client can only require `remote-cert-tls server`".into(),
+                        format!(
+                            "a {} can only require `remote-cert-tls {want}`",
+                            if want == "client" { "server" } else { "client" }
+                        ),
                     ));
                 }
             }
+            "mode" => {
+                let m = arg(0)?;
+                if m != "server" {
+                    return Err(e(
+                        ln,
+                        opt,
+                        format!("`mode {m}`: polytun runs `mode server` (or a client)"),
+                    ));
+                }
+                c.mode = Some(("server".into(), src.clone()));
+            }
+            "tls-server" => c.mode = Some(("server".into(), src.clone())),
+            "server" => {
+                let net = format!("{} {}", arg(0)?, arg(1)?);
+                if let Some(extra) = args.get(2) {
+                    return Err(e(
+                        ln,
+                        opt,
+                        format!("`server ... {extra}`: not supported by polytun"),
+                    ));
+                }
+                c.mode = Some(("server".into(), src.clone()));
+                c.server = Some((net, src.clone()));
+            }
+            "topology" => {
+                if arg(0)? != "subnet" {
+                    return Err(e(
+                        ln,
+                        opt,
+                        "a polytun server supports only `topology subnet`".into(),
+                    ));
+                }
+            }
+            "max-clients" => c.max_clients = Some((num(0)?, src.clone())),
+            "local" => c.local = Some((arg(0)?.to_string(), src.clone())),
+            // TLS 1.3 / ECDHE: no finite-field DH parameters are used
+            "dh" => {}
             "peer-fingerprint" => {
                 let a = arg(0)?;
                 if a != "[inline]" {
@@ -694,6 +946,151 @@ mod tests {
         let e = build(&raw, &dir, &terr).unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (Some(9), "key"), "{e}");
         assert!(e.message.contains("cannot read"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A throwaway self-signed P-256 certificate and key (valid PEM).
+    fn cert_and_key(dir: &Path) -> (PathBuf, PathBuf) {
+        let (c, k) = (dir.join("s.crt"), dir.join("s.key"));
+        let o = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-subj", "/CN=t", "-days", "1", "-keyout"])
+            .arg(&k)
+            .arg("-out")
+            .arg(&c)
+            .output()
+            .expect("openssl");
+        assert!(o.status.success(), "{o:?}");
+        (c, k)
+    }
+
+    #[test]
+    fn server_settings_toml_and_conf() {
+        let dir = std::env::temp_dir().join(format!("pt-ovpns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, k) = cert_and_key(&dir);
+        let push = vec!["route 203.0.113.0 255.255.255.0".to_string()];
+        let raw = RawFields {
+            mode: Some("server"),
+            server: Some("198.51.100.0/24"),
+            ca: Some(&c),
+            cert: Some(&c),
+            key: Some(&k),
+            push: Some(&push),
+            proto: Some("tcp"),
+            listen_port: Some(443),
+            keepalive: Some(&[5, 30]),
+            ..Default::default()
+        };
+        let o = build(&raw, &dir, &terr).unwrap();
+        let srv = o.server.as_ref().unwrap();
+        assert_eq!(srv.pool.to_string(), "198.51.100.0/24");
+        assert_eq!(srv.max_clients, 253);
+        assert_eq!(srv.push, push);
+        assert_eq!((o.transport, o.remote.port()), (Transport::Tcp, 443));
+        assert_eq!((o.ping, o.ping_restart), (Some(5), Some(30)));
+        // errors name the field
+        let field = |r: RawFields<'_>| build(&r, &dir, &terr).unwrap_err().field;
+        assert_eq!(
+            field(RawFields {
+                server: None,
+                ..raw
+            }),
+            "server"
+        );
+        assert_eq!(
+            field(RawFields {
+                server: Some("198.51.100.1/24"),
+                ..raw
+            }),
+            "server"
+        );
+        assert_eq!(
+            field(RawFields {
+                server: Some("nonsense"),
+                ..raw
+            }),
+            "server"
+        );
+        let bad_push = vec!["ifconfig 1.2.3.4 255.0.0.0".to_string()];
+        assert_eq!(
+            field(RawFields {
+                push: Some(&bad_push),
+                ..raw
+            }),
+            "push"
+        );
+        assert_eq!(
+            field(RawFields {
+                mode: Some("p2p"),
+                ..raw
+            }),
+            "mode"
+        );
+        assert_eq!(
+            field(RawFields {
+                keepalive: Some(&[1]),
+                ..raw
+            }),
+            "keepalive"
+        );
+        assert_eq!(
+            field(RawFields {
+                proto: Some("tcp-client"),
+                ..raw
+            }),
+            "proto"
+        );
+        // a client does not listen
+        let e = build(
+            &RawFields {
+                mode: None,
+                remote: Some("192.0.2.1"),
+                ..raw
+            },
+            &dir,
+            &terr,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "listen_port", "{e}");
+        // an OpenVPN server .conf
+        let conf = dir.join("server.conf");
+        let text = format!(
+            "port 1195\nproto tcp-server\ndev tun\nca {c}\ncert {c}\nkey {k}\ndh none\n\
+             topology subnet\nserver 198.51.100.0 255.255.255.128\n\
+             push \"dhcp-option DNS 198.51.100.53\"\nkeepalive 10 60\nmax-clients 7\n\
+             remote-cert-tls client\nexplicit-exit-notify 1\n",
+            c = c.display(),
+            k = k.display()
+        );
+        std::fs::write(&conf, &text).unwrap();
+        let from_conf = RawFields {
+            config: Some(&conf),
+            ..Default::default()
+        };
+        let o = build(&from_conf, &dir, &terr).unwrap();
+        let srv = o.server.as_ref().unwrap();
+        assert_eq!(srv.pool.to_string(), "198.51.100.0/25");
+        assert_eq!(srv.max_clients, 7);
+        assert_eq!(srv.push, vec!["dhcp-option DNS 198.51.100.53".to_string()]);
+        assert_eq!((o.transport, o.remote.port()), (Transport::Tcp, 1195));
+        std::fs::write(&conf, text.replace("topology subnet", "topology net30")).unwrap();
+        let e = build(&from_conf, &dir, &terr).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(8), "topology"), "{e}");
+        std::fs::write(&conf, text.replace("dh none", "client-to-client")).unwrap();
+        let e = build(&from_conf, &dir, &terr).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(7), "client-to-client"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

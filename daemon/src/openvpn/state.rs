@@ -47,7 +47,9 @@ pub enum ToControl {
 
 pub struct Shared {
     pub name: String,
-    pub remote: SocketAddr,
+    /// Where packets go: the server (client role) or the client, which
+    /// may float to a new address (server role).
+    remote: RwLock<SocketAddr>,
     pub tables: RwLock<Tables>,
     pub link: RwLock<Option<Arc<Link>>>,
     pub drops: DropCounters,
@@ -67,7 +69,7 @@ impl Shared {
     pub fn new(name: String, remote: SocketAddr, to_control: mpsc::Sender<ToControl>) -> Self {
         Self {
             name,
-            remote,
+            remote: RwLock::new(remote),
             tables: RwLock::new(Tables::default()),
             link: RwLock::new(None),
             drops: DropCounters::default(),
@@ -87,6 +89,14 @@ impl Shared {
 
     pub fn tables_mut(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
         self.tables.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        *self.remote.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_remote(&self, a: SocketAddr) {
+        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = a;
     }
 
     pub fn link(&self) -> Option<Arc<Link>> {

@@ -68,13 +68,14 @@ fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     Ok(tls::client_config(&id)?)
 }
 
-fn control_wrap(s: &OpenVpn) -> ControlWrap {
+pub(super) fn control_wrap(s: &OpenVpn, is_server: bool) -> ControlWrap {
     // Validated when the config was loaded.
     match &s.key_mode {
         KeyMode::None => ControlWrap::none(),
-        KeyMode::TlsCrypt(k) => {
-            ControlWrap::tls_crypt(&StaticKey::parse(k).expect("validated static key"), false)
-        }
+        KeyMode::TlsCrypt(k) => ControlWrap::tls_crypt(
+            &StaticKey::parse(k).expect("validated static key"),
+            is_server,
+        ),
         KeyMode::TlsAuth {
             key,
             direction,
@@ -327,7 +328,7 @@ impl Control {
         );
         let cfg = SessionConfig {
             role: Role::Client(self.tls.clone()),
-            wrap: control_wrap(&self.settings),
+            wrap: control_wrap(&self.settings, false),
             ciphers: self.settings.data_ciphers.clone(),
             udp: self.settings.transport == Transport::Udp,
             control_mtu: DEFAULT_CONTROL_MTU,
@@ -617,6 +618,7 @@ impl Control {
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
             last_error: self.last_error.clone(),
+            ..Default::default()
         };
         TunnelShow {
             name: self.name.clone(),

@@ -1,0 +1,1023 @@
+//! An OpenVPN server tunnel (`mode = "server"`): many clients on one TUN
+//! device and one UDP socket or TCP listener.
+//!
+//! - Control: one [`Session`] per client, keyed by its source address (UDP)
+//!   or its connection (TCP). Only a HARD_RESET_CLIENT_V2 that passes the
+//!   tls-crypt / tls-auth check ([`ControlWrap::unwrap_stateless`]) creates
+//!   state; everything else from an unknown address is a counted drop.
+//! - Each client gets a peer-id (its P_DATA_V2 packets carry it: inbound
+//!   data is demultiplexed by it) and an address from the `server` pool
+//!   (topology subnet), pushed with the configured options.
+//! - Outbound: the TUN reader routes by inner destination (a prefix table of
+//!   the clients' addresses) to the client's session.
+//! - Float (ME): an authenticated data or control packet of a client from a
+//!   new UDP address moves the client there.
+//! - explicit-exit-notify (CT) removes a client at once; `ping-restart`
+//!   removes silent ones; both free the address and the peer-id.
+
+use super::datapath::{self, Routing, Rx, TunWriter};
+use super::settings::{parse_certs, OpenVpn, ServerSettings, Transport};
+use super::state::{Link, Shared, ToControl};
+use super::tunnel::{control_wrap, TunnelCommand, TunnelHandle};
+use crate::control::{Drops, OpenVpnShow, TunnelShow};
+use crate::wg::state::DropCounters;
+use ipnet::{IpNet, Ipv4Net};
+use polytun_core::{Limits, PrefixTable};
+use polytun_io::{Tun, UdpSocket};
+use polytun_openvpn::packet::{split_op_byte, Opcode, SessionId, SESSION_ID_LEN};
+use polytun_openvpn::reliable::ReliableConfig;
+use polytun_openvpn::session::{
+    Event, Output, Role, Session, SessionConfig, SessionError, DEFAULT_CONTROL_MTU,
+};
+use polytun_openvpn::tls::{self, PeerVerification, TlsIdentity};
+use polytun_openvpn::wrap::ControlWrap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivateKeyDer;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+const CONTROL_QUEUE: usize = 4096;
+const TCP_QUEUE: usize = 256;
+const TICK: Duration = Duration::from_secs(1);
+/// `keepalive 10 60` when the config sets none: a server must notice
+/// clients that vanish without an exit notification.
+const DEFAULT_PING: u32 = 10;
+const DEFAULT_PING_RESTART: u32 = 60;
+/// TCP connections without a session yet, beyond the client limit.
+const SPARE_CONNECTIONS: usize = 16;
+
+/// What the server's data path tells its control task.
+enum Msg {
+    /// A control packet from `from` (UDP), or on TCP connection `conn`.
+    Control {
+        from: SocketAddr,
+        conn: Option<u64>,
+        packet: Vec<u8>,
+    },
+    /// OCC_EXIT (explicit-exit-notify) from this peer-id.
+    Exit(u32),
+    /// An authenticated data packet of this peer-id came from a new address.
+    Float(u32, SocketAddr),
+    Accepted {
+        conn: u64,
+        addr: SocketAddr,
+        link: Arc<Link>,
+        tasks: Vec<JoinHandle<()>>,
+    },
+    LinkDown(u64, String),
+}
+
+/// What the data path reads: clients by peer-id and the TUN routing
+/// (replaced as a whole when a client comes or goes).
+#[derive(Default)]
+struct Tables {
+    by_peer_id: HashMap<u32, Arc<Shared>>,
+    routing: Arc<Routing>,
+}
+
+type ServerTables = Arc<RwLock<Tables>>;
+
+fn read(t: &ServerTables) -> std::sync::RwLockReadGuard<'_, Tables> {
+    t.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let verify = match &s.ca {
+        Some(ca) => PeerVerification::Ca(parse_certs(ca)),
+        None => PeerVerification::Fingerprints(s.peer_fingerprints.clone()),
+    };
+    let id = TlsIdentity {
+        cert_chain: parse_certs(&s.cert),
+        key: PrivateKeyDer::from_pem_slice(s.key.as_bytes())?,
+        verify,
+        allow_tls12: true,
+    };
+    Ok(tls::server_config(&id)?)
+}
+
+/// Starts the server: its socket or listener, its TUN reader and its
+/// control task.
+pub fn spawn(
+    name: &str,
+    settings: OpenVpn,
+    tun: Arc<Tun>,
+    mtu: usize,
+) -> anyhow::Result<TunnelHandle> {
+    let srv = settings
+        .server
+        .as_deref()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("tunnel {name}: not a server"))?;
+    let tls = tls_config(&settings)
+        .map_err(|e| anyhow::anyhow!("tunnel {name}: certificate or key unusable: {e}"))?;
+    // Clients report through the server's own channel; this one is unused.
+    let (unused, _) = mpsc::channel::<ToControl>(1);
+    let tunnel = Arc::new(Shared::new(
+        name.to_string(),
+        settings.remote,
+        unused.clone(),
+    ));
+    let tables: ServerTables = Arc::default();
+    let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+    let mut tasks = Vec::new();
+    let mut udp_link = None;
+    let listen = settings.remote;
+    match settings.transport {
+        Transport::Udp => {
+            let sock = Arc::new(
+                UdpSocket::bind(listen)
+                    .map_err(|e| anyhow::anyhow!("tunnel {name}: UDP {listen}: {e}"))?,
+            );
+            udp_link = Some(Arc::new(Link::Udp(sock.clone())));
+            tasks.push(tokio::spawn(udp_rx(
+                tun.clone(),
+                tunnel.clone(),
+                tables.clone(),
+                sock,
+                tx.clone(),
+            )));
+        }
+        Transport::Tcp => {
+            let std = std::net::TcpListener::bind(listen)
+                .map_err(|e| anyhow::anyhow!("tunnel {name}: TCP {listen}: {e}"))?;
+            std.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(std)?;
+            tasks.push(tokio::spawn(tcp_accept(
+                listener,
+                tun.clone(),
+                tunnel.clone(),
+                tables.clone(),
+                tx.clone(),
+            )));
+        }
+    }
+    let t = tables.clone();
+    tasks.push(tokio::spawn(datapath::tun_loop(
+        tun.clone(),
+        mtu,
+        move || read(&t).routing.clone(),
+    )));
+    // The server's own address in the pool (topology subnet).
+    let gw = first_host(&srv.pool);
+    let added_address = match tun.add_address(gw.into(), srv.pool.prefix_len()) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
+        Err(e) => anyhow::bail!("tunnel {name}: address {gw}/{}: {e}", srv.pool.prefix_len()),
+    };
+    let ping = settings.ping.unwrap_or(DEFAULT_PING);
+    let ping_restart = settings.ping_restart.unwrap_or(DEFAULT_PING_RESTART);
+    let (commands, cmd_rx) = mpsc::channel(16);
+    let mut ctl = Server {
+        name: name.to_string(),
+        check: control_wrap(&settings, true),
+        settings,
+        srv,
+        tls,
+        tun,
+        tunnel: tunnel.clone(),
+        tables,
+        udp_link,
+        unused,
+        peers: BTreeMap::new(),
+        by_addr: HashMap::new(),
+        conns: HashMap::new(),
+        ping,
+        ping_restart,
+        next_tick: Instant::now() + TICK,
+        added_address,
+        refused: 0,
+        tasks,
+    };
+    let task = tokio::spawn(async move { ctl.run(rx, cmd_rx).await });
+    Ok(TunnelHandle {
+        name: name.to_string(),
+        shared: tunnel,
+        commands,
+        task,
+    })
+}
+
+fn first_host(pool: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(pool.network()) + 1)
+}
+
+/// One client.
+struct Peer {
+    peer_id: u32,
+    /// UDP: where it sends from now; TCP: the connection's peer.
+    addr: SocketAddr,
+    conn: Option<u64>,
+    session: Session,
+    shared: Arc<Shared>,
+    vaddr: Ipv4Addr,
+    connected_since: Option<SystemTime>,
+    tls_version: Option<String>,
+}
+
+struct Conn {
+    link: Arc<Link>,
+    tasks: Vec<JoinHandle<()>>,
+    since: Instant,
+    peer: Option<u32>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+struct Server {
+    name: String,
+    settings: OpenVpn,
+    srv: ServerSettings,
+    tls: Arc<rustls::ServerConfig>,
+    tun: Arc<Tun>,
+    /// Tunnel-level drop counters (packets of no client).
+    tunnel: Arc<Shared>,
+    tables: ServerTables,
+    udp_link: Option<Arc<Link>>,
+    unused: mpsc::Sender<ToControl>,
+    /// Checks a first packet without keeping any state.
+    check: ControlWrap,
+    peers: BTreeMap<u32, Peer>,
+    by_addr: HashMap<SocketAddr, u32>,
+    conns: HashMap<u64, Conn>,
+    /// Pushed `ping` / `ping-restart`; the server waits twice as long.
+    ping: u32,
+    ping_restart: u32,
+    next_tick: Instant,
+    added_address: bool,
+    /// Unauthenticated or refused first packets (for rate-limited logs).
+    refused: u64,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Server {
+    async fn run(
+        &mut self,
+        mut from_data: mpsc::Receiver<Msg>,
+        mut commands: mpsc::Receiver<TunnelCommand>,
+    ) {
+        tracing::info!(
+            "tunnel {}: OpenVPN server on {} {} ({}), pool {}, up to {} clients",
+            self.name,
+            self.settings.transport.name(),
+            self.settings.remote,
+            self.settings.key_mode.name(),
+            self.srv.pool,
+            self.srv.max_clients
+        );
+        loop {
+            let deadline = self
+                .peers
+                .values()
+                .filter_map(|p| p.session.poll_timeout())
+                .chain([self.next_tick])
+                .min();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = from_data.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.on_msg(msg);
+                    while let Ok(msg) = from_data.try_recv() {
+                        self.on_msg(msg);
+                    }
+                }
+                cmd = commands.recv() => match cmd {
+                    None | Some(TunnelCommand::Shutdown) => break,
+                    Some(TunnelCommand::Show(tx)) => { let _ = tx.send(self.show()); }
+                    Some(TunnelCommand::Rekey(tx)) => {
+                        let _ = tx.send(Err("renegotiation of server sessions is not built yet".into()));
+                    }
+                },
+                _ = sleep => self.on_timer(),
+            }
+        }
+        self.shutdown();
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        let now = Instant::now();
+        match msg {
+            Msg::Control { from, conn, packet } => self.on_control(now, from, conn, &packet),
+            Msg::Exit(pid) => {
+                self.remove(pid, "the client sent explicit-exit-notify");
+            }
+            Msg::Float(pid, to) => self.floated(pid, to),
+            Msg::Accepted {
+                conn,
+                addr,
+                link,
+                tasks,
+            } => {
+                let c = Conn {
+                    link,
+                    tasks,
+                    since: now,
+                    peer: None,
+                };
+                if self.conns.len() >= self.srv.max_clients + SPARE_CONNECTIONS {
+                    self.refuse(format!(
+                        "TCP connection from {addr} closed: too many connections"
+                    ));
+                    return; // dropping `c` closes it
+                }
+                tracing::debug!("tunnel {}: TCP connection {conn} from {addr}", self.name);
+                self.conns.insert(conn, c);
+            }
+            Msg::LinkDown(conn, why) => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    match c.peer {
+                        Some(pid) => self.remove(pid, &why),
+                        None => {
+                            tracing::debug!("tunnel {}: TCP connection {conn}: {why}", self.name)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs refused or unauthenticated first packets at powers of two.
+    fn refuse(&mut self, why: String) {
+        self.refused += 1;
+        if self.refused.is_power_of_two() {
+            tracing::warn!("tunnel {}: {why} ({} so far)", self.name, self.refused);
+        }
+    }
+
+    fn on_control(&mut self, now: Instant, from: SocketAddr, conn: Option<u64>, packet: &[u8]) {
+        let tunnel = self.tunnel.clone();
+        let drops = &tunnel.drops;
+        let Some(Ok((op, _))) = packet.first().map(|b| split_op_byte(*b)) else {
+            DropCounters::bump(&drops.malformed);
+            return;
+        };
+        let Some(sid) = packet.get(1..1 + SESSION_ID_LEN) else {
+            DropCounters::bump(&drops.malformed);
+            return;
+        };
+        let sid = SessionId(sid.try_into().expect("8 bytes"));
+        let known = match conn {
+            Some(c) => self.conns.get(&c).and_then(|c| c.peer),
+            None => self.by_addr.get(&from).copied(),
+        };
+        if let Some(pid) = known {
+            let restarted = op == Opcode::HardResetClientV2
+                && self.peers[&pid]
+                    .session
+                    .remote_session_id()
+                    .is_some_and(|r| r != sid);
+            if !restarted {
+                self.feed(pid, now, packet);
+                return;
+            }
+            // The client started over: the new session replaces the old
+            // one, but only once its first packet authenticates.
+            if let Err(e) = self.check.unwrap_stateless(packet) {
+                DropCounters::bump(&drops.bad_mac);
+                self.refuse(format!("new session from {from} refused: {e}"));
+                return;
+            }
+            self.remove(pid, "the client started a new session");
+        } else if conn.is_none() {
+            // A client's session from a new address: it floats once the
+            // packet authenticates in its session.
+            let owner = self
+                .peers
+                .values()
+                .find(|p| p.conn.is_none() && p.session.remote_session_id() == Some(sid))
+                .map(|p| p.peer_id);
+            if let Some(pid) = owner {
+                if self.feed(pid, now, packet) {
+                    if let Some(p) = self.peers.get(&pid) {
+                        p.shared.set_remote(from);
+                    }
+                    self.floated(pid, from);
+                }
+                return;
+            }
+        }
+        if op != Opcode::HardResetClientV2 {
+            DropCounters::bump(&drops.no_session);
+            tracing::debug!(
+                "tunnel {}: {} from {from} without a session dropped",
+                self.name,
+                op.name()
+            );
+            return;
+        }
+        if let Err(e) = self.check.unwrap_stateless(packet) {
+            DropCounters::bump(&drops.bad_mac);
+            self.refuse(format!(
+                "control packet from {from} failed {} authentication: {e}",
+                self.settings.key_mode.name()
+            ));
+            return;
+        }
+        self.new_peer(now, from, conn, packet);
+    }
+
+    fn new_peer(&mut self, now: Instant, from: SocketAddr, conn: Option<u64>, packet: &[u8]) {
+        if self.peers.len() >= self.srv.max_clients {
+            DropCounters::bump(&self.tunnel.drops.rate_limited);
+            self.refuse(format!(
+                "client {from} refused: max_clients ({}) reached",
+                self.srv.max_clients
+            ));
+            return;
+        }
+        let Some(vaddr) = self.free_address() else {
+            DropCounters::bump(&self.tunnel.drops.rate_limited);
+            self.refuse(format!(
+                "client {from} refused: address pool {} exhausted",
+                self.srv.pool
+            ));
+            return;
+        };
+        let peer_id = (0..).find(|i| !self.peers.contains_key(i)).expect("ids");
+        let link = match conn {
+            None => self.udp_link.clone(),
+            Some(c) => self.conns.get(&c).map(|c| c.link.clone()),
+        };
+        let shared = Arc::new(Shared::new(
+            format!("{}[{peer_id}]", self.name),
+            from,
+            self.unused.clone(),
+        ));
+        shared.set_link(link);
+        shared
+            .tables_mut()
+            .routes
+            .insert(IpNet::from(IpAddr::V4(vaddr)), ());
+        let cfg = SessionConfig {
+            role: Role::Server {
+                config: self.tls.clone(),
+                push: self.push_for(vaddr),
+                peer_id,
+            },
+            wrap: control_wrap(&self.settings, true),
+            ciphers: self.settings.data_ciphers.clone(),
+            udp: self.settings.transport == Transport::Udp,
+            control_mtu: DEFAULT_CONTROL_MTU,
+            reliable: ReliableConfig::default(),
+            data_limits: Limits::default(),
+        };
+        let mut session = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
+        session.set_hand_window(now, self.settings.hand_window);
+        tracing::info!(
+            "tunnel {}: new session from {from}: peer-id {peer_id}, address {vaddr}",
+            self.name
+        );
+        self.peers.insert(
+            peer_id,
+            Peer {
+                peer_id,
+                addr: from,
+                conn,
+                session,
+                shared,
+                vaddr,
+                connected_since: None,
+                tls_version: None,
+            },
+        );
+        match conn {
+            None => {
+                self.by_addr.insert(from, peer_id);
+            }
+            Some(c) => {
+                if let Some(c) = self.conns.get_mut(&c) {
+                    c.peer = Some(peer_id);
+                }
+            }
+        }
+        self.publish();
+        if !self.feed(peer_id, now, packet) {
+            self.remove(peer_id, "its first packet was refused");
+        }
+    }
+
+    /// The lowest pool address no client holds (the first is the server's).
+    fn free_address(&self) -> Option<Ipv4Addr> {
+        let net = u32::from(self.srv.pool.network());
+        let last = u32::from(self.srv.pool.broadcast());
+        (net + 2..last)
+            .map(Ipv4Addr::from)
+            .find(|a| !self.peers.values().any(|p| p.vaddr == *a))
+    }
+
+    /// What this client is told: OpenVPN's order, configured options first.
+    fn push_for(&self, vaddr: Ipv4Addr) -> Vec<String> {
+        let mut v = self.srv.push.clone();
+        v.push(format!("route-gateway {}", first_host(&self.srv.pool)));
+        v.push("topology subnet".into());
+        v.push(format!("ping {}", self.ping));
+        v.push(format!("ping-restart {}", self.ping_restart));
+        v.push(format!("ifconfig {vaddr} {}", self.srv.pool.netmask()));
+        v
+    }
+
+    /// One control packet into a client's session; false if refused.
+    fn feed(&mut self, pid: u32, now: Instant, packet: &[u8]) -> bool {
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return false;
+        };
+        let ok = match p.session.handle_packet(now, packet) {
+            Ok(()) => true,
+            Err(SessionError::Wrap(e)) => {
+                DropCounters::bump(&p.shared.drops.bad_mac);
+                tracing::debug!(
+                    "tunnel {}: control packet from {} dropped: {e}",
+                    self.name,
+                    p.addr
+                );
+                false
+            }
+            Err(e) => {
+                DropCounters::bump(&p.shared.drops.other);
+                tracing::debug!(
+                    "tunnel {}: control packet from {} dropped: {e}",
+                    self.name,
+                    p.addr
+                );
+                false
+            }
+        };
+        self.process(pid);
+        ok
+    }
+
+    fn process(&mut self, pid: u32) {
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let mut events = Vec::new();
+        while let Some(o) = p.session.poll_output() {
+            match o {
+                Output::Transmit(b) => {
+                    datapath::send_now(&p.shared, &b);
+                }
+                Output::InstallKey(k) => {
+                    let mut t = p.shared.tables_mut();
+                    t.keys[usize::from(k.key_id & 7)] = Some(k.clone());
+                    t.current = Some(k);
+                }
+                Output::Event(e) => events.push(e),
+            }
+        }
+        for e in events {
+            match e {
+                Event::TlsEstablished { version } => {
+                    tracing::debug!("tunnel {}: TLS with {} ({version})", self.name, p.addr);
+                    p.tls_version = Some(version);
+                }
+                Event::Connected { push } => {
+                    let now = Instant::now();
+                    p.shared.mark_rx(now);
+                    p.shared.mark_tx(now);
+                    p.connected_since = Some(SystemTime::now());
+                    tracing::info!(
+                        "tunnel {}: client {} connected: peer-id {}, address {}, cipher {}",
+                        self.name,
+                        p.addr,
+                        p.peer_id,
+                        p.vaddr,
+                        push.cipher.map_or("?", |c| c.name())
+                    );
+                }
+                Event::Failed(why) => {
+                    let why = format!("handshake failed: {why}");
+                    self.remove(pid, &why);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn floated(&mut self, pid: u32, to: SocketAddr) {
+        let Some(p) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if p.conn.is_some() || p.addr == to {
+            return;
+        }
+        let from = std::mem::replace(&mut p.addr, to);
+        if self.by_addr.get(&from) == Some(&pid) {
+            self.by_addr.remove(&from);
+        }
+        self.by_addr.insert(to, pid);
+        tracing::info!(
+            "tunnel {}: client peer-id {pid} ({}) floated from {from} to {to}",
+            self.name,
+            p.vaddr
+        );
+    }
+
+    fn remove(&mut self, pid: u32, why: &str) {
+        let Some(p) = self.peers.remove(&pid) else {
+            return;
+        };
+        if self.by_addr.get(&p.addr) == Some(&pid) {
+            self.by_addr.remove(&p.addr);
+        }
+        if let Some(c) = p.conn {
+            self.conns.remove(&c); // closes the connection
+        }
+        {
+            let mut t = p.shared.tables_mut();
+            t.current = None;
+            t.keys = Default::default();
+        }
+        p.shared.set_link(None);
+        self.publish();
+        tracing::info!(
+            "tunnel {}: client {} (peer-id {pid}, {}) removed: {why}",
+            self.name,
+            p.addr,
+            p.vaddr
+        );
+    }
+
+    /// Makes the current clients visible to the data path.
+    fn publish(&self) {
+        let mut by_dst = PrefixTable::new();
+        let mut sessions = Vec::with_capacity(self.peers.len());
+        for (i, p) in self.peers.values().enumerate() {
+            by_dst.insert(IpNet::from(IpAddr::V4(p.vaddr)), i);
+            sessions.push(p.shared.clone());
+        }
+        let t = Tables {
+            by_peer_id: self
+                .peers
+                .iter()
+                .map(|(id, p)| (*id, p.shared.clone()))
+                .collect(),
+            routing: Arc::new(Routing {
+                sessions,
+                by_dst: Some(by_dst),
+            }),
+        };
+        *self.tables.write().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u32> = self
+            .peers
+            .values()
+            .filter(|p| p.session.poll_timeout().is_some_and(|d| d <= now))
+            .map(|p| p.peer_id)
+            .collect();
+        for pid in due {
+            if let Some(p) = self.peers.get_mut(&pid) {
+                p.session.handle_timeout(now);
+            }
+            self.process(pid);
+        }
+        if now >= self.next_tick {
+            // a fixed schedule: packets waking the loop do not postpone it
+            self.next_tick = now + TICK;
+            self.keepalive(now);
+        }
+    }
+
+    /// `ping` to every connected client that heard nothing from us for that
+    /// long; `ping-restart` (twice the pushed value, as OpenVPN's server
+    /// does) removes clients that went silent; TCP connections that never
+    /// started a session are closed after hand-window.
+    fn keepalive(&mut self, now: Instant) {
+        let ping = Duration::from_secs(self.ping.into());
+        let restart = Duration::from_secs(u64::from(self.ping_restart) * 2);
+        let mut dead = Vec::new();
+        for p in self.peers.values() {
+            if p.connected_since.is_none() {
+                continue;
+            }
+            if self.ping > 0 && now.saturating_duration_since(p.shared.last_tx()) >= ping {
+                datapath::send_ping(&p.shared, now);
+            }
+            if self.ping_restart > 0 && now.saturating_duration_since(p.shared.last_rx()) > restart
+            {
+                dead.push(p.peer_id);
+            }
+        }
+        for pid in dead {
+            let why = format!(
+                "no packet for {} s (ping-restart)",
+                u64::from(self.ping_restart) * 2
+            );
+            self.remove(pid, &why);
+        }
+        let hand = self.settings.hand_window;
+        self.conns
+            .retain(|_, c| c.peer.is_some() || now.saturating_duration_since(c.since) < hand);
+    }
+
+    /// `polytun down`: UDP clients are told (explicit-exit-notify), TCP
+    /// connections are closed.
+    fn shutdown(&mut self) {
+        let now = Instant::now();
+        let mut told = 0;
+        if self.settings.transport == Transport::Udp {
+            for p in self.peers.values().filter(|p| p.connected_since.is_some()) {
+                let sent = (0..2)
+                    .filter(|_| datapath::send_exit_notify(&p.shared, now))
+                    .count();
+                told += usize::from(sent > 0);
+            }
+        }
+        tracing::info!(
+            "tunnel {}: stopping, {} client(s){}",
+            self.name,
+            self.peers.len(),
+            if told > 0 {
+                format!(", explicit-exit-notify sent to {told}")
+            } else {
+                String::new()
+            }
+        );
+        self.peers.clear();
+        self.conns.clear();
+        self.publish();
+        if self.added_address {
+            let gw = first_host(&self.srv.pool);
+            let _ = self
+                .tun
+                .remove_address(gw.into(), self.srv.pool.prefix_len());
+        }
+    }
+
+    fn show(&self) -> TunnelShow {
+        let transport = self.settings.transport.name().to_string();
+        let wrap = self.settings.key_mode.name().to_string();
+        let since = |t: Option<SystemTime>| {
+            t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+        };
+        let mut drops = self.tunnel.drops.snapshot();
+        let clients = self
+            .peers
+            .values()
+            .map(|p| {
+                add_drops(&mut drops, &p.shared.drops.snapshot());
+                let key = p.shared.tables().current.clone();
+                OpenVpnShow {
+                    role: "client".into(),
+                    remote: p.addr.to_string(),
+                    transport: transport.clone(),
+                    control_wrap: wrap.clone(),
+                    state: if p.connected_since.is_some() {
+                        "connected"
+                    } else {
+                        "connecting"
+                    }
+                    .into(),
+                    tls_version: p.tls_version.clone(),
+                    peer_id: Some(p.peer_id),
+                    virtual_address: Some(format!("{}/{}", p.vaddr, self.srv.pool.prefix_len())),
+                    cipher: key.as_ref().map(|k| k.cipher.name().to_string()),
+                    key_id: key.as_ref().map(|k| k.key_id),
+                    rx_bytes: p.shared.rx_bytes.load(Ordering::Relaxed),
+                    tx_bytes: p.shared.tx_bytes.load(Ordering::Relaxed),
+                    pings_received: p.shared.pings_rx.load(Ordering::Relaxed),
+                    connected_since_unix: since(p.connected_since),
+                    ..Default::default()
+                }
+            })
+            .collect::<Vec<_>>();
+        let ovpn = OpenVpnShow {
+            role: "server".into(),
+            remote: self.settings.remote.to_string(),
+            transport,
+            control_wrap: wrap,
+            state: format!("listening, {} client(s)", clients.len()),
+            virtual_address: Some(format!(
+                "{}/{}",
+                first_host(&self.srv.pool),
+                self.srv.pool.prefix_len()
+            )),
+            routes: vec![self.srv.pool.to_string()],
+            clients,
+            ..Default::default()
+        };
+        TunnelShow {
+            name: self.name.clone(),
+            protocol: "openvpn".into(),
+            listen_port: Some(self.settings.remote.port()),
+            drops,
+            openvpn: Some(ovpn),
+            ..Default::default()
+        }
+    }
+}
+
+fn add_drops(a: &mut Drops, b: &Drops) {
+    a.malformed += b.malformed;
+    a.bad_mac += b.bad_mac;
+    a.replayed += b.replayed;
+    a.no_session += b.no_session;
+    a.bad_source += b.bad_source;
+    a.expired_key += b.expired_key;
+    a.rate_limited += b.rate_limited;
+    a.other += b.other;
+}
+
+/// Where a packet came from: a UDP address, or TCP connection `.0` (whose
+/// client may only use its own link).
+type Origin<'a> = (SocketAddr, Option<(u64, &'a Arc<Link>)>);
+
+/// One packet from a client: data is opened with the key of the peer-id it
+/// names (after which the inner source must be that client's address),
+/// control packets go to the control task.
+fn handle(
+    w: &mut TunWriter,
+    tunnel: &Shared,
+    t: &Tables,
+    tx: &mpsc::Sender<Msg>,
+    d: &[u8],
+    (from, conn): Origin<'_>,
+    now: Instant,
+) {
+    let drops = &tunnel.drops;
+    let Some(Ok((op, key_id))) = d.first().map(|b| split_op_byte(*b)) else {
+        DropCounters::bump(&drops.malformed);
+        return;
+    };
+    match op {
+        Opcode::DataV2 => {
+            let Some(id) = d.get(1..4) else {
+                DropCounters::bump(&drops.malformed);
+                return;
+            };
+            let pid = u32::from_be_bytes([0, id[0], id[1], id[2]]);
+            let Some(client) = t.by_peer_id.get(&pid) else {
+                DropCounters::bump(&drops.no_session);
+                return;
+            };
+            if let Some((_, link)) = conn {
+                if !client.link().is_some_and(|l| Arc::ptr_eq(&l, link)) {
+                    DropCounters::bump(&client.drops.bad_source);
+                    return;
+                }
+            }
+            let r = {
+                let tables = client.tables();
+                let r = w.open(client, &tables, key_id, d, now);
+                let own = |s: IpAddr| tables.routes.lookup(s).is_some();
+                let spoofed = r == Rx::Queued
+                    && w.last()
+                        .and_then(crate::datapath::src_ip)
+                        .is_none_or(|s| !own(s));
+                if spoofed {
+                    // not its own address: no client speaks for another
+                    w.unqueue();
+                    DropCounters::bump(&client.drops.bad_source);
+                    return;
+                }
+                r
+            };
+            if r == Rx::Dropped {
+                return;
+            }
+            if conn.is_none() && client.remote() != from {
+                client.set_remote(from);
+                let _ = tx.try_send(Msg::Float(pid, from));
+            }
+            if r == Rx::Exit {
+                let _ = tx.try_send(Msg::Exit(pid));
+            }
+        }
+        Opcode::DataV1 => DropCounters::bump(&drops.other),
+        _ => {
+            let msg = Msg::Control {
+                from,
+                conn: conn.map(|c| c.0),
+                packet: d.to_vec(),
+            };
+            if tx.try_send(msg).is_err() {
+                DropCounters::bump(&drops.rate_limited);
+            }
+        }
+    }
+}
+
+/// Receives the server's UDP datagrams forever.
+async fn udp_rx(
+    tun: Arc<Tun>,
+    tunnel: Arc<Shared>,
+    tables: ServerTables,
+    sock: Arc<UdpSocket>,
+    tx: mpsc::Sender<Msg>,
+) {
+    datapath::read_datagrams(
+        &sock,
+        &tun,
+        &tunnel,
+        || read(&tables),
+        |w, t, d, src, now| handle(w, &tunnel, t, &tx, d, (src, None), now),
+    )
+    .await
+}
+
+/// Accepts TCP connections forever; each gets a reader and a writer task,
+/// owned by the control task.
+async fn tcp_accept(
+    listener: tokio::net::TcpListener,
+    tun: Arc<Tun>,
+    tunnel: Arc<Shared>,
+    tables: ServerTables,
+    tx: mpsc::Sender<Msg>,
+) {
+    let mut conn = 0u64;
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("{}: TCP accept: {e}", tunnel.name);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        conn += 1;
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (wtx, wrx) = mpsc::channel(TCP_QUEUE);
+        let link = Arc::new(Link::Tcp(wtx));
+        let tasks = vec![
+            tokio::spawn(tcp_rx(
+                tun.clone(),
+                tunnel.clone(),
+                tables.clone(),
+                rd,
+                (conn, addr, link.clone()),
+                tx.clone(),
+            )),
+            tokio::spawn(tcp_write(wr, wrx, conn, tx.clone())),
+        ];
+        let msg = Msg::Accepted {
+            conn,
+            addr,
+            link,
+            tasks,
+        };
+        if tx.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one client's TCP connection until it closes.
+async fn tcp_rx(
+    tun: Arc<Tun>,
+    tunnel: Arc<Shared>,
+    tables: ServerTables,
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    (conn, addr, link): (u64, SocketAddr, Arc<Link>),
+    tx: mpsc::Sender<Msg>,
+) {
+    let why = datapath::read_frames(
+        &mut rd,
+        &tun,
+        &tunnel,
+        "the client",
+        || read(&tables),
+        |w, t, f, now| handle(w, &tunnel, t, &tx, f, (addr, Some((conn, &link))), now),
+    )
+    .await;
+    let _ = tx.send(Msg::LinkDown(conn, why)).await;
+}
+
+/// Writes framed bytes to one client's TCP connection.
+async fn tcp_write(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    conn: u64,
+    tx: mpsc::Sender<Msg>,
+) {
+    if let Some(e) = datapath::write_frames(&mut wr, &mut rx).await {
+        let _ = tx.send(Msg::LinkDown(conn, e)).await;
+    }
+}

@@ -1,0 +1,510 @@
+//! Issue 4: polytund as an OpenVPN *server*, with the real OpenVPN 2.6
+//! client (and polytund's own client) in network namespaces: UDP and TCP,
+//! tls-crypt and tls-auth, the three data ciphers; ping, pushed route, 50 MB
+//! checksummed transfers both ways; two clients at once; float; explicit
+//! exit notification; the shipped configs/openvpn-server*.toml.
+use polytun_e2e::netns::veth_pair_net;
+use polytun_e2e::openvpn::{self as ovpn, Client, KeyMode, Pki, Proto};
+use polytun_e2e::{ping, veth_pair, wait_ping, wait_until, xfer, Netns, XFER_BYTES};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const SERVER_TUN: &str = "198.51.100.1";
+const ALL: [&str; 3] = ["AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"];
+
+/// polytun server in `s` (192.0.2.1), clients in `c` (192.0.2.2).
+fn setup(test: &str) -> (Netns, Netns, Pki) {
+    let s = Netns::new(&format!("{test}s"));
+    let c = Netns::new(&format!("{test}c"));
+    let _ = veth_pair(&s, &c);
+    // the pushed route leads somewhere: an address in it on the server
+    s.ip(&[
+        "addr",
+        "add",
+        &format!("{}/32", ovpn::PUSHED_HOST),
+        "dev",
+        "lo",
+    ]);
+    let pki = Pki::new(&s);
+    (s, c, pki)
+}
+
+fn start_server<'a>(s: &'a Netns, pki: &Pki, proto: Proto, mode: KeyMode) -> Client<'a> {
+    start_server_on(s, pki, proto, mode, "192.0.2.1")
+}
+
+/// `local` "" listens on every address (dual-stack).
+fn start_server_on<'a>(
+    s: &'a Netns,
+    pki: &Pki,
+    proto: Proto,
+    mode: KeyMode,
+    local: &str,
+) -> Client<'a> {
+    let mut tunnel = ovpn::server_tunnel_toml(pki, local, proto, mode, &ALL);
+    if local.is_empty() {
+        tunnel = tunnel.replace("local = \"\"\n", "");
+    }
+    let server = Client::start(s, &tunnel);
+    assert!(
+        server.log().contains("OpenVPN server on"),
+        "{}",
+        server.log()
+    );
+    server
+}
+
+/// The server's clients from `polytun show --json`.
+fn clients(server: &Client<'_>) -> Vec<Value> {
+    server.session()["clients"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn wait_clients(server: &Client<'_>, n: usize) -> Vec<Value> {
+    wait_until(
+        &format!("{n} connected client(s) in polytun show"),
+        Duration::from_secs(30),
+        || {
+            server.assert_alive();
+            let c = clients(server);
+            c.len() == n && c.iter().all(|c| c["state"] == "connected")
+        },
+    );
+    clients(server)
+}
+
+fn assert_no_auth_drops(server: &Client<'_>) {
+    let drops = &server.try_show().unwrap()["tunnels"][0]["drops"];
+    assert_eq!(drops["bad_mac"], 0, "{drops}");
+    assert_eq!(drops["malformed"], 0, "{drops}");
+    // (bad_source counts the client's IPv6 router solicitations: no IPv6 pool)
+}
+
+fn session_test(test: &str, proto: Proto, mode: KeyMode, cipher: &str) {
+    let t0 = Instant::now();
+    let (s, c, pki) = setup(test);
+    let server = start_server(&s, &pki, proto, mode);
+    // The openvpn client offers one cipher; the server (all three) follows.
+    let client = ovpn::start_client(
+        &c,
+        &ovpn::client_conf(&pki, "192.0.2.1", proto, mode, cipher),
+    );
+    let cl = wait_clients(&server, 1);
+    assert_eq!(cl[0]["peer_id"], 0, "{cl:?}");
+    assert_eq!(cl[0]["virtual_address"], "198.51.100.2/24", "{cl:?}");
+    assert_eq!(cl[0]["cipher"], cipher, "{cl:?}");
+    assert_eq!(cl[0]["key_id"], 0, "{cl:?}");
+    assert!(
+        cl[0]["remote"].as_str().unwrap().starts_with("192.0.2.2:"),
+        "{cl:?}"
+    );
+    wait_ping(&c, SERVER_TUN, Duration::from_secs(10));
+    assert_eq!(
+        ping(&c, SERVER_TUN, 10),
+        0.0,
+        "ping loss through the tunnel"
+    );
+    // the server's pushes arrived: ifconfig, route (and its gateway), DNS
+    let log = c.log_of(client);
+    assert!(
+        log.contains("PUSH: Received control message") && log.contains("dhcp-option DNS"),
+        "{log}"
+    );
+    let addrs = c.run_ok(&["ip", "-4", "addr"]);
+    assert!(addrs.contains("198.51.100.2/24"), "{addrs}");
+    assert_eq!(
+        ping(&c, ovpn::PUSHED_HOST, 5),
+        0.0,
+        "ping over the pushed route"
+    );
+    // the server reaches the client too (TUN → prefix table → the client)
+    assert_eq!(ping(&s, "198.51.100.2", 5), 0.0, "ping server → client");
+    xfer(&s, &c, SERVER_TUN, 5201, XFER_BYTES);
+    xfer(&c, &s, "198.51.100.2", 5202, XFER_BYTES);
+    let cl = clients(&server);
+    assert!(cl[0]["rx_bytes"].as_u64().unwrap() >= XFER_BYTES, "{cl:?}");
+    assert!(cl[0]["tx_bytes"].as_u64().unwrap() >= XFER_BYTES, "{cl:?}");
+    assert_no_auth_drops(&server);
+    let text = server.show_text();
+    assert!(
+        text.contains("peer-id 0, address 198.51.100.2/24"),
+        "{text}"
+    );
+    assert!(c.try_wait(client).is_none(), "openvpn client still running");
+    eprintln!("{text}");
+    eprintln!("{test}: passed in {:?}", t0.elapsed());
+}
+
+macro_rules! matrix {
+    ($($name:ident: $short:literal, $proto:ident, $mode:ident, $cipher:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            session_test($short, Proto::$proto, KeyMode::$mode, $cipher);
+        }
+    )*};
+}
+
+matrix! {
+    openvpn_server_udp_tls_crypt_aes256gcm:        "osu1", Udp, TlsCrypt, "AES-256-GCM";
+    openvpn_server_udp_tls_auth_aes128gcm:         "osu2", Udp, TlsAuth,  "AES-128-GCM";
+    openvpn_server_udp_tls_crypt_chacha20poly1305: "osu3", Udp, TlsCrypt, "CHACHA20-POLY1305";
+    openvpn_server_tcp_tls_auth_aes256gcm:         "ost1", Tcp, TlsAuth,  "AES-256-GCM";
+    openvpn_server_tcp_tls_crypt_aes128gcm:        "ost2", Tcp, TlsCrypt, "AES-128-GCM";
+    openvpn_server_tcp_tls_auth_chacha20poly1305:  "ost3", Tcp, TlsAuth,  "CHACHA20-POLY1305";
+}
+
+/// Two openvpn clients at once, over two underlay links: different
+/// addresses and peer-ids, both carry traffic at the same time, the server
+/// routes each packet to its owner.
+#[test]
+fn openvpn_server_two_clients() {
+    let (s, c1, pki) = setup("os2");
+    let c2 = Netns::new("os2d");
+    let _ = veth_pair_net(&s, &c2, "203.0.113", "2001:db8:1:");
+    let server = start_server_on(&s, &pki, Proto::Udp, KeyMode::TlsCrypt, "");
+    let conf = |remote: &str| {
+        ovpn::client_conf(&pki, remote, Proto::Udp, KeyMode::TlsCrypt, "AES-256-GCM")
+    };
+    ovpn::start_client(&c1, &conf("192.0.2.1"));
+    // the second client's underlay is 203.0.113.0/24: without the pushed
+    // route over it (that one would take its own server's address away)
+    let conf2 = conf("203.0.113.1").replace("client\n", "client\npull-filter ignore \"route \"\n");
+    ovpn::start_client(&c2, &conf2);
+    let cl = wait_clients(&server, 2);
+    let mut got: Vec<(u64, String)> = cl
+        .iter()
+        .map(|c| {
+            (
+                c["peer_id"].as_u64().unwrap(),
+                c["virtual_address"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (0, "198.51.100.2/24".to_string()),
+            (1, "198.51.100.3/24".to_string())
+        ],
+        "{cl:?}"
+    );
+    let addr_of = |ns: &Netns| {
+        let a = ns.run_ok(&["ip", "-4", "-o", "addr", "show", "dev", "tun0"]);
+        if a.contains("198.51.100.2/24") {
+            "198.51.100.2"
+        } else {
+            assert!(a.contains("198.51.100.3/24"), "{a}");
+            "198.51.100.3"
+        }
+    };
+    let (a1, a2) = (addr_of(&c1), addr_of(&c2));
+    assert_ne!(a1, a2);
+    wait_ping(&c1, SERVER_TUN, Duration::from_secs(10));
+    wait_ping(&c2, SERVER_TUN, Duration::from_secs(10));
+    assert_eq!(ping(&s, a1, 5), 0.0, "server → first client");
+    assert_eq!(ping(&s, a2, 5), 0.0, "server → second client");
+    // both at once, each direction
+    let up1 = polytun_e2e::xfer_start(&s, &c1, SERVER_TUN, 5201, XFER_BYTES);
+    let up2 = polytun_e2e::xfer_start(&s, &c2, SERVER_TUN, 5202, XFER_BYTES);
+    let down1 = polytun_e2e::xfer_start(&c1, &s, a1, 5203, XFER_BYTES / 2);
+    let down2 = polytun_e2e::xfer_start(&c2, &s, a2, 5204, XFER_BYTES / 2);
+    for x in [up1, up2, down1, down2] {
+        x.finish(Duration::from_secs(180));
+    }
+    assert_no_auth_drops(&server);
+    eprintln!("{}", server.show_text());
+}
+
+/// Float (mobility): the client's underlay address changes during a
+/// transfer; the server follows its authenticated packets to the new
+/// address, the transfer completes and show names the new address.
+#[test]
+fn openvpn_server_float() {
+    let (s, c, pki) = setup("osf");
+    let server = start_server(&s, &pki, Proto::Udp, KeyMode::TlsCrypt);
+    ovpn::start_client(
+        &c,
+        &ovpn::client_conf(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            "AES-256-GCM",
+        ),
+    );
+    wait_clients(&server, 1);
+    wait_ping(&c, SERVER_TUN, Duration::from_secs(10));
+    let dev = c
+        .run_ok(&["ip", "-o", "-4", "addr", "show", "to", "192.0.2.2"])
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    c.run_ok(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv4.conf.{dev}.promote_secondaries=1"),
+    ]);
+    let run = polytun_e2e::xfer_start(&s, &c, SERVER_TUN, 5201, 150 * 1024 * 1024);
+    wait_until("the transfer under way", Duration::from_secs(20), || {
+        clients(&server)[0]["rx_bytes"].as_u64().unwrap() > 5 * 1024 * 1024
+    });
+    assert!(!run.done(), "the transfer ended before the address change");
+    c.ip(&["addr", "add", "192.0.2.3/24", "dev", &dev]);
+    c.ip(&["addr", "del", "192.0.2.2/24", "dev", &dev]);
+    eprintln!("floated: 192.0.2.2 -> 192.0.2.3 during the transfer");
+    run.finish(Duration::from_secs(180));
+    let cl = clients(&server);
+    assert_eq!(cl.len(), 1, "{cl:?}");
+    assert!(
+        cl[0]["remote"].as_str().unwrap().starts_with("192.0.2.3:"),
+        "{cl:?}"
+    );
+    assert!(
+        server.log().contains("floated from 192.0.2.2:"),
+        "float logged"
+    );
+    assert_eq!(ping(&c, SERVER_TUN, 5), 0.0, "ping after the float");
+    assert_eq!(
+        ping(&s, "198.51.100.2", 5),
+        0.0,
+        "server → client after the float"
+    );
+}
+
+/// explicit-exit-notify: the openvpn client stopping makes polytund drop
+/// it at once (not after ping-restart); a client that vanishes silently is
+/// removed by ping-restart; both free their address.
+#[test]
+fn openvpn_server_exit_notify_and_ping_restart() {
+    let (s, c, pki) = setup("ose");
+    let server = Client::start(
+        &s,
+        &ovpn::server_tunnel_toml(&pki, "192.0.2.1", Proto::Udp, KeyMode::TlsCrypt, &ALL)
+            .replace("keepalive = [10, 60]", "keepalive = [1, 3]"),
+    );
+    let conf = ovpn::client_conf(
+        &pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        "AES-256-GCM",
+    );
+    let client = ovpn::start_client(&c, &conf);
+    wait_clients(&server, 1);
+    wait_ping(&c, SERVER_TUN, Duration::from_secs(10));
+    let t = Instant::now();
+    c.kill(client);
+    wait_until(
+        "the server to drop the client (ping-restart would take 6 s)",
+        Duration::from_secs(3),
+        || clients(&server).is_empty(),
+    );
+    eprintln!("dropped {:?} after the client's SIGTERM", t.elapsed());
+    assert!(server
+        .log()
+        .contains("removed: the client sent explicit-exit-notify"));
+    // a silent client (its packets to the server blocked): ping-restart
+    let client = ovpn::start_client(&c, &conf);
+    let cl = wait_clients(&server, 1);
+    assert_eq!(
+        cl[0]["virtual_address"], "198.51.100.2/24",
+        "address freed and reused"
+    );
+    let nft = polytun_e2e::bins::tool("nft");
+    let nft = nft.to_str().unwrap();
+    c.run_ok(&[nft, "add table inet t"]);
+    c.run_ok(&[
+        nft,
+        "add chain inet t o { type filter hook output priority 0 ; }",
+    ]);
+    c.run_ok(&[nft, "add rule inet t o udp dport 1194 drop"]);
+    let t = Instant::now();
+    wait_until(
+        "ping-restart to remove the silent client",
+        Duration::from_secs(20),
+        || clients(&server).is_empty(),
+    );
+    eprintln!("silent client removed after {:?}", t.elapsed());
+    assert!(server.log().contains("(ping-restart)"));
+    assert!(c.try_wait(client).is_none());
+}
+
+/// A client with the wrong tls-crypt key: its packets never create a
+/// session (counted as bad_mac, logged), a correct client is served.
+#[test]
+fn openvpn_server_wrong_tls_crypt_key_allocates_nothing() {
+    let (s, c, pki) = setup("osw");
+    let server = start_server_on(&s, &pki, Proto::Udp, KeyMode::TlsCrypt, "");
+    let wrong = pki.genkey("wrong.key");
+    let conf = ovpn::client_conf(
+        &pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        "AES-256-GCM",
+    );
+    let bad = c.spawn(
+        "openvpn-bad-client",
+        &[
+            polytun_e2e::bins::tool("openvpn").to_str().unwrap(),
+            "--config",
+            c.write_file("bad.conf", &conf.replace(&pki.path("ta.key"), &wrong))
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    wait_until(
+        "the server to refuse the bad key",
+        Duration::from_secs(20),
+        || server.log().contains("failed tls-crypt authentication"),
+    );
+    let show = server.try_show().unwrap();
+    assert!(
+        show["tunnels"][0]["drops"]["bad_mac"].as_u64().unwrap() >= 1,
+        "{show}"
+    );
+    assert!(
+        clients(&server).is_empty(),
+        "no state for unauthenticated packets"
+    );
+    let good = Netns::new("oswg");
+    let _ = veth_pair_net(&s, &good, "203.0.113", "2001:db8:1:");
+    ovpn::start_client(
+        &good,
+        &ovpn::client_conf(
+            &pki,
+            "203.0.113.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            "AES-256-GCM",
+        )
+        .replace("client\n", "client\npull-filter ignore \"route \"\n"),
+    );
+    wait_clients(&server, 1);
+    wait_ping(&good, SERVER_TUN, Duration::from_secs(10));
+    assert!(c.try_wait(bad).is_none());
+}
+
+/// polytun client ↔ polytun server, over UDP and TCP; `polytun down` on
+/// the server tells the UDP client, which reconnects.
+fn polytun_pair(test: &str, proto: Proto) {
+    let (s, c, pki) = setup(test);
+    let server = start_server(&s, &pki, proto, KeyMode::TlsAuth);
+    let client = Client::start(
+        &c,
+        &ovpn::client_tunnel_toml(
+            &pki,
+            "192.0.2.1",
+            proto,
+            KeyMode::TlsAuth,
+            &["CHACHA20-POLY1305", "AES-256-GCM"],
+            &pki.path("ta.key"),
+        ),
+    );
+    client.wait_connected(Duration::from_secs(30));
+    let sess = client.session();
+    assert_eq!(sess["virtual_address"], "198.51.100.2/24", "{sess}");
+    assert_eq!(
+        sess["cipher"], "AES-256-GCM",
+        "the server's preference: {sess}"
+    );
+    assert_eq!(sess["dns"][0], ovpn::PUSHED_DNS, "{sess}");
+    wait_ping(&c, SERVER_TUN, Duration::from_secs(10));
+    assert_eq!(ping(&c, SERVER_TUN, 10), 0.0);
+    assert_eq!(ping(&c, ovpn::PUSHED_HOST, 5), 0.0, "pushed route");
+    xfer(&s, &c, SERVER_TUN, 5201, XFER_BYTES);
+    xfer(&c, &s, "198.51.100.2", 5202, XFER_BYTES);
+    wait_clients(&server, 1);
+    assert_no_auth_drops(&server);
+    let cli = polytun_e2e::bins::polytun();
+    s.run_ok(&[cli.to_str().unwrap(), "-i", &server.iface, "down"]);
+    wait_until(
+        "the client to notice the server's exit",
+        Duration::from_secs(10),
+        || client.session()["state"] != "connected",
+    );
+    if proto == Proto::Udp {
+        assert!(
+            client.log().contains("the server announced its exit"),
+            "{}",
+            client.log()
+        );
+    }
+    client.assert_alive();
+}
+
+#[test]
+fn openvpn_server_polytun_client_udp() {
+    polytun_pair("osp1", Proto::Udp);
+}
+
+#[test]
+fn openvpn_server_polytun_client_tcp() {
+    polytun_pair("osp2", Proto::Tcp);
+}
+
+/// configs/openvpn-server.toml and configs/openvpn-server-conf.toml (+ the
+/// OpenVPN-style openvpn-server.conf), as shipped, with this test's PKI;
+/// one openvpn client follows from the first to the second (`polytun down`
+/// on the first tells it to reconnect: OCC_EXIT, "remote-exit").
+#[test]
+fn openvpn_server_shipped_configs() {
+    let (s, c, pki) = setup("osc");
+    let root = polytun_e2e::bins::workspace_root().join("configs");
+    std::fs::copy(
+        root.join("openvpn-server.conf"),
+        pki.dir.join("openvpn-server.conf"),
+    )
+    .unwrap();
+    let cli = polytun_e2e::bins::polytun();
+    let mut client = None;
+    for (i, (toml, name)) in [
+        ("openvpn-server.toml", "ptovpns0"),
+        ("openvpn-server-conf.toml", "ptovpns1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let iface = polytun_e2e::unique_ifname("pts");
+        let text = std::fs::read_to_string(root.join(toml)).unwrap().replace(
+            &format!("name = \"{name}\""),
+            &format!("name = \"{iface}\""),
+        );
+        let path = pki.dir.join(toml);
+        std::fs::write(&path, text).unwrap();
+        // (the first server has put the pushed host's address on lo already)
+        let server = Client::start_with(&s, iface, path);
+        let pid = *client.get_or_insert_with(|| {
+            ovpn::start_client(
+                &c,
+                &ovpn::client_conf(
+                    &pki,
+                    "192.0.2.1",
+                    Proto::Udp,
+                    KeyMode::TlsCrypt,
+                    "AES-128-GCM",
+                ),
+            )
+        });
+        let cl = wait_clients(&server, 1);
+        assert_eq!(cl[0]["cipher"], "AES-128-GCM", "{toml}: {cl:?}");
+        assert_eq!(
+            cl[0]["virtual_address"], "198.51.100.2/24",
+            "{toml}: {cl:?}"
+        );
+        wait_ping(&c, SERVER_TUN, Duration::from_secs(20));
+        assert_eq!(ping(&c, SERVER_TUN, 5), 0.0, "{toml}");
+        assert_eq!(ping(&c, ovpn::PUSHED_HOST, 5), 0.0, "{toml}: pushed route");
+        s.run_ok(&[cli.to_str().unwrap(), "-i", &server.iface, "down"]);
+        wait_until(
+            "the openvpn client to restart on the server's exit",
+            Duration::from_secs(10),
+            || c.log_of(pid).matches("remote-exit").count() > i,
+        );
+        s.wait_exit(server.pid, Duration::from_secs(10));
+    }
+}

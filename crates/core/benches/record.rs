@@ -183,7 +183,9 @@ fn single(c: &mut Criterion<ThreadCpu>) {
         }
         let allocs = ALLOCATIONS.load(Ordering::Relaxed) - before;
         assert_eq!(allocs, 0, "the record engine allocated on the data path");
-        g.bench_function(format!("seal+open/{}", alg.name()), |b| b.iter(&mut roundtrip));
+        g.bench_function(format!("seal+open/{}", alg.name()), |b| {
+            b.iter(&mut roundtrip)
+        });
     }
     g.finish();
 }

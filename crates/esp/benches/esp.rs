@@ -75,7 +75,11 @@ fn bench(c: &mut Criterion) {
         let now = Instant::now();
         seal_batch(&s, &mut b, now);
         for i in 0..BATCH - 1 {
-            assert!(b.adjacent(i), "{}: sealed packets not back to back", t.name());
+            assert!(
+                b.adjacent(i),
+                "{}: sealed packets not back to back",
+                t.name()
+            );
         }
         assert_eq!(b.span(0, BATCH - 1).len(), BATCH * b.stride());
         open_batch(&o, &mut b, now);

@@ -416,3 +416,46 @@ pub async fn ike_to_control(shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polytun_esp::{Direction, EspSa, SaParams};
+
+    #[test]
+    fn sealed_full_packets_fill_the_arena_stride_for_every_transform() {
+        let now = Instant::now();
+        for mtu in [1280usize, 1400, 1420, 1421, 1500] {
+            for t in Transform::ALL {
+                let (head, tail) = outbound_layout(t, mtu);
+                assert_eq!(head, t.header_len());
+                assert!(head <= MAX_HEADER_LEN && tail <= MAX_TRAILER_LEN);
+                let sa = EspSa::new(
+                    SaParams::new(0x1234_5678, Direction::Outbound, t),
+                    &vec![1u8; t.keymat_len()],
+                    now,
+                )
+                .unwrap();
+                let mut b = outbound_batch(t, mtu);
+                assert_eq!(b.stride(), head + mtu + tail);
+                // three full packets and a short one, as a split TCP super-packet
+                let sizes = [mtu, mtu, mtu, 100];
+                for slot in b.slot_buffers().take(sizes.len()) {
+                    slot[head] = 0x45;
+                }
+                b.set_filled(head, &sizes);
+                for i in 0..sizes.len() {
+                    b.with_packet(i, |p| sa.seal(now, p)).unwrap();
+                }
+                // the full ones lie back to back: one GSO run of stride-sized
+                // segments, the short one as its last segment
+                assert!(
+                    b.adjacent(0) && b.adjacent(1) && b.adjacent(2),
+                    "{t:?} {mtu}"
+                );
+                assert_eq!(b.get(0).len(), b.stride());
+                assert_eq!(b.span(0, 3).len(), 3 * b.stride() + b.get(3).len());
+            }
+        }
+    }
+}

@@ -306,8 +306,8 @@ measure() {   # impl
   local impl=$1
   setup_pair
   case $impl in
-    polytun) setup_polytun ;;
-    strongswan) setup_strongswan ;;
+    polytun) TUN_A=$PT_A TUN_B=$PT_B; setup_polytun ;;
+    strongswan) TUN_A=ipsec0 TUN_B=ipsec0; setup_strongswan ;;
     *) die "unknown implementation $impl" ;;
   esac
   start_bg "$NS_B" "$OUT_DIR/$impl-iperf3-server.log" iperf3 -s -B "$IN_B"

@@ -106,6 +106,24 @@ iperf_bytes() { python3 -c 'import json,sys
 try: print(int(json.load(open(sys.argv[1]))["end"]["sum_received"]["bytes"]))
 except Exception: print(0)' "$1"; }
 
+# Counters that tell where a flood loses packets: UDP of both namespaces (/proc/net/snmp) and,
+# when TUN_A/TUN_B name the tunnel devices, their tx (routed into the daemon) and rx counters.
+drop_counters() {
+  local s ns dev c
+  for s in a b; do
+    if [[ $s == a ]]; then ns=$NS_A dev=${TUN_A:-}; else ns=$NS_B dev=${TUN_B:-}; fi
+    ip netns exec "$ns" awk -v s=$s '/^Udp:/ { if (!h) { split($0, k); h = 1 } else
+      for (i = 2; i <= NF; i++) print s "_udp_" k[i], $i }' /proc/net/snmp
+    [[ -n $dev ]] || continue
+    for c in tx_packets tx_dropped rx_packets rx_dropped; do
+      echo "${s}_tun_$c $(ip netns exec "$ns" cat "/sys/class/net/$dev/statistics/$c" 2>/dev/null || echo 0)"
+    done
+  done
+}
+drop_delta() {   # before after -> the counters that changed
+  awk 'NR == FNR { a[$1] = $2; next } $2 - a[$1] { printf "%s=%d ", $1, $2 - a[$1] }' "$1" "$2"
+}
+
 # measure_traffic IMPL DST [SRC]: everything after the tunnel is up, from NS_A to DST in NS_B
 # (iperf3 -s must run in NS_B). DAEMON_PIDS are the processes whose CPU and RSS count.
 measure_traffic() {
@@ -136,8 +154,11 @@ measure_traffic() {
     result "$impl" "${t}_gbps" "$(median "${v[@]}")"
   done
   result "$impl" cpu_s_per_gb "$(python3 -c 'import sys; t,b,hz=map(float,sys.argv[1:]); print("%.3f" % ((t/hz)/(b/1e9)) if b else "nan")' "$ticks" "$bytes" "$CLK_TCK")"
+  drop_counters >"$OUT_DIR/$impl-udp-counters.before"
   ip netns exec "$NS_A" timeout $((DURATION + 30)) iperf3 -c "$dst" "${bind[@]}" -u -b 0 -l 1380 -t "$DURATION" -J \
     >"$OUT_DIR/$impl-udp.json" 9>&- </dev/null || true
+  drop_counters >"$OUT_DIR/$impl-udp-counters.after"
+  log "$impl udp flood counter deltas: $(drop_delta "$OUT_DIR/$impl-udp-counters.before" "$OUT_DIR/$impl-udp-counters.after")"
   v=$(python3 -c 'import json,sys
 try:
     e = json.load(open(sys.argv[1]))["end"]["sum"]

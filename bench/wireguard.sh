@@ -25,6 +25,7 @@ IMPLS=${IMPLS:-"polytun wireguard-go boringtun"}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/polytun-bench.XXXXXX)}
 NS_A=ptb-a-$$ NS_B=ptb-b-$$ VETH_A=ptbva$$ VETH_B=ptbvb$$
 WG_A=ptbwa$$ WG_B=ptbwb$$
+TUN_A=$WG_A TUN_B=$WG_B
 PORT=51820 MTU=1420
 # shellcheck source=bench/lib.sh
 . bench/lib.sh

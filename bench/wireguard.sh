@@ -22,58 +22,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 IMPLS=${IMPLS:-"polytun wireguard-go boringtun"}
-DURATION=${DURATION:-10}
-REPEAT=${REPEAT:-3}
-PING_COUNT=${PING_COUNT:-20}
-BIN=${POLYTUN_BIN_DIR:-$PWD/target/release}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/polytun-bench.XXXXXX)}
-LOCK=${LOCK:-/tmp/peers-bench.lock}
-LOCK_WAIT=${LOCK_WAIT:-3600}
 NS_A=ptb-a-$$ NS_B=ptb-b-$$ VETH_A=ptbva$$ VETH_B=ptbvb$$
 WG_A=ptbwa$$ WG_B=ptbwb$$
+TUN_A=$WG_A TUN_B=$WG_B
 PORT=51820 MTU=1420
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_init wg
 
-log() { echo "[bench $(date +%T)] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-[[ $EUID -eq 0 ]] || die "must run as root: sudo $0"
-for t in ip wg iperf3 ping python3 flock; do command -v $t >/dev/null || die "missing $t: sudo scripts/install-test-deps.sh"; done
-mkdir -p "$OUT_DIR"
-
-exec 9>>"$LOCK"
-if ! flock -n 9; then
-  log "waiting for $LOCK (another benchmark is running; up to ${LOCK_WAIT}s)"
-  flock -w "$LOCK_WAIT" 9 || die "could not get $LOCK"
-fi
-
-PIDS=()
-stop_pids() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null || true
-      for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-}
 teardown() {
   stop_pids
-  ip netns del "$NS_A" 2>/dev/null || true
-  ip netns del "$NS_B" 2>/dev/null || true
+  netns_del
   rm -f "/var/run/wireguard/$WG_A.sock" "/var/run/wireguard/$WG_B.sock"
 }
 trap 'rc=$?; trap - EXIT; teardown; log "results in $OUT_DIR"; exit $rc' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-start_bg() {   # ns log cmd...
-  local ns=$1 logf=$2; shift 2
-  ip netns exec "$ns" "$@" >"$logf" 2>&1 9>&- </dev/null &
-  PIDS+=($!)
-  LAST=$!
-}
 
 KEYDIR=$OUT_DIR/keys; mkdir -p "$KEYDIR"; chmod 700 "$KEYDIR"
 (umask 077; wg genkey >"$KEYDIR/a"; wg genkey >"$KEYDIR/b")
@@ -83,12 +48,7 @@ DAEMON_PIDS=()
 setup_impl() {   # impl
   local impl=$1 side ns ifn ul ol key peer peer_ul peer_ol cmd
   teardown
-  DAEMON_PIDS=()
-  ip netns add "$NS_A"; ip netns add "$NS_B"
-  ip link add "$VETH_A" netns "$NS_A" type veth peer name "$VETH_B" netns "$NS_B"
-  ip -n "$NS_A" link set lo up; ip -n "$NS_B" link set lo up
-  ip -n "$NS_A" addr add 192.0.2.1/24 dev "$VETH_A"; ip -n "$NS_A" link set "$VETH_A" up
-  ip -n "$NS_B" addr add 192.0.2.2/24 dev "$VETH_B"; ip -n "$NS_B" link set "$VETH_B" up
+  netns_pair
   for side in a b; do
     if [[ $side == a ]]; then ns=$NS_A ifn=$WG_A ol=198.51.100.1 key=$KEYDIR/a peer=$PUB_B peer_ul=192.0.2.2 peer_ol=198.51.100.2
     else ns=$NS_B ifn=$WG_B ol=198.51.100.2 key=$KEYDIR/b peer=$PUB_A peer_ul=192.0.2.1 peer_ol=198.51.100.1; fi
@@ -138,72 +98,12 @@ TOML
   die "$impl: tunnel does not pass traffic"
 }
 
-# CPU clock ticks (user + system) of the daemons, children's threads included.
-cpu_ticks() {
-  local pid total=0 f
-  for pid in "${DAEMON_PIDS[@]}"; do
-    f=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + f))
-  done
-  echo "$total"
-}
-peak_rss_kb() {
-  local pid max=0 v
-  for pid in "${DAEMON_PIDS[@]}"; do
-    v=$(awk '/VmHWM/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    (( v > max )) && max=$v
-  done
-  echo "$max"
-}
-CLK_TCK=$(getconf CLK_TCK)
-
-median() { python3 -c 'import sys,statistics as s; v=[float(x) for x in sys.argv[1:] if x!="nan"]; print("%.3f"%s.median(v) if v else "nan")' "$@"; }
-
 measure() {   # impl
-  local impl=$1 r out rtts v t
-  setup_impl "$impl"
-  out=$(ip netns exec "$NS_A" ping -c "$PING_COUNT" -i 0.2 198.51.100.2 9>&- || true)
-  rtts=$(sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' <<<"$out" | tr '\n' ' ')
-  # shellcheck disable=SC2086
-  echo "$impl ping_ms $(median $rtts)" >>"$OUT_DIR/results.txt"
-  local ticks=0 bytes=0 t0
-  for t in tcp1 tcp4; do
-    v=()
-    for r in $(seq "$REPEAT"); do
-      local par=1; [[ $t == tcp4 ]] && par=4
-      t0=$(cpu_ticks)
-      ip netns exec "$NS_A" timeout $((DURATION + 30)) iperf3 -c 198.51.100.2 -t "$DURATION" -P $par -J \
-        >"$OUT_DIR/$impl-$t-$r.json" 9>&- </dev/null || true
-      if [[ $t == tcp1 ]]; then
-        ticks=$((ticks + $(cpu_ticks) - t0))
-        bytes=$((bytes + $(python3 -c 'import json,sys
-try: print(int(json.load(open(sys.argv[1]))["end"]["sum_received"]["bytes"]))
-except Exception: print(0)' "$OUT_DIR/$impl-$t-$r.json")))
-      fi
-      v+=("$(python3 -c 'import json,sys
-try: print("%.3f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9))
-except Exception: print("nan")' "$OUT_DIR/$impl-$t-$r.json")")
-      log "$impl $t run $r: ${v[-1]} Gbit/s"
-      sleep 1
-    done
-    echo "$impl ${t}_gbps $(median "${v[@]}")" >>"$OUT_DIR/results.txt"
-  done
-  echo "$impl cpu_s_per_gb $(python3 -c 'import sys; t,b,hz=map(float,sys.argv[1:]); print("%.3f" % ((t/hz)/(b/1e9)) if b else "nan")' "$ticks" "$bytes" "$CLK_TCK")" >>"$OUT_DIR/results.txt"
-  ip netns exec "$NS_A" timeout $((DURATION + 30)) iperf3 -c 198.51.100.2 -u -b 0 -l 1380 -t "$DURATION" -J \
-    >"$OUT_DIR/$impl-udp.json" 9>&- </dev/null || true
-  v=$(python3 -c 'import json,sys
-try:
-    e = json.load(open(sys.argv[1]))["end"]["sum"]
-    print("%.1f" % ((e["packets"] - e["lost_packets"]) / e["seconds"] / 1000))
-except Exception: print("nan")' "$OUT_DIR/$impl-udp.json")
-  log "$impl udp flood: $v k datagrams/s delivered"
-  echo "$impl udp_kpps $v" >>"$OUT_DIR/results.txt"
-  echo "$impl rss_mb $(python3 -c 'import sys; print("%.1f" % (int(sys.argv[1])/1024))' "$(peak_rss_kb)")" >>"$OUT_DIR/results.txt"
-  ip netns exec "$NS_A" ping -c 3 -i 0.2 -q 198.51.100.2 >/dev/null 9>&- || log "$impl: tunnel did not answer pings after the UDP flood"
+  setup_impl "$1"
+  measure_traffic "$1" 198.51.100.2
   teardown
 }
 
-: >"$OUT_DIR/results.txt"
 {
   echo "date=$(date -Is) kernel=$(uname -r) cpus=$(nproc) duration=${DURATION}s repeat=$REPEAT"
   command -v wireguard-go >/dev/null && echo "wireguard-go: $(wireguard-go --version 2>&1 | head -1)"

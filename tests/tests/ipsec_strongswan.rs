@@ -154,6 +154,19 @@ fn strongswan_initiates_polytun_psk_chacha20() {
     strongswan_pair("sscp-b", "chacha20poly1305", false, "CHACHA20_POLY1305");
 }
 
+/// AES-CBC + HMAC-SHA2-256-128: a transform with another ESP header and
+/// padding than the AEADs, so polytun's outbound arena, laid out for
+/// AES-GCM at start, spills the first packets and switches its layout.
+#[test]
+fn polytun_initiates_strongswan_psk_aes_cbc_sha256() {
+    strongswan_pair(
+        "sscbc-a",
+        "aes256-sha256",
+        true,
+        "AES_CBC-256/HMAC_SHA2_256_128",
+    );
+}
+
 /// polytun ↔ polytun over namespaces, with the example configs of `configs/` (interface names
 /// and the PSK replaced so that tests can run in parallel).
 #[test]

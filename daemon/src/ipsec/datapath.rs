@@ -2,18 +2,35 @@
 //! and UDP 4500 → SPI → open in place → inner-source check → TUN, in
 //! batches. IKE messages and keepalives on 4500 are told apart from ESP by
 //! [`classify_udp4500`]; IKE goes to the control task.
+//!
+//! Outbound, the TUN reader writes packets into one arena laid out for the
+//! transform in use: headroom = the ESP header, stride = the sealed size of
+//! a full-MTU packet ([`outbound_layout`]). Sealing in place then leaves
+//! consecutive full-size ESP packets back to back, and a run of them to one
+//! peer leaves as one UDP GSO `sendmsg`: ESP-in-UDP (RFC 3948) has no
+//! marker in front of ESP, so each segment is exactly one ESP packet. A
+//! packet for an SA of another transform (another tunnel, or right after a
+//! rekey changed it) is copied into a spill batch with room for any
+//! transform and sent alone; the arena follows the transform most packets use.
+//!
+//! Inbound, each datagram of a (GRO-coalesced) UDP read is copied once into
+//! a 64 KiB TUN slot and opened in place there; the big slots let the TUN
+//! writer coalesce TCP segments back into super-packets (GRO).
 
 use super::state::{IpsecSet, Shared, ToControl};
 use crate::datapath::{dst_ip, src_ip};
 use crate::wg::state::DropCounters;
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf};
-use polytun_esp::{classify_udp4500, EspOpenError, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN};
+use polytun_esp::{
+    classify_udp4500, EspOpenError, Transform, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN,
+};
+use polytun_ike::SaId;
 use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
 /// Headroom in front of a packet written to the TUN device (≥ the virtio
@@ -22,14 +39,45 @@ const TUN_WRITE_OFFSET: usize = 32;
 const UDP_BUF: usize = 65536;
 const TUN_WRITE_SLOTS: usize = 128;
 const TUN_WRITE_SLOT: usize = TUN_WRITE_OFFSET + 65535;
+/// The control task hears of inbound traffic on an IKE SA (liveness, DPD)
+/// at most this often: one wake-up per batch would cost more than it tells.
+const TRAFFIC_NOTE_INTERVAL: Duration = Duration::from_millis(100);
+/// The arena's transform before the first SA exists (strongSwan's and
+/// polytun's first ESP proposal).
+const DEFAULT_LAYOUT: Transform = Transform::AesGcm256;
+
+/// (headroom, tailroom) around a full-MTU payload sealed with `t`: the ESP
+/// header in front; padding, pad length, next header and ICV behind. An
+/// arena with this layout has a stride of exactly one sealed full packet.
+pub fn outbound_layout(t: Transform, mtu: usize) -> (usize, usize) {
+    let head = t.header_len();
+    (head, t.overhead(mtu) - head)
+}
+
+fn outbound_batch(t: Transform, mtu: usize) -> PacketBatch {
+    let (head, tail) = outbound_layout(t, mtu);
+    PacketBatch::new(TUN_BATCH, head, mtu, tail)
+}
+
+/// Where a sealed packet lies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sealed {
+    /// In the arena, slot i (in place: GSO runs possible).
+    Arena(usize),
+    /// In the spill batch, slot i (another transform's layout: sent alone).
+    Spill(usize),
+}
 
 /// Reads the TUN device forever and sends each packet through the CHILD SA
 /// whose remote traffic selector holds its destination.
 pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
-    let mut batch = PacketBatch::new(TUN_BATCH, MAX_HEADER_LEN, mtu, MAX_TRAILER_LEN);
+    let mut layout = DEFAULT_LAYOUT;
+    let mut batch = outbound_batch(layout, mtu);
+    // Room for any transform's header and trailer around a packet of up to the MTU.
+    let mut spill = PacketBatch::new(TUN_BATCH, MAX_HEADER_LEN, mtu, MAX_TRAILER_LEN);
     let mut sizes = vec![0usize; TUN_BATCH];
-    // (slot, destination, tunnel) of each sealed packet
-    let mut out: Vec<(usize, SocketAddr, usize)> = Vec::with_capacity(TUN_BATCH);
+    // (where, destination, tunnel) of each sealed packet, in TUN order
+    let mut out: Vec<(Sealed, SocketAddr, usize)> = Vec::with_capacity(TUN_BATCH);
     let mut expiring: Vec<(usize, u32)> = Vec::new();
     let mut errors = 0u64;
     loop {
@@ -38,6 +86,11 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
         out.clear();
         expiring.clear();
+        spill.clear();
+        // packets whose SA wanted another layout, and the last such transform
+        let mut misfits = 0usize;
+        let mut wanted = layout;
+        let (head, tail) = outbound_layout(layout, mtu);
         {
             let guards: Vec<_> = set.iter().map(|s| s.tables()).collect();
             for i in 0..batch.len() {
@@ -57,14 +110,31 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
                     continue;
                 };
                 let size = batch.get(i).len();
-                match batch.with_packet(i, |p| ob.sa.seal(now, p)) {
-                    Ok(status) => {
-                        if status == KeyStatus::Expiring {
+                let t = ob.sa.transform();
+                let sealed = if outbound_layout(t, mtu) == (head, tail) {
+                    batch
+                        .with_packet(i, |p| ob.sa.seal(now, p))
+                        .map(|s| (s, Sealed::Arena(i)))
+                } else {
+                    misfits += 1;
+                    wanted = t;
+                    let k = spill.len();
+                    if !spill.push(batch.get(i)) {
+                        DropCounters::bump(&set[ti].drops.other);
+                        continue;
+                    }
+                    spill
+                        .with_packet(k, |p| ob.sa.seal(now, p))
+                        .map(|s| (s, Sealed::Spill(k)))
+                };
+                match sealed {
+                    Ok((status, at)) => {
+                        if status == KeyStatus::Expiring && !expiring.contains(&(ti, spi)) {
                             expiring.push((ti, spi));
                         }
                         ob.stats.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
                         ob.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
-                        out.push((i, ob.dst, ti));
+                        out.push((at, ob.dst, ti));
                     }
                     Err(_) => DropCounters::bump(&set[ti].drops.expired_key),
                 }
@@ -73,28 +143,74 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
         for &(ti, spi) in &expiring {
             let _ = set[ti].to_control.try_send(ToControl::KeyExpiring { spi });
         }
-        for (ti, shared) in set.iter().enumerate() {
-            let transmits: Vec<Transmit<'_>> = out
-                .iter()
-                .filter(|o| o.2 == ti)
-                .map(|&(i, dst, _)| Transmit {
-                    destination: dst,
-                    ecn: None,
-                    contents: batch.get(i),
-                    segment_size: None,
-                    src_ip: None,
-                })
-                .collect();
-            if transmits.is_empty() {
-                continue;
-            }
-            if let Err(e) = shared.natt.send_batch(&transmits).await {
-                errors += 1;
-                if errors.is_power_of_two() {
-                    tracing::debug!("{}: udp send: {e}", shared.name);
+        send_sealed(&batch, &spill, &out, &set, &mut errors).await;
+        // Most packets wanted another layout: follow them from the next read
+        // (a new arena: once per change of transform, not per packet).
+        if misfits * 2 > out.len() && wanted != layout {
+            tracing::debug!(
+                "ESP outbound arena laid out for {} (was {})",
+                wanted.name(),
+                layout.name()
+            );
+            layout = wanted;
+            batch = outbound_batch(layout, mtu);
+        }
+    }
+}
+
+/// Sends the sealed packets in TUN order: runs of full-size packets lying
+/// back to back in the arena, to one peer through one socket, as one UDP
+/// GSO send; everything else one datagram at a time.
+async fn send_sealed(
+    batch: &PacketBatch,
+    spill: &PacketBatch,
+    out: &[(Sealed, SocketAddr, usize)],
+    set: &[Arc<Shared>],
+    errors: &mut u64,
+) {
+    let stride = batch.stride();
+    let mut k = 0;
+    while k < out.len() {
+        let (first, dst, ti) = out[k];
+        let socket = &set[ti].natt;
+        let mut j = k + 1;
+        let contents = match first {
+            Sealed::Spill(s) => spill.get(s),
+            Sealed::Arena(first) => {
+                // One GSO send carries at most 64 KiB of UDP payload (less
+                // the IPv6 and UDP headers) and what the socket allows.
+                let max_run = ((u16::MAX as usize - 48) / stride)
+                    .min(socket.max_gso_segments())
+                    .max(1);
+                let mut last = first;
+                while j < out.len() && j - k < max_run {
+                    match out[j] {
+                        (Sealed::Arena(i), d, t)
+                            if i == last + 1 && batch.adjacent(last) && d == dst && t == ti =>
+                        {
+                            last = i;
+                            j += 1;
+                        }
+                        _ => break,
+                    }
                 }
+                batch.span(first, last)
+            }
+        };
+        let t = Transmit {
+            destination: dst,
+            ecn: None,
+            contents,
+            segment_size: (j - k > 1).then_some(stride),
+            src_ip: None,
+        };
+        if let Err(e) = socket.send_batch(std::slice::from_ref(&t)).await {
+            *errors += 1;
+            if errors.is_power_of_two() {
+                tracing::debug!("{}: udp send to {dst}: {e}", set[ti].name);
             }
         }
+        k = j;
     }
 }
 
@@ -118,7 +234,9 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
     let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
     let mut slots = vec![0u8; TUN_WRITE_SLOTS * TUN_WRITE_SLOT];
     let mut sizes = vec![0usize; TUN_WRITE_SLOTS];
-    let mut alive: Vec<u64> = Vec::new();
+    let mut alive: Vec<SaId> = Vec::new();
+    // when the control task last heard of traffic on each IKE SA
+    let mut noted: Vec<(SaId, Instant)> = Vec::new();
     let mut expiring: Vec<u32> = Vec::new();
     let mut errors = 0u64;
     loop {
@@ -238,7 +356,22 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
             }
         }
         for &ike_sa in &alive {
-            let _ = shared.to_control.try_send(ToControl::Traffic { ike_sa });
+            let due = match noted.iter_mut().find(|n| n.0 == ike_sa) {
+                Some(n) if now.duration_since(n.1) < TRAFFIC_NOTE_INTERVAL => false,
+                Some(n) => {
+                    n.1 = now;
+                    true
+                }
+                None => {
+                    // forget IKE SAs that went quiet (rekeyed away)
+                    noted.retain(|n| now.duration_since(n.1) < 10 * TRAFFIC_NOTE_INTERVAL);
+                    noted.push((ike_sa, now));
+                    true
+                }
+            };
+            if due {
+                let _ = shared.to_control.try_send(ToControl::Traffic { ike_sa });
+            }
         }
         for &spi in &expiring {
             let _ = shared.to_control.try_send(ToControl::KeyExpiring { spi });
@@ -279,6 +412,49 @@ pub async fn ike_to_control(shared: Arc<Shared>) {
                 if shared.to_control.try_send(msg).is_err() {
                     DropCounters::bump(&shared.drops.rate_limited);
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polytun_esp::{Direction, EspSa, SaParams};
+
+    #[test]
+    fn sealed_full_packets_fill_the_arena_stride_for_every_transform() {
+        let now = Instant::now();
+        for mtu in [1280usize, 1400, 1420, 1421, 1500] {
+            for t in Transform::ALL {
+                let (head, tail) = outbound_layout(t, mtu);
+                assert_eq!(head, t.header_len());
+                assert!(head <= MAX_HEADER_LEN && tail <= MAX_TRAILER_LEN);
+                let sa = EspSa::new(
+                    SaParams::new(0x1234_5678, Direction::Outbound, t),
+                    &vec![1u8; t.keymat_len()],
+                    now,
+                )
+                .unwrap();
+                let mut b = outbound_batch(t, mtu);
+                assert_eq!(b.stride(), head + mtu + tail);
+                // three full packets and a short one, as a split TCP super-packet
+                let sizes = [mtu, mtu, mtu, 100];
+                for slot in b.slot_buffers().take(sizes.len()) {
+                    slot[head] = 0x45;
+                }
+                b.set_filled(head, &sizes);
+                for i in 0..sizes.len() {
+                    b.with_packet(i, |p| sa.seal(now, p)).unwrap();
+                }
+                // the full ones lie back to back: one GSO run of stride-sized
+                // segments, the short one as its last segment
+                assert!(
+                    b.adjacent(0) && b.adjacent(1) && b.adjacent(2),
+                    "{t:?} {mtu}"
+                );
+                assert_eq!(b.get(0).len(), b.stride());
+                assert_eq!(b.span(0, 3).len(), 3 * b.stride() + b.get(3).len());
             }
         }
     }

@@ -1,0 +1,177 @@
+# bench/lib.sh — shell helpers shared by the benchmark scripts (bench/wireguard.sh,
+# bench/ipsec.sh). Source it after setting OUT_DIR, NS_A, NS_B, VETH_A, VETH_B.
+#
+# What it gives:
+#   log/die, bench_init (root check, tools, OUT_DIR, the lock shared with the reference peer
+#   benchmarks so that no two benchmarks overlap), start_bg/stop_pids (only processes started
+#   here, by PID), netns_pair/netns_del (two namespaces joined by a veth, underlay
+#   192.0.2.1/.2), cpu_ticks/peak_rss_kb over DAEMON_PIDS, median, and measure_traffic: ping,
+#   iperf3 TCP 1 and 4 streams, CPU seconds per GB, UDP flood, peak RSS, appended to
+#   $OUT_DIR/results.txt as "impl key value" lines.
+# shellcheck shell=bash
+
+DURATION=${DURATION:-10}
+REPEAT=${REPEAT:-3}
+PING_COUNT=${PING_COUNT:-20}
+LOCK=${LOCK:-/tmp/peers-bench.lock}
+LOCK_WAIT=${LOCK_WAIT:-3600}
+BIN=${POLYTUN_BIN_DIR:-$PWD/target/release}
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { echo "[bench $(date +%T)] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# bench_init TOOL...: root, the tools, OUT_DIR, then the lock (fd 9; children get 9>&-).
+bench_init() {
+  local t
+  [[ $EUID -eq 0 ]] || die "must run as root: sudo $0"
+  for t in ip iperf3 ping python3 flock timeout "$@"; do
+    command -v "$t" >/dev/null || die "missing $t: sudo scripts/install-test-deps.sh"
+  done
+  mkdir -p "$OUT_DIR"
+  : >"$OUT_DIR/results.txt"
+  exec 9>>"$LOCK"
+  if ! flock -n 9; then
+    log "waiting for $LOCK (another benchmark is running; up to ${LOCK_WAIT}s)"
+    flock -w "$LOCK_WAIT" 9 || die "could not get $LOCK"
+  fi
+}
+
+PIDS=()
+DAEMON_PIDS=()
+stop_pids() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  PIDS=()
+  DAEMON_PIDS=()
+}
+
+# start_bg NS LOGFILE CMD...: runs CMD in NS in the background; its PID in LAST.
+start_bg() {
+  local ns=$1 logf=$2; shift 2
+  ip netns exec "$ns" "$@" >"$logf" 2>&1 9>&- </dev/null &
+  PIDS+=($!)
+  LAST=$!
+}
+
+netns_del() {
+  ip netns del "$NS_A" 2>/dev/null || true
+  ip netns del "$NS_B" 2>/dev/null || true
+}
+
+# Two namespaces joined by a veth: underlay 192.0.2.1/24 (A) and 192.0.2.2/24 (B).
+netns_pair() {
+  netns_del
+  ip netns add "$NS_A"; ip netns add "$NS_B"
+  ip link add "$VETH_A" netns "$NS_A" type veth peer name "$VETH_B" netns "$NS_B"
+  ip -n "$NS_A" link set lo up; ip -n "$NS_B" link set lo up
+  ip -n "$NS_A" addr add 192.0.2.1/24 dev "$VETH_A"; ip -n "$NS_A" link set "$VETH_A" up
+  ip -n "$NS_B" addr add 192.0.2.2/24 dev "$VETH_B"; ip -n "$NS_B" link set "$VETH_B" up
+}
+
+# CPU clock ticks (user + system) of DAEMON_PIDS, all their threads included.
+cpu_ticks() {
+  local pid total=0 f
+  for pid in "${DAEMON_PIDS[@]}"; do
+    f=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + f))
+  done
+  echo "$total"
+}
+# The largest peak RSS (VmHWM, kB) among DAEMON_PIDS.
+peak_rss_kb() {
+  local pid max=0 v
+  for pid in "${DAEMON_PIDS[@]}"; do
+    v=$(awk '/VmHWM/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    (( v > max )) && max=$v
+  done
+  echo "$max"
+}
+
+median() { python3 -c 'import sys,statistics as s; v=[float(x) for x in sys.argv[1:] if x!="nan"]; print("%.3f"%s.median(v) if v else "nan")' "$@"; }
+
+result() { echo "$1 $2 $3" >>"$OUT_DIR/results.txt"; }
+
+iperf_gbps() { python3 -c 'import json,sys
+try: print("%.3f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9))
+except Exception: print("nan")' "$1"; }
+iperf_bytes() { python3 -c 'import json,sys
+try: print(int(json.load(open(sys.argv[1]))["end"]["sum_received"]["bytes"]))
+except Exception: print(0)' "$1"; }
+
+# Counters that tell where a flood loses packets: UDP of both namespaces (/proc/net/snmp) and,
+# when TUN_A/TUN_B name the tunnel devices, their tx (routed into the daemon) and rx counters.
+drop_counters() {
+  local s ns dev c
+  for s in a b; do
+    if [[ $s == a ]]; then ns=$NS_A dev=${TUN_A:-}; else ns=$NS_B dev=${TUN_B:-}; fi
+    ip netns exec "$ns" awk -v s=$s '/^Udp:/ { if (!h) { split($0, k); h = 1 } else
+      for (i = 2; i <= NF; i++) print s "_udp_" k[i], $i }' /proc/net/snmp
+    [[ -n $dev ]] || continue
+    for c in tx_packets tx_dropped rx_packets rx_dropped; do
+      echo "${s}_tun_$c $(ip netns exec "$ns" cat "/sys/class/net/$dev/statistics/$c" 2>/dev/null || echo 0)"
+    done
+  done
+}
+drop_delta() {   # before after -> the counters that changed
+  awk 'NR == FNR { a[$1] = $2; next } $2 - a[$1] { printf "%s=%d ", $1, $2 - a[$1] }' "$1" "$2"
+}
+
+# measure_traffic IMPL DST [SRC]: everything after the tunnel is up, from NS_A to DST in NS_B
+# (iperf3 -s must run in NS_B). DAEMON_PIDS are the processes whose CPU and RSS count.
+measure_traffic() {
+  local impl=$1 dst=$2 src=${3:-} r out rtts v t par ticks=0 bytes=0 t0
+  local bind=(); [[ -n $src ]] && bind=(-B "$src")
+  local pbind=(); [[ -n $src ]] && pbind=(-I "$src")
+  ip netns exec "$NS_A" ping -c 3 -i 0.2 -q "${pbind[@]}" "$dst" >/dev/null 9>&- || true   # warm-up
+  out=$(ip netns exec "$NS_A" ping -c "$PING_COUNT" -i 0.2 "${pbind[@]}" "$dst" 9>&- || true)
+  rtts=$(sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' <<<"$out" | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  result "$impl" ping_ms "$(median $rtts)"
+  for t in tcp1 tcp4; do
+    v=()
+    par=1; [[ $t == tcp4 ]] && par=4
+    for r in $(seq "$REPEAT"); do
+      t0=$(cpu_ticks)
+      ip netns exec "$NS_A" timeout $((DURATION + 30)) iperf3 -c "$dst" "${bind[@]}" -t "$DURATION" -P $par -J \
+        >"$OUT_DIR/$impl-$t-$r.json" 9>&- </dev/null || true
+      if [[ $t == tcp1 ]]; then
+        ticks=$((ticks + $(cpu_ticks) - t0))
+        bytes=$((bytes + $(iperf_bytes "$OUT_DIR/$impl-$t-$r.json")))
+      fi
+      v+=("$(iperf_gbps "$OUT_DIR/$impl-$t-$r.json")")
+      log "$impl $t run $r: ${v[-1]} Gbit/s"
+      [[ -n ${SETTLE:-} ]] && $SETTLE
+      sleep 1
+    done
+    result "$impl" "${t}_gbps" "$(median "${v[@]}")"
+  done
+  result "$impl" cpu_s_per_gb "$(python3 -c 'import sys; t,b,hz=map(float,sys.argv[1:]); print("%.3f" % ((t/hz)/(b/1e9)) if b else "nan")' "$ticks" "$bytes" "$CLK_TCK")"
+  drop_counters >"$OUT_DIR/$impl-udp-counters.before"
+  ip netns exec "$NS_A" timeout $((DURATION + 30)) iperf3 -c "$dst" "${bind[@]}" -u -b 0 -l 1380 -t "$DURATION" -J \
+    >"$OUT_DIR/$impl-udp.json" 9>&- </dev/null || true
+  drop_counters >"$OUT_DIR/$impl-udp-counters.after"
+  log "$impl udp flood counter deltas: $(drop_delta "$OUT_DIR/$impl-udp-counters.before" "$OUT_DIR/$impl-udp-counters.after")"
+  v=$(python3 -c 'import json,sys
+try:
+    e = json.load(open(sys.argv[1]))["end"]["sum"]
+    print("%.1f" % ((e["packets"] - e["lost_packets"]) / e["seconds"] / 1000))
+except Exception: print("nan")' "$OUT_DIR/$impl-udp.json")
+  log "$impl udp flood: $v k datagrams/s delivered"
+  result "$impl" udp_kpps "$v"
+  [[ -n ${SETTLE:-} ]] && $SETTLE
+  result "$impl" rss_mb "$(python3 -c 'import sys; print("%.1f" % (int(sys.argv[1])/1024))' "$(peak_rss_kb)")"
+  if ip netns exec "$NS_A" ping -c 3 -i 0.2 -q "${pbind[@]}" "$dst" >/dev/null 9>&-; then
+    result "$impl" alive_after_flood 1
+  else
+    log "$impl: tunnel did not answer pings after the UDP flood"
+    result "$impl" alive_after_flood 0
+  fi
+}

@@ -18,13 +18,14 @@
 pub mod config;
 pub mod crypto;
 pub mod endpoint;
+pub mod fragment;
 pub mod wire;
 
 pub use config::{Config, EspProposal, IkeProposal, Retransmit};
 pub use crypto::{ChildKeys, DhGroup, EncrAlg, EspTransform, IkeAlgs, IntegAlg, PrfAlg};
 pub use endpoint::{
     ChildSaInfo, ChildSaParams, DpdAction, DropReason, Endpoint, Event, FailReason,
-    IdentityValidator, Output, SaId,
+    IdentityValidator, IkeStats, Output, SaId,
 };
 pub use wire::{Identity, TrafficSelector};
 

@@ -1319,6 +1319,8 @@ impl Endpoint {
                 inactive: true,
                 ..Default::default()
             },
+            // RFC 7383 §2.3: the new IKE SA keeps the negotiated fragmentation
+            frag: crate::fragment::FragState::inherit(&old.frag),
         }
     }
 

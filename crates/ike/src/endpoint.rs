@@ -138,6 +138,15 @@ pub enum Event {
     /// DPD found the peer dead and `dpd_action` is `Restart`: a new IKE SA
     /// `new` is being initiated to replace `old`.
     Restarting { old: SaId, new: SaId },
+    /// The peer sent INITIAL_CONTACT in the IKE_AUTH of `sa` (RFC 7296
+    /// §2.4): it holds no other SA with us, so the IKE SAs `stale` (never
+    /// empty) with the same identity were deleted (their `DeleteChildSa`s and `Closed`
+    /// events follow). A daemon moves its traffic and bookkeeping to `sa`.
+    InitialContact {
+        sa: SaId,
+        peer: Identity,
+        stale: Vec<SaId>,
+    },
 }
 
 #[derive(Debug)]
@@ -1019,6 +1028,7 @@ impl Endpoint {
         data: &[u8],
         msg: Message,
     ) -> Result<(), DropReason> {
+        let first_contact = self.first_contact(id);
         let sa = self.sas.get_mut(&id).expect("caller checked");
         if let Some(c) = msg.notify(notify::COOKIE) {
             if sa.cookie_retries >= 3 || c.data.is_empty() || c.data.len() > 64 {
@@ -1162,7 +1172,7 @@ impl Endpoint {
             method: auth_method::SHARED_KEY_MIC,
             data: auth.to_vec(),
         });
-        if self.config.initial_contact {
+        if self.config.initial_contact && first_contact {
             inner.push(Payload::Notify(Notify::new(
                 notify::INITIAL_CONTACT,
                 vec![],
@@ -1220,6 +1230,21 @@ impl Endpoint {
         } else {
             None
         }
+    }
+
+    /// strongSwan's rule for sending INITIAL_CONTACT: only in the first
+    /// IKE_AUTH to a peer, i.e. when no other IKE SA with it is up here (a
+    /// reauthentication must not make the peer drop the SAs still in use).
+    fn first_contact(&self, id: SaId) -> bool {
+        let Some(me) = self.sas.get(&id) else {
+            return false;
+        };
+        !self.sas.iter().any(|(k, s)| {
+            *k != id
+                && matches!(s.state, State::Established | State::Deleting)
+                && (s.remote.ip() == me.remote.ip()
+                    || (s.peer_id.is_some() && s.peer_id == self.config.remote_id))
+        })
     }
 
     fn check_identity(&self, id: &Identity) -> bool {
@@ -1478,6 +1503,9 @@ impl Endpoint {
         sa.state = State::Established;
         sa.peer_id = Some(idr.clone());
         sa.last_heard = now;
+        if find_notify(&inner, notify::INITIAL_CONTACT).is_some() {
+            self.initial_contact(id, &idr);
+        }
         self.schedule_ike(now, id);
         self.outputs.push_back(Output::Event(Event::Established {
             sa: id,

@@ -1574,6 +1574,13 @@ impl Endpoint {
             })
             .map(|(id, _)| *id)
             .collect();
+        if !stale.is_empty() {
+            self.outputs.push_back(Output::Event(Event::InitialContact {
+                sa: keep,
+                peer: peer.clone(),
+                stale: stale.clone(),
+            }));
+        }
         for id in stale {
             self.remove_sa(
                 id,

@@ -551,6 +551,19 @@ impl Control {
                     self.current = Some(new);
                 }
             }
+            Event::InitialContact { sa, peer, stale } => {
+                tracing::info!(
+                    "tunnel {}: IKE SA {sa:016x}: '{peer}' sent INITIAL_CONTACT; deleting its {} older IKE SA(s)",
+                    self.name,
+                    stale.len()
+                );
+                // the peer restarted: its new SA takes over (no reconnect
+                // when the old one's Closed event follows)
+                if self.current.is_some_and(|c| stale.contains(&c)) {
+                    self.current = Some(sa);
+                }
+                self.replacing.retain(|s| !stale.contains(s));
+            }
             Event::ChildFailed { sa, notify } => {
                 tracing::warn!(
                     "tunnel {}: IKE SA {sa:016x}: the CHILD SA was refused (notify {notify})",

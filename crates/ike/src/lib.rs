@@ -36,6 +36,7 @@ pub fn capabilities() -> Capabilities {
     Capabilities::new()
         .with(Interface::Ipk, "IKE identities (IPv4/IPv6, FQDN, RFC 822, DER DN, KEY_ID); no certificates yet")
         .with(Interface::Alg, "IKE and ESP proposals in order of preference: AES-GCM-16, ChaCha20-Poly1305, AES-CBC+HMAC-SHA2; PRF HMAC-SHA2; groups 14/19/20/31")
+        .with(Interface::Ext, "IKE fragmentation (RFC 7383, fragment_size), INITIAL_CONTACT")
         .with(Interface::Pski, "IKEv2 PSK authentication (RFC 7296 §2.15)")
         .with(Interface::Iv, "configured remote identity plus an identity-validation hook")
         .with(Interface::Sav, "IKE COOKIE above a half-open threshold (RFC 7296 §2.6)")

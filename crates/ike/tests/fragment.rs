@@ -39,6 +39,8 @@ struct Side {
 
 /// One datagram in flight: (to side, src, dst port, bytes).
 type Dgram = (usize, SocketAddr, u16, Vec<u8>);
+/// What the network does with the n-th datagram of a burst.
+type Filter = Box<dyn FnMut(usize, &Dgram) -> Vec<Dgram>>;
 
 struct Net {
     s: [Side; 2],
@@ -47,7 +49,7 @@ struct Net {
     sent: Vec<Dgram>,
     /// Decides what the network does with the n-th datagram of a burst:
     /// returns the datagrams to deliver (none: lost; twice: duplicated).
-    filter: Box<dyn FnMut(usize, &Dgram) -> Vec<Dgram>>,
+    filter: Filter,
     /// Deliver each burst in reverse order.
     reverse: bool,
 }

@@ -3,6 +3,8 @@
 //! - [`wire`]: the message and payload formats (parse/serialize).
 //! - [`crypto`]: PRFs, key derivation, SK protection, key exchange, PSK AUTH.
 //! - [`config`]: proposals, traffic selectors, selection and narrowing.
+//! - [`fragment`]: IKE fragmentation (RFC 7383): splitting encrypted
+//!   messages into SKF payloads and their bounded, authenticated reassembly.
 //! - [`endpoint`]: the sans-I/O state machine ([`Endpoint`]); its
 //!   CREATE_CHILD_SA, rekey and collision logic is in `src/rekey.rs`
 //!   (make-before-break: [`Output::InstallChildSaInbound`], then

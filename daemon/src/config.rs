@@ -92,6 +92,7 @@ struct RawTunnel {
     rekey_time: Option<String>,
     #[serde(default, deserialize_with = "de_duration")]
     dpd_delay: Option<String>,
+    fragment_size: Option<usize>,
     // OpenVPN (protocol = "openvpn")
     role: Option<String>,
     config: Option<PathBuf>,
@@ -670,6 +671,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     lifetime: t.lifetime.as_deref(),
                     rekey_time: t.rekey_time.as_deref(),
                     dpd_delay: t.dpd_delay.as_deref(),
+                    fragment_size: t.fragment_size,
                     listen_port: t.listen_port,
                     interface_addresses: &addresses,
                 };
@@ -930,6 +932,7 @@ dpd_delay = 30
         assert_eq!(t.remote_ts.len(), 2);
         assert_eq!(t.rekey_time, std::time::Duration::from_secs(3000));
         assert_eq!(t.dpd_delay, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(t.fragment_size, 1280);
     }
 
     #[test]
@@ -958,6 +961,13 @@ dpd_delay = 30
         );
         let e = p(&ipsec().replace("psk = ", "preshared_key = ")).unwrap_err();
         assert!(e.message.contains("unknown field"), "{e}");
+        let e = p(&ipsec().replace("dpd_delay = 30", "dpd_delay = 30\nfragment_size = 64"))
+            .unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(19), "tunnel[0].fragment_size"),
+            "{e}"
+        );
         let mixed = format!(
             "{}\n[[tunnel]]\nname = \"wg\"\nprotocol = \"wireguard\"\nprivate_key = \"{K1}\"\n",
             ipsec()

@@ -64,6 +64,26 @@ pub struct TunnelShow {
     /// An OpenVPN tunnel's session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openvpn: Option<OpenVpnShow>,
+    /// IPsec: IKE messages dropped (also counted in `drops`) and IKE
+    /// fragmentation (RFC 7383).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike: Option<IkeShow>,
+}
+
+/// An IPsec tunnel's IKE counters, as `polytun show` lists them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct IkeShow {
+    pub fragmented_sent: u64,
+    pub fragments_sent: u64,
+    pub fragments_received: u64,
+    pub reassembled: u64,
+    pub malformed: u64,
+    pub integrity: u64,
+    pub bad_message_id: u64,
+    pub unknown_sa: u64,
+    pub unexpected: u64,
+    pub stateless: u64,
+    pub fragment_dropped: u64,
 }
 
 /// One OpenVPN session, as `polytun show` lists it.
@@ -370,6 +390,18 @@ pub fn render_show(s: &ShowReply, now_unix: u64) -> String {
             "  dropped: {} malformed, {} bad mac, {} replayed, {} no session, {} bad source, {} expired key, {} rate limited, {} other",
             d.malformed, d.bad_mac, d.replayed, d.no_session, d.bad_source, d.expired_key, d.rate_limited, d.other
         );
+        if let Some(i) = &t.ike {
+            let _ = writeln!(
+                o,
+                "  IKE dropped: {} malformed, {} bad ICV, {} bad message ID, {} unknown SA, {} unexpected, {} fragments; stateless answers: {}",
+                i.malformed, i.integrity, i.bad_message_id, i.unknown_sa, i.unexpected, i.fragment_dropped, i.stateless
+            );
+            let _ = writeln!(
+                o,
+                "  IKE fragments: {} sent ({} messages), {} received ({} messages reassembled)",
+                i.fragments_sent, i.fragmented_sent, i.fragments_received, i.reassembled
+            );
+        }
         for sa in &t.ike_sas {
             render_ike_sa(&mut o, &t.name, sa);
         }

@@ -64,6 +64,15 @@ pub struct IpsecSide {
     pub child_rekey_secs: Option<u32>,
 }
 
+/// Extra settings for one charon: lines added to the `charon { }` section
+/// of strongswan.conf (e.g. `fragment_size = 200`) and to the connection
+/// `pt { }` of swanctl.conf (e.g. `fragmentation = yes`).
+#[derive(Clone, Debug, Default)]
+pub struct CharonOpts {
+    pub charon: Vec<String>,
+    pub conn: Vec<String>,
+}
+
 /// A running charon in a namespace.
 pub struct Charon<'a> {
     pub ns: &'a Netns,
@@ -240,12 +249,27 @@ impl<'a> Charon<'a> {
     /// Writes the configs, starts charon, waits for VICI and loads the connection `pt`
     /// (child `net`). The inner address (`local_ts`) goes on `lo`.
     pub fn start(ns: &'a Netns, side: &IpsecSide) -> Charon<'a> {
-        Self::start_with(ns, side, &SideAuth::Psk)
+        Self::start_full(ns, side, &SideAuth::Psk, &CharonOpts::default())
     }
 
     /// Like [`Charon::start`], authenticating with `auth`: certificates go
     /// into swanctl's x509/, x509ca/ and private/ folders.
     pub fn start_with(ns: &'a Netns, side: &IpsecSide, auth: &SideAuth) -> Charon<'a> {
+        Self::start_full(ns, side, auth, &CharonOpts::default())
+    }
+
+    /// [`Charon::start`] with extra strongswan.conf / swanctl.conf lines.
+    pub fn start_opts(ns: &'a Netns, side: &IpsecSide, opts: &CharonOpts) -> Charon<'a> {
+        Self::start_full(ns, side, &SideAuth::Psk, opts)
+    }
+
+    /// Both: authentication and extra config lines.
+    pub fn start_full(
+        ns: &'a Netns,
+        side: &IpsecSide,
+        auth: &SideAuth,
+        opts: &CharonOpts,
+    ) -> Charon<'a> {
         let charon = charon_bin();
         let swanctl = bins::tool("swanctl");
         let dir = ns.dir().join("strongswan");
@@ -263,7 +287,7 @@ impl<'a> Charon<'a> {
             r#"charon {{
     load = random nonce openssl aes sha1 sha2 hmac gcm chapoly curve25519 kdf x509 pem pkcs1 pkcs8 pubkey kernel-libipsec kernel-netlink socket-default vici
     retransmit_tries = 3
-    retransmit_timeout = 1.0
+    retransmit_timeout = 1.0{charon_extra}
     filelog {{
         charon {{
             path = {d}/charon.log
@@ -282,7 +306,12 @@ impl<'a> Charon<'a> {
 swanctl {{
     socket = unix://{d}/charon.vici
 }}
-"#
+"#,
+            charon_extra = opts
+                .charon
+                .iter()
+                .map(|l| format!("\n    {l}"))
+                .collect::<String>(),
         );
         std::fs::write(dir.join("strongswan.conf"), conf).unwrap();
         let (local_auth, remote_auth, secrets) = match auth {
@@ -319,7 +348,7 @@ swanctl {{
         remote_addrs = {ra}
         proposals = {ike}
         mobike = no
-        keyingtries = 1
+        keyingtries = 1{conn_extra}
         local {{
             {local_auth}
         }}
@@ -343,6 +372,11 @@ swanctl {{
             lts = side.local_ts,
             rts = side.remote_ts,
             esp = side.esp_proposals.join(","),
+            conn_extra = opts
+                .conn
+                .iter()
+                .map(|l| format!("\n        {l}"))
+                .collect::<String>(),
             rekey = side.child_rekey_secs.map_or(String::new(), |r| format!(
                 "\n                rekey_time = {r}s\n                life_time = {}s\n                rand_time = 1s",
                 r * 4

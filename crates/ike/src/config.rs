@@ -162,6 +162,11 @@ pub struct Config {
     pub rekey_jitter: Duration,
     /// What to do when DPD (or any retransmission) finds the peer dead.
     pub dpd_action: crate::endpoint::DpdAction,
+    /// Announce and use IKE fragmentation (RFC 7383).
+    pub fragmentation: bool,
+    /// Fragment encrypted messages that would make a larger IP datagram
+    /// than this (strongSwan's `charon.fragment_size`, default 1280).
+    pub fragment_size: usize,
 }
 
 impl Config {
@@ -191,6 +196,8 @@ impl Config {
             ike_life_time: Some(Duration::from_secs(4 * 3600 + 24 * 60)),
             rekey_jitter: Duration::from_secs(300),
             dpd_action: crate::endpoint::DpdAction::Clear,
+            fragmentation: true,
+            fragment_size: crate::fragment::DEFAULT_FRAGMENT_SIZE,
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::crypto::{
     child_keymat, ct_eq, psk_auth, ChildKeys, DhGroup, DhPrivate, EspTransform, IkeAlgs, IkeKeys,
     IkeRng, SkKeys,
 };
+use crate::fragment::{self, Added, FragDrop, FragState};
 use crate::wire::{
     self, auth_method, exchange, find_notify, flags, notify, proto, pt, Delete, Header, Identity,
     Message, Notify, ParseError, Payload, TrafficSelector, HEADER_LEN,
@@ -149,6 +150,15 @@ pub enum Event {
     /// DPD found the peer dead and `dpd_action` is `Restart`: a new IKE SA
     /// `new` is being initiated to replace `old`.
     Restarting { old: SaId, new: SaId },
+    /// The peer sent INITIAL_CONTACT in the IKE_AUTH of `sa` (RFC 7296
+    /// §2.4): it holds no other SA with us, so the IKE SAs `stale` (never
+    /// empty) with the same identity were deleted (their `DeleteChildSa`s and `Closed`
+    /// events follow). A daemon moves its traffic and bookkeeping to `sa`.
+    InitialContact {
+        sa: SaId,
+        peer: Identity,
+        stale: Vec<SaId>,
+    },
 }
 
 #[derive(Debug)]
@@ -209,6 +219,53 @@ pub enum DropReason {
     Stateless(&'static str),
     #[error("request is missing a mandatory payload ({0})")]
     Missing(&'static str),
+    /// An IKE fragment (RFC 7383) that was duplicate, inconsistent with the
+    /// others of its message, or not negotiated.
+    #[error("IKE fragment dropped: {0}")]
+    Fragment(&'static str),
+}
+
+/// What an [`Endpoint`] received, sent and dropped (for `polytun show`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IkeStats {
+    /// Messages we sent in fragments, and the fragments of them (RFC 7383).
+    pub fragmented_sent: u64,
+    pub fragments_sent: u64,
+    /// Authenticated fragments accepted, and messages reassembled from them.
+    pub fragments_received: u64,
+    pub reassembled: u64,
+    /// Dropped datagrams, by [`DropReason`].
+    pub malformed: u64,
+    pub integrity: u64,
+    pub bad_message_id: u64,
+    pub unknown_sa: u64,
+    pub unexpected: u64,
+    pub stateless: u64,
+    pub fragment_dropped: u64,
+}
+
+impl IkeStats {
+    fn count_drop(&mut self, e: &DropReason) {
+        let c = match e {
+            DropReason::Malformed(_) | DropReason::NotIke | DropReason::Missing(_) => {
+                &mut self.malformed
+            }
+            DropReason::Integrity => &mut self.integrity,
+            DropReason::BadMessageId => &mut self.bad_message_id,
+            DropReason::UnknownSa => &mut self.unknown_sa,
+            DropReason::Unexpected => &mut self.unexpected,
+            DropReason::Stateless(_) => &mut self.stateless,
+            DropReason::Fragment(_) => &mut self.fragment_dropped,
+        };
+        *c += 1;
+    }
+
+    fn sent(&mut self, packets: &[Vec<u8>]) {
+        if packets.len() > 1 {
+            self.fragmented_sent += 1;
+            self.fragments_sent += packets.len() as u64;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +283,8 @@ enum State {
 
 struct Pending {
     message_id: u32,
-    bytes: Vec<u8>,
+    /// The request's datagrams (several when fragmented, RFC 7383).
+    bytes: Vec<Vec<u8>>,
     retries: u32,
     deadline: Instant,
     /// What the request is for (rekey state lives here until the answer).
@@ -263,7 +321,7 @@ struct IkeSa {
     next_request_id: u32,
     expected_request_id: u32,
     pending: Option<Pending>,
-    last_response: Option<(u32, Vec<u8>)>,
+    last_response: Option<(u32, Vec<Vec<u8>>)>,
     iv_counter: u64,
     // CHILD SAs
     first_child_spi: u32,
@@ -271,6 +329,8 @@ struct IkeSa {
     peer_id: Option<Identity>,
     /// Rekey, CREATE_CHILD_SA and queued-exchange state (see rekey.rs).
     rk: SaRekey,
+    /// IKE fragmentation (RFC 7383): negotiated size and reassembly.
+    frag: FragState,
 }
 
 impl IkeSa {
@@ -290,6 +350,7 @@ pub struct Endpoint {
     outputs: VecDeque<Output>,
     cookie_secret: Zeroizing<[u8; 32]>,
     validator: Option<IdentityValidator>,
+    stats: IkeStats,
 }
 
 fn sha1(parts: &[&[u8]]) -> Vec<u8> {
@@ -323,11 +384,17 @@ impl Endpoint {
             outputs: VecDeque::new(),
             cookie_secret,
             validator: None,
+            stats: IkeStats::default(),
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Fragments and drops so far.
+    pub fn stats(&self) -> IkeStats {
+        self.stats
     }
 
     pub fn set_identity_validator(&mut self, v: Option<IdentityValidator>) {
@@ -425,6 +492,7 @@ impl Endpoint {
             children: Vec::new(),
             peer_id: None,
             rk: SaRekey::default(),
+            frag: FragState::default(),
         };
         let id = u64::from_be_bytes(spi_i);
         self.sas.insert(id, sa);
@@ -467,6 +535,12 @@ impl Endpoint {
         if self.config.pubkey.is_some() {
             payloads.push(auth::hash_notify());
         }
+        if self.config.fragmentation {
+            payloads.push(Payload::Notify(Notify::new(
+                notify::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+        }
         let m = Message {
             header: Header {
                 spi_i: sa.spi_i,
@@ -483,7 +557,7 @@ impl Endpoint {
         let bytes = m.to_bytes();
         sa.init_req = bytes.clone();
         sa.next_request_id = 1;
-        Self::send_request(&self.config, &mut self.outputs, sa, now, 0, bytes);
+        Self::send_request(&self.config, &mut self.outputs, sa, now, 0, vec![bytes]);
     }
 
     fn send_request(
@@ -492,9 +566,9 @@ impl Endpoint {
         sa: &mut IkeSa,
         now: Instant,
         message_id: u32,
-        bytes: Vec<u8>,
+        bytes: Vec<Vec<u8>>,
     ) {
-        transmit(outputs, sa, &bytes);
+        transmit_all(outputs, sa, &bytes);
         sa.pending = Some(Pending {
             message_id,
             bytes,
@@ -512,6 +586,7 @@ impl Endpoint {
         let mid = sa.next_request_id;
         sa.next_request_id += 1;
         let bytes = encrypt(&mut *self.rng, sa, exch, mid, false, &inner);
+        self.stats.sent(&bytes);
         Self::send_request(&self.config, &mut self.outputs, sa, now, mid, bytes);
     }
 
@@ -519,8 +594,23 @@ impl Endpoint {
 
     /// Handles one UDP payload received on our port `local_port` from
     /// `remote`. On port 4500 the datagram starts with the non-ESP marker
-    /// (ESP packets are refused with [`DropReason::NotIke`]).
+    /// (ESP packets are refused with [`DropReason::NotIke`]). A drop is
+    /// also counted in [`Endpoint::stats`].
     pub fn handle(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local_port: u16,
+        datagram: &[u8],
+    ) -> Result<(), DropReason> {
+        let r = self.receive(now, remote, local_port, datagram);
+        if let Err(e) = &r {
+            self.stats.count_drop(e);
+        }
+        r
+    }
+
+    fn receive(
         &mut self,
         now: Instant,
         remote: SocketAddr,
@@ -569,7 +659,15 @@ impl Endpoint {
                 }
                 return self.initiator_init_response(now, id, remote, local_port, data, msg);
             }
-            let inner = decrypt(sa, data, &msg)?;
+            let inner = match fragment::skf_of(&msg) {
+                Some((first, body)) => {
+                    match Self::reassemble(&mut self.stats, sa, data, &h, first, body)? {
+                        Some(inner) => inner,
+                        None => return Ok(()),
+                    }
+                }
+                None => decrypt(sa, data, &msg)?,
+            };
             let op = sa.pending.take().map_or(Op::Other, |p| p.op);
             sa.last_heard = now;
             let r = match (h.exchange, sa.state) {
@@ -606,15 +704,34 @@ impl Endpoint {
             if *mid == h.message_id {
                 // duplicate: answer from the cache (after checking integrity)
                 let resp = resp.clone();
-                decrypt(sa, data, &msg)?;
-                transmit(&mut self.outputs, sa, &resp);
+                if let Some((_, body)) = fragment::skf_of(&msg) {
+                    let (f, sealed) = fragment::parse_skf(body)?;
+                    let sk = sa.sk_in.as_ref().ok_or(DropReason::Unexpected)?;
+                    fragment::open_fragment(sk, data, sealed).map_err(|_| DropReason::Integrity)?;
+                    // RFC 7383 §2.6.1: only fragment 1 of a retransmitted
+                    // request triggers the response again
+                    if f.number != 1 {
+                        return Ok(());
+                    }
+                } else {
+                    decrypt(sa, data, &msg)?;
+                }
+                transmit_all(&mut self.outputs, sa, &resp);
                 return Ok(());
             }
         }
         if h.message_id != sa.expected_request_id {
             return Err(DropReason::BadMessageId);
         }
-        let inner = decrypt(sa, data, &msg)?;
+        let inner = match fragment::skf_of(&msg) {
+            Some((first, body)) => {
+                match Self::reassemble(&mut self.stats, sa, data, &h, first, body)? {
+                    Some(inner) => inner,
+                    None => return Ok(()),
+                }
+            }
+            None => decrypt(sa, data, &msg)?,
+        };
         sa.last_heard = now;
         // follow the peer to port 4500 (and its NAT mapping) once authenticated
         if local_port == NATT_PORT && sa.local_port != NATT_PORT {
@@ -640,12 +757,50 @@ impl Endpoint {
         }
     }
 
+    /// One authenticated fragment (RFC 7383) of the message the caller
+    /// validated the message ID of: `Some(inner payloads)` once complete.
+    fn reassemble(
+        stats: &mut IkeStats,
+        sa: &mut IkeSa,
+        raw: &[u8],
+        h: &Header,
+        first: u8,
+        body: &[u8],
+    ) -> Result<Option<Vec<Payload>>, DropReason> {
+        let Some(sk) = sa.sk_in.as_ref() else {
+            return Err(DropReason::Unexpected);
+        };
+        if sa.frag.size.is_none() {
+            return Err(DropReason::Fragment("fragmentation was not negotiated"));
+        }
+        let r = match sa.frag.add(sk, raw, h, first, body) {
+            Ok(r) => r,
+            Err(FragDrop::Integrity) => return Err(DropReason::Integrity),
+            Err(FragDrop::Malformed(w) | FragDrop::Inconsistent(w)) => {
+                return Err(DropReason::Fragment(w))
+            }
+            Err(FragDrop::Duplicate) => return Err(DropReason::Fragment("duplicate")),
+            Err(FragDrop::TooLarge) => {
+                return Err(DropReason::Fragment("reassembled message too large"))
+            }
+        };
+        stats.fragments_received += 1;
+        match r {
+            Added::More => Ok(None),
+            Added::Complete(first, plain) => {
+                stats.reassembled += 1;
+                Ok(Some(wire::parse_chain(first, &plain)?))
+            }
+        }
+    }
+
     fn respond(&mut self, id: SaId, exch: u8, mid: u32, inner: Vec<Payload>) {
         let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };
         let bytes = encrypt(&mut *self.rng, sa, exch, mid, true, &inner);
-        transmit(&mut self.outputs, sa, &bytes);
+        self.stats.sent(&bytes);
+        transmit_all(&mut self.outputs, sa, &bytes);
         sa.last_response = Some((mid, bytes));
         sa.expected_request_id = mid.wrapping_add(1);
     }
@@ -786,6 +941,8 @@ impl Endpoint {
         let keys = IkeKeys::derive(&algs, &shared, ni, &nr, &h.spi_i, &spi_r);
         let local = SocketAddr::new(self.local_ip, local_port);
         let (nat_local, nat_remote) = nat_flags(&msg.payloads, &h.spi_i, &[0; 8], local, remote);
+        let frag = self.config.fragmentation
+            && msg.notify(notify::IKEV2_FRAGMENTATION_SUPPORTED).is_some();
         let mut payloads = vec![
             Payload::Sa(vec![choice.to_wire(group)]),
             Payload::Ke {
@@ -807,6 +964,12 @@ impl Endpoint {
             payloads.insert(3, p.certreq_payload());
             payloads.push(auth::hash_notify());
         }
+        if frag {
+            payloads.push(Payload::Notify(Notify::new(
+                notify::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+        }
         let resp = Message {
             header: Header {
                 spi_i: h.spi_i,
@@ -821,7 +984,7 @@ impl Endpoint {
             payloads,
         }
         .to_bytes();
-        let sa = IkeSa {
+        let mut sa = IkeSa {
             initiator: false,
             state: State::HalfOpen,
             spi_i: h.spi_i,
@@ -855,7 +1018,11 @@ impl Endpoint {
             children: Vec::new(),
             peer_id: None,
             rk: SaRekey::default(),
+            frag: FragState::default(),
         };
+        if frag {
+            sa.frag.enable(self.config.fragment_size);
+        }
         transmit(&mut self.outputs, &sa, &resp);
         let id = u64::from_be_bytes(spi_r);
         self.half_open.insert((remote, h.spi_i), id);
@@ -881,6 +1048,7 @@ impl Endpoint {
         data: &[u8],
         msg: Message,
     ) -> Result<(), DropReason> {
+        let first_contact = self.first_contact(id);
         let sa = self.sas.get_mut(&id).expect("caller checked");
         if let Some(c) = msg.notify(notify::COOKIE) {
             if sa.cookie_retries >= 3 || c.data.is_empty() || c.data.len() > 64 {
@@ -989,6 +1157,10 @@ impl Endpoint {
         let (nat_local, nat_remote) = nat_flags(&msg.payloads, &sa.spi_i, &sa.spi_r, local, remote);
         sa.nat_local = nat_local;
         sa.nat_remote = nat_remote;
+        if self.config.fragmentation && msg.notify(notify::IKEV2_FRAGMENTATION_SUPPORTED).is_some()
+        {
+            sa.frag.enable(self.config.fragment_size);
+        }
         if nat_local || nat_remote {
             self.outputs.push_back(Output::Event(Event::NatDetected {
                 sa: id,
@@ -1026,7 +1198,7 @@ impl Endpoint {
             inner.push(Payload::IdR(r.clone()));
         }
         inner.push(auth);
-        if self.config.initial_contact {
+        if self.config.initial_contact && first_contact {
             inner.push(Payload::Notify(Notify::new(
                 notify::INITIAL_CONTACT,
                 vec![],
@@ -1129,6 +1301,21 @@ impl Endpoint {
         } else {
             None
         }
+    }
+
+    /// strongSwan's rule for sending INITIAL_CONTACT: only in the first
+    /// IKE_AUTH to a peer, i.e. when no other IKE SA with it is up here (a
+    /// reauthentication must not make the peer drop the SAs still in use).
+    fn first_contact(&self, id: SaId) -> bool {
+        let Some(me) = self.sas.get(&id) else {
+            return false;
+        };
+        !self.sas.iter().any(|(k, s)| {
+            *k != id
+                && matches!(s.state, State::Established | State::Deleting)
+                && (s.remote.ip() == me.remote.ip()
+                    || (s.peer_id.is_some() && s.peer_id == self.config.remote_id))
+        })
     }
 
     fn check_identity(&self, id: &Identity) -> bool {
@@ -1372,7 +1559,8 @@ impl Endpoint {
                     false,
                     &inner,
                 );
-                transmit(&mut self.outputs, sa, &bytes);
+                self.stats.sent(&bytes);
+                transmit_all(&mut self.outputs, sa, &bytes);
             }
             self.remove_sa(id, Event::Failed { sa: id, reason });
             return Ok(());
@@ -1383,6 +1571,9 @@ impl Endpoint {
         sa.state = State::Established;
         sa.peer_id = Some(idr.clone());
         sa.last_heard = now;
+        if find_notify(&inner, notify::INITIAL_CONTACT).is_some() {
+            self.initial_contact(id, &idr);
+        }
         self.schedule_ike(now, id);
         self.outputs.push_back(Output::Event(Event::Established {
             sa: id,
@@ -1653,8 +1844,9 @@ impl Endpoint {
                     }
                     p.retries += 1;
                     p.deadline = now + self.config.retransmit.timeout(p.retries);
+                    // every fragment again (RFC 7383 §2.5)
                     let bytes = p.bytes.clone();
-                    transmit(&mut self.outputs, sa, &bytes);
+                    transmit_all(&mut self.outputs, sa, &bytes);
                 }
                 continue;
             }
@@ -1732,6 +1924,12 @@ fn nat_flags(
     (nat_local, nat_remote)
 }
 
+fn transmit_all(outputs: &mut VecDeque<Output>, sa: &IkeSa, msgs: &[Vec<u8>]) {
+    for m in msgs {
+        transmit(outputs, sa, m);
+    }
+}
+
 fn transmit(outputs: &mut VecDeque<Output>, sa: &IkeSa, msg: &[u8]) {
     let mut bytes = Vec::with_capacity(msg.len() + 4);
     if sa.encap() {
@@ -1745,7 +1943,9 @@ fn transmit(outputs: &mut VecDeque<Output>, sa: &IkeSa, msg: &[u8]) {
     });
 }
 
-/// Builds an encrypted message: header | SK { inner }.
+/// Builds an encrypted message: header | SK { inner }, or, when it is
+/// larger than the fragment size negotiated with the peer, its fragments:
+/// header | SKF { part } each (RFC 7383).
 fn encrypt(
     rng: &mut dyn IkeRng,
     sa: &mut IkeSa,
@@ -1753,17 +1953,25 @@ fn encrypt(
     mid: u32,
     response: bool,
     inner: &[Payload],
-) -> Vec<u8> {
+) -> Vec<Vec<u8>> {
+    let max_len = sa
+        .frag
+        .size
+        .map(|s| fragment::max_message_len(s, sa.remote, sa.encap()));
     let sk = sa.sk_out.as_ref().expect("SK keys");
     let mut plain = Zeroizing::new(Vec::new());
     let first = wire::write_chain(inner, &mut plain);
-    let iv: Vec<u8> = if sk.encr.is_aead() {
-        sa.iv_counter += 1;
-        sa.iv_counter.to_be_bytes().to_vec()
-    } else {
-        let mut v = vec![0u8; 16];
-        rng.fill_bytes(&mut v);
-        v
+    let aead = sk.encr.is_aead();
+    let counter = &mut sa.iv_counter;
+    let mut next_iv = || {
+        if aead {
+            *counter += 1;
+            counter.to_be_bytes().to_vec()
+        } else {
+            let mut v = vec![0u8; 16];
+            rng.fill_bytes(&mut v);
+            v
+        }
     };
     let body_len = sk.sealed_len(plain.len());
     let mut fl = if sa.initiator { flags::INITIATOR } else { 0 };
@@ -1781,15 +1989,21 @@ fn encrypt(
         message_id: mid,
         length: total as u32,
     };
+    if let Some(max) = max_len.filter(|m| total > *m) {
+        if let Some(f) = fragment::seal_fragments(sk, &h, first, &plain, max, &mut next_iv) {
+            return f;
+        }
+    }
     let mut out = Vec::with_capacity(total);
     h.write(&mut out);
     out.push(first);
     out.push(0);
     out.extend_from_slice(&((4 + body_len) as u16).to_be_bytes());
+    let iv = next_iv();
     let body = sk.seal(&out, &iv, &plain);
     debug_assert_eq!(body.len(), body_len);
     out.extend_from_slice(&body);
-    out
+    vec![out]
 }
 
 /// Verifies and decrypts the SK payload (the last payload) of `msg`.

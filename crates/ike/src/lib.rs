@@ -6,6 +6,8 @@
 //! - [`cert`]: X.509 certificates, chain checks, identities, DN notation.
 //! - [`key`]: private keys from PEM/DER.
 //! - [`config`]: proposals, traffic selectors, selection and narrowing.
+//! - [`fragment`]: IKE fragmentation (RFC 7383): splitting encrypted
+//!   messages into SKF payloads and their bounded, authenticated reassembly.
 //! - [`endpoint`]: the sans-I/O state machine ([`Endpoint`]); its
 //!   CREATE_CHILD_SA, rekey and collision logic is in `src/rekey.rs`
 //!   (make-before-break: [`Output::InstallChildSaInbound`], then
@@ -23,6 +25,7 @@ pub mod cert;
 pub mod config;
 pub mod crypto;
 pub mod endpoint;
+pub mod fragment;
 pub mod key;
 pub mod wire;
 
@@ -32,7 +35,7 @@ pub use config::{Config, EspProposal, IkeProposal, Retransmit};
 pub use crypto::{ChildKeys, DhGroup, EncrAlg, EspTransform, IkeAlgs, IntegAlg, PrfAlg};
 pub use endpoint::{
     ChildSaInfo, ChildSaParams, DpdAction, DropReason, Endpoint, Event, FailReason,
-    IdentityValidator, Output, SaId,
+    IdentityValidator, IkeStats, Output, SaId,
 };
 pub use key::{KeyError, KeyKind, PrivateKey};
 pub use wire::{Identity, TrafficSelector};
@@ -44,6 +47,7 @@ pub fn capabilities() -> Capabilities {
     Capabilities::new()
         .with(Interface::Ipk, "IKE identities (IPv4/IPv6, FQDN, RFC 822, DER DN, KEY_ID); X.509 certificates with RFC 7427 signatures (ECDSA P-256/P-384, RSA PKCS#1 v1.5/PSS, Ed25519), CERT/CERTREQ, chains to configured CAs; PEM keys (PKCS#8, SEC1, PKCS#1)")
         .with(Interface::Alg, "IKE and ESP proposals in order of preference: AES-GCM-16, ChaCha20-Poly1305, AES-CBC+HMAC-SHA2; PRF HMAC-SHA2; groups 14/19/20/31")
+        .with(Interface::Ext, "IKE fragmentation (RFC 7383, fragment_size), INITIAL_CONTACT")
         .with(Interface::Pski, "IKEv2 PSK authentication (RFC 7296 §2.15)")
         .with(Interface::Iv, "configured remote identity (DNs with * wildcards), the identity must be in the peer's certificate (subject or subjectAltName), plus an identity-validation hook")
         .with(Interface::Sav, "IKE COOKIE above a half-open threshold (RFC 7296 §2.6)")

@@ -1319,6 +1319,8 @@ impl Endpoint {
                 inactive: true,
                 ..Default::default()
             },
+            // RFC 7383 §2.3: the new IKE SA keeps the negotiated fragmentation
+            frag: crate::fragment::FragState::inherit(&old.frag),
         }
     }
 
@@ -1572,6 +1574,13 @@ impl Endpoint {
             })
             .map(|(id, _)| *id)
             .collect();
+        if !stale.is_empty() {
+            self.outputs.push_back(Output::Event(Event::InitialContact {
+                sa: keep,
+                peer: peer.clone(),
+                stale: stale.clone(),
+            }));
+        }
         for id in stale {
             self.remove_sa(
                 id,

@@ -39,6 +39,7 @@ pub struct RawIpsec<'a> {
     pub lifetime: Option<&'a str>,
     pub rekey_time: Option<&'a str>,
     pub dpd_delay: Option<&'a str>,
+    pub fragment_size: Option<usize>,
     pub listen_port: Option<u16>,
     pub interface_addresses: &'a [IpNet],
 }
@@ -67,6 +68,9 @@ pub struct Ipsec {
     /// CHILD SA soft lifetime (time to rekey).
     pub rekey_time: Duration,
     pub dpd_delay: Option<Duration>,
+    /// IKE fragmentation (RFC 7383) above this IP datagram size
+    /// (strongSwan's `charon.fragment_size`).
+    pub fragment_size: usize,
     /// The IKE port (500); NAT-T is always this + 4000 when 500, else 4500.
     pub ike_port: u16,
 }
@@ -682,6 +686,19 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
         Some(s) => Some(parse_duration(s).map_err(|m| ("dpd_delay", m))?).filter(|d| !d.is_zero()),
         None => None,
     };
+    let fragment_size = r
+        .fragment_size
+        .unwrap_or(polytun_ike::fragment::DEFAULT_FRAGMENT_SIZE);
+    if !(polytun_ike::fragment::MIN_FRAGMENT_SIZE..=65535).contains(&fragment_size) {
+        return Err((
+            "fragment_size",
+            format!(
+                "{fragment_size} is out of range: the largest IP datagram of an IKE fragment, {}..65535 (default {})",
+                polytun_ike::fragment::MIN_FRAGMENT_SIZE,
+                polytun_ike::fragment::DEFAULT_FRAGMENT_SIZE
+            ),
+        ));
+    }
     if r.listen_port.is_some_and(|p| p != 500) {
         return Err((
             "listen_port",
@@ -703,6 +720,7 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
         lifetime,
         rekey_time,
         dpd_delay,
+        fragment_size,
         ike_port: 500,
     })
 }

@@ -12,7 +12,7 @@ use super::config::Ipsec;
 use super::datapath;
 use super::state::{ChildStats, Inbound, Outbound, Shared, Tables, ToControl};
 use super::{esp_keymat, esp_transform, ike_algs_name, nets_of, ts_of};
-use crate::control::{ChildSaShow, IkeSaShow, TunnelShow};
+use crate::control::{ChildSaShow, IkeSaShow, IkeShow, TunnelShow};
 use crate::wg::state::DropCounters;
 use ipnet::IpNet;
 use polytun_esp::{Direction, EspSa, SaParams, Transform};
@@ -117,6 +117,22 @@ fn source_towards(remote: IpAddr) -> Option<IpAddr> {
     s.local_addr().ok().map(|a| a.ip())
 }
 
+fn ike_show(s: polytun_ike::IkeStats) -> IkeShow {
+    IkeShow {
+        fragmented_sent: s.fragmented_sent,
+        fragments_sent: s.fragments_sent,
+        fragments_received: s.fragments_received,
+        reassembled: s.reassembled,
+        malformed: s.malformed,
+        integrity: s.integrity,
+        bad_message_id: s.bad_message_id,
+        unknown_sa: s.unknown_sa,
+        unexpected: s.unexpected,
+        stateless: s.stateless,
+        fragment_dropped: s.fragment_dropped,
+    }
+}
+
 fn ike_config(cfg: &Ipsec) -> polytun_ike::Config {
     let mut c = cfg.ike_auth_config();
     c.ike_proposals = cfg.proposals.clone();
@@ -132,6 +148,7 @@ fn ike_config(cfg: &Ipsec) -> polytun_ike::Config {
     // strongSwan's kernel-libipsec does
     c.force_encap = true;
     c.dpd_interval = cfg.dpd_delay;
+    c.fragment_size = cfg.fragment_size;
     c
 }
 
@@ -288,7 +305,7 @@ impl Control {
                         D::BadMessageId => &d.replayed,
                         D::UnknownSa => &d.no_session,
                         D::Stateless(_) => &d.rate_limited,
-                        D::Unexpected => &d.other,
+                        D::Unexpected | D::Fragment(_) => &d.other,
                     };
                     DropCounters::bump(c);
                     tracing::debug!("tunnel {}: IKE from {src} dropped: {e}", self.name);
@@ -533,6 +550,19 @@ impl Control {
                 if self.current == Some(old) {
                     self.current = Some(new);
                 }
+            }
+            Event::InitialContact { sa, peer, stale } => {
+                tracing::info!(
+                    "tunnel {}: IKE SA {sa:016x}: '{peer}' sent INITIAL_CONTACT; deleting its {} older IKE SA(s)",
+                    self.name,
+                    stale.len()
+                );
+                // the peer restarted: its new SA takes over (no reconnect
+                // when the old one's Closed event follows)
+                if self.current.is_some_and(|c| stale.contains(&c)) {
+                    self.current = Some(sa);
+                }
+                self.replacing.retain(|s| !stale.contains(s));
             }
             Event::ChildFailed { sa, notify } => {
                 tracing::warn!(
@@ -789,6 +819,7 @@ impl Control {
             drops: self.shared.drops.snapshot(),
             peers: Vec::new(),
             ike_sas,
+            ike: Some(ike_show(self.ep.stats())),
             ..Default::default()
         }
     }

@@ -152,12 +152,19 @@ pub struct Config {
     /// Hard lifetime of an IKE SA: it is closed this long after it was
     /// established if no rekey succeeded by then.
     pub ike_life_time: Option<Duration>,
-    /// Up to this much (and at most a tenth of the rekey time) is taken off
+    /// Up to this much (and at most half of the rekey time) is taken off
     /// each rekey time at random, so that two peers with the same
     /// lifetimes rarely rekey at the same instant (RFC 7296 §2.8.1).
     pub rekey_jitter: Duration,
+    /// Jitter of CHILD SA rekeys (strongSwan's CHILD `rand_time`); `None`:
+    /// `rekey_jitter`. Either is capped at half the rekey time.
+    pub child_rekey_jitter: Option<Duration>,
     /// What to do when DPD (or any retransmission) finds the peer dead.
     pub dpd_action: crate::endpoint::DpdAction,
+    /// An established IKE SA whose request (a liveness check, a rekey, …)
+    /// stays unanswered this long is declared dead, even if retransmissions
+    /// remain; `None`: only when every retransmission went unanswered.
+    pub dpd_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -185,7 +192,9 @@ impl Config {
             ike_rekey_time: Some(Duration::from_secs(4 * 3600)),
             ike_life_time: Some(Duration::from_secs(4 * 3600 + 24 * 60)),
             rekey_jitter: Duration::from_secs(300),
+            child_rekey_jitter: None,
             dpd_action: crate::endpoint::DpdAction::Clear,
+            dpd_timeout: None,
         }
     }
 }

@@ -389,8 +389,10 @@ impl Endpoint {
         None
     }
 
-    fn jittered(&mut self, t: Duration) -> Duration {
-        let max = self.config.rekey_jitter.min(t / 10).as_millis() as u64;
+    /// `t` minus a random part of `jitter` (at most half of `t`), like
+    /// strongSwan's `rand_time`.
+    fn jittered(&mut self, t: Duration, jitter: Duration) -> Duration {
+        let max = jitter.min(t / 2).as_millis() as u64;
         let j = if max == 0 {
             0
         } else {
@@ -416,7 +418,11 @@ impl Endpoint {
         outbound: bool,
     ) -> Child {
         let l = self.config.child_lifetimes;
-        let rekey_at = l.soft_time.map(|t| now + self.jittered(t));
+        let jitter = self
+            .config
+            .child_rekey_jitter
+            .unwrap_or(self.config.rekey_jitter);
+        let rekey_at = l.soft_time.map(|t| now + self.jittered(t, jitter));
         Child {
             spi_in,
             spi_out,
@@ -433,7 +439,11 @@ impl Endpoint {
 
     /// Starts the IKE SA's rekey and hard-lifetime clocks.
     pub(super) fn schedule_ike(&mut self, now: Instant, id: SaId) {
-        let rekey = self.config.ike_rekey_time.map(|t| now + self.jittered(t));
+        let jitter = self.config.rekey_jitter;
+        let rekey = self
+            .config
+            .ike_rekey_time
+            .map(|t| now + self.jittered(t, jitter));
         let expire = self.config.ike_life_time.map(|t| now + t);
         if let Some(sa) = self.sas.get_mut(&id) {
             sa.rk.rekey_at = rekey;

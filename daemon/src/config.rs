@@ -92,6 +92,30 @@ struct RawTunnel {
     rekey_time: Option<String>,
     #[serde(default, deserialize_with = "de_duration")]
     dpd_delay: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    dpd_timeout: Option<String>,
+    dpd_action: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    rand_time: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    rekey_bytes: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    life_bytes: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    rekey_packets: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    life_packets: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ike_rekey_time: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ike_lifetime: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ike_rand_time: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    reauth_time: Option<String>,
+    /// IPsec: more CHILD SAs (`[[tunnel.child]]`).
+    #[serde(default)]
+    child: Vec<RawChild>,
     // OpenVPN (protocol = "openvpn")
     role: Option<String>,
     config: Option<PathBuf>,
@@ -126,6 +150,14 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
         }
     }
     d.deserialize_any(V)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChild {
+    name: Option<String>,
+    local_ts: Option<Vec<String>>,
+    remote_ts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -634,9 +666,22 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     local_ts: t.local_ts.as_deref(),
                     remote_ts: t.remote_ts.as_deref(),
                     initiate: t.initiate,
-                    lifetime: t.lifetime.as_deref(),
-                    rekey_time: t.rekey_time.as_deref(),
+                    lifetimes: crate::ipsec::rekey::RawLifetimes {
+                        lifetime: t.lifetime.as_deref(),
+                        rekey_time: t.rekey_time.as_deref(),
+                        rand_time: t.rand_time.as_deref(),
+                        rekey_bytes: t.rekey_bytes.as_deref(),
+                        life_bytes: t.life_bytes.as_deref(),
+                        rekey_packets: t.rekey_packets.as_deref(),
+                        life_packets: t.life_packets.as_deref(),
+                        ike_rekey_time: t.ike_rekey_time.as_deref(),
+                        ike_lifetime: t.ike_lifetime.as_deref(),
+                        ike_rand_time: t.ike_rand_time.as_deref(),
+                        reauth_time: t.reauth_time.as_deref(),
+                    },
                     dpd_delay: t.dpd_delay.as_deref(),
+                    dpd_timeout: t.dpd_timeout.as_deref(),
+                    dpd_action: t.dpd_action.as_deref(),
                     listen_port: t.listen_port,
                     interface_addresses: &addresses,
                 };
@@ -646,8 +691,28 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                         "private_key, private_key_file and [[tunnel.peer]] are WireGuard settings; an ipsec tunnel authenticates with auth = \"psk\" and psk",
                     ));
                 }
-                let ipsec = crate::ipsec::config::validate(&raw)
+                let mut ipsec = crate::ipsec::config::validate(&raw)
                     .map_err(|(field, msg)| ctx.err(&tp(field), msg))?;
+                for (ci, c) in t.child.iter().enumerate() {
+                    let raw = crate::ipsec::config::RawChild {
+                        name: c.name.as_deref(),
+                        local_ts: c.local_ts.as_deref(),
+                        remote_ts: c.remote_ts.as_deref(),
+                    };
+                    let child = crate::ipsec::config::validate_child(&raw, ci, &ipsec).map_err(
+                        |(field, msg)| {
+                            let path = [
+                                Seg::Key("tunnel"),
+                                Seg::Index(ti),
+                                Seg::Key("child"),
+                                Seg::Index(ci),
+                                Seg::Key(field),
+                            ];
+                            ctx.err(&path, msg)
+                        },
+                    )?;
+                    ipsec.children.push(child);
+                }
                 Protocol::Ipsec(Box::new(ipsec))
             }
             "openvpn" => {
@@ -867,7 +932,7 @@ dpd_delay = 30
         );
         assert_eq!(t.esp_proposals.len(), 2);
         assert_eq!(t.remote_ts.len(), 2);
-        assert_eq!(t.rekey_time, std::time::Duration::from_secs(3000));
+        assert_eq!(t.lifetimes.rekey_time, std::time::Duration::from_secs(3000));
         assert_eq!(t.dpd_delay, Some(std::time::Duration::from_secs(30)));
     }
 

@@ -132,6 +132,10 @@ pub struct Config {
     pub local_ts: Vec<TrafficSelector>,
     /// The peer's side (TSr when initiating).
     pub remote_ts: Vec<TrafficSelector>,
+    /// The (local, remote) selectors of more CHILD SAs: a peer may create
+    /// a CHILD SA for any one pair (`local_ts`/`remote_ts` or one of these),
+    /// narrowed within that pair (§2.9).
+    pub more_children: Vec<(Vec<TrafficSelector>, Vec<TrafficSelector>)>,
     pub child_lifetimes: Limits,
     pub retransmit: Retransmit,
     /// Demand COOKIEs once this many responder SAs are half-open (SAV).
@@ -177,6 +181,7 @@ impl Config {
             esp_proposals: vec![EspProposal::aes256gcm()],
             local_ts: vec![any_v4()],
             remote_ts: vec![any_v4()],
+            more_children: Vec::new(),
             child_lifetimes: Limits {
                 soft_time: Some(Duration::from_secs(3240)),
                 hard_time: Some(Duration::from_secs(3600)),
@@ -196,6 +201,25 @@ impl Config {
             dpd_action: crate::endpoint::DpdAction::Clear,
             dpd_timeout: None,
         }
+    }
+}
+
+impl Config {
+    /// A responder's narrowing of the initiator's TSi (our remote side) and
+    /// TSr (our local side) to the first configured CHILD SA both fit:
+    /// `Some((local, remote))`, or `None` (TS_UNACCEPTABLE).
+    pub fn narrow(
+        &self,
+        tsi: &[TrafficSelector],
+        tsr: &[TrafficSelector],
+    ) -> Option<(Vec<TrafficSelector>, Vec<TrafficSelector>)> {
+        std::iter::once((&self.local_ts, &self.remote_ts))
+            .chain(self.more_children.iter().map(|(l, r)| (l, r)))
+            .find_map(|(l, r)| {
+                let n_remote = ts_narrow(tsi, r);
+                let n_local = ts_narrow(tsr, l);
+                (!n_remote.is_empty() && !n_local.is_empty()).then_some((n_local, n_remote))
+            })
     }
 }
 

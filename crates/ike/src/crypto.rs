@@ -853,16 +853,16 @@ mod tests {
         use hmac::Mac;
         let (sk_d, ni, nr) = ([7u8; 32], [1u8; 32], [2u8; 32]);
         let k = export_key(PrfAlg::HmacSha256, &sk_d, b"app", b"cx", &ni, &nr, 40).unwrap();
-        let mut m = <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(&sk_d)
-            .unwrap();
+        let mut m =
+            <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(&sk_d).unwrap();
         m.update(b"polytun key export\x03app\x00\x02cx");
         m.update(&ni);
         m.update(&nr);
         m.update(&[1]);
         let t1 = m.finalize().into_bytes();
         assert_eq!(&k[..32], &t1[..]);
-        let mut m = <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(&sk_d)
-            .unwrap();
+        let mut m =
+            <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(&sk_d).unwrap();
         m.update(&t1);
         m.update(b"polytun key export\x03app\x00\x02cx");
         m.update(&ni);

@@ -14,7 +14,7 @@
 //! rekeys, collisions, the rekey timers and the request queue) lives in
 //! `rekey.rs`, a child module of this one.
 
-use crate::config::{select_esp, select_ike, ts_narrow, ts_subset, Config, IkeChoice};
+use crate::config::{select_esp, select_ike, ts_subset, Config, IkeChoice};
 use crate::crypto::{
     child_keymat, ct_eq, psk_auth, ChildKeys, DhGroup, DhPrivate, EspTransform, ExportError,
     IkeAlgs, IkeKeys, IkeRng, Secret, SkKeys,
@@ -1136,8 +1136,7 @@ impl Endpoint {
         let mut install = None;
         if let (Some(esp), Some(tsi), Some(tsr)) = (esp, tsi, tsr) {
             // initiator's TSi is our remote side, its TSr our local side
-            let n_remote = ts_narrow(&tsi, &self.config.remote_ts);
-            let n_local = ts_narrow(&tsr, &self.config.local_ts);
+            let (n_local, n_remote) = self.config.narrow(&tsi, &tsr).unwrap_or_default();
             match select_esp(&self.config.esp_proposals, &esp) {
                 None => child_failed = Some(notify::NO_PROPOSAL_CHOSEN),
                 Some(_) if n_remote.is_empty() || n_local.is_empty() => {

@@ -37,7 +37,7 @@
 //! SA state never straddles two IKE SAs.
 
 use super::{ChildSaParams, DropReason, Endpoint, Event, IkeSa, Output, SaId, State};
-use crate::config::{select_esp, select_ike, ts_narrow, ts_subset};
+use crate::config::{select_esp, select_ike, ts_subset};
 use crate::crypto::{child_keymat, DhGroup, DhPrivate, EspTransform, IkeKeys};
 use crate::wire::{exchange, notify, proto, Delete, Notify, Payload, TrafficSelector};
 use std::collections::{HashMap, VecDeque};
@@ -333,6 +333,16 @@ impl Endpoint {
                 })
                 .collect()
         })
+    }
+
+    /// When this IKE SA is due for its rekey (`None`: not by time, or a
+    /// rekey of it is under way).
+    pub fn ike_rekey_at(&self, sa: SaId) -> Option<Instant> {
+        let s = self.sas.get(&sa)?;
+        if s.state != State::Established || s.rk.inactive || s.rk.replaced {
+            return None;
+        }
+        s.rk.rekey_at
     }
 
     /// IKE SAs that carry CHILD SAs or can (established, not replaced by
@@ -1031,11 +1041,9 @@ impl Endpoint {
         let Some(mut c) = select_esp(&self.config.esp_proposals, props) else {
             return refuse(self, notify::NO_PROPOSAL_CHOSEN, vec![]);
         };
-        let n_remote = ts_narrow(tsi, &self.config.remote_ts);
-        let n_local = ts_narrow(tsr, &self.config.local_ts);
-        if n_remote.is_empty() || n_local.is_empty() {
+        let Some((n_local, n_remote)) = self.config.narrow(tsi, tsr) else {
             return refuse(self, notify::TS_UNACCEPTABLE, vec![]);
-        }
+        };
         let mut ke_out = None;
         let shared = match c.dh {
             None => None,

@@ -31,6 +31,7 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
     // (slot, destination, tunnel) of each sealed packet
     let mut out: Vec<(usize, SocketAddr, usize)> = Vec::with_capacity(TUN_BATCH);
     let mut expiring: Vec<(usize, u32)> = Vec::new();
+    let mut expired: Vec<(usize, u32)> = Vec::new();
     let mut errors = 0u64;
     loop {
         crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await;
@@ -38,6 +39,7 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
         out.clear();
         expiring.clear();
+        expired.clear();
         {
             let guards: Vec<_> = set.iter().map(|s| s.tables()).collect();
             for i in 0..batch.len() {
@@ -66,12 +68,20 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
                         ob.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
                         out.push((i, ob.dst, ti));
                     }
-                    Err(_) => DropCounters::bump(&set[ti].drops.expired_key),
+                    Err(e) => {
+                        DropCounters::bump(&set[ti].drops.expired_key);
+                        if is_expired(&e) && !expired.contains(&(ti, spi)) {
+                            expired.push((ti, spi));
+                        }
+                    }
                 }
             }
         }
         for &(ti, spi) in &expiring {
             let _ = set[ti].to_control.try_send(ToControl::KeyExpiring { spi });
+        }
+        for &(ti, spi) in &expired {
+            let _ = set[ti].to_control.try_send(ToControl::KeyExpired { spi });
         }
         for (ti, shared) in set.iter().enumerate() {
             let transmits: Vec<Transmit<'_>> = out
@@ -98,6 +108,14 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
     }
 }
 
+/// A seal refused because the SA is past a hard limit (not for want of room).
+fn is_expired(e: &polytun_esp::EspSealError) -> bool {
+    matches!(
+        e,
+        polytun_esp::EspSealError::Seal(polytun_core::SealError::Expired(_))
+    )
+}
+
 fn count_open_error(shared: &Shared, e: EspOpenError) {
     let d = &shared.drops;
     let c = match e {
@@ -120,6 +138,7 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
     let mut sizes = vec![0usize; TUN_WRITE_SLOTS];
     let mut alive: Vec<u64> = Vec::new();
     let mut expiring: Vec<u32> = Vec::new();
+    let mut expired: Vec<u32> = Vec::new();
     let mut errors = 0u64;
     loop {
         let n = {
@@ -140,6 +159,7 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
         let now = Instant::now();
         alive.clear();
         expiring.clear();
+        expired.clear();
         let mut datagrams = metas[..n].iter().enumerate().flat_map(|(i, m)| {
             let stride = if m.stride == 0 { m.len } else { m.stride };
             let len = m.len.min(UDP_BUF);
@@ -185,6 +205,11 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                             let opened = match ib.sa.open(now, &mut p) {
                                 Ok(o) => o,
                                 Err(e) => {
+                                    if matches!(e, EspOpenError::Open(OpenError::Expired(_)))
+                                        && !expired.contains(&spi)
+                                    {
+                                        expired.push(spi);
+                                    }
                                     count_open_error(&shared, e);
                                     continue;
                                 }
@@ -242,6 +267,9 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
         }
         for &spi in &expiring {
             let _ = shared.to_control.try_send(ToControl::KeyExpiring { spi });
+        }
+        for &spi in &expired {
+            let _ = shared.to_control.try_send(ToControl::KeyExpired { spi });
         }
     }
 }

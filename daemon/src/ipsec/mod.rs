@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod datapath;
+pub mod rekey;
 pub mod state;
 pub mod tunnel;
 

@@ -864,6 +864,13 @@ impl Endpoint {
         data: &[u8],
         msg: Message,
     ) -> Result<(), DropReason> {
+        // INITIAL_CONTACT only when this will be the sole IKE SA with the
+        // peer (§2.4): a reauthentication's new SA must not make the peer
+        // drop the old one before we delete it ourselves
+        let remote_ip = self.sas.get(&id).expect("caller checked").remote.ip();
+        let alone = !self.sas.iter().any(|(other, s)| {
+            *other != id && s.state == State::Established && s.remote.ip() == remote_ip
+        });
         let sa = self.sas.get_mut(&id).expect("caller checked");
         if let Some(c) = msg.notify(notify::COOKIE) {
             if sa.cookie_retries >= 3 || c.data.is_empty() || c.data.len() > 64 {
@@ -1003,7 +1010,7 @@ impl Endpoint {
             method: auth_method::SHARED_KEY_MIC,
             data: auth.to_vec(),
         });
-        if self.config.initial_contact {
+        if self.config.initial_contact && alone {
             inner.push(Payload::Notify(Notify::new(
                 notify::INITIAL_CONTACT,
                 vec![],

@@ -335,6 +335,21 @@ impl Endpoint {
         })
     }
 
+    /// The IKE SA's state as `swanctl --list-sas` names it: CONNECTING,
+    /// ESTABLISHED, REKEYING (our rekey of it is in flight), REKEYED
+    /// (replaced, deleted soon) or DELETING.
+    pub fn sa_state(&self, sa: SaId) -> Option<&'static str> {
+        let s = self.sas.get(&sa)?;
+        Some(match s.state {
+            State::InitSent | State::AuthSent | State::HalfOpen => "CONNECTING",
+            State::Deleting => "DELETING",
+            State::Established if s.rk.replaced || s.rk.successor.is_some() => "REKEYED",
+            State::Established if s.rk.ike_rekey.is_some() => "REKEYING",
+            State::Established if s.rk.inactive => "CONNECTING",
+            State::Established => "ESTABLISHED",
+        })
+    }
+
     /// When this IKE SA is due for its rekey (`None`: not by time, or a
     /// rekey of it is under way).
     pub fn ike_rekey_at(&self, sa: SaId) -> Option<Instant> {

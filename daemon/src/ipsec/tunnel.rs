@@ -936,11 +936,7 @@ impl Control {
                 Some(IkeSaShow {
                     rekey_in_secs: secs(self.ep.ike_rekey_at(id)),
                     reauth_in_secs: secs(self.reauth.due_at(id)),
-                    state: if self.ep.is_established(id) {
-                        "ESTABLISHED".into()
-                    } else {
-                        "CONNECTING".into()
-                    },
+                    state: self.ep.sa_state(id).unwrap_or("CONNECTING").into(),
                     initiator: info.initiator,
                     spi_i: hex8(spi_i),
                     spi_r: hex8(spi_r),

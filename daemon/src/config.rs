@@ -937,6 +937,40 @@ dpd_delay = 30
     }
 
     #[test]
+    fn ipsec_children_lifetimes_and_dpd() {
+        let text = ipsec()
+            + "dpd_action = \"clear\"\ndpd_timeout = \"20s\"\nike_rekey_time = \"1h\"\nrekey_bytes = \"1G\"\n\n[[tunnel.child]]\nremote_ts = [\"10.3.0.0/16\"]\n";
+        let c = p(&text).unwrap();
+        let Protocol::Ipsec(t) = &c.tunnels[0].protocol else {
+            panic!("not ipsec")
+        };
+        assert_eq!(t.dpd_action, polytun_ike::DpdAction::Clear);
+        assert_eq!(t.dpd_timeout, Some(std::time::Duration::from_secs(20)));
+        assert_eq!(
+            t.lifetimes.ike_rekey_time,
+            Some(std::time::Duration::from_secs(3600))
+        );
+        assert_eq!(t.lifetimes.rekey_bytes, Some(1 << 30));
+        assert_eq!(t.children.len(), 1);
+        assert_eq!(t.children[0].name, "child1");
+        assert_eq!(t.children[0].local_ts, t.local_ts);
+        // an initiating tunnel restarts by default
+        let Protocol::Ipsec(t) = &p(&ipsec()).unwrap().tunnels[0].protocol else {
+            panic!("not ipsec")
+        };
+        assert_eq!(t.dpd_action, polytun_ike::DpdAction::Restart);
+        let e = p(&(ipsec() + "\n[[tunnel.child]]\nremote_ts = [\"10.2.1.0/24\"]\n")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].child[0].remote_ts", "{e}");
+        assert_eq!(e.line, Some(23), "{e}");
+        assert!(e.message.contains("overlaps"), "{e}");
+        let e = p(&(ipsec() + "dpd_action = \"trap\"\n")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].dpd_action", "{e}");
+        assert!(e.message.contains("not supported"), "{e}");
+        let e = p(&(ipsec() + "life_packets = \"many\"\n")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].life_packets", "{e}");
+    }
+
+    #[test]
     fn ipsec_errors_name_file_line_and_field() {
         let e = p(&ipsec().replace("\"aes256gcm16\", ", "\"aes256gcm16-md5\", ")).unwrap_err();
         assert_eq!(

@@ -384,3 +384,117 @@ fn dpd_restart_strongswan_blackholed_then_back() {
 fn dpd_clear_strongswan_blackholed() {
     dpd("ssdpdc", "clear");
 }
+
+const IN_A2: &str = "198.51.100.11";
+const IN_B2: &str = "198.51.100.12";
+
+/// `ping -I src -c count dst` (0.2 s apart); the loss in percent.
+fn ping_from(ns: &Netns, src: &str, dst: &str, count: u32) -> f64 {
+    let p = polytun_e2e::bins::tool("ping");
+    let c = count.to_string();
+    let o = ns.run_env(
+        &[
+            p.to_str().unwrap(),
+            "-I",
+            src,
+            "-c",
+            &c,
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-q",
+            dst,
+        ],
+        &[],
+        Duration::from_secs(20 + u64::from(count)),
+    );
+    let text = format!("{}{}", o.stdout, o.stderr);
+    text.lines()
+        .find_map(|l| {
+            let i = l.find("% packet loss")?;
+            l[..i].rsplit([' ', ',']).next()?.parse::<f64>().ok()
+        })
+        .unwrap_or_else(|| panic!("cannot parse ping output: {text}"))
+}
+
+/// Two CHILD SAs in one IKE SA: 198.51.100.1 ↔ .2 (IKE_AUTH) and 198.51.100.11 ↔ .12
+/// (`[[tunnel.child]]` at polytun, a second `children` block at strongSwan, created with
+/// CREATE_CHILD_SA). Each destination goes through its own CHILD SA; `polytun rekey` rekeys
+/// both; both sides agree on every SPI.
+fn two_children(test: &str, polytun_initiates: bool) {
+    let a = Netns::new(test);
+    let b = Netns::new(test);
+    let (_va, _vb) = veth_pair(&a, &b);
+    let (mut sa, mut sb) = sides("aes256gcm16", polytun_initiates);
+    sa.polytun_extra = format!(
+        "\n[[tunnel.child]]\nname = \"second\"\nlocal_ts = [\"{IN_A2}/32\"]\nremote_ts = [\"{IN_B2}/32\"]\n"
+    );
+    sb.swan_children_extra = format!(
+        "\n            net2 {{\n                local_ts = {IN_B2}/32\n                remote_ts = {IN_A2}/32\n                mode = tunnel\n                esp_proposals = aes256gcm16\n            }}"
+    );
+    a.ip(&["addr", "add", &format!("{IN_A2}/32"), "dev", "lo"]);
+    b.ip(&["addr", "add", &format!("{IN_B2}/32"), "dev", "lo"]);
+    let (p, c) = up(&a, &b, &sa, &sb);
+    if !polytun_initiates {
+        let o = c.swanctl(&["--initiate", "--child", "net2", "--timeout", "30"]);
+        assert!(
+            o.ok(),
+            "swanctl --initiate --child net2: {}{}\n{}",
+            o.stdout,
+            o.stderr,
+            c.log()
+        );
+    }
+    wait_until("two CHILD SAs at polytun", Duration::from_secs(20), || {
+        SaList::from_polytun(&p.show_json()).children.len() == 2
+    });
+    let l = wait_sas_agree(&p, &c, Duration::from_secs(20));
+    assert_eq!((l.ike.len(), l.children.len()), (1, 2), "{l:?}");
+    let loss = ping_from(&a, IN_A2, IN_B2, 10);
+    assert_eq!(loss, 0.0, "through the second CHILD SA: {loss}% lost");
+    let loss = ping(&a, IN_B, 10);
+    assert_eq!(loss, 0.0, "through the first CHILD SA: {loss}% lost");
+    // each destination used its own CHILD SA
+    let sas = p.ike_sas();
+    let children = sas[0]["children"].as_array().cloned().unwrap_or_default();
+    for (dst, ts) in [(IN_B, "198.51.100.2/32"), (IN_B2, "198.51.100.12/32")] {
+        let c = children
+            .iter()
+            .find(|c| c["remote_ts"][0] == ts)
+            .unwrap_or_else(|| panic!("no CHILD SA for {ts}: {children:?}"));
+        assert!(
+            c["tx_packets"].as_u64().unwrap_or(0) >= 10
+                && c["rx_packets"].as_u64().unwrap_or(0) >= 10,
+            "pings to {dst} should have gone through the CHILD SA for {ts}: {c}"
+        );
+    }
+    // KU on both CHILD SAs at once, under traffic to both
+    let pid = spawn_ping(&a, IN_B, 50);
+    let out = p.cli(&["rekey"]);
+    assert!(out.contains("2 rekey"), "polytun rekey: {out}");
+    let loss = ping_from(&a, IN_A2, IN_B2, 25);
+    let (sent, received) = ping_result(&a, pid, Duration::from_secs(60));
+    assert_eq!(
+        (loss, received),
+        (0.0, sent),
+        "pings lost across the rekey of both CHILD SAs"
+    );
+    let l2 = wait_sas_agree(&p, &c, Duration::from_secs(20));
+    assert_eq!(l2.children.len(), 2, "{l2:?}");
+    assert!(
+        l2.children.iter().all(|c| !l.children.contains(c)),
+        "both CHILD SAs should be new: {l:?} -> {l2:?}"
+    );
+    assert_eq!(rekey_counts(&p).0, 2);
+}
+
+#[test]
+fn two_child_sas_polytun_initiates_strongswan() {
+    two_children("ss2ca", true);
+}
+
+#[test]
+fn two_child_sas_strongswan_initiates_polytun() {
+    two_children("ss2cb", false);
+}

@@ -961,7 +961,7 @@ dpd_delay = 30
         assert_eq!(t.dpd_action, polytun_ike::DpdAction::Restart);
         let e = p(&(ipsec() + "\n[[tunnel.child]]\nremote_ts = [\"10.2.1.0/24\"]\n")).unwrap_err();
         assert_eq!(e.field, "tunnel[0].child[0].remote_ts", "{e}");
-        assert_eq!(e.line, Some(23), "{e}");
+        assert_eq!(e.line, Some(21), "{e}");
         assert!(e.message.contains("overlaps"), "{e}");
         let e = p(&(ipsec() + "dpd_action = \"trap\"\n")).unwrap_err();
         assert_eq!(e.field, "tunnel[0].dpd_action", "{e}");

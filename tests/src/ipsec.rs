@@ -65,6 +65,9 @@ pub struct IpsecSide {
     /// strongSwan only: rekey the IKE SA every this many seconds
     /// (CREATE_CHILD_SA), with up to two seconds of jitter.
     pub ike_rekey_secs: Option<u32>,
+    /// strongSwan only: the `rand_time` of those rekeys (default 1 s for the
+    /// CHILD SA, 2 s for the IKE SA).
+    pub swan_rand_secs: Option<u32>,
     /// strongSwan only: more CHILD SA blocks inside `children { }`.
     pub swan_children_extra: String,
     /// polytun only: TOML lines added to the `[[tunnel]]` (the default
@@ -307,13 +310,15 @@ secrets {{
             esp = side.esp_proposals.join(","),
             psk = side.psk_b64,
             rekey = side.child_rekey_secs.map_or(String::new(), |r| format!(
-                "\n                rekey_time = {r}s\n                life_time = {}s\n                rand_time = 1s",
-                r * 4
+                "\n                rekey_time = {r}s\n                life_time = {}s\n                rand_time = {}s",
+                r * 4,
+                side.swan_rand_secs.unwrap_or(1)
             )),
             more = side.swan_children_extra,
             ike_rekey = side.ike_rekey_secs.map_or(String::new(), |r| format!(
-                "\n        rekey_time = {r}s\n        over_time = {}s\n        rand_time = 2s",
-                r * 2
+                "\n        rekey_time = {r}s\n        over_time = {}s\n        rand_time = {}s",
+                r * 2,
+                side.swan_rand_secs.unwrap_or(2)
             )),
         );
         std::fs::write(dir.join("swanctl/swanctl.conf"), swan).unwrap();

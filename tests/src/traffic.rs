@@ -35,10 +35,21 @@ pub fn spawn_ping(ns: &Netns, addr: &str, count: u32) -> u32 {
             "0.2",
             "-W",
             "2",
-            "-q",
+            "-D",
+            "-O",
             addr,
         ],
     )
+}
+
+/// The lines of a finished [`spawn_ping`] about pings that got no answer
+/// (with their timestamps).
+pub fn ping_losses(ns: &Netns, pid: u32) -> Vec<String> {
+    ns.log_of(pid)
+        .lines()
+        .filter(|l| l.contains("no answer yet"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Waits for a ping started by [`spawn_ping`]; returns (sent, received).

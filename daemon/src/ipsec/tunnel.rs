@@ -85,6 +85,9 @@ struct ChildInfo {
     ts_remote: Vec<IpNet>,
     stats: Arc<ChildStats>,
     installed: Instant,
+    /// Carries outbound traffic: a new CHILD SA at once, a rekey's new SA
+    /// only from its switch (until then the peer may not have its key).
+    outbound: bool,
 }
 
 struct Control {
@@ -714,7 +717,12 @@ impl Control {
     }
 
     fn switch_outbound(&mut self, old_spi_out: Option<u32>, new_spi_in: u32, new_spi_out: u32) {
-        let Some(child) = self.children.get(&new_spi_in) else {
+        if let Some(old) = old_spi_out {
+            for c in self.children.values_mut().filter(|c| c.spi_out == old) {
+                c.outbound = false;
+            }
+        }
+        let Some(child) = self.children.get_mut(&new_spi_in) else {
             tracing::warn!(
                 "tunnel {}: switch to unknown CHILD SA in {new_spi_in:08x}",
                 self.name
@@ -726,6 +734,7 @@ impl Control {
             self.name,
             old_spi_out.map_or(String::new(), |o| format!(" (from {o:08x})"))
         );
+        child.outbound = true;
         let mut t = self.shared.tables_mut();
         if let Some(old) = old_spi_out {
             t.routes.retain(|s| *s != old);
@@ -831,6 +840,7 @@ impl Control {
                 ts_remote,
                 stats,
                 installed: now,
+                outbound: route,
             },
         );
     }
@@ -849,8 +859,10 @@ impl Control {
             o.sa.retire();
         }
         // routes that pointed at it go to the newest remaining CHILD SA
+        // that carries traffic (never to a rekey's SA before its switch:
+        // the peer may not hold that key yet)
         t.routes.retain(|s| *s != spi_out);
-        let mut rest: Vec<&ChildInfo> = self.children.values().collect();
+        let mut rest: Vec<&ChildInfo> = self.children.values().filter(|c| c.outbound).collect();
         rest.sort_by_key(|c| c.installed);
         for c in rest {
             for n in &c.ts_remote {

@@ -423,9 +423,12 @@ mod tests {
         for _ in 0..100 {
             let e = l.esp_limits(&mut rng);
             let b = e.soft_bytes.unwrap();
-            assert!(b <= 64 << 20 && b >= (64 << 20) - (64 << 20) / 10, "{b}");
+            assert!(
+                ((64 << 20) - (64 << 20) / 10..=64 << 20).contains(&b),
+                "{b}"
+            );
             let t = jittered(&mut rng, Duration::from_secs(15), Duration::from_secs(3));
-            assert!(t >= Duration::from_secs(12) && t <= Duration::from_secs(15));
+            assert!((Duration::from_secs(12)..=Duration::from_secs(15)).contains(&t));
         }
     }
 

@@ -93,6 +93,30 @@ struct RawTunnel {
     #[serde(default, deserialize_with = "de_duration")]
     dpd_delay: Option<String>,
     fragment_size: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    dpd_timeout: Option<String>,
+    dpd_action: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    rand_time: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    rekey_bytes: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    life_bytes: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    rekey_packets: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    life_packets: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ike_rekey_time: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ike_lifetime: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ike_rand_time: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    reauth_time: Option<String>,
+    /// IPsec: more CHILD SAs (`[[tunnel.child]]`).
+    #[serde(default)]
+    child: Vec<RawChild>,
     // OpenVPN (protocol = "openvpn")
     role: Option<String>,
     config: Option<PathBuf>,
@@ -151,6 +175,14 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
         }
     }
     d.deserialize_any(V)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChild {
+    name: Option<String>,
+    local_ts: Option<Vec<String>>,
+    remote_ts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -668,10 +700,23 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     local_ts: t.local_ts.as_deref(),
                     remote_ts: t.remote_ts.as_deref(),
                     initiate: t.initiate,
-                    lifetime: t.lifetime.as_deref(),
-                    rekey_time: t.rekey_time.as_deref(),
+                    lifetimes: crate::ipsec::rekey::RawLifetimes {
+                        lifetime: t.lifetime.as_deref(),
+                        rekey_time: t.rekey_time.as_deref(),
+                        rand_time: t.rand_time.as_deref(),
+                        rekey_bytes: t.rekey_bytes.as_deref(),
+                        life_bytes: t.life_bytes.as_deref(),
+                        rekey_packets: t.rekey_packets.as_deref(),
+                        life_packets: t.life_packets.as_deref(),
+                        ike_rekey_time: t.ike_rekey_time.as_deref(),
+                        ike_lifetime: t.ike_lifetime.as_deref(),
+                        ike_rand_time: t.ike_rand_time.as_deref(),
+                        reauth_time: t.reauth_time.as_deref(),
+                    },
                     dpd_delay: t.dpd_delay.as_deref(),
                     fragment_size: t.fragment_size,
+                    dpd_timeout: t.dpd_timeout.as_deref(),
+                    dpd_action: t.dpd_action.as_deref(),
                     listen_port: t.listen_port,
                     interface_addresses: &addresses,
                 };
@@ -681,8 +726,28 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                         "private_key, private_key_file and [[tunnel.peer]] are WireGuard settings; an ipsec tunnel authenticates with auth = \"psk\" and psk, or auth = \"pubkey\" with cert, key and ca",
                     ));
                 }
-                let ipsec = crate::ipsec::config::validate(&raw)
+                let mut ipsec = crate::ipsec::config::validate(&raw)
                     .map_err(|(field, msg)| ctx.err(&tp(field), msg))?;
+                for (ci, c) in t.child.iter().enumerate() {
+                    let raw = crate::ipsec::config::RawChild {
+                        name: c.name.as_deref(),
+                        local_ts: c.local_ts.as_deref(),
+                        remote_ts: c.remote_ts.as_deref(),
+                    };
+                    let child = crate::ipsec::config::validate_child(&raw, ci, &ipsec).map_err(
+                        |(field, msg)| {
+                            let path = [
+                                Seg::Key("tunnel"),
+                                Seg::Index(ti),
+                                Seg::Key("child"),
+                                Seg::Index(ci),
+                                Seg::Key(field),
+                            ];
+                            ctx.err(&path, msg)
+                        },
+                    )?;
+                    ipsec.children.push(child);
+                }
                 Protocol::Ipsec(Box::new(ipsec))
             }
             "openvpn" => {
@@ -930,9 +995,43 @@ dpd_delay = 30
         );
         assert_eq!(t.esp_proposals.len(), 2);
         assert_eq!(t.remote_ts.len(), 2);
-        assert_eq!(t.rekey_time, std::time::Duration::from_secs(3000));
+        assert_eq!(t.lifetimes.rekey_time, std::time::Duration::from_secs(3000));
         assert_eq!(t.dpd_delay, Some(std::time::Duration::from_secs(30)));
         assert_eq!(t.fragment_size, 1280);
+    }
+
+    #[test]
+    fn ipsec_children_lifetimes_and_dpd() {
+        let text = ipsec()
+            + "dpd_action = \"clear\"\ndpd_timeout = \"20s\"\nike_rekey_time = \"1h\"\nrekey_bytes = \"1G\"\n\n[[tunnel.child]]\nremote_ts = [\"10.3.0.0/16\"]\n";
+        let c = p(&text).unwrap();
+        let Protocol::Ipsec(t) = &c.tunnels[0].protocol else {
+            panic!("not ipsec")
+        };
+        assert_eq!(t.dpd_action, polytun_ike::DpdAction::Clear);
+        assert_eq!(t.dpd_timeout, Some(std::time::Duration::from_secs(20)));
+        assert_eq!(
+            t.lifetimes.ike_rekey_time,
+            Some(std::time::Duration::from_secs(3600))
+        );
+        assert_eq!(t.lifetimes.rekey_bytes, Some(1 << 30));
+        assert_eq!(t.children.len(), 1);
+        assert_eq!(t.children[0].name, "child1");
+        assert_eq!(t.children[0].local_ts, t.local_ts);
+        // an initiating tunnel restarts by default
+        let Protocol::Ipsec(t) = &p(&ipsec()).unwrap().tunnels[0].protocol else {
+            panic!("not ipsec")
+        };
+        assert_eq!(t.dpd_action, polytun_ike::DpdAction::Restart);
+        let e = p(&(ipsec() + "\n[[tunnel.child]]\nremote_ts = [\"10.2.1.0/24\"]\n")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].child[0].remote_ts", "{e}");
+        assert_eq!(e.line, Some(21), "{e}");
+        assert!(e.message.contains("overlaps"), "{e}");
+        let e = p(&(ipsec() + "dpd_action = \"trap\"\n")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].dpd_action", "{e}");
+        assert!(e.message.contains("not supported"), "{e}");
+        let e = p(&(ipsec() + "life_packets = \"many\"\n")).unwrap_err();
+        assert_eq!(e.field, "tunnel[0].life_packets", "{e}");
     }
 
     #[test]

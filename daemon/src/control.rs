@@ -19,9 +19,34 @@ pub enum Command {
         tunnel: Option<String>,
         #[serde(default)]
         peer: Option<String>,
+        /// IPsec: what to rekey (swanctl's `--rekey --child/--ike/--reauth`);
+        /// `None`: the CHILD SAs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ipsec: Option<IpsecRekey>,
+    },
+    /// Shared-secret key export (SSKE) from a tunnel's current key.
+    ExportKey {
+        #[serde(default)]
+        tunnel: Option<String>,
+        label: String,
+        #[serde(default)]
+        context: String,
+        length: usize,
     },
     /// Stops the daemon (connection termination for every tunnel).
     Down,
+}
+
+/// What `polytun rekey` rekeys in an IPsec tunnel.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IpsecRekey {
+    /// Every CHILD SA (CREATE_CHILD_SA).
+    Child,
+    /// Every IKE SA (CREATE_CHILD_SA; the CHILD SAs move along).
+    Ike,
+    /// Every IKE SA by reauthentication (a new IKE_SA_INIT + IKE_AUTH).
+    Reauth,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -194,6 +219,12 @@ pub struct IkeSaShow {
     /// E.g. AES_GCM_16-256/PRF_HMAC_SHA2_256/CURVE_25519.
     pub algorithms: String,
     pub age_secs: u64,
+    /// Seconds until the IKE SA is rekeyed (CREATE_CHILD_SA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekey_in_secs: Option<u64>,
+    /// Seconds until the IKE SA is reauthenticated (`reauth_time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reauth_in_secs: Option<u64>,
     pub children: Vec<ChildSaShow>,
 }
 
@@ -216,6 +247,11 @@ pub struct ChildSaShow {
     pub age_secs: u64,
     /// Seconds until the soft lifetime (rekey) is reached.
     pub rekey_in_secs: Option<u64>,
+    /// INSTALLED (carries traffic), REKEYING (our rekey of it is under way),
+    /// REKEYED (replaced, deleted soon), INSTALLED-INBOUND (a rekey's new
+    /// SA, traffic not moved to it yet).
+    #[serde(default)]
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -230,8 +266,19 @@ pub struct ShowReply {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     Show(ShowReply),
-    Ok { message: String },
-    Error { message: String },
+    Ok {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
+    /// An exported key (hex) and where it comes from.
+    Key {
+        tunnel: String,
+        /// E.g. the IKE SA's SPIs.
+        source: String,
+        key_hex: String,
+    },
 }
 
 /// A command from a client and where its reply goes.
@@ -469,11 +516,23 @@ fn render_ike_sa(o: &mut String, name: &str, sa: &IkeSaShow) {
     if !sa.algorithms.is_empty() {
         let _ = writeln!(o, "  {}", sa.algorithms);
     }
-    let _ = writeln!(o, "  established {}s ago", sa.age_secs);
+    let _ = write!(o, "  established {}s ago", sa.age_secs);
+    if let Some(r) = sa.rekey_in_secs {
+        let _ = write!(o, ", rekeying in {r}s");
+    }
+    if let Some(r) = sa.reauth_in_secs {
+        let _ = write!(o, ", reauth in {r}s");
+    }
+    o.push('\n');
     for c in &sa.children {
         let _ = writeln!(
             o,
-            "  {name}: INSTALLED, TUNNEL{}, ESP:{}{}",
+            "  {name}: {}, TUNNEL{}, ESP:{}{}",
+            if c.state.is_empty() {
+                "INSTALLED"
+            } else {
+                &c.state
+            },
             if c.encap { "-in-UDP" } else { "" },
             c.transform,
             if c.esn { "/ESN" } else { "" }
@@ -513,7 +572,29 @@ mod tests {
             c,
             Command::Rekey {
                 tunnel: None,
-                peer: Some("b".into())
+                peer: Some("b".into()),
+                ipsec: None,
+            }
+        );
+        let c: Command =
+            serde_json::from_str(r#"{"cmd":"rekey","ipsec":"ike","tunnel":"site"}"#).unwrap();
+        assert_eq!(
+            c,
+            Command::Rekey {
+                tunnel: Some("site".into()),
+                peer: None,
+                ipsec: Some(IpsecRekey::Ike),
+            }
+        );
+        let c: Command =
+            serde_json::from_str(r#"{"cmd":"export_key","label":"x","length":32}"#).unwrap();
+        assert_eq!(
+            c,
+            Command::ExportKey {
+                tunnel: None,
+                label: "x".into(),
+                context: String::new(),
+                length: 32,
             }
         );
     }

@@ -181,14 +181,25 @@ impl Running {
         }
     }
 
-    async fn rekey(&self, tunnel: Option<String>, peer: Option<String>) -> Reply {
+    async fn rekey(
+        &self,
+        tunnel: Option<String>,
+        peer: Option<String>,
+        what: Option<control::IpsecRekey>,
+    ) -> Reply {
+        use crate::ipsec::rekey::RekeyWhat;
+        let what = match what {
+            None | Some(control::IpsecRekey::Child) => RekeyWhat::Child,
+            Some(control::IpsecRekey::Ike) => RekeyWhat::Ike,
+            Some(control::IpsecRekey::Reauth) => RekeyWhat::Reauth,
+        };
         let mut total = 0;
         for h in &self.ipsec {
             if tunnel.as_ref().is_some_and(|t| *t != h.name) {
                 continue;
             }
             let (tx, rx) = oneshot::channel();
-            let _ = h.commands.send(IpsecCommand::Rekey(tx)).await;
+            let _ = h.commands.send(IpsecCommand::Rekey(what, tx)).await;
             match rx.await {
                 Ok(Ok(n)) => total += n,
                 Ok(Err(e)) if self.ipsec.len() == 1 => return Reply::Error { message: e },
@@ -230,10 +241,58 @@ impl Running {
             Reply::Error {
                 message: "no matching peer".into(),
             }
+        } else if !self.ipsec.is_empty() {
+            Reply::Ok {
+                message: format!("{total} rekey(s) started"),
+            }
         } else {
             Reply::Ok {
                 message: format!("handshake started with {total} peer(s)"),
             }
+        }
+    }
+
+    /// SSKE: IPsec tunnels export from their IKE SA.
+    async fn export_key(
+        &self,
+        tunnel: Option<String>,
+        label: String,
+        context: String,
+        len: usize,
+    ) -> Reply {
+        let mut matching = self
+            .ipsec
+            .iter()
+            .filter(|h| tunnel.as_ref().is_none_or(|t| *t == h.name));
+        let (Some(h), None) = (matching.next(), matching.next()) else {
+            return Reply::Error {
+                message: match tunnel {
+                    Some(t) => format!("no IPsec tunnel `{t}` (key export is IPsec only so far)"),
+                    None => {
+                        "name one IPsec tunnel (--tunnel NAME); key export is IPsec only so far"
+                            .into()
+                    }
+                },
+            };
+        };
+        let (tx, rx) = oneshot::channel();
+        let cmd = IpsecCommand::ExportKey {
+            label: label.into_bytes(),
+            context: context.into_bytes(),
+            len,
+            reply: tx,
+        };
+        let _ = h.commands.send(cmd).await;
+        match rx.await {
+            Ok(Ok(k)) => Reply::Key {
+                tunnel: h.name.clone(),
+                source: format!("IKE SA {}_i {}_r", k.spi_i, k.spi_r),
+                key_hex: k.key.iter().map(|b| format!("{b:02x}")).collect(),
+            },
+            Ok(Err(message)) => Reply::Error { message },
+            Err(_) => Reply::Error {
+                message: format!("tunnel {} did not answer", h.name),
+            },
         }
     }
 
@@ -399,7 +458,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             Some((cmd, reply)) = ctl_rx.recv() => {
                 let r = match cmd {
                     Command::Show => Reply::Show(running.show().await),
-                    Command::Rekey { tunnel, peer } => running.rekey(tunnel, peer).await,
+                    Command::Rekey { tunnel, peer, ipsec } => running.rekey(tunnel, peer, ipsec).await,
+                    Command::ExportKey { tunnel, label, context, length } => {
+                        running.export_key(tunnel, label, context, length).await
+                    }
                     Command::Down => {
                         let _ = reply.send(Reply::Ok { message: "polytund stopping".into() });
                         // The reply is written by the connection's own task;

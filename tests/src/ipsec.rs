@@ -47,7 +47,7 @@ pub fn gen_psk() -> String {
 }
 
 /// One side of an IPsec connection, in swanctl.conf terms.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct IpsecSide {
     pub local_addr: String,
     pub remote_addr: String,
@@ -62,6 +62,157 @@ pub struct IpsecSide {
     /// strongSwan only: rekey the CHILD SA every this many seconds
     /// (CREATE_CHILD_SA), with one second of jitter.
     pub child_rekey_secs: Option<u32>,
+    /// strongSwan only: rekey the IKE SA every this many seconds
+    /// (CREATE_CHILD_SA), with up to two seconds of jitter.
+    pub ike_rekey_secs: Option<u32>,
+    /// strongSwan only: the `rand_time` of those rekeys (default 1 s for the
+    /// CHILD SA, 2 s for the IKE SA).
+    pub swan_rand_secs: Option<u32>,
+    /// strongSwan only: more CHILD SA blocks inside `children { }`.
+    pub swan_children_extra: String,
+    /// polytun only: TOML lines added to the `[[tunnel]]` (the default
+    /// `dpd_delay = "10s"` is left out when these set `dpd_delay`); may end
+    /// with `[[tunnel.child]]` blocks.
+    pub polytun_extra: String,
+}
+
+/// The IKE and CHILD SAs one side holds, by SPI (hex as printed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SaList {
+    /// (state, initiator's SPI, responder's SPI)
+    pub ike: Vec<(String, String, String)>,
+    /// (state, inbound SPI, outbound SPI)
+    pub children: Vec<(String, String, String)>,
+}
+
+impl SaList {
+    /// Parses `swanctl --list-sas`.
+    pub fn from_swanctl(text: &str) -> SaList {
+        let mut l = SaList::default();
+        let mut child: Option<(String, Option<String>)> = None;
+        for line in text.lines() {
+            let t = line.trim_start();
+            let words: Vec<&str> = t.split([',', ' ']).filter(|w| !w.is_empty()).collect();
+            if !line.starts_with(' ') && words.get(3) == Some(&"IKEv2") {
+                // pt: #1, ESTABLISHED, IKEv2, 0123…_i* 4567…_r
+                let spi = |suffix: &str| {
+                    words
+                        .iter()
+                        .find_map(|w| w.trim_end_matches('*').strip_suffix(suffix))
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                l.ike.push((words[2].to_string(), spi("_i"), spi("_r")));
+            } else if words.get(2) == Some(&"reqid") {
+                // net: #2, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:…
+                child = Some((words.get(4).unwrap_or(&"").to_string(), None));
+            } else if let (Some(("in", spi)), Some(c)) = (
+                words.first().zip(words.get(1)).map(|(a, b)| (*a, *b)),
+                child.as_mut(),
+            ) {
+                c.1 = Some(spi.to_string());
+            } else if let (Some(("out", spi)), Some((state, Some(spi_in)))) = (
+                words.first().zip(words.get(1)).map(|(a, b)| (*a, *b)),
+                child.clone(),
+            ) {
+                l.children.push((state, spi_in, spi.to_string()));
+                child = None;
+            }
+        }
+        l
+    }
+
+    /// From `polytun show --json`'s first tunnel.
+    pub fn from_polytun(show: &Value) -> SaList {
+        let mut l = SaList::default();
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        for sa in show["tunnels"][0]["ike_sas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            l.ike
+                .push((s(&sa["state"]), s(&sa["spi_i"]), s(&sa["spi_r"])));
+            for c in sa["children"].as_array().into_iter().flatten() {
+                l.children
+                    .push((s(&c["state"]), s(&c["spi_in"]), s(&c["spi_out"])));
+            }
+        }
+        l
+    }
+
+    /// Do both sides hold the same settled SAs: the same IKE SAs, the same
+    /// CHILD SAs (one side's inbound SPI is the other's outbound), all
+    /// ESTABLISHED / INSTALLED, nothing else (no orphan on either side)?
+    /// CHILD SAs strongSwan lists as DELETED are left out: after a rekey it
+    /// keeps the old inbound SA for `charon.delete_rekeyed_delay` (5 s),
+    /// after both sides deleted it.
+    pub fn agrees_with(&self, peer: &SaList) -> Result<(), String> {
+        let strip = |l: &SaList| SaList {
+            ike: l.ike.clone(),
+            children: l
+                .children
+                .iter()
+                .filter(|c| c.0 != "DELETED")
+                .cloned()
+                .collect(),
+        };
+        let (this, peer) = (&strip(self), &strip(peer));
+        let settled = |l: &SaList| {
+            l.ike.iter().all(|s| s.0 == "ESTABLISHED")
+                && l.children.iter().all(|c| c.0 == "INSTALLED")
+        };
+        if !settled(this) || !settled(peer) {
+            return Err(format!("not settled:\n{this:?}\n{peer:?}"));
+        }
+        let mut ike_a: Vec<(String, String)> = this
+            .ike
+            .iter()
+            .map(|s| (s.1.clone(), s.2.clone()))
+            .collect();
+        let mut ike_b: Vec<(String, String)> = peer
+            .ike
+            .iter()
+            .map(|s| (s.1.clone(), s.2.clone()))
+            .collect();
+        ike_a.sort();
+        ike_b.sort();
+        let mut ch_a: Vec<(String, String)> = this
+            .children
+            .iter()
+            .map(|c| (c.1.clone(), c.2.clone()))
+            .collect();
+        let mut ch_b: Vec<(String, String)> = peer
+            .children
+            .iter()
+            .map(|c| (c.2.clone(), c.1.clone()))
+            .collect();
+        ch_a.sort();
+        ch_b.sort();
+        if ike_a != ike_b || ch_a != ch_b {
+            return Err(format!("IKE SAs {ike_a:?} vs {ike_b:?}; CHILD SAs (in, out) {ch_a:?} vs the peer's (out, in) {ch_b:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// Polls both sides until they hold the same settled SAs (rekeys may be in
+/// flight when one looks); panics with both listings after `timeout`.
+pub fn wait_sas_agree(p: &PolytunIpsec<'_>, c: &Charon<'_>, timeout: Duration) -> SaList {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        let swan_text = c.list_sas();
+        let ours = SaList::from_polytun(&p.show_json());
+        let theirs = SaList::from_swanctl(&swan_text);
+        match ours.agrees_with(&theirs) {
+            Ok(()) => return ours,
+            Err(e) if std::time::Instant::now() >= end => panic!(
+                "polytun and strongSwan do not agree on their SAs after {timeout:?}: {e}\nswanctl --list-sas:\n{swan_text}\npolytun show:\n{}",
+                p.show_text()
+            ),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }
 
 /// Extra settings for one charon: lines added to the `charon { }` section
@@ -361,8 +512,8 @@ swanctl {{
                 remote_ts = {rts}
                 mode = tunnel
                 esp_proposals = {esp}{rekey}
-            }}
-        }}
+            }}{more}
+        }}{ike_rekey}
     }}
 }}
 {secrets}"#,
@@ -378,8 +529,15 @@ swanctl {{
                 .map(|l| format!("\n        {l}"))
                 .collect::<String>(),
             rekey = side.child_rekey_secs.map_or(String::new(), |r| format!(
-                "\n                rekey_time = {r}s\n                life_time = {}s\n                rand_time = 1s",
-                r * 4
+                "\n                rekey_time = {r}s\n                life_time = {}s\n                rand_time = {}s",
+                r * 4,
+                side.swan_rand_secs.unwrap_or(1)
+            )),
+            more = side.swan_children_extra,
+            ike_rekey = side.ike_rekey_secs.map_or(String::new(), |r| format!(
+                "\n        rekey_time = {r}s\n        over_time = {}s\n        rand_time = {}s",
+                r * 2,
+                side.swan_rand_secs.unwrap_or(2)
             )),
         );
         std::fs::write(dir.join("swanctl/swanctl.conf"), swan).unwrap();
@@ -511,7 +669,7 @@ esp_proposals = [{esp}]
 local_ts = ["{lts}"]
 remote_ts = ["{rts}"]
 initiate = {init}
-dpd_delay = "10s"
+{dpd}{extra}
 "#,
         addr = side.local_ts.split('/').next().unwrap(),
         la = side.local_addr,
@@ -523,6 +681,12 @@ dpd_delay = "10s"
         lts = side.local_ts,
         rts = side.remote_ts,
         init = side.initiate,
+        dpd = if side.polytun_extra.contains("dpd_delay") {
+            ""
+        } else {
+            "dpd_delay = \"10s\"\n"
+        },
+        extra = side.polytun_extra,
     )
 }
 
@@ -601,6 +765,14 @@ impl<'a> PolytunIpsec<'a> {
             }
         }
         r
+    }
+
+    /// `polytun ARGS…` (e.g. `rekey --ike`); panics when it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let cli = bins::polytun();
+        let mut argv = vec![cli.to_str().unwrap(), "-i", &self.iface];
+        argv.extend_from_slice(args);
+        self.ns.run_ok(&argv)
     }
 
     /// `polytun down`, then wait for polytund to exit.

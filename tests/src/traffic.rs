@@ -20,6 +20,52 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Starts `ping -c count -i 0.2` from `ns` to `addr` in the background
+/// (5 per second); read its result with [`ping_result`].
+pub fn spawn_ping(ns: &Netns, addr: &str, count: u32) -> u32 {
+    let p = bins::tool("ping");
+    let c = count.to_string();
+    ns.spawn(
+        "ping",
+        &[
+            p.to_str().unwrap(),
+            "-c",
+            &c,
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-D",
+            "-O",
+            addr,
+        ],
+    )
+}
+
+/// The lines of a finished [`spawn_ping`] about pings that got no answer
+/// (with their timestamps).
+pub fn ping_losses(ns: &Netns, pid: u32) -> Vec<String> {
+    ns.log_of(pid)
+        .lines()
+        .filter(|l| l.contains("no answer yet"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits for a ping started by [`spawn_ping`]; returns (sent, received).
+pub fn ping_result(ns: &Netns, pid: u32, timeout: Duration) -> (u32, u32) {
+    ns.wait_exit(pid, timeout)
+        .unwrap_or_else(|| panic!("ping did not finish within {timeout:?}"));
+    let text = ns.log_of(pid);
+    text.lines()
+        .find_map(|l| {
+            let (sent, rest) = l.split_once(" packets transmitted, ")?;
+            let recv = rest.split(' ').next()?;
+            Some((sent.trim().parse().ok()?, recv.parse().ok()?))
+        })
+        .unwrap_or_else(|| panic!("cannot parse ping output: {text}"))
+}
+
 /// `ping -c count` from `ns` to `addr` (0.2 s interval, 1 s wait); returns the loss in percent.
 pub fn ping(ns: &Netns, addr: &str, count: u32) -> f64 {
     let p = bins::tool("ping");

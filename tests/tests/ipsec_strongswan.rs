@@ -23,7 +23,7 @@ fn sides(esp: &str, a_initiates: bool) -> (IpsecSide, IpsecSide) {
         local_ts: format!("{IN_A}/32"),
         remote_ts: format!("{IN_B}/32"),
         initiate: a_initiates,
-        child_rekey_secs: None,
+        ..Default::default()
     };
     let b = IpsecSide {
         local_addr: a.remote_addr.clone(),
@@ -224,55 +224,6 @@ fn ipsec_polytun_polytun_example_configs() {
     );
 }
 
-/// KU: `polytun rekey` replaces the IKE SA (and its CHILD SA) with a new one
-/// (reauthentication, make-before-break) while pings keep flowing; strongSwan ends up with
-/// exactly the new IKE SA.
-#[test]
-fn polytun_rekey_reauthenticates_with_strongswan() {
-    let a = Netns::new("ssrk");
-    let b = Netns::new("ssrk");
-    let (_va, _vb) = veth_pair(&a, &b);
-    let (sa, sb) = sides("aes256gcm16", true);
-    let iface = unique_ifname("ptrk");
-    let c = Charon::start(&b, &sb);
-    let p = PolytunIpsec::start(&a, &iface, &sa);
-    wait_ping(&a, IN_B, Duration::from_secs(20));
-    let spi_of = |p: &PolytunIpsec<'_>| -> Vec<String> {
-        p.ike_sas()
-            .iter()
-            .filter(|s| s["state"] == "ESTABLISHED")
-            .map(|s| s["spi_i"].as_str().unwrap_or_default().to_string())
-            .collect()
-    };
-    let before = spi_of(&p);
-    assert_eq!(before.len(), 1, "{before:?}");
-    let cli = polytun_e2e::bins::polytun();
-    let out = a.run_ok(&[cli.to_str().unwrap(), "-i", &iface, "rekey"]);
-    eprintln!("polytun rekey: {out}");
-    let loss = ping(&a, IN_B, 10);
-    assert_eq!(loss, 0.0, "ping across the rekey lost {loss}%");
-    wait_until("a new IKE SA at polytun", Duration::from_secs(10), || {
-        let now = spi_of(&p);
-        now.iter().any(|s| !before.contains(s))
-    });
-    wait_until(
-        "strongSwan to hold only the new IKE SA",
-        Duration::from_secs(10),
-        || c.list_sas().matches("ESTABLISHED").count() == 1,
-    );
-    let new: Vec<String> = spi_of(&p)
-        .into_iter()
-        .filter(|s| !before.contains(s))
-        .collect();
-    let list = c.list_sas();
-    assert!(
-        list.contains(&new[0]),
-        "strongSwan does not hold the new IKE SA {new:?}:\n{list}"
-    );
-    let loss = ping(&a, IN_B, 10);
-    assert_eq!(loss, 0.0, "ping after the rekey lost {loss}%");
-}
-
 /// NAT traversal: polytun (left, 192.0.2.2) behind a router that masquerades it as 203.0.113.1
 /// initiates to strongSwan (right, 203.0.113.2), which accepts it from any address. IKE moves to
 /// 4500 and ESP flows UDP-encapsulated through the NAT mapping both ways.
@@ -302,58 +253,5 @@ fn polytun_behind_nat_initiates_strongswan() {
     );
 }
 
-/// strongSwan rekeys the CHILD SA (CREATE_CHILD_SA) every ~5 s, polytun
-/// answers; make-before-break must keep a steady ping lossless, and neither
-/// side may keep an orphaned SA.
-fn strongswan_rekeys_child(test: &str, esp: &str) {
-    let a = Netns::new(test);
-    let b = Netns::new(test);
-    let (_va, _vb) = veth_pair(&a, &b);
-    let (sa, mut sb) = sides(esp, false);
-    sb.child_rekey_secs = Some(5);
-    let iface = unique_ifname("ptrk");
-    let p = PolytunIpsec::start(&a, &iface, &sa);
-    let c = Charon::start(&b, &sb);
-    c.initiate();
-    wait_until("the IKE SA at polytun", Duration::from_secs(20), || {
-        p.ike_sas().iter().any(|s| {
-            s["state"] == "ESTABLISHED" && !s["children"].as_array().is_none_or(|c| c.is_empty())
-        })
-    });
-    wait_ping(&a, IN_B, Duration::from_secs(20));
-    // 25 s of pings, 5 per second: four or five rekeys happen meanwhile.
-    let loss = ping(&a, IN_B, 125);
-    let rekeys = p.log().matches("CHILD SA rekeyed").count();
-    assert!(
-        rekeys >= 2,
-        "strongSwan should have rekeyed the CHILD SA several times; polytun saw {rekeys}:\n{}",
-        c.log()
-    );
-    assert_eq!(
-        loss, 0.0,
-        "{loss}% of pings lost across {rekeys} CHILD SA rekeys"
-    );
-    // No orphans: one CHILD SA on each side once the last rekey settled.
-    wait_until("one CHILD SA at polytun", Duration::from_secs(5), || {
-        p.ike_sas()
-            .iter()
-            .map(|s| s["children"].as_array().map_or(0, |c| c.len()))
-            .sum::<usize>()
-            == 1
-    });
-    let list = c.list_sas();
-    assert_eq!(list.matches("INSTALLED").count(), 1, "strongSwan: {list}");
-    let loss = ping(&a, IN_B, 5);
-    assert_eq!(loss, 0.0, "tunnel after the rekeys");
-    eprintln!("{rekeys} CHILD SA rekeys by strongSwan, no ping lost");
-}
-
-#[test]
-fn strongswan_rekeys_child_sa_polytun_follows() {
-    strongswan_rekeys_child("ssrk", "aes256gcm16");
-}
-
-#[test]
-fn strongswan_rekeys_child_sa_with_pfs_polytun_follows() {
-    strongswan_rekeys_child("ssrkp", "aes256gcm16-x25519");
-}
+// The rekey tests (CHILD and IKE SA rekeys by either side, the soak, `polytun rekey`), DPD and
+// several CHILD SAs are in ipsec_strongswan_rekey.rs.

@@ -136,6 +136,10 @@ pub struct Config {
     pub local_ts: Vec<TrafficSelector>,
     /// The peer's side (TSr when initiating).
     pub remote_ts: Vec<TrafficSelector>,
+    /// The (local, remote) selectors of more CHILD SAs: a peer may create
+    /// a CHILD SA for any one pair (`local_ts`/`remote_ts` or one of these),
+    /// narrowed within that pair (§2.9).
+    pub more_children: Vec<(Vec<TrafficSelector>, Vec<TrafficSelector>)>,
     pub child_lifetimes: Limits,
     pub retransmit: Retransmit,
     /// Demand COOKIEs once this many responder SAs are half-open (SAV).
@@ -156,10 +160,13 @@ pub struct Config {
     /// Hard lifetime of an IKE SA: it is closed this long after it was
     /// established if no rekey succeeded by then.
     pub ike_life_time: Option<Duration>,
-    /// Up to this much (and at most a tenth of the rekey time) is taken off
+    /// Up to this much (and at most half of the rekey time) is taken off
     /// each rekey time at random, so that two peers with the same
     /// lifetimes rarely rekey at the same instant (RFC 7296 §2.8.1).
     pub rekey_jitter: Duration,
+    /// Jitter of CHILD SA rekeys (strongSwan's CHILD `rand_time`); `None`:
+    /// `rekey_jitter`. Either is capped at half the rekey time.
+    pub child_rekey_jitter: Option<Duration>,
     /// What to do when DPD (or any retransmission) finds the peer dead.
     pub dpd_action: crate::endpoint::DpdAction,
     /// Announce and use IKE fragmentation (RFC 7383).
@@ -167,6 +174,10 @@ pub struct Config {
     /// Fragment encrypted messages that would make a larger IP datagram
     /// than this (strongSwan's `charon.fragment_size`, default 1280).
     pub fragment_size: usize,
+    /// An established IKE SA whose request (a liveness check, a rekey, …)
+    /// stays unanswered this long is declared dead, even if retransmissions
+    /// remain; `None`: only when every retransmission went unanswered.
+    pub dpd_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -180,6 +191,7 @@ impl Config {
             esp_proposals: vec![EspProposal::aes256gcm()],
             local_ts: vec![any_v4()],
             remote_ts: vec![any_v4()],
+            more_children: Vec::new(),
             child_lifetimes: Limits {
                 soft_time: Some(Duration::from_secs(3240)),
                 hard_time: Some(Duration::from_secs(3600)),
@@ -195,9 +207,11 @@ impl Config {
             ike_rekey_time: Some(Duration::from_secs(4 * 3600)),
             ike_life_time: Some(Duration::from_secs(4 * 3600 + 24 * 60)),
             rekey_jitter: Duration::from_secs(300),
+            child_rekey_jitter: None,
             dpd_action: crate::endpoint::DpdAction::Clear,
             fragmentation: true,
             fragment_size: crate::fragment::DEFAULT_FRAGMENT_SIZE,
+            dpd_timeout: None,
         }
     }
 }
@@ -223,6 +237,23 @@ impl Config {
         let mut c = Config::psk(local_id, remote_id, &[]);
         c.pubkey = Some(auth);
         c
+    }
+
+    /// A responder's narrowing of the initiator's TSi (our remote side) and
+    /// TSr (our local side) to the first configured CHILD SA both fit:
+    /// `Some((local, remote))`, or `None` (TS_UNACCEPTABLE).
+    pub fn narrow(
+        &self,
+        tsi: &[TrafficSelector],
+        tsr: &[TrafficSelector],
+    ) -> Option<(Vec<TrafficSelector>, Vec<TrafficSelector>)> {
+        std::iter::once((&self.local_ts, &self.remote_ts))
+            .chain(self.more_children.iter().map(|(l, r)| (l, r)))
+            .find_map(|(l, r)| {
+                let n_remote = ts_narrow(tsi, r);
+                let n_local = ts_narrow(tsr, l);
+                (!n_remote.is_empty() && !n_local.is_empty()).then_some((n_local, n_remote))
+            })
     }
 }
 

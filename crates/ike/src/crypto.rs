@@ -770,19 +770,56 @@ pub fn child_keymat(
     )
 }
 
-/// A key for the application derived from SK_d (SSKE, RFC 8922): polytun's
-/// documented derivation is prf+(SK_d, "polytun key export" | label | Ni | Nr),
-/// truncated to `len`. It is independent of every key IKE or ESP use, because
-/// those seeds never start with this constant.
+/// The constant every exported key's seed starts with.
+pub const EXPORT_PREFIX: &[u8] = b"polytun key export";
+
+/// A key for the application derived from an IKE SA's SK_d (SSKE, RFC 8922
+/// §5). polytun's documented derivation:
+///
+/// ```text
+/// key = prf+(SK_d, "polytun key export" | L(label) | label | C(context) | context | Ni | Nr)
+/// ```
+///
+/// truncated to `len` octets, where `prf` is the IKE SA's PRF, `L` is one
+/// octet and `C` two octets (big-endian) of length, and Ni, Nr are the
+/// nonces of the exchange that created the IKE SA (IKE_SA_INIT, or the
+/// CREATE_CHILD_SA of its rekey). Both ends of the IKE SA compute the same
+/// key; a rekeyed IKE SA (new SK_d, new nonces) exports different keys. The
+/// key is independent of every IKE and ESP key, whose prf+ seeds never start
+/// with this constant. `label` is 1–255 octets, `context` at most 65535,
+/// `len` at most 255 PRF blocks.
 pub fn export_key(
     prf: PrfAlg,
     sk_d: &[u8],
     label: &[u8],
+    context: &[u8],
     ni: &[u8],
     nr: &[u8],
     len: usize,
-) -> Secret {
-    prf.prf_plus(sk_d, &[b"polytun key export", label, ni, nr], len)
+) -> Result<Secret, ExportError> {
+    if label.is_empty() || label.len() > 255 {
+        return Err(ExportError::Label);
+    }
+    let clen = u16::try_from(context.len()).map_err(|_| ExportError::Context)?;
+    if len == 0 || len > 255 * prf.len() {
+        return Err(ExportError::Length(255 * prf.len()));
+    }
+    let l = [label.len() as u8];
+    let c = clen.to_be_bytes();
+    Ok(prf.prf_plus(sk_d, &[EXPORT_PREFIX, &l, label, &c, context, ni, nr], len))
+}
+
+/// Why a key cannot be exported.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExportError {
+    #[error("the label must be 1 to 255 bytes")]
+    Label,
+    #[error("the context must be at most 65535 bytes")]
+    Context,
+    #[error("the length must be 1 to {0} bytes")]
+    Length(usize),
+    #[error("no established IKE SA")]
+    NoSa,
 }
 
 /// PSK AUTH (§2.15): prf(prf(PSK, "Key Pad for IKEv2"), RealMessage |
@@ -808,6 +845,31 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The documented SSKE derivation, computed by hand with HMAC-SHA-256:
+    /// T1 = HMAC(SK_d, "polytun key export" | 0x03 "app" | 0x0002 "cx" | Ni | Nr | 0x01).
+    #[test]
+    fn export_key_is_the_documented_prf_plus() {
+        use hmac::Mac;
+        let (sk_d, ni, nr) = ([7u8; 32], [1u8; 32], [2u8; 32]);
+        let k = export_key(PrfAlg::HmacSha256, &sk_d, b"app", b"cx", &ni, &nr, 40).unwrap();
+        let mut m =
+            <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(&sk_d).unwrap();
+        m.update(b"polytun key export\x03app\x00\x02cx");
+        m.update(&ni);
+        m.update(&nr);
+        m.update(&[1]);
+        let t1 = m.finalize().into_bytes();
+        assert_eq!(&k[..32], &t1[..]);
+        let mut m =
+            <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(&sk_d).unwrap();
+        m.update(&t1);
+        m.update(b"polytun key export\x03app\x00\x02cx");
+        m.update(&ni);
+        m.update(&nr);
+        m.update(&[2]);
+        assert_eq!(&k[32..], &m.finalize().into_bytes()[..8]);
+    }
 
     #[test]
     fn dh_groups_agree() {

@@ -15,10 +15,10 @@
 //! `rekey.rs`, a child module of this one.
 
 use crate::auth::{self, AuthError};
-use crate::config::{select_esp, select_ike, ts_narrow, ts_subset, Config, IkeChoice};
+use crate::config::{select_esp, select_ike, ts_subset, Config, IkeChoice};
 use crate::crypto::{
-    child_keymat, ct_eq, psk_auth, ChildKeys, DhGroup, DhPrivate, EspTransform, IkeAlgs, IkeKeys,
-    IkeRng, SkKeys,
+    child_keymat, ct_eq, psk_auth, ChildKeys, DhGroup, DhPrivate, EspTransform, ExportError,
+    IkeAlgs, IkeKeys, IkeRng, Secret, SkKeys,
 };
 use crate::fragment::{self, Added, FragDrop, FragState};
 use crate::wire::{
@@ -287,6 +287,8 @@ struct Pending {
     bytes: Vec<Vec<u8>>,
     retries: u32,
     deadline: Instant,
+    /// When it was first sent (for `Config::dpd_timeout`).
+    sent: Instant,
     /// What the request is for (rekey state lives here until the answer).
     op: Op,
 }
@@ -574,6 +576,7 @@ impl Endpoint {
             bytes,
             retries: 0,
             deadline: now + config.retransmit.timeout(0),
+            sent: now,
             op: Op::Other,
         });
     }
@@ -1387,8 +1390,7 @@ impl Endpoint {
         let mut install = None;
         if let (Some(esp), Some(tsi), Some(tsr)) = (esp, tsi, tsr) {
             // initiator's TSi is our remote side, its TSr our local side
-            let n_remote = ts_narrow(&tsi, &self.config.remote_ts);
-            let n_local = ts_narrow(&tsr, &self.config.local_ts);
+            let (n_local, n_remote) = self.config.narrow(&tsi, &tsr).unwrap_or_default();
             match select_esp(&self.config.esp_proposals, &esp) {
                 None => child_failed = Some(notify::NO_PROPOSAL_CHOSEN),
                 Some(_) if n_remote.is_empty() || n_local.is_empty() => {
@@ -1775,7 +1777,10 @@ impl Endpoint {
     }
 
     fn deadline(&self, sa: &IkeSa) -> Option<Instant> {
-        let mut d = sa.pending.as_ref().map(|p| p.deadline);
+        let mut d = sa.pending.as_ref().map(|p| match self.dead_at(sa, p) {
+            Some(t) => p.deadline.min(t),
+            None => p.deadline,
+        });
         if sa.state == State::HalfOpen {
             let t = sa.created + self.config.half_open_timeout;
             d = Some(d.map_or(t, |x| x.min(t)));
@@ -1792,15 +1797,25 @@ impl Endpoint {
         d
     }
 
+    /// When an established SA's unanswered request makes the peer dead
+    /// (`dpd_timeout`), before the retransmissions run out.
+    fn dead_at(&self, sa: &IkeSa, p: &Pending) -> Option<Instant> {
+        match (sa.state, self.config.dpd_timeout) {
+            (State::Established, Some(t)) => Some(p.sent + t),
+            _ => None,
+        }
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         let ids: Vec<SaId> = self.sas.keys().copied().collect();
         for &id in &ids {
             self.rekey_timers(now, id);
         }
         for id in ids {
-            let Some(sa) = self.sas.get_mut(&id) else {
+            let Some(sa) = self.sas.get(&id) else {
                 continue;
             };
+            let dead_at = sa.pending.as_ref().and_then(|p| self.dead_at(sa, p));
             if sa.state == State::HalfOpen && now >= sa.created + self.config.half_open_timeout {
                 self.remove_sa(
                     id,
@@ -1811,9 +1826,13 @@ impl Endpoint {
                 );
                 continue;
             }
+            let Some(sa) = self.sas.get_mut(&id) else {
+                continue;
+            };
             if let Some(p) = &mut sa.pending {
-                if now >= p.deadline {
-                    if p.retries >= self.config.retransmit.tries {
+                let dead = dead_at.is_some_and(|t| now >= t);
+                if now >= p.deadline || dead {
+                    if p.retries >= self.config.retransmit.tries || dead {
                         let deleting = sa.state == State::Deleting;
                         let restart = !deleting
                             && sa.state == State::Established
@@ -1867,6 +1886,26 @@ impl Endpoint {
         if let Some(sa) = self.sas.get_mut(&id) {
             sa.last_heard = now;
         }
+    }
+
+    /// Exports a key from this IKE SA (SSKE), by the derivation documented
+    /// at [`crate::crypto::export_key`]; both ends get the same bytes.
+    pub fn export_key(
+        &self,
+        id: SaId,
+        label: &[u8],
+        context: &[u8],
+        len: usize,
+    ) -> Result<Secret, ExportError> {
+        let sa = self
+            .sas
+            .get(&id)
+            .filter(|s| s.state == State::Established)
+            .ok_or(ExportError::NoSa)?;
+        let (Some(algs), Some(keys)) = (sa.algs, sa.keys.as_ref()) else {
+            return Err(ExportError::NoSa);
+        };
+        crate::crypto::export_key(algs.prf, &keys.sk_d, label, context, &sa.ni, &sa.nr, len)
     }
 
     /// The IKE SA's SPIs (initiator's, responder's), for display.

@@ -32,7 +32,9 @@ pub mod wire;
 pub use auth::{AuthError, Clock, PubkeyAuth, SetupError};
 pub use cert::{CertError, Certificate};
 pub use config::{Config, EspProposal, IkeProposal, Retransmit};
-pub use crypto::{ChildKeys, DhGroup, EncrAlg, EspTransform, IkeAlgs, IntegAlg, PrfAlg};
+pub use crypto::{
+    ChildKeys, DhGroup, EncrAlg, EspTransform, ExportError, IkeAlgs, IntegAlg, PrfAlg,
+};
 pub use endpoint::{
     ChildSaInfo, ChildSaParams, DpdAction, DropReason, Endpoint, Event, FailReason,
     IdentityValidator, IkeStats, Output, SaId,
@@ -53,5 +55,6 @@ pub fn capabilities() -> Capabilities {
         .with(Interface::Sav, "IKE COOKIE above a half-open threshold (RFC 7296 §2.6)")
         .with(Interface::Ct, "INFORMATIONAL Delete of IKE and CHILD SAs")
         .with(Interface::Ku, "CHILD SA and IKE SA rekey on command (CREATE_CHILD_SA, make-before-break, collisions per RFC 7296 §2.8)")
+        .with(Interface::Sske, "keys exported from SK_d: prf+(SK_d, \"polytun key export\" | L | label | C | context | Ni | Nr) (Endpoint::export_key)")
         .with(Interface::Ke, "CHILD SA rekey on the record engine's soft limit (time/bytes/packets) and on IKE/CHILD SA rekey and hard lifetimes from the config")
 }

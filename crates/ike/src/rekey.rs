@@ -37,7 +37,7 @@
 //! SA state never straddles two IKE SAs.
 
 use super::{ChildSaParams, DropReason, Endpoint, Event, IkeSa, Output, SaId, State};
-use crate::config::{select_esp, select_ike, ts_narrow, ts_subset};
+use crate::config::{select_esp, select_ike, ts_subset};
 use crate::crypto::{child_keymat, DhGroup, DhPrivate, EspTransform, IkeKeys};
 use crate::wire::{exchange, notify, proto, Delete, Notify, Payload, TrafficSelector};
 use std::collections::{HashMap, VecDeque};
@@ -335,6 +335,31 @@ impl Endpoint {
         })
     }
 
+    /// The IKE SA's state as `swanctl --list-sas` names it: CONNECTING,
+    /// ESTABLISHED, REKEYING (our rekey of it is in flight), REKEYED
+    /// (replaced, deleted soon) or DELETING.
+    pub fn sa_state(&self, sa: SaId) -> Option<&'static str> {
+        let s = self.sas.get(&sa)?;
+        Some(match s.state {
+            State::InitSent | State::AuthSent | State::HalfOpen => "CONNECTING",
+            State::Deleting => "DELETING",
+            State::Established if s.rk.replaced || s.rk.successor.is_some() => "REKEYED",
+            State::Established if s.rk.ike_rekey.is_some() => "REKEYING",
+            State::Established if s.rk.inactive => "CONNECTING",
+            State::Established => "ESTABLISHED",
+        })
+    }
+
+    /// When this IKE SA is due for its rekey (`None`: not by time, or a
+    /// rekey of it is under way).
+    pub fn ike_rekey_at(&self, sa: SaId) -> Option<Instant> {
+        let s = self.sas.get(&sa)?;
+        if s.state != State::Established || s.rk.inactive || s.rk.replaced {
+            return None;
+        }
+        s.rk.rekey_at
+    }
+
     /// IKE SAs that carry CHILD SAs or can (established, not replaced by
     /// a rekey, not a rekey's redundant or not yet adopted SA).
     pub fn active_sa_ids(&self) -> Vec<SaId> {
@@ -389,8 +414,10 @@ impl Endpoint {
         None
     }
 
-    fn jittered(&mut self, t: Duration) -> Duration {
-        let max = self.config.rekey_jitter.min(t / 10).as_millis() as u64;
+    /// `t` minus a random part of `jitter` (at most half of `t`), like
+    /// strongSwan's `rand_time`.
+    fn jittered(&mut self, t: Duration, jitter: Duration) -> Duration {
+        let max = jitter.min(t / 2).as_millis() as u64;
         let j = if max == 0 {
             0
         } else {
@@ -416,7 +443,11 @@ impl Endpoint {
         outbound: bool,
     ) -> Child {
         let l = self.config.child_lifetimes;
-        let rekey_at = l.soft_time.map(|t| now + self.jittered(t));
+        let jitter = self
+            .config
+            .child_rekey_jitter
+            .unwrap_or(self.config.rekey_jitter);
+        let rekey_at = l.soft_time.map(|t| now + self.jittered(t, jitter));
         Child {
             spi_in,
             spi_out,
@@ -433,7 +464,11 @@ impl Endpoint {
 
     /// Starts the IKE SA's rekey and hard-lifetime clocks.
     pub(super) fn schedule_ike(&mut self, now: Instant, id: SaId) {
-        let rekey = self.config.ike_rekey_time.map(|t| now + self.jittered(t));
+        let jitter = self.config.rekey_jitter;
+        let rekey = self
+            .config
+            .ike_rekey_time
+            .map(|t| now + self.jittered(t, jitter));
         let expire = self.config.ike_life_time.map(|t| now + t);
         if let Some(sa) = self.sas.get_mut(&id) {
             sa.rk.rekey_at = rekey;
@@ -1021,11 +1056,9 @@ impl Endpoint {
         let Some(mut c) = select_esp(&self.config.esp_proposals, props) else {
             return refuse(self, notify::NO_PROPOSAL_CHOSEN, vec![]);
         };
-        let n_remote = ts_narrow(tsi, &self.config.remote_ts);
-        let n_local = ts_narrow(tsr, &self.config.local_ts);
-        if n_remote.is_empty() || n_local.is_empty() {
+        let Some((n_local, n_remote)) = self.config.narrow(tsi, tsr) else {
             return refuse(self, notify::TS_UNACCEPTABLE, vec![]);
-        }
+        };
         let mut ke_out = None;
         let shared = match c.dh {
             None => None,

@@ -550,3 +550,64 @@ fn garbage_is_dropped_without_harm() {
     n.run();
     assert!(n.b.ep.is_established(n.b.ep.sa_ids()[0]));
 }
+
+/// `dpd_timeout` declares the peer dead long before the retransmissions
+/// (4 s × 1.8ⁿ, ~165 s in all) run out.
+#[test]
+fn dpd_timeout_bounds_the_detection() {
+    let mut a = cfg("a.example", "b.example", b"k");
+    a.dpd_interval = Some(Duration::from_secs(5));
+    a.dpd_timeout = Some(Duration::from_secs(12));
+    let mut n = Net::new(a, cfg("b.example", "a.example", b"k"));
+    n.connect();
+    let t0 = n.now;
+    n.drop = (0..1000).collect();
+    for _ in 0..10 {
+        n.tick();
+        if n.a.failed().is_some() {
+            break;
+        }
+    }
+    assert_eq!(n.a.failed(), Some(FailReason::Timeout));
+    let took = n.now - t0;
+    assert!(
+        took <= Duration::from_secs(5 + 12),
+        "peer declared dead after {took:?}, not within dpd_delay + dpd_timeout"
+    );
+    assert!(took >= Duration::from_secs(12), "too early: {took:?}");
+}
+
+/// SSKE: both ends of an IKE SA export the same key; label, context and
+/// length each change it; bad arguments are refused.
+#[test]
+fn exported_keys_agree_and_depend_on_label_and_context() {
+    let mut n = Net::new(
+        cfg("a.example", "b.example", b"k"),
+        cfg("b.example", "a.example", b"k"),
+    );
+    n.connect();
+    let (sa_a, sa_b) = (n.a.ep.sa_ids()[0], n.b.ep.sa_ids()[0]);
+    let ka = n.a.ep.export_key(sa_a, b"app", b"ctx", 32).unwrap();
+    let kb = n.b.ep.export_key(sa_b, b"app", b"ctx", 32).unwrap();
+    assert_eq!(*ka, *kb);
+    assert_eq!(ka.len(), 32);
+    let other_label = n.a.ep.export_key(sa_a, b"app2", b"ctx", 32).unwrap();
+    let other_ctx = n.a.ep.export_key(sa_a, b"app", b"", 32).unwrap();
+    let longer = n.a.ep.export_key(sa_a, b"app", b"ctx", 64).unwrap();
+    assert_ne!(*ka, *other_label);
+    assert_ne!(*ka, *other_ctx);
+    assert_eq!(&longer[..32], &ka[..], "prf+ output is a stream");
+    use polytun_ike::ExportError;
+    assert_eq!(
+        n.a.ep.export_key(sa_a, b"", b"", 32).unwrap_err(),
+        ExportError::Label
+    );
+    assert!(matches!(
+        n.a.ep.export_key(sa_a, b"x", b"", 100_000).unwrap_err(),
+        ExportError::Length(_)
+    ));
+    assert_eq!(
+        n.a.ep.export_key(12345, b"x", b"", 32).unwrap_err(),
+        ExportError::NoSa
+    );
+}

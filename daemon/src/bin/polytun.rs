@@ -31,12 +31,38 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Start a new handshake now (key update), with one peer or all.
+    /// Start a new handshake now (key update), with one peer or all. IPsec:
+    /// rekeys the CHILD SAs (CREATE_CHILD_SA), or with --ike the IKE SAs,
+    /// or with --reauth reauthenticates (like `swanctl --rekey`).
     Rekey {
         /// Peer name or public key.
         peer: Option<String>,
         #[arg(long)]
         tunnel: Option<String>,
+        /// IPsec: rekey the CHILD SAs (the default).
+        #[arg(long, conflicts_with_all = ["ike", "reauth"])]
+        child: bool,
+        /// IPsec: rekey the IKE SAs (their CHILD SAs move along).
+        #[arg(long, conflicts_with = "reauth")]
+        ike: bool,
+        /// IPsec: reauthenticate (a new IKE SA with new CHILD SAs replaces the old one).
+        #[arg(long)]
+        reauth: bool,
+    },
+    /// Export a key derived from the tunnel's current key (IPsec: from the
+    /// IKE SA's SK_d, see crates/ike); prints it in hex.
+    ExportKey {
+        #[arg(long)]
+        tunnel: Option<String>,
+        /// What the key is for (1-255 bytes); different labels give independent keys.
+        #[arg(long)]
+        label: String,
+        /// Optional context bound into the key.
+        #[arg(long, default_value = "")]
+        context: String,
+        /// Key length in bytes.
+        #[arg(long, default_value_t = 32)]
+        length: usize,
     },
     /// Stop the daemon, closing every tunnel.
     Down,
@@ -147,11 +173,53 @@ fn main() -> ExitCode {
             Ok(other) => Err(format!("unexpected reply {other:?}")),
             Err(e) => Err(e),
         },
-        Cmd::Rekey { peer, tunnel } => match request(
+        Cmd::ExportKey {
+            tunnel,
+            label,
+            context,
+            length,
+        } => match request(
+            &cli,
+            Command::ExportKey {
+                tunnel: tunnel.clone(),
+                label: label.clone(),
+                context: context.clone(),
+                length: *length,
+            },
+        ) {
+            Ok(Reply::Key {
+                tunnel,
+                source,
+                key_hex,
+            }) => {
+                eprintln!("tunnel {tunnel}: {source}");
+                println!("{key_hex}");
+                Ok(())
+            }
+            Ok(Reply::Error { message }) => Err(message),
+            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Err(e) => Err(e),
+        },
+        Cmd::Rekey {
+            peer,
+            tunnel,
+            child,
+            ike,
+            reauth,
+        } => match request(
             &cli,
             Command::Rekey {
                 tunnel: tunnel.clone(),
                 peer: peer.clone(),
+                ipsec: if *reauth {
+                    Some(control::IpsecRekey::Reauth)
+                } else if *ike {
+                    Some(control::IpsecRekey::Ike)
+                } else if *child {
+                    Some(control::IpsecRekey::Child)
+                } else {
+                    None
+                },
             },
         ) {
             Ok(Reply::Ok { message }) => {

@@ -5,8 +5,8 @@
 
 use ipnet::IpNet;
 use polytun_ike::{
-    Certificate, DhGroup, EncrAlg, EspProposal, Identity, IkeProposal, IntegAlg, PrfAlg,
-    PrivateKey, PubkeyAuth, SetupError,
+    Certificate, DhGroup, DpdAction, EncrAlg, EspProposal, Identity, IkeProposal, IntegAlg,
+    PrfAlg, PrivateKey, PubkeyAuth, SetupError,
 };
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -36,10 +36,11 @@ pub struct RawIpsec<'a> {
     pub local_ts: Option<&'a [String]>,
     pub remote_ts: Option<&'a [String]>,
     pub initiate: Option<bool>,
-    pub lifetime: Option<&'a str>,
-    pub rekey_time: Option<&'a str>,
+    pub lifetimes: super::rekey::RawLifetimes<'a>,
     pub dpd_delay: Option<&'a str>,
     pub fragment_size: Option<usize>,
+    pub dpd_timeout: Option<&'a str>,
+    pub dpd_action: Option<&'a str>,
     pub listen_port: Option<u16>,
     pub interface_addresses: &'a [IpNet],
 }
@@ -63,14 +64,19 @@ pub struct Ipsec {
     pub local_ts: Vec<IpNet>,
     pub remote_ts: Vec<IpNet>,
     pub initiate: bool,
-    /// CHILD SA hard lifetime (the SA is gone).
-    pub lifetime: Duration,
-    /// CHILD SA soft lifetime (time to rekey).
-    pub rekey_time: Duration,
+    /// When CHILD and IKE SAs are rekeyed, expire, are reauthenticated.
+    pub lifetimes: super::rekey::Lifetimes,
     pub dpd_delay: Option<Duration>,
     /// IKE fragmentation (RFC 7383) above this IP datagram size
     /// (strongSwan's `charon.fragment_size`).
     pub fragment_size: usize,
+    /// An unanswered liveness check (or any request) declares the peer
+    /// dead after this long; `None`: after the retransmissions (~165 s).
+    pub dpd_timeout: Option<Duration>,
+    pub dpd_action: DpdAction,
+    /// More CHILD SAs (`[[tunnel.child]]`), created with CREATE_CHILD_SA
+    /// after IKE_AUTH, which carries the first one (`local_ts`/`remote_ts`).
+    pub children: Vec<Child>,
     /// The IKE port (500); NAT-T is always this + 4000 when 500, else 4500.
     pub ike_port: u16,
 }
@@ -140,7 +146,59 @@ impl Ipsec {
     }
 }
 
+/// One more CHILD SA of a tunnel (a `[[tunnel.child]]` block).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    pub name: String,
+    pub local_ts: Vec<IpNet>,
+    pub remote_ts: Vec<IpNet>,
+}
+
+/// A `[[tunnel.child]]` block as written.
+pub struct RawChild<'a> {
+    pub name: Option<&'a str>,
+    pub local_ts: Option<&'a [String]>,
+    pub remote_ts: Option<&'a [String]>,
+}
+
 type Err = (&'static str, String);
+
+/// Validates a `[[tunnel.child]]` block of tunnel `t` (index `i` among the
+/// blocks): its own selectors, same proposals and lifetimes as the tunnel.
+pub fn validate_child(r: &RawChild<'_>, i: usize, t: &Ipsec) -> Result<Child, Err> {
+    let local_ts = match r.local_ts {
+        Some(v) if !v.is_empty() => nets("local_ts", v)?,
+        Some(_) => return Err(("local_ts", "empty: give at least one subnet".into())),
+        None => t.local_ts.clone(),
+    };
+    let remote_ts = nets("remote_ts", r.remote_ts.unwrap_or_default())?;
+    if remote_ts.is_empty() {
+        return Err((
+            "remote_ts",
+            "missing: the subnets behind the peer this CHILD SA carries (e.g. [\"10.3.0.0/16\"])"
+                .into(),
+        ));
+    }
+    let all_remote = t
+        .remote_ts
+        .iter()
+        .chain(t.children.iter().flat_map(|c| c.remote_ts.iter()));
+    for n in &remote_ts {
+        if let Some(o) = all_remote.clone().find(|o| o.contains(n) || n.contains(*o)) {
+            return Err((
+                "remote_ts",
+                format!("{n} overlaps {o} of another CHILD SA of this tunnel: the data path chooses the CHILD SA by destination, so each needs its own remote subnets"),
+            ));
+        }
+    }
+    Ok(Child {
+        name: r
+            .name
+            .map_or_else(|| format!("child{}", i + 1), str::to_string),
+        local_ts,
+        remote_ts,
+    })
+}
 
 /// A duration: `20s`, `5m`, `1h`, `2d`, or a number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -664,24 +722,7 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
             "missing: the subnets behind the peer (e.g. [\"10.2.0.0/16\"])".into(),
         ));
     }
-    let lifetime = match r.lifetime {
-        Some(s) => parse_duration(s).map_err(|m| ("lifetime", m))?,
-        None => Duration::from_secs(3600),
-    };
-    let rekey_time = match r.rekey_time {
-        Some(s) => parse_duration(s).map_err(|m| ("rekey_time", m))?,
-        None => lifetime.mul_f64(0.9),
-    };
-    if lifetime.is_zero() || rekey_time.is_zero() || rekey_time > lifetime {
-        return Err((
-            "rekey_time",
-            format!(
-                "rekey_time ({}s) must be > 0 and at most lifetime ({}s)",
-                rekey_time.as_secs(),
-                lifetime.as_secs()
-            ),
-        ));
-    }
+    let lifetimes = super::rekey::Lifetimes::validate(&r.lifetimes)?;
     let dpd_delay = match r.dpd_delay {
         Some(s) => Some(parse_duration(s).map_err(|m| ("dpd_delay", m))?).filter(|d| !d.is_zero()),
         None => None,
@@ -699,6 +740,35 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
             ),
         ));
     }
+    let dpd_timeout = match r.dpd_timeout {
+        Some(s) => {
+            Some(parse_duration(s).map_err(|m| ("dpd_timeout", m))?).filter(|d| !d.is_zero())
+        }
+        None => None,
+    };
+    // swanctl's default is clear; an initiating tunnel (start_action =
+    // start in swanctl terms) is kept up, so it restarts by default
+    let dpd_action = match r.dpd_action {
+        None => {
+            if initiate {
+                DpdAction::Restart
+            } else {
+                DpdAction::Clear
+            }
+        }
+        Some("clear") | Some("none") => DpdAction::Clear,
+        Some("restart") => DpdAction::Restart,
+        Some("trap") => return Err((
+            "dpd_action",
+            "`trap` (install a trap policy and renegotiate on traffic) is not supported; use \"restart\" to renegotiate at once or \"clear\"".into(),
+        )),
+        Some(o) => {
+            return Err((
+                "dpd_action",
+                format!("unknown `{o}` (expected \"clear\" or \"restart\")"),
+            ))
+        }
+    };
     if r.listen_port.is_some_and(|p| p != 500) {
         return Err((
             "listen_port",
@@ -717,10 +787,12 @@ pub fn validate(r: &RawIpsec<'_>) -> Result<Ipsec, Err> {
         local_ts,
         remote_ts,
         initiate,
-        lifetime,
-        rekey_time,
+        lifetimes,
         dpd_delay,
         fragment_size,
+        dpd_timeout,
+        dpd_action,
+        children: Vec::new(),
         ike_port: 500,
     })
 }

@@ -79,6 +79,7 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
     // (where, destination, tunnel) of each sealed packet, in TUN order
     let mut out: Vec<(Sealed, SocketAddr, usize)> = Vec::with_capacity(TUN_BATCH);
     let mut expiring: Vec<(usize, u32)> = Vec::new();
+    let mut expired: Vec<(usize, u32)> = Vec::new();
     let mut errors = 0u64;
     loop {
         crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await;
@@ -86,6 +87,7 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
         out.clear();
         expiring.clear();
+        expired.clear();
         spill.clear();
         // packets whose SA wanted another layout, and the last such transform
         let mut misfits = 0usize;
@@ -136,12 +138,20 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
                         ob.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
                         out.push((at, ob.dst, ti));
                     }
-                    Err(_) => DropCounters::bump(&set[ti].drops.expired_key),
+                    Err(e) => {
+                        DropCounters::bump(&set[ti].drops.expired_key);
+                        if is_expired(&e) && !expired.contains(&(ti, spi)) {
+                            expired.push((ti, spi));
+                        }
+                    }
                 }
             }
         }
         for &(ti, spi) in &expiring {
             let _ = set[ti].to_control.try_send(ToControl::KeyExpiring { spi });
+        }
+        for &(ti, spi) in &expired {
+            let _ = set[ti].to_control.try_send(ToControl::KeyExpired { spi });
         }
         send_sealed(&batch, &spill, &out, &set, &mut errors).await;
         // Most packets wanted another layout: follow them from the next read
@@ -214,6 +224,14 @@ async fn send_sealed(
     }
 }
 
+/// A seal refused because the SA is past a hard limit (not for want of room).
+fn is_expired(e: &polytun_esp::EspSealError) -> bool {
+    matches!(
+        e,
+        polytun_esp::EspSealError::Seal(polytun_core::SealError::Expired(_))
+    )
+}
+
 fn count_open_error(shared: &Shared, e: EspOpenError) {
     let d = &shared.drops;
     let c = match e {
@@ -238,6 +256,7 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
     // when the control task last heard of traffic on each IKE SA
     let mut noted: Vec<(SaId, Instant)> = Vec::new();
     let mut expiring: Vec<u32> = Vec::new();
+    let mut expired: Vec<u32> = Vec::new();
     let mut errors = 0u64;
     loop {
         let n = {
@@ -258,6 +277,7 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
         let now = Instant::now();
         alive.clear();
         expiring.clear();
+        expired.clear();
         let mut datagrams = metas[..n].iter().enumerate().flat_map(|(i, m)| {
             let stride = if m.stride == 0 { m.len } else { m.stride };
             let len = m.len.min(UDP_BUF);
@@ -303,6 +323,11 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                             let opened = match ib.sa.open(now, &mut p) {
                                 Ok(o) => o,
                                 Err(e) => {
+                                    if matches!(e, EspOpenError::Open(OpenError::Expired(_)))
+                                        && !expired.contains(&spi)
+                                    {
+                                        expired.push(spi);
+                                    }
                                     count_open_error(&shared, e);
                                     continue;
                                 }
@@ -375,6 +400,9 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
         }
         for &spi in &expiring {
             let _ = shared.to_control.try_send(ToControl::KeyExpiring { spi });
+        }
+        for &spi in &expired {
+            let _ = shared.to_control.try_send(ToControl::KeyExpired { spi });
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod datapath;
+pub mod rekey;
 pub mod state;
 pub mod tunnel;
 
@@ -23,11 +24,15 @@ pub fn capabilities() -> polytun_core::Capabilities {
     polytun_ike::capabilities()
         .with(
             Interface::Ku,
-            "`polytun rekey`: a new IKE SA replaces the current one (reauthentication, make-before-break); no CREATE_CHILD_SA rekey yet",
+            "`polytun rekey` (CHILD SAs), `--ike` (IKE SAs) with CREATE_CHILD_SA, make-before-break; `--reauth` reauthenticates",
         )
         .with(
             Interface::Ke,
-            "a CHILD SA's soft lifetime (rekey_time) starts the same reauthentication; the hard lifetime retires it",
+            "CHILD SAs rekeyed at rekey_time (jittered by rand_time) or on the record engine's KeyExpiring (rekey_bytes/rekey_packets), deleted at the hard limits; IKE SAs rekeyed at ike_rekey_time; reauth_time",
+        )
+        .with(
+            Interface::Sske,
+            "`polytun export-key`: prf+(SK_d, \"polytun key export\" | label | context | Ni | Nr)",
         )
 }
 

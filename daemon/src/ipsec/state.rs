@@ -60,6 +60,8 @@ pub enum ToControl {
     Traffic { ike_sa: SaId },
     /// An SA crossed its soft lifetime.
     KeyExpiring { spi: u32 },
+    /// An SA refused a packet: it is past its hard lifetime.
+    KeyExpired { spi: u32 },
 }
 
 pub struct Shared {

@@ -2,21 +2,26 @@
 //! timers, the UDP 500/4500 sockets' receivers and the kernel routes, and it
 //! is the only writer of the tables the ESP data path reads.
 //!
-//! An initiating tunnel connects at start and again after a failure, a
-//! peer's DELETE or a DPD timeout, with back-off (1 s doubling to 30 s).
-//! `polytun rekey` and a CHILD SA's soft lifetime start a new IKE SA
-//! (reauthentication, make-before-break: the old SAs keep working until
-//! the new ones are installed, then the old IKE SA is deleted).
+//! An initiating tunnel connects at start and again after a failure or a
+//! peer's DELETE, with back-off (1 s doubling to 30 s); after a DPD timeout
+//! it follows `dpd_action` (`restart`: at once, `clear`: not at all).
+//! Once the IKE SA is up, the `[[tunnel.child]]` CHILD SAs are created with
+//! CREATE_CHILD_SA. Rekeys (CREATE_CHILD_SA, both roles, on time, on the
+//! record engine's soft limits and on `polytun rekey`) and
+//! reauthentication follow the policy in [`super::rekey`].
 
 use super::config::Ipsec;
 use super::datapath;
+use super::rekey::{self, Reauth, RekeyWhat};
 use super::state::{ChildStats, Inbound, Outbound, Shared, Tables, ToControl};
 use super::{esp_keymat, esp_transform, ike_algs_name, nets_of, ts_of};
 use crate::control::{ChildSaShow, IkeSaShow, IkeShow, TunnelShow};
 use crate::wg::state::DropCounters;
 use ipnet::IpNet;
 use polytun_esp::{Direction, EspSa, SaParams, Transform};
-use polytun_ike::{ChildSaParams, Endpoint, Event, Identity, IkeAlgs, Output, SaId};
+use polytun_ike::{
+    ChildSaParams, DpdAction, Endpoint, Event, FailReason, Identity, IkeAlgs, Output, SaId,
+};
 use polytun_io::{RouteOptions, Tun, UdpSocket};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -34,8 +39,16 @@ const KEEPALIVE: Duration = Duration::from_secs(20);
 
 pub enum IpsecCommand {
     Show(oneshot::Sender<TunnelShow>),
-    /// Key update on demand (KU): a new IKE SA replacing the current one.
-    Rekey(oneshot::Sender<Result<usize, String>>),
+    /// Key update on demand (KU): rekey the CHILD SAs, the IKE SAs, or
+    /// reauthenticate; replies how many were started.
+    Rekey(RekeyWhat, oneshot::Sender<Result<usize, String>>),
+    /// SSKE: a key exported from the (newest) IKE SA's SK_d.
+    ExportKey {
+        label: Vec<u8>,
+        context: Vec<u8>,
+        len: usize,
+        reply: oneshot::Sender<Result<ExportedKey, String>>,
+    },
     /// Delete every IKE SA (INFORMATIONAL Delete), then stop.
     Shutdown,
 }
@@ -45,6 +58,14 @@ pub struct IpsecHandle {
     pub shared: Arc<Shared>,
     pub commands: mpsc::Sender<IpsecCommand>,
     pub task: JoinHandle<()>,
+}
+
+/// An exported key and the IKE SA it comes from.
+pub struct ExportedKey {
+    pub key: zeroize::Zeroizing<Vec<u8>>,
+    /// The IKE SA's SPIs, hex (initiator's, responder's).
+    pub spi_i: String,
+    pub spi_r: String,
 }
 
 struct IkeInfo {
@@ -64,7 +85,9 @@ struct ChildInfo {
     ts_remote: Vec<IpNet>,
     stats: Arc<ChildStats>,
     installed: Instant,
-    rekey_at: Option<Instant>,
+    /// Carries outbound traffic: a new CHILD SA at once, a rekey's new SA
+    /// only from its switch (until then the peer may not have its key).
+    outbound: bool,
 }
 
 struct Control {
@@ -77,10 +100,13 @@ struct Control {
     sas: HashMap<SaId, IkeInfo>,
     /// By inbound SPI.
     children: HashMap<u32, ChildInfo>,
-    /// The IKE SA this (initiating) tunnel keeps up.
+    /// The IKE SA this tunnel keeps up (initiating, or restarting after DPD).
     current: Option<SaId>,
-    /// Replaced by `current` once it is established (reauthentication).
-    replacing: Vec<SaId>,
+    /// Reauthentication: its clock and which new IKE SA replaces which.
+    reauth: Reauth,
+    /// Where the peer was last seen (a responder restarts to it after DPD).
+    last_remote: Option<SocketAddr>,
+    rng: rand_core::OsRng,
     reconnect_at: Option<Instant>,
     backoff: Duration,
     next_keepalive: Instant,
@@ -139,16 +165,26 @@ fn ike_config(cfg: &Ipsec) -> polytun_ike::Config {
     c.esp_proposals = cfg.esp_proposals.clone();
     c.local_ts = cfg.local_ts.iter().map(ts_of).collect();
     c.remote_ts = cfg.remote_ts.iter().map(ts_of).collect();
-    c.child_lifetimes = polytun_core::Limits {
-        soft_time: Some(cfg.rekey_time),
-        hard_time: Some(cfg.lifetime),
-        ..Default::default()
-    };
+    cfg.lifetimes.apply(&mut c);
+    // the selectors of every CHILD SA are acceptable when the peer
+    // creates it (narrowed per CHILD SA); IKE_AUTH carries the first
+    c.more_children = cfg
+        .children
+        .iter()
+        .map(|ch| {
+            (
+                ch.local_ts.iter().map(ts_of).collect(),
+                ch.remote_ts.iter().map(ts_of).collect(),
+            )
+        })
+        .collect();
     // userspace ESP has no raw sockets: always UDP-encapsulate, as
     // strongSwan's kernel-libipsec does
     c.force_encap = true;
     c.dpd_interval = cfg.dpd_delay;
     c.fragment_size = cfg.fragment_size;
+    c.dpd_timeout = cfg.dpd_timeout;
+    c.dpd_action = cfg.dpd_action;
     c
 }
 
@@ -188,7 +224,9 @@ pub fn spawn(name: &str, cfg: &Ipsec, tun: Arc<Tun>) -> std::io::Result<IpsecHan
         sas: HashMap::new(),
         children: HashMap::new(),
         current: None,
-        replacing: Vec::new(),
+        reauth: Reauth::new(&cfg.lifetimes),
+        last_remote: None,
+        rng: rand_core::OsRng,
         reconnect_at: cfg.initiate.then_some(now),
         backoff: BACKOFF_MIN,
         next_keepalive: now + KEEPALIVE,
@@ -213,9 +251,13 @@ pub fn spawn(name: &str, cfg: &Ipsec, tun: Arc<Tun>) -> std::io::Result<IpsecHan
 impl Control {
     fn deadline(&self) -> Option<Instant> {
         let mut d = self.ep.poll_timeout();
-        for t in [self.reconnect_at, Some(self.next_keepalive)]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.reconnect_at,
+            Some(self.next_keepalive),
+            self.reauth.deadline(),
+        ]
+        .into_iter()
+        .flatten()
         {
             d = Some(d.map_or(t, |x| x.min(t)));
         }
@@ -247,7 +289,10 @@ impl Control {
                 cmd = commands.recv() => match cmd {
                     None | Some(IpsecCommand::Shutdown) => break,
                     Some(IpsecCommand::Show(tx)) => { let _ = tx.send(self.show()); }
-                    Some(IpsecCommand::Rekey(tx)) => { let _ = tx.send(self.reauthenticate("on demand")); }
+                    Some(IpsecCommand::Rekey(what, tx)) => { let _ = tx.send(self.rekey(what)); }
+                    Some(IpsecCommand::ExportKey { label, context, len, reply }) => {
+                        let _ = reply.send(self.export_key(&label, &context, len));
+                    }
                 },
                 _ = sleep => self.on_timer(),
             }
@@ -313,12 +358,19 @@ impl Control {
             }
             ToControl::Traffic { ike_sa } => self.ep.on_child_traffic(now, ike_sa),
             ToControl::KeyExpiring { spi } => {
-                tracing::info!(
-                    "tunnel {}: CHILD SA {spi:08x} reached its soft lifetime",
-                    self.name
-                );
-                if let Err(e) = self.reauthenticate("soft lifetime") {
-                    tracing::debug!("tunnel {}: {e}", self.name);
+                if rekey::on_key_expiring(&mut self.ep, now, spi) {
+                    tracing::info!(
+                        "tunnel {}: SA {spi:08x} reached a soft limit; rekeying its CHILD SA",
+                        self.name
+                    );
+                }
+            }
+            ToControl::KeyExpired { spi } => {
+                if rekey::on_key_expired(&mut self.ep, now, spi) {
+                    tracing::warn!(
+                        "tunnel {}: SA {spi:08x} reached a hard limit before it was rekeyed; CHILD SA deleted",
+                        self.name
+                    );
                 }
             }
         }
@@ -330,6 +382,10 @@ impl Control {
         if self.reconnect_at.is_some_and(|t| now >= t) {
             self.reconnect_at = None;
             self.connect(now);
+        }
+        for sa in self.reauth.take_due(now) {
+            tracing::info!("tunnel {}: IKE SA {sa:016x} reached reauth_time", self.name);
+            self.reauthenticate(sa);
         }
         if now >= self.next_keepalive {
             self.next_keepalive = now + KEEPALIVE;
@@ -344,10 +400,19 @@ impl Control {
     }
 
     fn connect(&mut self, now: Instant) {
-        let Some(host) = self.cfg.remote_host() else {
-            return;
+        let remote = match self.cfg.remote_host() {
+            Some(host) => SocketAddr::new(host, self.cfg.ike_port),
+            None => match self.last_remote {
+                Some(r) => r,
+                None => return,
+            },
         };
-        let remote = SocketAddr::new(host, self.cfg.ike_port);
+        let id = self.initiate(now, remote);
+        self.current = Some(id);
+    }
+
+    /// A new IKE SA to `remote` (not yet the tunnel's current one).
+    fn initiate(&mut self, now: Instant, remote: SocketAddr) -> SaId {
         let id = self.ep.connect(now, remote);
         tracing::info!(
             "tunnel {}: initiating IKE SA {id:016x} to {remote}",
@@ -362,37 +427,95 @@ impl Control {
                 remote,
             },
         );
-        self.current = Some(id);
+        id
     }
 
-    /// A new IKE SA (and CHILD SA) replacing the current one.
-    fn reauthenticate(&mut self, why: &str) -> Result<usize, String> {
-        if !self.cfg.initiate {
-            return Err(format!(
-                "tunnel {}: a responder (initiate = false) leaves rekeying to the initiator; CREATE_CHILD_SA rekeying is not in this build",
-                self.name
-            ));
-        }
-        let Some(cur) = self.current.filter(|c| self.ep.is_established(*c)) else {
+    /// KU (`polytun rekey`): CHILD SAs or IKE SAs by CREATE_CHILD_SA, or
+    /// reauthentication.
+    fn rekey(&mut self, what: RekeyWhat) -> Result<usize, String> {
+        let now = Instant::now();
+        let active = self.ep.active_sa_ids();
+        if active.is_empty() {
             return Err(format!(
                 "tunnel {}: no established IKE SA to rekey",
                 self.name
             ));
-        };
-        if !self.replacing.is_empty() {
-            return Ok(1); // already under way
         }
+        let n = match what {
+            RekeyWhat::Reauth => active
+                .into_iter()
+                .filter(|sa| self.reauthenticate(*sa))
+                .count(),
+            _ => rekey::rekey_now(&mut self.ep, now, what),
+        };
         tracing::info!(
-            "tunnel {}: reauthenticating IKE SA {cur:016x} ({why})",
+            "tunnel {}: rekey of the {} on demand: {n} started",
+            self.name,
+            match what {
+                RekeyWhat::Child => "CHILD SAs",
+                RekeyWhat::Ike => "IKE SAs",
+                RekeyWhat::Reauth => "IKE SAs by reauthentication",
+            }
+        );
+        if n == 0 {
+            return Err(format!(
+                "tunnel {}: nothing to rekey (a rekey is already under way)",
+                self.name
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Starts a new IKE SA (with its CHILD SAs) to replace `old`; the old
+    /// one is deleted once the new one is established (make-before-break).
+    fn reauthenticate(&mut self, old: SaId) -> bool {
+        if self.reauth.in_progress(old) || !self.ep.is_established(old) {
+            return false;
+        }
+        let Some(remote) = self.sas.get(&old).map(|i| i.remote) else {
+            return false;
+        };
+        let new = self.initiate(Instant::now(), remote);
+        tracing::info!(
+            "tunnel {}: reauthenticating IKE SA {old:016x} with a new IKE SA {new:016x}",
             self.name
         );
-        self.replacing.push(cur);
-        self.connect(Instant::now());
-        Ok(1)
+        self.reauth.started(old, new);
+        if self.current == Some(old) {
+            self.current = Some(new);
+        }
+        true
+    }
+
+    /// SSKE from the newest established IKE SA.
+    fn export_key(&self, label: &[u8], context: &[u8], len: usize) -> Result<ExportedKey, String> {
+        let now = Instant::now();
+        let sa = self
+            .ep
+            .active_sa_ids()
+            .into_iter()
+            .min_by_key(|id| self.ep.age(*id, now))
+            .ok_or_else(|| format!("tunnel {}: no established IKE SA", self.name))?;
+        let key = self
+            .ep
+            .export_key(sa, label, context, len)
+            .map_err(|e| format!("tunnel {}: {e}", self.name))?;
+        let hex8 = |s: [u8; 8]| s.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let (i, r) = self.ep.spis(sa).unwrap_or_default();
+        Ok(ExportedKey {
+            key,
+            spi_i: hex8(i),
+            spi_r: hex8(r),
+        })
+    }
+
+    /// Does this tunnel bring its IKE SA back when it is lost?
+    fn keeps_up(&self) -> bool {
+        self.cfg.initiate || self.cfg.dpd_action == DpdAction::Restart
     }
 
     fn schedule_reconnect(&mut self, why: &str) {
-        if self.stopping || !self.cfg.initiate {
+        if self.stopping || !self.keeps_up() {
             return;
         }
         let at = Instant::now() + self.backoff;
@@ -464,24 +587,50 @@ impl Control {
                 info.peer = Some(peer);
                 info.algs = Some(algs);
                 info.remote = remote;
+                self.last_remote = Some(remote);
+                let now = Instant::now();
                 if Some(sa) == self.current {
                     self.backoff = BACKOFF_MIN;
-                    let now = Instant::now();
-                    for old in std::mem::take(&mut self.replacing) {
-                        tracing::info!("tunnel {}: deleting replaced IKE SA {old:016x}", self.name);
-                        self.ep.close(now, old);
-                    }
                 }
+                if let Some(old) = self.reauth.established(&mut self.rng, now, sa) {
+                    tracing::info!(
+                        "tunnel {}: reauthenticated; deleting the replaced IKE SA {old:016x}",
+                        self.name
+                    );
+                    self.ep.close(now, old);
+                }
+                self.create_more_children(now, sa, initiator);
             }
             Event::Failed { sa, reason } => {
-                tracing::warn!("tunnel {}: IKE SA {sa:016x} failed: {reason}", self.name);
+                let was_up = self.sas.get(&sa).is_some_and(|i| i.algs.is_some());
+                let dead = was_up && reason == FailReason::Timeout;
+                if dead {
+                    tracing::warn!(
+                        "tunnel {}: peer dead (DPD): IKE SA {sa:016x} got no answer; dpd_action = {}",
+                        self.name,
+                        match self.cfg.dpd_action {
+                            DpdAction::Clear => "clear: its SAs are removed",
+                            DpdAction::Restart => "restart: connecting again",
+                        }
+                    );
+                } else {
+                    tracing::warn!("tunnel {}: IKE SA {sa:016x} failed: {reason}", self.name);
+                }
                 self.sas.remove(&sa);
-                self.replacing.retain(|s| *s != sa);
+                let replaced = self.reauth.gone(Instant::now(), sa);
                 if Some(sa) == self.current {
                     self.current = None;
-                    // a failed reauthentication leaves the old SA in charge
-                    if let Some(old) = self.replacing.pop() {
+                    if let Some(old) = replaced {
+                        // a failed reauthentication leaves the old SA in charge
+                        tracing::warn!(
+                            "tunnel {}: reauthentication failed; IKE SA {old:016x} stays",
+                            self.name
+                        );
                         self.current = Some(old);
+                    } else if dead && self.cfg.dpd_action == DpdAction::Clear {
+                        tracing::info!("tunnel {}: tunnel cleared (dpd_action = clear)", self.name);
+                    } else if dead {
+                        // the endpoint restarts it at once (Event::Restarting)
                     } else {
                         self.schedule_reconnect("IKE SA failed");
                     }
@@ -494,11 +643,13 @@ impl Control {
                     if by_peer { " by the peer" } else { "" }
                 );
                 self.sas.remove(&sa);
-                self.replacing.retain(|s| *s != sa);
+                self.reauth.gone(Instant::now(), sa);
                 if Some(sa) == self.current {
                     self.current = None;
                     self.backoff = BACKOFF_MIN;
-                    self.schedule_reconnect("IKE SA deleted");
+                    if self.cfg.initiate {
+                        self.schedule_reconnect("IKE SA deleted");
+                    }
                 }
             }
             Event::ChildRekeyed {
@@ -529,9 +680,10 @@ impl Control {
                 if self.current == Some(old) {
                     self.current = Some(new);
                 }
+                self.reauth.rekeyed(old, new);
             }
             Event::RekeyCollision { sa, child, won } => tracing::info!(
-                "tunnel {}: IKE SA {sa:016x}: simultaneous rekey of {} ({})",
+                "tunnel {}: IKE SA {sa:016x}: rekey collision: simultaneous rekey of {} ({})",
                 self.name,
                 child.map_or("the IKE SA".to_string(), |c| format!("CHILD SA {c:08x}")),
                 if won { "ours survives" } else { "the peer's survives" }
@@ -543,13 +695,28 @@ impl Control {
             ),
             Event::Restarting { old, new } => {
                 tracing::warn!(
-                    "tunnel {}: peer dead (DPD); IKE SA {old:016x} replaced by a new attempt {new:016x}",
+                    "tunnel {}: restarting (dpd_action = restart): IKE SA {old:016x} replaced by a new attempt {new:016x}",
                     self.name
                 );
                 self.sas.remove(&old);
-                if self.current == Some(old) {
-                    self.current = Some(new);
-                }
+                let remote = self.last_remote.unwrap_or_else(|| {
+                    SocketAddr::new(
+                        self.cfg.remote_host().unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
+                        self.cfg.ike_port,
+                    )
+                });
+                self.sas.insert(
+                    new,
+                    IkeInfo {
+                        initiator: true,
+                        peer: None,
+                        algs: None,
+                        remote,
+                    },
+                );
+                self.reauth.gone(Instant::now(), old);
+                // whoever started it, the restarted IKE SA is ours to keep up
+                self.current = Some(new);
             }
             Event::InitialContact { sa, peer, stale } => {
                 tracing::info!(
@@ -580,7 +747,12 @@ impl Control {
     }
 
     fn switch_outbound(&mut self, old_spi_out: Option<u32>, new_spi_in: u32, new_spi_out: u32) {
-        let Some(child) = self.children.get(&new_spi_in) else {
+        if let Some(old) = old_spi_out {
+            for c in self.children.values_mut().filter(|c| c.spi_out == old) {
+                c.outbound = false;
+            }
+        }
+        let Some(child) = self.children.get_mut(&new_spi_in) else {
             tracing::warn!(
                 "tunnel {}: switch to unknown CHILD SA in {new_spi_in:08x}",
                 self.name
@@ -592,6 +764,7 @@ impl Control {
             self.name,
             old_spi_out.map_or(String::new(), |o| format!(" (from {o:08x})"))
         );
+        child.outbound = true;
         let mut t = self.shared.tables_mut();
         if let Some(old) = old_spi_out {
             t.routes.retain(|s| *s != old);
@@ -619,9 +792,13 @@ impl Control {
                 self.name
             );
         }
+        // time limits as negotiated; bytes and packets jittered per SA
+        let mut limits = self.cfg.lifetimes.esp_limits(&mut self.rng);
+        limits.soft_time = p.lifetimes.soft_time;
+        limits.hard_time = p.lifetimes.hard_time;
         let params = |spi, direction| SaParams {
             esn: p.transform.esn,
-            limits: p.lifetimes,
+            limits,
             ..SaParams::new(spi, direction, transform)
         };
         let inb = EspSa::new(
@@ -693,7 +870,7 @@ impl Control {
                 ts_remote,
                 stats,
                 installed: now,
-                rekey_at: p.lifetimes.soft_time.map(|s| now + s),
+                outbound: route,
             },
         );
     }
@@ -712,8 +889,10 @@ impl Control {
             o.sa.retire();
         }
         // routes that pointed at it go to the newest remaining CHILD SA
+        // that carries traffic (never to a rekey's SA before its switch:
+        // the peer may not hold that key yet)
         t.routes.retain(|s| *s != spi_out);
-        let mut rest: Vec<&ChildInfo> = self.children.values().collect();
+        let mut rest: Vec<&ChildInfo> = self.children.values().filter(|c| c.outbound).collect();
         rest.sort_by_key(|c| c.installed);
         for c in rest {
             for n in &c.ts_remote {
@@ -722,8 +901,32 @@ impl Control {
         }
     }
 
+    /// Creates the `[[tunnel.child]]` CHILD SAs in a new IKE SA we
+    /// initiated (IKE_AUTH carried the first one). A reauthentication's new
+    /// IKE SA gets them too; an IKE SA rekey keeps its CHILD SAs.
+    fn create_more_children(&mut self, now: Instant, sa: SaId, initiator: bool) {
+        if !initiator || self.cfg.children.is_empty() {
+            return;
+        }
+        for c in self.cfg.children.clone() {
+            let l = c.local_ts.iter().map(ts_of).collect();
+            let r = c.remote_ts.iter().map(ts_of).collect();
+            if self.ep.create_child(now, sa, l, r) {
+                tracing::info!(
+                    "tunnel {}: IKE SA {sa:016x}: creating CHILD SA {} ({:?} === {:?})",
+                    self.name,
+                    c.name,
+                    c.local_ts,
+                    c.remote_ts
+                );
+            }
+        }
+    }
+
     fn add_kernel_routes(&mut self) {
-        for n in self.cfg.remote_ts.clone() {
+        let mut nets = self.cfg.remote_ts.clone();
+        nets.extend(self.cfg.children.iter().flat_map(|c| c.remote_ts.clone()));
+        for n in nets {
             match self
                 .tun
                 .add_route(n.addr(), n.prefix_len(), &RouteOptions::default())
@@ -768,12 +971,14 @@ impl Control {
                     .filter(|(_, c)| c.ike_sa == id)
                     .collect();
                 children.sort_by_key(|(_, c)| c.installed);
+                let infos = self.ep.child_sas(id);
+                let info_of = |spi: u32| infos.iter().find(|c| c.spi_in == spi);
+                let secs =
+                    |t: Option<Instant>| t.map(|t| t.saturating_duration_since(now).as_secs());
                 Some(IkeSaShow {
-                    state: if self.ep.is_established(id) {
-                        "ESTABLISHED".into()
-                    } else {
-                        "CONNECTING".into()
-                    },
+                    rekey_in_secs: secs(self.ep.ike_rekey_at(id)),
+                    reauth_in_secs: secs(self.reauth.due_at(id)),
+                    state: self.ep.sa_state(id).unwrap_or("CONNECTING").into(),
                     initiator: info.initiator,
                     spi_i: hex8(spi_i),
                     spi_r: hex8(spi_r),
@@ -803,9 +1008,17 @@ impl Control {
                             local_ts: c.ts_local.iter().map(|n| n.to_string()).collect(),
                             remote_ts: c.ts_remote.iter().map(|n| n.to_string()).collect(),
                             age_secs: now.saturating_duration_since(c.installed).as_secs(),
-                            rekey_in_secs: c
-                                .rekey_at
-                                .map(|t| t.saturating_duration_since(now).as_secs()),
+                            rekey_in_secs: info_of(*spi_in)
+                                .filter(|i| i.outbound && !i.rekeying)
+                                .and_then(|i| secs(i.rekey_at)),
+                            state: match info_of(*spi_in) {
+                                Some(i) if i.outbound && i.rekeying => "REKEYING",
+                                Some(i) if i.outbound => "INSTALLED",
+                                Some(i) if i.rekeying => "REKEYED",
+                                Some(_) => "INSTALLED-INBOUND",
+                                None => "DELETING",
+                            }
+                            .into(),
                         })
                         .collect(),
                 })

@@ -105,6 +105,10 @@ struct RawTunnel {
     data_ciphers: Option<Vec<String>>,
     peer_fingerprint: Option<Vec<String>>,
     hand_window: Option<u32>,
+    reneg_sec: Option<u32>,
+    reneg_bytes: Option<u64>,
+    reneg_pkts: Option<u64>,
+    tran_window: Option<u32>,
 }
 
 /// A duration as written: `20s`, `5m`, `1h`, `2d` or a number of seconds.
@@ -169,7 +173,7 @@ pub struct Tunnel {
 pub enum Protocol {
     WireGuard(WireGuard),
     Ipsec(Box<Ipsec>),
-    OpenVpn(crate::openvpn::settings::OpenVpn),
+    OpenVpn(Box<crate::openvpn::settings::OpenVpn>),
 }
 
 impl Protocol {
@@ -500,6 +504,10 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 ("data_ciphers", t.data_ciphers.is_some()),
                 ("peer_fingerprint", t.peer_fingerprint.is_some()),
                 ("hand_window", t.hand_window.is_some()),
+                ("reneg_sec", t.reneg_sec.is_some()),
+                ("reneg_bytes", t.reneg_bytes.is_some()),
+                ("reneg_pkts", t.reneg_pkts.is_some()),
+                ("tran_window", t.tran_window.is_some()),
             ],
             "openvpn" => &[
                 ("listen_port", t.listen_port.is_some()),
@@ -665,11 +673,17 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     data_ciphers: t.data_ciphers.as_deref(),
                     peer_fingerprint: t.peer_fingerprint.as_deref(),
                     hand_window: t.hand_window,
+                    reneg_sec: t.reneg_sec,
+                    reneg_bytes: t.reneg_bytes,
+                    reneg_pkts: t.reneg_pkts,
+                    tran_window: t.tran_window,
                 };
                 let base = file.parent().unwrap_or(Path::new("."));
-                Protocol::OpenVpn(crate::openvpn::settings::build(&raw, base, &|f, m| {
-                    ctx.err(&tp(f), m)
-                })?)
+                Protocol::OpenVpn(Box::new(crate::openvpn::settings::build(
+                    &raw,
+                    base,
+                    &|f, m| ctx.err(&tp(f), m),
+                )?))
             }
             other => {
                 return Err(ctx.err(

@@ -7,6 +7,7 @@
 
 use crate::config::ConfigError;
 use polytun_openvpn::data::Cipher;
+use polytun_openvpn::rekey::{RekeyConfig, RenegSec};
 use polytun_openvpn::static_key::StaticKey;
 use polytun_openvpn::wrap::Digest;
 use rustls::pki_types::pem::PemObject;
@@ -71,6 +72,8 @@ pub struct OpenVpn {
     /// Client-side `ping` / `ping-restart` (the server's push overrides).
     pub ping: Option<u32>,
     pub ping_restart: Option<u32>,
+    /// `reneg-sec`, `reneg-bytes`, `reneg-pkts`, `tran-window`.
+    pub rekey: RekeyConfig,
     /// Where the settings came from (a .ovpn file), for messages.
     pub source: Option<PathBuf>,
 }
@@ -91,6 +94,10 @@ pub struct RawFields<'a> {
     pub data_ciphers: Option<&'a [String]>,
     pub peer_fingerprint: Option<&'a [String]>,
     pub hand_window: Option<u32>,
+    pub reneg_sec: Option<u32>,
+    pub reneg_bytes: Option<u64>,
+    pub reneg_pkts: Option<u64>,
+    pub tran_window: Option<u32>,
 }
 
 /// One value and where it was written: a TOML field, or a .ovpn line.
@@ -123,6 +130,10 @@ struct Collected {
     hand_window: Option<u32>,
     ping: Option<u32>,
     ping_restart: Option<u32>,
+    reneg_sec: Option<RenegSec>,
+    reneg_bytes: Option<u64>,
+    reneg_pkts: Option<u64>,
+    tran_window: Option<u32>,
 }
 
 /// Builds the settings; `toml_err(field, message)` makes an error for a
@@ -178,6 +189,12 @@ pub fn build(
     if let Some(h) = raw.hand_window {
         c.hand_window = Some(h);
     }
+    if let Some(max) = raw.reneg_sec {
+        c.reneg_sec = Some(RenegSec { max, min: None });
+    }
+    c.reneg_bytes = raw.reneg_bytes.or(c.reneg_bytes);
+    c.reneg_pkts = raw.reneg_pkts.or(c.reneg_pkts);
+    c.tran_window = raw.tran_window.or(c.tran_window);
     finish(c, source, base, toml_err)
 }
 
@@ -342,6 +359,13 @@ fn finish(
         }
     };
     let hand_window = Duration::from_secs(u64::from(c.hand_window.unwrap_or(60).max(1)));
+    // As OpenVPN: 0 turns a trigger off.
+    let rekey = RekeyConfig {
+        reneg_sec: c.reneg_sec.unwrap_or_default(),
+        reneg_bytes: c.reneg_bytes.filter(|b| *b > 0),
+        reneg_pkts: c.reneg_pkts.filter(|p| *p > 0),
+        tran_window: Duration::from_secs(u64::from(c.tran_window.unwrap_or(3600))),
+    };
     Ok(OpenVpn {
         remote,
         transport,
@@ -354,6 +378,7 @@ fn finish(
         hand_window,
         ping: c.ping,
         ping_restart: c.ping_restart,
+        rekey,
         source,
     })
 }
@@ -516,6 +541,11 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
             }
             *slot = Some((path_or_inline(a), src.clone()));
         };
+        let big = |n: usize| -> Result<u64, ConfigError> {
+            let a = arg(n)?;
+            a.parse()
+                .map_err(|_| e(ln, opt, format!("`{a}` is not a number")))
+        };
         let num = |n: usize| -> Result<u32, ConfigError> {
             let a = arg(n)?;
             a.parse()
@@ -629,6 +659,21 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
                 }
             }
             "hand-window" => c.hand_window = Some(num(0)?),
+            "reneg-sec" => {
+                if args.len() > 2 {
+                    return Err(e(
+                        ln,
+                        opt,
+                        "`reneg-sec max [min]`: at most two numbers".into(),
+                    ));
+                }
+                let max = num(0)?;
+                let min = if args.len() > 1 { Some(num(1)?) } else { None };
+                c.reneg_sec = Some(RenegSec { max, min });
+            }
+            "reneg-bytes" => c.reneg_bytes = Some(big(0)?),
+            "reneg-pkts" => c.reneg_pkts = Some(big(0)?),
+            "tran-window" => c.tran_window = Some(num(0)?),
             "ping" => c.ping = Some(num(0)?),
             "ping-restart" => c.ping_restart = Some(num(0)?),
             "keepalive" => {

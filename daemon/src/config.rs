@@ -109,6 +109,9 @@ struct RawTunnel {
     reneg_bytes: Option<u64>,
     reneg_pkts: Option<u64>,
     tran_window: Option<u32>,
+    remote_cert_tls: Option<String>,
+    verify_x509_name: Option<String>,
+    verify_x509_type: Option<String>,
 }
 
 /// A duration as written: `20s`, `5m`, `1h`, `2d` or a number of seconds.
@@ -508,6 +511,9 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 ("reneg_bytes", t.reneg_bytes.is_some()),
                 ("reneg_pkts", t.reneg_pkts.is_some()),
                 ("tran_window", t.tran_window.is_some()),
+                ("remote_cert_tls", t.remote_cert_tls.is_some()),
+                ("verify_x509_name", t.verify_x509_name.is_some()),
+                ("verify_x509_type", t.verify_x509_type.is_some()),
             ],
             "openvpn" => &[
                 ("listen_port", t.listen_port.is_some()),
@@ -677,6 +683,9 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     reneg_bytes: t.reneg_bytes,
                     reneg_pkts: t.reneg_pkts,
                     tran_window: t.tran_window,
+                    remote_cert_tls: t.remote_cert_tls.as_deref(),
+                    verify_x509_name: t.verify_x509_name.as_deref(),
+                    verify_x509_type: t.verify_x509_type.as_deref(),
                 };
                 let base = file.parent().unwrap_or(Path::new("."));
                 Protocol::OpenVpn(Box::new(crate::openvpn::settings::build(

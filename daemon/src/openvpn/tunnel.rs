@@ -65,7 +65,7 @@ fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         verify,
         allow_tls12: true,
     };
-    Ok(tls::client_config(&id)?)
+    Ok(tls::client_config_with_policy(&id, &s.policy)?)
 }
 
 fn control_wrap(s: &OpenVpn) -> ControlWrap {

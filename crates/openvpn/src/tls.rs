@@ -17,6 +17,8 @@
 //! prints it, the common name, or a prefix of it). Every refusal names the
 //! option that refused, so the log says why a handshake failed.
 
+/// The rustls this crate uses (its certificate and key types are in [`TlsIdentity`]).
+pub use rustls;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};

@@ -130,6 +130,13 @@ struct RawTunnel {
     data_ciphers: Option<Vec<String>>,
     peer_fingerprint: Option<Vec<String>>,
     hand_window: Option<u32>,
+    reneg_sec: Option<u32>,
+    reneg_bytes: Option<u64>,
+    reneg_pkts: Option<u64>,
+    tran_window: Option<u32>,
+    remote_cert_tls: Option<String>,
+    verify_x509_name: Option<String>,
+    verify_x509_type: Option<String>,
     // OpenVPN server (mode = "server")
     mode: Option<String>,
     server: Option<String>,
@@ -226,7 +233,7 @@ pub struct Tunnel {
 pub enum Protocol {
     WireGuard(WireGuard),
     Ipsec(Box<Ipsec>),
-    OpenVpn(crate::openvpn::settings::OpenVpn),
+    OpenVpn(Box<crate::openvpn::settings::OpenVpn>),
 }
 
 impl Protocol {
@@ -563,6 +570,13 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 ("keepalive", t.keepalive.is_some()),
                 ("max_clients", t.max_clients.is_some()),
                 ("local", t.local.is_some()),
+                ("reneg_sec", t.reneg_sec.is_some()),
+                ("reneg_bytes", t.reneg_bytes.is_some()),
+                ("reneg_pkts", t.reneg_pkts.is_some()),
+                ("tran_window", t.tran_window.is_some()),
+                ("remote_cert_tls", t.remote_cert_tls.is_some()),
+                ("verify_x509_name", t.verify_x509_name.is_some()),
+                ("verify_x509_type", t.verify_x509_type.is_some()),
             ],
             "openvpn" => &[
                 ("private_key", t.private_key.is_some()),
@@ -781,11 +795,20 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     max_clients: t.max_clients,
                     local: t.local.as_deref(),
                     listen_port: t.listen_port,
+                    reneg_sec: t.reneg_sec,
+                    reneg_bytes: t.reneg_bytes,
+                    reneg_pkts: t.reneg_pkts,
+                    tran_window: t.tran_window,
+                    remote_cert_tls: t.remote_cert_tls.as_deref(),
+                    verify_x509_name: t.verify_x509_name.as_deref(),
+                    verify_x509_type: t.verify_x509_type.as_deref(),
                 };
                 let base = file.parent().unwrap_or(Path::new("."));
-                Protocol::OpenVpn(crate::openvpn::settings::build(&raw, base, &|f, m| {
-                    ctx.err(&tp(f), m)
-                })?)
+                Protocol::OpenVpn(Box::new(crate::openvpn::settings::build(
+                    &raw,
+                    base,
+                    &|f, m| ctx.err(&tp(f), m),
+                )?))
             }
             other => {
                 return Err(ctx.err(

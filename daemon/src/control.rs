@@ -124,6 +124,15 @@ pub struct OpenVpnShow {
     pub virtual_address: Option<String>,
     pub cipher: Option<String>,
     pub key_id: Option<u8>,
+    /// The previous key-id, still open for packets in flight.
+    #[serde(default)]
+    pub lame_duck_key_id: Option<u8>,
+    /// Until this side renegotiates by `reneg-sec`.
+    #[serde(default)]
+    pub next_renegotiation_secs: Option<u64>,
+    /// Soft resets so far in this session (either side).
+    #[serde(default)]
+    pub renegotiations: u64,
     #[serde(default)]
     pub routes: Vec<String>,
     #[serde(default)]
@@ -159,7 +168,16 @@ fn render_openvpn(o: &mut String, v: &OpenVpnShow, now_unix: u64) {
         let _ = writeln!(o, "  peer-id: {p}");
     }
     if let (Some(c), Some(k)) = (&v.cipher, v.key_id) {
-        let _ = writeln!(o, "  cipher: {c}, key-id {k}");
+        let lame = v
+            .lame_duck_key_id
+            .map(|l| format!(" (lame duck {l})"))
+            .unwrap_or_default();
+        let _ = writeln!(o, "  cipher: {c}, key-id {k}{lame}");
+        let next = v
+            .next_renegotiation_secs
+            .map(|s| format!(", next in {}", ago(s)))
+            .unwrap_or_default();
+        let _ = writeln!(o, "  renegotiations: {}{next}", v.renegotiations);
     }
     if !v.routes.is_empty() {
         let _ = writeln!(o, "  routes: {}", v.routes.join(", "));

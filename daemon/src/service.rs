@@ -72,7 +72,7 @@ impl Running {
                 return Ok(());
             }
             Protocol::OpenVpn(o) => {
-                let h = openvpn::tunnel::spawn(&t.name, o.clone(), self.tun.clone())?;
+                let h = openvpn::tunnel::spawn(&t.name, o.as_ref().clone(), self.tun.clone())?;
                 self.ovpn_set
                     .write()
                     .unwrap_or_else(|e| e.into_inner())

@@ -9,13 +9,15 @@
 //! - [`keymethod`]: key method 2, peer-info, cipher negotiation
 //! - [`push`]: PUSH_REPLY parsing and building
 //! - [`data`]: P_DATA_V2 on `polytun_core`'s record engine, tls-ekm keys
-//! - [`session`]: the sans-I/O client/server [`session::Session`] (key-id 0)
+//! - [`session`]: the sans-I/O client/server [`session::Session`]
+//! - [`rekey`]: renegotiation: soft reset, key-ids 1..7, lame duck, triggers
 
 pub mod data;
 pub mod framing;
 pub mod keymethod;
 pub mod packet;
 pub mod push;
+pub mod rekey;
 pub mod reliable;
 pub mod session;
 pub mod static_key;
@@ -45,7 +47,7 @@ pub fn capabilities() -> Capabilities {
         )
         .with(
             Interface::Ke,
-            "record engine reports KeyExpiring at reneg-bytes/pkts or near packet-id wrap",
+            "reneg-sec / reneg-bytes / reneg-pkts and packet-id wrap start a soft reset",
         )
         .with(
             Interface::Ct,
@@ -55,5 +57,9 @@ pub fn capabilities() -> Capabilities {
             Interface::Me,
             "server follows a client's authenticated new address (float)",
         )
-    // Not yet: KU (soft reset), SAV (HMAC cookie).
+        .with(
+            Interface::Ku,
+            "soft reset on request from either side; the old key stays as lame duck",
+        )
+    // Not yet: SAV (HMAC cookie).
 }

@@ -109,6 +109,13 @@ impl Reliable {
         self.queued.push_back((opcode, payload));
     }
 
+    /// Stops sending: the key of a lame duck only acknowledges what the
+    /// peer may still retransmit.
+    pub fn abandon_sends(&mut self) {
+        self.in_flight.clear();
+        self.queued.clear();
+    }
+
     /// Is everything sent acknowledged?
     pub fn idle(&self) -> bool {
         self.in_flight.is_empty() && self.queued.is_empty()

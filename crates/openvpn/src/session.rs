@@ -1,20 +1,27 @@
 //! One control-channel session (client or server side of one peer), sans
 //! I/O: packets and `now` in ([`Session::handle_packet`],
-//! [`Session::handle_timeout`]); packets to send, data keys to install and
-//! events out ([`Session::poll_output`]); the next deadline from
-//! [`Session::poll_timeout`].
+//! [`Session::handle_timeout`]); packets to send, data keys to install,
+//! switch to and retire, and events out ([`Session::poll_output`]); the next
+//! deadline from [`Session::poll_timeout`].
 //!
-//! Flow: hard reset (client V2 / server V2) → TLS over P_CONTROL_V1 →
-//! key method 2 both ways → client `PUSH_REQUEST` → server `PUSH_REPLY`
-//! (cipher, peer-id, `protocol-flags tls-ekm`) → both derive DATA_V2 keys
-//! from the TLS exporter and emit [`Output::InstallKey`].
+//! Flow of the first key (key-id 0): hard reset (client V2 / server V2) →
+//! TLS over P_CONTROL_V1 → key method 2 both ways → client `PUSH_REQUEST`
+//! → server `PUSH_REPLY` (cipher, peer-id, `protocol-flags tls-ekm`) → both
+//! derive DATA_V2 keys from the TLS exporter and emit
+//! [`Output::InstallKey`] then [`Output::SendKey`].
 //!
-//! Only key-id 0 is handled here; soft-reset renegotiation is not built yet.
+//! Later keys (key-id 1..7, cycling) come from soft resets on the same
+//! control channel: see [`crate::rekey`], where renegotiation lives.
+//! Each key-id has its own [`KeyState`]: its reliability layer (message
+//! ids from 0), its TLS session and its key method 2 exchange; the session
+//! id and the tls-auth/tls-crypt wrapping (and its replay window) are the
+//! session's, shared by all keys.
 
 use crate::data::{Cipher, DataChannelKey, DataKeys};
 use crate::keymethod::{self, KeyMethod2};
 use crate::packet::{ControlBody, KeyId, Opcode, SessionId, CONTROL_HEADER_LEN, MAX_ACKS};
 use crate::push::{build_push_reply, PushReply};
+use crate::rekey::{LameDuck, RekeyConfig, RekeyReason, RekeyTimers};
 use crate::reliable::{Reliable, ReliableConfig};
 use crate::tls::{Tls, TlsError};
 use crate::wrap::{ControlWrap, WrapError};
@@ -62,13 +69,28 @@ pub enum Event {
     Connected {
         push: Box<PushReply>,
     },
+    /// A soft reset for `key_id` began (KU / KE).
+    Renegotiating {
+        key_id: KeyId,
+        reason: RekeyReason,
+    },
+    /// Outbound packets now use the renegotiated `key_id`.
+    Rekeyed {
+        key_id: KeyId,
+    },
     Failed(String),
 }
 
 pub enum Output {
     Transmit(Vec<u8>),
-    /// The data path may seal and open with this key now.
+    /// Open inbound packets of this key's key-id with it from now on (the
+    /// keys of other key-ids stay).
     InstallKey(Arc<DataChannelKey>),
+    /// Seal outbound packets with this (installed) key-id from now on.
+    SendKey(KeyId),
+    /// Forget this key-id: nothing is opened or sealed with it any more
+    /// (its [`DataChannelKey`] is already marked retired).
+    RetireKey(KeyId),
     Event(Event),
 }
 
@@ -77,6 +99,8 @@ impl std::fmt::Debug for Output {
         match self {
             Output::Transmit(b) => write!(f, "Transmit({} bytes)", b.len()),
             Output::InstallKey(k) => write!(f, "InstallKey(key-id {})", k.key_id),
+            Output::SendKey(k) => write!(f, "SendKey(key-id {k})"),
+            Output::RetireKey(k) => write!(f, "RetireKey(key-id {k})"),
             Output::Event(e) => write!(f, "Event({e:?})"),
         }
     }
@@ -92,6 +116,12 @@ pub enum SessionError {
     WrongSession(SessionId),
     #[error("{0} unexpected here")]
     Unexpected(Opcode),
+    #[error("{opcode} for key-id {key_id}, which is not in use (local key-id {local})")]
+    KeyIdOutOfSync {
+        opcode: Opcode,
+        key_id: KeyId,
+        local: KeyId,
+    },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("session failed: {0}")]
@@ -108,23 +138,80 @@ enum Phase {
     Failed,
 }
 
+/// The control channel of one key-id (OpenVPN's `key_state`).
+pub(crate) struct KeyState {
+    pub(crate) key_id: KeyId,
+    pub(crate) reliable: Reliable,
+    pub(crate) tls: Option<Tls>,
+    plaintext: Vec<u8>,
+    tls_done: bool,
+    km2_sent: bool,
+    pub(crate) peer_km2: Option<KeyMethod2>,
+    /// Our reset (hard or soft) is queued.
+    pub(crate) reset_sent: bool,
+    /// The peer's reset arrived.
+    peer_reset: bool,
+    /// hand-window: the key must be ready by then.
+    pub(crate) deadline: Instant,
+    /// The data channel key, once derived (installed for receiving).
+    pub(crate) data: Option<Arc<DataChannelKey>>,
+    /// Key method 2 done both ways and all our messages acknowledged
+    /// (OpenVPN's S_ACTIVE): reneg-sec counts from here.
+    pub(crate) ready_at: Option<Instant>,
+    /// Outbound packets use this key.
+    pub(crate) sending: bool,
+}
+
+impl KeyState {
+    pub(crate) fn new(key_id: KeyId, cfg: ReliableConfig, deadline: Instant) -> Self {
+        Self {
+            key_id,
+            reliable: Reliable::new(cfg),
+            tls: None,
+            plaintext: Vec::new(),
+            tls_done: false,
+            km2_sent: false,
+            peer_km2: None,
+            reset_sent: false,
+            peer_reset: false,
+            deadline,
+            data: None,
+            ready_at: None,
+            sending: false,
+        }
+    }
+
+    /// Key method 2 went both ways (OpenVPN accepts a soft reset from here).
+    pub(crate) fn exchanged(&self) -> bool {
+        self.km2_sent && self.peer_km2.is_some() && self.data.is_some()
+    }
+}
+
 pub struct Session {
-    cfg: SessionConfig,
-    rng: Box<dyn RngCoreSend>,
+    pub(crate) cfg: SessionConfig,
+    pub(crate) rng: Box<dyn RngCoreSend>,
     local_sid: SessionId,
     remote_sid: Option<SessionId>,
-    key_id: KeyId,
-    reliable: Reliable,
-    tls: Option<Tls>,
+    /// The newest key-id (OpenVPN's KS_PRIMARY).
+    pub(crate) primary: KeyState,
+    /// The previous key, kept for packets still in flight (KS_LAME_DUCK).
+    pub(crate) lame: Option<LameDuck>,
+    /// The key-id the next soft reset uses (1..7, never 0 again).
+    pub(crate) next_key_id: KeyId,
     phase: Phase,
-    plaintext: Vec<u8>,
-    km2_sent: bool,
-    peer_km2: Option<KeyMethod2>,
     push: PushReply,
-    outputs: VecDeque<Output>,
+    /// Negotiated for key-id 0; every later key uses the same.
+    pub(crate) cipher: Option<Cipher>,
+    pub(crate) peer_id: u32,
+    /// SHA-256 of the peer's certificate at key-id 0: a renegotiation must
+    /// present the same one (OpenVPN refuses a changed certificate too).
+    peer_cert: Option<[u8; 32]>,
+    pub(crate) hand_window: Duration,
+    pub(crate) rekey: RekeyConfig,
+    pub(crate) timers: RekeyTimers,
+    pub(crate) outputs: VecDeque<Output>,
     epoch: Instant,
     epoch_unix: u64,
-    deadline: Instant,
 }
 
 pub trait RngCoreSend: RngCore + CryptoRng + Send {}
@@ -138,32 +225,41 @@ impl Session {
         mut rng: impl RngCore + CryptoRng + Send + 'static,
     ) -> Self {
         let local_sid = SessionId::random(&mut rng);
+        let is_server = matches!(cfg.role, Role::Server { .. });
+        let mut rng: Box<dyn RngCoreSend> = Box::new(rng);
+        let rekey = RekeyConfig::default();
+        let timers = RekeyTimers::new(&rekey, is_server, &mut *rng);
         let mut s = Self {
-            reliable: Reliable::new(cfg.reliable),
+            primary: KeyState::new(0, cfg.reliable, now + HAND_WINDOW),
             cfg,
-            rng: Box::new(rng),
+            rng,
             local_sid,
             remote_sid: None,
-            key_id: 0,
-            tls: None,
+            lame: None,
+            next_key_id: 1,
             phase: Phase::Reset,
-            plaintext: Vec::new(),
-            km2_sent: false,
-            peer_km2: None,
             push: PushReply::default(),
+            cipher: None,
+            peer_id: crate::packet::NO_PEER_ID,
+            peer_cert: None,
+            hand_window: HAND_WINDOW,
+            rekey,
+            timers,
             outputs: VecDeque::new(),
             epoch: now,
             epoch_unix: wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            deadline: now + HAND_WINDOW,
         };
         if s.is_client() {
-            s.reliable.send(Opcode::HardResetClientV2, Vec::new());
+            s.primary
+                .reliable
+                .send(Opcode::HardResetClientV2, Vec::new());
+            s.primary.reset_sent = true;
             s.flush(now);
         }
         s
     }
 
-    fn is_client(&self) -> bool {
+    pub(crate) fn is_client(&self) -> bool {
         matches!(self.cfg.role, Role::Client(_))
     }
 
@@ -175,20 +271,34 @@ impl Session {
         self.remote_sid
     }
 
+    /// The first key is up (stays true across renegotiations).
     pub fn is_active(&self) -> bool {
         self.phase == Phase::Active
     }
 
-    /// The TLS connection (for `keying-material-exporter`, SSKE).
-    pub fn tls(&self) -> Option<&Tls> {
-        self.tls.as_ref()
+    pub fn is_failed(&self) -> bool {
+        self.phase == Phase::Failed
     }
 
-    /// Sets `hand-window`: the handshake must complete within `window`
-    /// from `now` (default [`HAND_WINDOW`] from the session's start).
+    /// The TLS connection of the newest key whose handshake is complete
+    /// (for `keying-material-exporter`, SSKE).
+    pub fn tls(&self) -> Option<&Tls> {
+        let done = |t: &&Tls| !t.is_handshaking();
+        self.primary.tls.as_ref().filter(done).or_else(|| {
+            self.lame
+                .as_ref()
+                .and_then(|l| l.ks.tls.as_ref())
+                .filter(done)
+        })
+    }
+
+    /// Sets `hand-window`: each key's handshake must complete within
+    /// `window` from its start (default [`HAND_WINDOW`]); for a handshake
+    /// under way the deadline is `now + window`.
     pub fn set_hand_window(&mut self, now: Instant, window: Duration) {
-        if self.phase != Phase::Active && self.phase != Phase::Failed {
-            self.deadline = now + window;
+        self.hand_window = window;
+        if self.phase != Phase::Failed && self.primary.ready_at.is_none() {
+            self.primary.deadline = now + window;
         }
     }
 
@@ -200,22 +310,40 @@ impl Session {
         if self.phase == Phase::Failed {
             return None;
         }
-        let hand = (self.phase != Phase::Active).then_some(self.deadline);
-        [self.reliable.poll_timeout(), hand]
-            .into_iter()
-            .flatten()
-            .min()
+        let hand = (self.primary.ready_at.is_none()).then_some(self.primary.deadline);
+        [
+            self.primary.reliable.poll_timeout(),
+            self.lame
+                .as_ref()
+                .and_then(|l| l.ks.reliable.poll_timeout()),
+            hand,
+            self.rekey_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.phase != Phase::Active && self.phase != Phase::Failed && now >= self.deadline {
-            self.fail("TLS key negotiation failed to occur within hand-window".into());
+        if self.phase == Phase::Failed {
             return;
         }
+        if self.primary.ready_at.is_none() && now >= self.primary.deadline {
+            if self.primary.key_id == 0 {
+                self.fail("TLS key negotiation failed to occur within hand-window".into());
+            } else {
+                self.fail(format!(
+                    "TLS key renegotiation (key-id {}) failed to complete within hand-window",
+                    self.primary.key_id
+                ));
+            }
+            return;
+        }
+        self.rekey_timeout(now);
         self.flush(now);
     }
 
-    fn fail(&mut self, why: String) {
+    pub(crate) fn fail(&mut self, why: String) {
         self.phase = Phase::Failed;
         self.outputs.push_back(Output::Event(Event::Failed(why)));
     }
@@ -240,7 +368,7 @@ impl Session {
                 } else {
                     u.opcode == Opcode::HardResetClientV2
                 };
-                if !ok {
+                if !ok || u.key_id != 0 {
                     return Err(SessionError::Unexpected(u.opcode));
                 }
                 self.remote_sid = Some(u.session_id);
@@ -251,39 +379,89 @@ impl Session {
                 return Err(SessionError::WrongSession(rs));
             }
         }
-        if u.key_id != self.key_id {
-            return Err(SessionError::Unexpected(u.opcode));
+        if u.key_id != self.primary.key_id {
+            if let Some(l) = self.lame.as_mut().filter(|l| l.ks.key_id == u.key_id) {
+                // Only acknowledged: the peer may still retransmit its last
+                // message of the old key.
+                l.ks.reliable.on_acks(&body.acks);
+                if let Some(id) = body.message_id {
+                    l.ks.reliable.on_message(u.opcode, id, body.payload);
+                }
+                while l.ks.reliable.recv().is_some() {}
+                self.flush(now);
+                return Ok(());
+            }
+            if !self.accept_soft_reset(now, u.opcode, u.key_id) {
+                return Err(SessionError::KeyIdOutOfSync {
+                    opcode: u.opcode,
+                    key_id: u.key_id,
+                    local: self.primary.key_id,
+                });
+            }
         }
-        self.reliable.on_acks(&body.acks);
+        self.primary.reliable.on_acks(&body.acks);
         if let Some(id) = body.message_id {
-            self.reliable.on_message(u.opcode, id, body.payload);
+            self.primary.reliable.on_message(u.opcode, id, body.payload);
         }
         let r = self.process(now);
         if let Err(e) = &r {
-            self.fail(e.to_string());
+            let why = if self.primary.key_id == 0 {
+                e.to_string()
+            } else {
+                format!("renegotiation of key-id {}: {e}", self.primary.key_id)
+            };
+            self.fail(why);
         }
+        // ACKs leave before a send switch: an OpenVPN server derives the new
+        // key only when our ACK of its key method 2 arrives.
+        self.flush(now);
+        self.rekey_progress(now);
         self.flush(now);
         r
     }
 
+    fn new_tls(&self) -> Result<Tls, SessionError> {
+        Ok(match &self.cfg.role {
+            Role::Client(config) => Tls::client(config.clone())?,
+            Role::Server { config, .. } => Tls::server(config.clone())?,
+        })
+    }
+
+    /// The peer's reset for the primary key arrived: answer with ours if
+    /// not sent yet, and start its TLS session.
+    fn on_peer_reset(&mut self, answer: Opcode) -> Result<(), SessionError> {
+        if self.primary.peer_reset {
+            return Ok(());
+        }
+        self.primary.peer_reset = true;
+        if !self.primary.reset_sent {
+            self.primary.reliable.send(answer, Vec::new());
+            self.primary.reset_sent = true;
+        }
+        self.primary.tls = Some(self.new_tls()?);
+        if self.primary.key_id == 0 {
+            self.phase = Phase::Tls;
+        }
+        Ok(())
+    }
+
     fn process(&mut self, now: Instant) -> Result<(), SessionError> {
-        while let Some((op, payload)) = self.reliable.recv() {
+        let first = self.primary.key_id == 0;
+        while let Some((op, payload)) = self.primary.reliable.recv() {
             match op {
-                Opcode::HardResetClientV2 if !self.is_client() => {
-                    if let Role::Server { config, .. } = &self.cfg.role {
-                        self.tls = Some(Tls::server(config.clone())?);
-                    }
-                    self.reliable.send(Opcode::HardResetServerV2, Vec::new());
-                    self.phase = Phase::Tls;
+                Opcode::HardResetClientV2 if first && !self.is_client() => {
+                    self.on_peer_reset(Opcode::HardResetServerV2)?
                 }
-                Opcode::HardResetServerV2 if self.is_client() => {
-                    if let Role::Client(config) = &self.cfg.role {
-                        self.tls = Some(Tls::client(config.clone())?);
-                    }
-                    self.phase = Phase::Tls;
+                Opcode::HardResetServerV2 if first && self.is_client() => {
+                    self.on_peer_reset(Opcode::HardResetServerV2)?
                 }
+                Opcode::SoftResetV1 if !first => self.on_peer_reset(Opcode::SoftResetV1)?,
                 Opcode::ControlV1 => {
-                    let tls = self.tls.as_mut().ok_or(SessionError::Unexpected(op))?;
+                    let tls = self
+                        .primary
+                        .tls
+                        .as_mut()
+                        .ok_or(SessionError::Unexpected(op))?;
                     tls.feed(&payload)?;
                 }
                 other => return Err(SessionError::Unexpected(other)),
@@ -293,16 +471,14 @@ impl Session {
     }
 
     fn drive_tls(&mut self, now: Instant) -> Result<(), SessionError> {
-        let Some(tls) = self.tls.as_mut() else {
+        let Some(tls) = self.primary.tls.as_mut() else {
             return Ok(());
         };
-        if self.phase == Phase::Tls && !tls.is_handshaking() {
-            self.phase = Phase::KeyExchange;
-            let version = tls.version().unwrap_or_default();
-            self.outputs
-                .push_back(Output::Event(Event::TlsEstablished { version }));
+        if !self.primary.tls_done && !tls.is_handshaking() {
+            self.primary.tls_done = true;
+            self.tls_established(now)?;
         }
-        if !tls.is_handshaking() && !self.km2_sent {
+        if self.primary.tls_done && !self.primary.km2_sent {
             let is_client = self.is_client();
             let km = KeyMethod2 {
                 options: keymethod::options_string(is_client, self.cfg.udp),
@@ -314,33 +490,82 @@ impl Session {
                     String::new()
                 },
             };
-            let tls = self.tls.as_mut().expect("checked");
-            tls.write_plaintext(&km.encode(is_client, &mut *self.rng))?;
-            self.km2_sent = true;
+            let encoded = km.encode(is_client, &mut *self.rng);
+            let tls = self.primary.tls.as_mut().expect("checked");
+            tls.write_plaintext(&encoded)?;
+            self.primary.km2_sent = true;
         }
-        let tls = self.tls.as_mut().expect("checked");
-        tls.read_plaintext(&mut self.plaintext)?;
+        let tls = self.primary.tls.as_mut().expect("checked");
+        tls.read_plaintext(&mut self.primary.plaintext)?;
         self.process_plaintext(now)?;
         self.send_tls_records()
     }
 
+    /// The primary key's TLS handshake completed.
+    fn tls_established(&mut self, now: Instant) -> Result<(), SessionError> {
+        let tls = self.primary.tls.as_ref().expect("called with TLS");
+        let cert = tls.peer_certificate().map(|c| crate::tls::fingerprint(c));
+        if self.primary.key_id == 0 {
+            self.peer_cert = cert;
+            self.phase = Phase::KeyExchange;
+            let version = tls.version().unwrap_or_default();
+            self.outputs
+                .push_back(Output::Event(Event::TlsEstablished { version }));
+            return Ok(());
+        }
+        if cert.is_none() || cert != self.peer_cert {
+            return Err(SessionError::Failed(
+                "the peer presented a different certificate than at the session's start".into(),
+            ));
+        }
+        // The peer may send with the new key as soon as it has derived it:
+        // be ready to open it before anything else happens.
+        let cipher = self
+            .cipher
+            .ok_or(SessionError::Failed("no data cipher".into()))?;
+        self.derive_key(now, cipher)
+    }
+
+    fn derive_key(&mut self, now: Instant, cipher: Cipher) -> Result<(), SessionError> {
+        let tls = self
+            .primary
+            .tls
+            .as_ref()
+            .ok_or(SessionError::Failed("no TLS".into()))?;
+        let ekm = tls.export_data_keys()?;
+        let keys = DataKeys::from_ekm(&ekm, !self.is_client());
+        let key = Arc::new(DataChannelKey::new(
+            &keys,
+            cipher,
+            self.primary.key_id,
+            self.peer_id,
+            self.rekey.data_limits(self.cfg.data_limits),
+            now,
+        ));
+        self.primary.data = Some(key.clone());
+        self.outputs.push_back(Output::InstallKey(key));
+        Ok(())
+    }
+
     fn process_plaintext(&mut self, now: Instant) -> Result<(), SessionError> {
-        if self.peer_km2.is_none() && !self.plaintext.is_empty() {
-            match KeyMethod2::parse(&self.plaintext, !self.is_client()) {
+        if self.primary.peer_km2.is_none() && !self.primary.plaintext.is_empty() {
+            match KeyMethod2::parse(&self.primary.plaintext, !self.is_client()) {
                 Ok((km, n)) => {
-                    self.plaintext.drain(..n);
-                    self.peer_km2 = Some(km);
-                    self.phase = Phase::Push;
-                    if self.is_client() {
-                        self.send_text("PUSH_REQUEST")?;
+                    self.primary.plaintext.drain(..n);
+                    self.primary.peer_km2 = Some(km);
+                    if self.primary.key_id == 0 {
+                        self.phase = Phase::Push;
+                        if self.is_client() {
+                            self.send_text("PUSH_REQUEST")?;
+                        }
                     }
                 }
                 Err(keymethod::KeyMethodError::Incomplete) => return Ok(()),
                 Err(e) => return Err(SessionError::Failed(e.to_string())),
             }
         }
-        while let Some(nul) = self.plaintext.iter().position(|b| *b == 0) {
-            let msg: Vec<u8> = self.plaintext.drain(..=nul).collect();
+        while let Some(nul) = self.primary.plaintext.iter().position(|b| *b == 0) {
+            let msg: Vec<u8> = self.primary.plaintext.drain(..=nul).collect();
             let msg = String::from_utf8_lossy(&msg[..nul]).into_owned();
             self.control_message(now, &msg)?;
         }
@@ -350,7 +575,8 @@ impl Session {
     fn send_text(&mut self, msg: &str) -> Result<(), SessionError> {
         let mut b = msg.as_bytes().to_vec();
         b.push(0);
-        self.tls
+        self.primary
+            .tls
             .as_mut()
             .ok_or(SessionError::Failed("no TLS".into()))?
             .write_plaintext(&b)?;
@@ -359,6 +585,7 @@ impl Session {
 
     fn control_message(&mut self, now: Instant, msg: &str) -> Result<(), SessionError> {
         let peer_info = self
+            .primary
             .peer_km2
             .as_ref()
             .map(|k| k.peer_info.clone())
@@ -382,12 +609,15 @@ impl Session {
             self.send_text(&reply)?;
             self.push =
                 PushReply::parse(&reply).map_err(|e| SessionError::Failed(e.to_string()))?;
-            self.install(now, cipher, peer_id)?;
+            self.install_first(now, cipher, peer_id)?;
         } else if msg.starts_with("PUSH_REPLY") && self.is_client() {
+            if self.phase == Phase::Active {
+                return Ok(()); // a repeated reply (or one after a renegotiation)
+            }
             self.push
                 .merge(msg)
                 .map_err(|e| SessionError::Failed(e.to_string()))?;
-            if self.push.more || self.phase == Phase::Active {
+            if self.push.more {
                 return Ok(());
             }
             let cipher = self
@@ -401,29 +631,28 @@ impl Session {
                 ));
             }
             let peer_id = self.push.peer_id.unwrap_or(crate::packet::NO_PEER_ID);
-            self.install(now, cipher, peer_id)?;
+            self.install_first(now, cipher, peer_id)?;
         } else if msg.starts_with("AUTH_FAILED") {
             return Err(SessionError::Failed(msg.to_string()));
         }
         Ok(())
     }
 
-    fn install(&mut self, now: Instant, cipher: Cipher, peer_id: u32) -> Result<(), SessionError> {
-        let tls = self
-            .tls
-            .as_ref()
-            .ok_or(SessionError::Failed("no TLS".into()))?;
-        let ekm = tls.export_data_keys()?;
-        let keys = DataKeys::from_ekm(&ekm, !self.is_client());
-        let key = DataChannelKey::new(
-            &keys,
-            cipher,
-            self.key_id,
-            peer_id,
-            self.cfg.data_limits,
-            now,
-        );
-        self.outputs.push_back(Output::InstallKey(Arc::new(key)));
+    /// Key-id 0: receive and send with it at once (the push exchange
+    /// already told the peer everything it needs).
+    fn install_first(
+        &mut self,
+        now: Instant,
+        cipher: Cipher,
+        peer_id: u32,
+    ) -> Result<(), SessionError> {
+        self.cipher = Some(cipher);
+        self.peer_id = peer_id;
+        self.derive_key(now, cipher)?;
+        self.outputs.push_back(Output::SendKey(self.primary.key_id));
+        self.primary.sending = true;
+        self.primary.ready_at = Some(now);
+        self.timers.key_ready(now);
         self.phase = Phase::Active;
         self.outputs.push_back(Output::Event(Event::Connected {
             push: Box::new(self.push.clone()),
@@ -440,35 +669,41 @@ impl Session {
 
     fn send_tls_records(&mut self) -> Result<(), SessionError> {
         let max = self.max_chunk();
-        if let Some(tls) = self.tls.as_mut() {
+        if let Some(tls) = self.primary.tls.as_mut() {
             let records = tls.take_records()?;
             for c in records.chunks(max) {
-                self.reliable.send(Opcode::ControlV1, c.to_vec());
+                self.primary.reliable.send(Opcode::ControlV1, c.to_vec());
             }
         }
         Ok(())
     }
 
-    fn flush(&mut self, now: Instant) {
+    pub(crate) fn flush(&mut self, now: Instant) {
         let time = self.unix_time(now);
-        while let Some(o) = self.reliable.poll_transmit(now) {
-            let body = ControlBody {
-                remote_session: (!o.acks.is_empty()).then(|| self.remote_sid.unwrap_or_default()),
-                acks: o.acks,
-                message_id: o.message_id,
-                payload: &o.payload,
-            };
-            let mut b = Vec::with_capacity(body.encoded_len());
-            body.encode(&mut b);
-            match self
-                .cfg
-                .wrap
-                .wrap(o.opcode, self.key_id, self.local_sid, &b, time)
-            {
-                Ok(p) => self.outputs.push_back(Output::Transmit(p)),
-                Err(e) => {
-                    self.fail(e.to_string());
-                    return;
+        let remote = self.remote_sid.unwrap_or_default();
+        let lame = self.lame.as_mut().map(|l| &mut l.ks);
+        for ks in std::iter::once(&mut self.primary).chain(lame) {
+            while let Some(o) = ks.reliable.poll_transmit(now) {
+                let body = ControlBody {
+                    remote_session: (!o.acks.is_empty()).then_some(remote),
+                    acks: o.acks,
+                    message_id: o.message_id,
+                    payload: &o.payload,
+                };
+                let mut b = Vec::with_capacity(body.encoded_len());
+                body.encode(&mut b);
+                match self
+                    .cfg
+                    .wrap
+                    .wrap(o.opcode, ks.key_id, self.local_sid, &b, time)
+                {
+                    Ok(p) => self.outputs.push_back(Output::Transmit(p)),
+                    Err(e) => {
+                        self.phase = Phase::Failed;
+                        self.outputs
+                            .push_back(Output::Event(Event::Failed(e.to_string())));
+                        return;
+                    }
                 }
             }
         }

@@ -9,14 +9,23 @@
 //! the SHA-256 of the peer's end-entity certificate must be one of the
 //! configured ones (self-signed certificates), the handshake signature still
 //! verified.
+//!
+//! On top of either, a [`PeerPolicy`] (RFC 8922 IV) checks the peer's
+//! end-entity certificate as OpenVPN 2.6 does: `remote-cert-tls server`
+//! (a key usage extension present and the TLS Web Server Authentication
+//! extended key usage) and `verify-x509-name` (the subject DN as OpenVPN
+//! prints it, the common name, or a prefix of it). Every refusal names the
+//! option that refused, so the log says why a handshake failed.
 
+/// The rustls this crate uses (its certificate and key types are in [`TlsIdentity`]).
+pub use rustls;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
-    ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
 };
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -37,6 +46,18 @@ pub enum TlsError {
     Io(#[from] std::io::Error),
     #[error("TLS key export before the handshake completed")]
     NotReady,
+    #[error("TLS: peer certificate refused: {0}")]
+    PeerRejected(String),
+}
+
+/// rustls shows our own refusal reasons with Debug formatting: unwrap them.
+fn tls_error(e: rustls::Error) -> TlsError {
+    if let rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(o))) = &e {
+        if let Some(r) = o.downcast_ref::<PeerRejected>() {
+            return TlsError::PeerRejected(r.0.clone());
+        }
+    }
+    TlsError::Rustls(e)
 }
 
 /// How the peer's certificate is validated (RFC 8922 IV).
@@ -63,6 +84,197 @@ pub fn fingerprint(cert: &[u8]) -> [u8; 32] {
     Sha256::digest(cert).into()
 }
 
+/// `AB:CD:...`, as OpenVPN and `openssl x509 -fingerprint` print it.
+pub fn fingerprint_hex(fp: &[u8; 32]) -> String {
+    fp.iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// `verify-x509-name NAME [subject|name|name-prefix]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum X509NameCheck {
+    /// The whole subject DN as OpenVPN prints it, e.g. `C=KG, O=Org,
+    /// CN=server-1` (OpenVPN's default type).
+    Subject(String),
+    /// The common name, exactly.
+    Name(String),
+    /// The common name starts with this.
+    NamePrefix(String),
+}
+
+impl X509NameCheck {
+    /// From the option's arguments; `kind` defaults to `subject` as in OpenVPN.
+    pub fn parse(name: &str, kind: Option<&str>) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("empty name".into());
+        }
+        let n = name.to_string();
+        match kind.unwrap_or("subject") {
+            "subject" => Ok(Self::Subject(n)),
+            "name" => Ok(Self::Name(n)),
+            "name-prefix" => Ok(Self::NamePrefix(n)),
+            other => Err(format!(
+                "`{other}`: the type is `subject`, `name` or `name-prefix`"
+            )),
+        }
+    }
+}
+
+/// `remote-cert-tls server|client`: the usage the peer's certificate must allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertUsage {
+    Server,
+    Client,
+}
+
+impl CertUsage {
+    fn eku_name(self) -> &'static str {
+        match self {
+            CertUsage::Server => "TLS Web Server Authentication",
+            CertUsage::Client => "TLS Web Client Authentication",
+        }
+    }
+}
+
+/// Checks of the peer's certificate beyond the chain or fingerprint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerPolicy {
+    pub remote_cert_tls: Option<CertUsage>,
+    pub verify_x509_name: Option<X509NameCheck>,
+}
+
+/// Why the peer's certificate was refused (shown in the TLS error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PeerRejected(pub String);
+
+fn rejected(msg: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(PeerRejected(
+        msg,
+    )))))
+}
+
+/// OpenSSL's short name of a DN attribute (`XN_FLAG_FN_SN`).
+fn attr_short_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.4" => "SN",
+        "2.5.4.5" => "serialNumber",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "street",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.12" => "title",
+        "2.5.4.17" => "postalCode",
+        "2.5.4.42" => "GN",
+        "2.5.4.46" => "dnQualifier",
+        "2.5.4.65" => "pseudonym",
+        "1.2.840.113549.1.9.1" => "emailAddress",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        _ => return None,
+    })
+}
+
+/// What the policy looks at in a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertNames {
+    /// The subject DN as OpenVPN 2.6 prints it (`x509_get_subject`:
+    /// `C=KG, ST=NA, CN=server`, RDNs in certificate order, multi-valued
+    /// ones joined by ` + `).
+    pub subject: String,
+    /// The last CN (OpenVPN's `x509-username-field` default).
+    pub common_name: Option<String>,
+}
+
+/// Reads the subject of a DER certificate.
+pub fn cert_names(der: &[u8]) -> Result<CertNames, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("certificate does not parse: {e}"))?;
+    let mut rdns = Vec::new();
+    let mut common_name = None;
+    for rdn in cert.subject().iter() {
+        let mut parts = Vec::new();
+        for a in rdn.iter() {
+            let oid = a.attr_type().to_id_string();
+            let value = a
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|_| String::from_utf8_lossy(a.as_slice()).into_owned());
+            if oid == "2.5.4.3" {
+                common_name = Some(value.clone());
+            }
+            let key = attr_short_name(&oid).map_or(oid.clone(), str::to_string);
+            parts.push(format!("{key}={value}"));
+        }
+        rdns.push(parts.join(" + "));
+    }
+    Ok(CertNames {
+        subject: rdns.join(", "),
+        common_name,
+    })
+}
+
+impl PeerPolicy {
+    /// Applies the policy to the peer's end-entity certificate.
+    pub fn check(&self, der: &[u8]) -> Result<(), PeerRejected> {
+        if self.remote_cert_tls.is_none() && self.verify_x509_name.is_none() {
+            return Ok(());
+        }
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| PeerRejected(format!("peer certificate does not parse: {e}")))?;
+        if let Some(usage) = self.remote_cert_tls {
+            let opt = match usage {
+                CertUsage::Server => "remote-cert-tls server",
+                CertUsage::Client => "remote-cert-tls client",
+            };
+            match cert.key_usage() {
+                Ok(Some(_)) => {}
+                _ => {
+                    return Err(PeerRejected(format!(
+                        "{opt}: the peer certificate has no key usage extension"
+                    )))
+                }
+            }
+            let ok = match cert.extended_key_usage() {
+                Ok(Some(e)) => match usage {
+                    CertUsage::Server => e.value.server_auth,
+                    CertUsage::Client => e.value.client_auth,
+                },
+                _ => false,
+            };
+            if !ok {
+                return Err(PeerRejected(format!(
+                    "{opt}: the peer certificate lacks the extended key usage {}",
+                    usage.eku_name()
+                )));
+            }
+        }
+        if let Some(check) = &self.verify_x509_name {
+            let names = cert_names(der).map_err(PeerRejected)?;
+            let cn = names.common_name.as_deref().unwrap_or("");
+            let (ok, want) = match check {
+                X509NameCheck::Subject(s) => (names.subject == *s, format!("subject `{s}`")),
+                X509NameCheck::Name(n) => (cn == n, format!("name `{n}`")),
+                X509NameCheck::NamePrefix(p) => {
+                    (cn.starts_with(p.as_str()), format!("name prefix `{p}`"))
+                }
+            };
+            if !ok {
+                return Err(PeerRejected(format!(
+                    "verify-x509-name: the peer certificate's subject `{}` does not match {want}",
+                    names.subject
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -82,13 +294,18 @@ fn versions(tls12: bool) -> &'static [&'static rustls::SupportedProtocolVersion]
 #[derive(Debug)]
 struct Verifier {
     mode: PeerVerification,
+    policy: PeerPolicy,
     webpki_server: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     webpki_client: Option<Arc<dyn ClientCertVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
 impl Verifier {
-    fn new(mode: PeerVerification, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+    fn new(
+        mode: PeerVerification,
+        policy: PeerPolicy,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
         let (mut ws, mut wc) = (None, None);
         if let PeerVerification::Ca(cas) = &mode {
             let mut roots = RootCertStore::empty();
@@ -115,6 +332,7 @@ impl Verifier {
         }
         Ok(Self {
             mode,
+            policy,
             webpki_server: ws,
             webpki_client: wc,
             provider,
@@ -129,10 +347,27 @@ impl Verifier {
         if fps.iter().any(|f| bool::from(f.ct_eq(&fp))) {
             Ok(())
         } else {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
+            Err(rejected(format!(
+                "peer-fingerprint: the peer certificate's SHA-256 fingerprint {} is not one of \
+                 the {} configured",
+                fingerprint_hex(&fp),
+                fps.len()
+            )))
         }
+    }
+
+    /// The chain check's verdict, explained, then the policy.
+    fn finish(&self, chain: Result<(), rustls::Error>, cert: &[u8]) -> Result<(), rustls::Error> {
+        match chain {
+            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+                return Err(rejected(
+                    "the peer certificate is not issued by the configured CA (ca)".into(),
+                ))
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        self.policy.check(cert).map_err(|e| rejected(e.0))
     }
 }
 
@@ -145,22 +380,21 @@ impl ServerCertVerifier for Verifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match &self.webpki_server {
+        let chain = match &self.webpki_server {
             Some(w) => {
                 match w.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-                    // OpenVPN does not check the name unless verify-x509-name says so.
+                    // OpenVPN checks no DNS name: verify-x509-name does that.
                     Err(rustls::Error::InvalidCertificate(
                         CertificateError::NotValidForName
                         | CertificateError::NotValidForNameContext { .. },
-                    )) => Ok(ServerCertVerified::assertion()),
-                    r => r,
+                    )) => Ok(()),
+                    r => r.map(|_| ()),
                 }
             }
-            None => {
-                self.check_fingerprint(end_entity)?;
-                Ok(ServerCertVerified::assertion())
-            }
-        }
+            None => self.check_fingerprint(end_entity),
+        };
+        self.finish(chain, end_entity)?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -212,13 +446,14 @@ impl ClientCertVerifier for Verifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match &self.webpki_client {
-            Some(w) => w.verify_client_cert(end_entity, intermediates, now),
-            None => {
-                self.check_fingerprint(end_entity)?;
-                Ok(ClientCertVerified::assertion())
-            }
-        }
+        let chain = match &self.webpki_client {
+            Some(w) => w
+                .verify_client_cert(end_entity, intermediates, now)
+                .map(|_| ()),
+            None => self.check_fingerprint(end_entity),
+        };
+        self.finish(chain, end_entity)?;
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -246,8 +481,16 @@ impl ClientCertVerifier for Verifier {
 
 /// A rustls client configuration for the control channel.
 pub fn client_config(id: &TlsIdentity) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_policy(id, &PeerPolicy::default())
+}
+
+/// [`client_config`] with `remote-cert-tls` / `verify-x509-name` checks.
+pub fn client_config_with_policy(
+    id: &TlsIdentity,
+    policy: &PeerPolicy,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let p = provider();
-    let v = Arc::new(Verifier::new(id.verify.clone(), p.clone())?);
+    let v = Arc::new(Verifier::new(id.verify.clone(), policy.clone(), p.clone())?);
     let cfg = ClientConfig::builder_with_provider(p)
         .with_protocol_versions(versions(id.allow_tls12))?
         .dangerous()
@@ -258,8 +501,16 @@ pub fn client_config(id: &TlsIdentity) -> Result<Arc<ClientConfig>, TlsError> {
 
 /// A rustls server configuration: client certificates are mandatory.
 pub fn server_config(id: &TlsIdentity) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_policy(id, &PeerPolicy::default())
+}
+
+/// [`server_config`] with `remote-cert-tls client` / `verify-x509-name`.
+pub fn server_config_with_policy(
+    id: &TlsIdentity,
+    policy: &PeerPolicy,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let p = provider();
-    let v = Arc::new(Verifier::new(id.verify.clone(), p.clone())?);
+    let v = Arc::new(Verifier::new(id.verify.clone(), policy.clone(), p.clone())?);
     let cfg = ServerConfig::builder_with_provider(p)
         .with_protocol_versions(versions(id.allow_tls12))?
         .with_client_cert_verifier(v)
@@ -299,7 +550,7 @@ impl Tls {
     pub fn feed(&mut self, mut records: &[u8]) -> Result<(), TlsError> {
         while !records.is_empty() {
             self.conn.read_tls(&mut records)?;
-            self.conn.process_new_packets()?;
+            self.conn.process_new_packets().map_err(tls_error)?;
         }
         Ok(())
     }
@@ -361,5 +612,111 @@ impl Tls {
         let mut k = Zeroizing::new([0u8; EKM_LEN]);
         k.copy_from_slice(&v);
         Ok(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        CertificateParams, DistinguishedName as Dn, DnType, ExtendedKeyUsagePurpose, KeyPair,
+        KeyUsagePurpose,
+    };
+
+    fn cert(dn: &[(DnType, &str)], ku: bool, eku: &[ExtendedKeyUsagePurpose]) -> Vec<u8> {
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        let mut d = Dn::new();
+        for (t, v) in dn {
+            d.push(t.clone(), *v);
+        }
+        p.distinguished_name = d;
+        if ku {
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        }
+        p.extended_key_usages = eku.to_vec();
+        p.self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn subject_as_openvpn_prints_it() {
+        let c = cert(
+            &[
+                (DnType::CountryName, "KG"),
+                (DnType::OrganizationName, "Org"),
+                (DnType::CommonName, "server-1"),
+            ],
+            true,
+            &[],
+        );
+        let n = cert_names(&c).unwrap();
+        assert_eq!(n.subject, "C=KG, O=Org, CN=server-1");
+        assert_eq!(n.common_name.as_deref(), Some("server-1"));
+    }
+
+    #[test]
+    fn verify_x509_name_types() {
+        let c = cert(
+            &[
+                (DnType::OrganizationName, "Org"),
+                (DnType::CommonName, "server-1"),
+            ],
+            true,
+            &[],
+        );
+        let check = |name: &str, kind: Option<&str>| {
+            PeerPolicy {
+                verify_x509_name: Some(X509NameCheck::parse(name, kind).unwrap()),
+                ..Default::default()
+            }
+            .check(&c)
+        };
+        assert!(check("O=Org, CN=server-1", None).is_ok());
+        assert!(check("O=Org, CN=server-1", Some("subject")).is_ok());
+        assert!(check("CN=server-1", Some("subject")).is_err());
+        assert!(check("server-1", Some("name")).is_ok());
+        assert!(check("server", Some("name")).is_err());
+        assert!(check("server-", Some("name-prefix")).is_ok());
+        let e = check("client", Some("name-prefix")).unwrap_err();
+        assert!(
+            e.0.contains("verify-x509-name") && e.0.contains("O=Org, CN=server-1"),
+            "{e}"
+        );
+        assert!(X509NameCheck::parse("x", Some("cn")).is_err());
+        assert!(X509NameCheck::parse("", None).is_err());
+    }
+
+    #[test]
+    fn remote_cert_tls() {
+        let p = PeerPolicy {
+            remote_cert_tls: Some(CertUsage::Server),
+            ..Default::default()
+        };
+        let cn = [(DnType::CommonName, "s")];
+        assert!(p
+            .check(&cert(&cn, true, &[ExtendedKeyUsagePurpose::ServerAuth]))
+            .is_ok());
+        let e = p
+            .check(&cert(&cn, false, &[ExtendedKeyUsagePurpose::ServerAuth]))
+            .unwrap_err();
+        assert!(e.0.contains("no key usage"), "{e}");
+        let e = p
+            .check(&cert(&cn, true, &[ExtendedKeyUsagePurpose::ClientAuth]))
+            .unwrap_err();
+        assert!(e.0.contains("TLS Web Server Authentication"), "{e}");
+        assert!(p.check(&cert(&cn, true, &[])).is_err());
+        assert!(PeerPolicy::default().check(b"not a certificate").is_ok());
+        assert!(p.check(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn fingerprint_format() {
+        let mut fp = [0u8; 32];
+        fp[0] = 0xab;
+        fp[31] = 0x01;
+        let h = fingerprint_hex(&fp);
+        assert!(h.starts_with("AB:00:") && h.ends_with(":01") && h.len() == 95);
     }
 }

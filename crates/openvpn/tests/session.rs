@@ -91,6 +91,7 @@ fn pump(mut c: Session, mut s: Session, drop_every: usize, start: Instant) -> Ru
             match o {
                 Output::Transmit(p) => to_s.push(p),
                 Output::InstallKey(k) => run.client_key = Some(k),
+                Output::SendKey(_) | Output::RetireKey(_) => {}
                 Output::Event(e) => run.client_events.push(e),
             }
         }
@@ -98,6 +99,7 @@ fn pump(mut c: Session, mut s: Session, drop_every: usize, start: Instant) -> Ru
             match o {
                 Output::Transmit(p) => to_c.push(p),
                 Output::InstallKey(k) => run.server_key = Some(k),
+                Output::SendKey(_) | Output::RetireKey(_) => {}
                 Output::Event(e) => run.server_events.push(e),
             }
         }

@@ -729,7 +729,10 @@ impl Control {
                 if self.current.is_some_and(|c| stale.contains(&c)) {
                     self.current = Some(sa);
                 }
-                self.replacing.retain(|s| !stale.contains(s));
+                let now = Instant::now();
+                for s in &stale {
+                    self.reauth.gone(now, *s);
+                }
             }
             Event::ChildFailed { sa, notify } => {
                 tracing::warn!(

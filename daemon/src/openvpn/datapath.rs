@@ -6,7 +6,7 @@
 use super::state::{Link, Shared, Tables, ToControl, TunnelSet};
 use crate::datapath::dst_ip;
 use crate::wg::state::DropCounters;
-use polytun_core::{OpenError, PacketBatch, PacketBuf, PrefixTable};
+use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf, PrefixTable};
 use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
 use polytun_openvpn::data::{
     occ_exit_payload, DataError, Opened, OCC_EXIT, OCC_MAGIC, OVERHEAD, PING_MAGIC,
@@ -93,6 +93,17 @@ async fn send_sealed(shared: &Shared, link: &Link, pkts: &[&[u8]], scratch: &mut
                 DropCounters::bump(&shared.drops.other);
             }
         }
+    }
+}
+
+/// Tells the control task a key reached a soft limit (reported once per key).
+fn key_expiring(shared: &Shared, key_id: u8) {
+    if shared
+        .to_control
+        .try_send(ToControl::KeyExpiring(key_id))
+        .is_err()
+    {
+        DropCounters::bump(&shared.drops.rate_limited);
     }
 }
 
@@ -199,7 +210,10 @@ pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routi
                 };
                 let size = batch.get(i).len();
                 match batch.with_packet(i, |p| key.seal(now, p)) {
-                    Ok(_) => {
+                    Ok(st) => {
+                        if st == KeyStatus::Expiring {
+                            key_expiring(shared, key.key_id);
+                        }
                         shared.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
                         sealed.push((i, ti));
                     }
@@ -307,7 +321,11 @@ impl TunWriter {
         let slot = &mut self.slots[self.k * TUN_WRITE_SLOT..(self.k + 1) * TUN_WRITE_SLOT];
         slot[at..at + d.len()].copy_from_slice(d);
         let mut p = PacketBuf::new(slot, at, at + d.len());
-        match key.open(now, &mut p) {
+        let opened = key.open(now, &mut p);
+        if let Ok(Opened::Packet(KeyStatus::Expiring) | Opened::Ping(KeyStatus::Expiring)) = opened {
+            key_expiring(shared, key_id);
+        }
+        match opened {
             Ok(Opened::Packet(_)) => {
                 shared.mark_rx(now);
                 if p.is_empty() {

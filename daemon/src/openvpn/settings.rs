@@ -7,7 +7,9 @@
 
 use crate::config::ConfigError;
 use polytun_openvpn::data::Cipher;
+use polytun_openvpn::rekey::{RekeyConfig, RenegSec};
 use polytun_openvpn::static_key::StaticKey;
+use polytun_openvpn::tls::{CertUsage, PeerPolicy, X509NameCheck};
 use polytun_openvpn::wrap::Digest;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -68,10 +70,14 @@ pub struct OpenVpn {
     pub key_mode: KeyMode,
     pub data_ciphers: Vec<Cipher>,
     pub peer_fingerprints: Vec<[u8; 32]>,
+    /// `remote-cert-tls server`, `verify-x509-name`.
+    pub policy: PeerPolicy,
     pub hand_window: Duration,
     /// Client-side `ping` / `ping-restart` (the server's push overrides).
     pub ping: Option<u32>,
     pub ping_restart: Option<u32>,
+    /// `reneg-sec`, `reneg-bytes`, `reneg-pkts`, `tran-window`.
+    pub rekey: RekeyConfig,
     /// Where the settings came from (a .ovpn file), for messages.
     pub source: Option<PathBuf>,
     /// `mode = "server"`: the server's own settings.
@@ -124,6 +130,13 @@ pub struct RawFields<'a> {
     pub max_clients: Option<u32>,
     pub local: Option<&'a str>,
     pub listen_port: Option<u16>,
+    pub reneg_sec: Option<u32>,
+    pub reneg_bytes: Option<u64>,
+    pub reneg_pkts: Option<u64>,
+    pub tran_window: Option<u32>,
+    pub remote_cert_tls: Option<&'a str>,
+    pub verify_x509_name: Option<&'a str>,
+    pub verify_x509_type: Option<&'a str>,
 }
 
 /// One value and where it was written: a TOML field, or a .ovpn line.
@@ -162,6 +175,12 @@ struct Collected {
     max_clients: Option<(u32, Src)>,
     local: Option<(String, Src)>,
     lport: Option<(u16, Src)>,
+    reneg_sec: Option<RenegSec>,
+    reneg_bytes: Option<u64>,
+    reneg_pkts: Option<u64>,
+    tran_window: Option<u32>,
+    remote_cert_tls: bool,
+    verify_x509_name: Option<(X509NameCheck, Src)>,
 }
 
 /// Builds the settings; `toml_err(field, message)` makes an error for a
@@ -244,6 +263,43 @@ pub fn build(
     }
     if let Some(v) = raw.listen_port {
         c.lport = Some((v, t("listen_port")));
+    }
+    if let Some(max) = raw.reneg_sec {
+        c.reneg_sec = Some(RenegSec { max, min: None });
+    }
+    c.reneg_bytes = raw.reneg_bytes.or(c.reneg_bytes);
+    c.reneg_pkts = raw.reneg_pkts.or(c.reneg_pkts);
+    c.tran_window = raw.tran_window.or(c.tran_window);
+    if let Some(r) = raw.remote_cert_tls {
+        if r != "server" {
+            return Err(toml_err(
+                "remote_cert_tls",
+                format!("`{r}`: a client can only require `server`"),
+            ));
+        }
+        c.remote_cert_tls = true;
+    }
+    match (raw.verify_x509_name, raw.verify_x509_type) {
+        (Some(n), kind) => {
+            let check = X509NameCheck::parse(n, kind).map_err(|m| {
+                toml_err(
+                    if kind.is_some() {
+                        "verify_x509_type"
+                    } else {
+                        "verify_x509_name"
+                    },
+                    m,
+                )
+            })?;
+            c.verify_x509_name = Some((check, t("verify_x509_name")));
+        }
+        (None, Some(_)) => {
+            return Err(toml_err(
+                "verify_x509_type",
+                "set only together with verify_x509_name".into(),
+            ))
+        }
+        (None, None) => {}
     }
     finish(c, source, base, toml_err)
 }
@@ -461,6 +517,13 @@ fn finish(
         }
     };
     let hand_window = Duration::from_secs(u64::from(c.hand_window.unwrap_or(60).max(1)));
+    // As OpenVPN: 0 turns a trigger off.
+    let rekey = RekeyConfig {
+        reneg_sec: c.reneg_sec.unwrap_or_default(),
+        reneg_bytes: c.reneg_bytes.filter(|b| *b > 0),
+        reneg_pkts: c.reneg_pkts.filter(|p| *p > 0),
+        tran_window: Duration::from_secs(u64::from(c.tran_window.unwrap_or(3600))),
+    };
     Ok(OpenVpn {
         remote,
         transport,
@@ -470,9 +533,14 @@ fn finish(
         key_mode,
         data_ciphers,
         peer_fingerprints,
+        policy: PeerPolicy {
+            remote_cert_tls: c.remote_cert_tls.then_some(CertUsage::Server),
+            verify_x509_name: c.verify_x509_name.map(|(v, _)| v),
+        },
         hand_window,
         ping: c.ping,
         ping_restart: c.ping_restart,
+        rekey,
         source,
         server,
     })
@@ -555,6 +623,39 @@ fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
     let mut out = [0u8; 32];
     for (i, o) in out.iter_mut().enumerate() {
         *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// Splits arguments as OpenVPN does: whitespace, or "..." / '...' quoting.
+fn quoted_args(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        let mut w = String::new();
+        if c == '"' || c == '\'' {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some(x) if x == c => break,
+                    Some(x) => w.push(x),
+                    None => return Err(format!("unterminated {c} quote")),
+                }
+            }
+        } else {
+            while let Some(&x) = chars.peek() {
+                if x.is_whitespace() {
+                    break;
+                }
+                w.push(x);
+                chars.next();
+            }
+        }
+        out.push(w);
     }
     Ok(out)
 }
@@ -716,6 +817,11 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
             }
             *slot = Some((path_or_inline(a), src.clone()));
         };
+        let big = |n: usize| -> Result<u64, ConfigError> {
+            let a = arg(n)?;
+            a.parse()
+                .map_err(|_| e(ln, opt, format!("`{a}` is not a number")))
+        };
         let num = |n: usize| -> Result<u32, ConfigError> {
             let a = arg(n)?;
             a.parse()
@@ -830,6 +936,22 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
                         ),
                     ));
                 }
+                c.remote_cert_tls = true;
+            }
+            "verify-x509-name" => {
+                // The name may be quoted and hold spaces ('C=KG, CN=server').
+                let rest = l.trim_start_matches("--").trim_start()[opt.len()..].trim();
+                let a = quoted_args(rest).map_err(|m| e(ln, opt, m))?;
+                if a.is_empty() || a.len() > 2 {
+                    return Err(e(
+                        ln,
+                        opt,
+                        "`verify-x509-name NAME [subject|name|name-prefix]`".into(),
+                    ));
+                }
+                let check = X509NameCheck::parse(&a[0], a.get(1).map(String::as_str))
+                    .map_err(|m| e(ln, opt, m))?;
+                c.verify_x509_name = Some((check, src.clone()));
             }
             "mode" => {
                 let m = arg(0)?;
@@ -881,6 +1003,21 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
                 }
             }
             "hand-window" => c.hand_window = Some(num(0)?),
+            "reneg-sec" => {
+                if args.len() > 2 {
+                    return Err(e(
+                        ln,
+                        opt,
+                        "`reneg-sec max [min]`: at most two numbers".into(),
+                    ));
+                }
+                let max = num(0)?;
+                let min = if args.len() > 1 { Some(num(1)?) } else { None };
+                c.reneg_sec = Some(RenegSec { max, min });
+            }
+            "reneg-bytes" => c.reneg_bytes = Some(big(0)?),
+            "reneg-pkts" => c.reneg_pkts = Some(big(0)?),
+            "tran-window" => c.tran_window = Some(num(0)?),
             "ping" => c.ping = Some(num(0)?),
             "ping-restart" => c.ping_restart = Some(num(0)?),
             "keepalive" => {
@@ -1095,6 +1232,49 @@ mod tests {
     }
 
     #[test]
+    fn reneg_and_identity_options_are_checked() {
+        let dir = std::env::temp_dir().join(format!("pt-ovpn-r-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.ovpn");
+        let raw = RawFields {
+            config: Some(&p),
+            ..Default::default()
+        };
+        for (text, line, field) in [
+            ("client\nreneg-sec 20 x\n", 2, "reneg-sec"),
+            ("client\nreneg-sec 1 2 3\n", 2, "reneg-sec"),
+            ("reneg-bytes lots\n", 1, "reneg-bytes"),
+            (
+                "client\n\nverify-x509-name server cn\n",
+                3,
+                "verify-x509-name",
+            ),
+            ("verify-x509-name 'C=KG, CN=x\n", 1, "verify-x509-name"),
+            ("remote-cert-tls client\n", 1, "remote-cert-tls"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = build(&raw, &dir, &terr).unwrap_err();
+            assert_eq!(
+                (e.line, e.field.as_str()),
+                (Some(line), field),
+                "{text}: {e}"
+            );
+        }
+        let e = build(
+            &RawFields {
+                remote: Some("192.0.2.1:1194"),
+                verify_x509_type: Some("name"),
+                ..Default::default()
+            },
+            Path::new("/"),
+            &terr,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "verify_x509_type");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn toml_fields_and_values() {
         let e = build(&RawFields::default(), Path::new("/"), &terr).unwrap_err();
         assert_eq!(e.field, "remote");
@@ -1111,6 +1291,12 @@ mod tests {
         assert_eq!(e.field, "proto");
         assert_eq!(resolve("192.0.2.1").unwrap().port(), 1194);
         assert!(parse_fingerprint("zz").is_err());
+        assert_eq!(
+            quoted_args("'C=KG, CN=server 1' subject").unwrap(),
+            ["C=KG, CN=server 1", "subject"]
+        );
+        assert_eq!(quoted_args("\"srv\"   name").unwrap(), ["srv", "name"]);
+        assert!(quoted_args("'open").is_err());
         assert_eq!(
             parse_fingerprint(&["ab"; 32].join(":")).unwrap(),
             [0xab; 32]

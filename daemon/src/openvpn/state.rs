@@ -43,6 +43,9 @@ pub enum ToControl {
     ServerExit,
     /// TCP connection number `.0` closed or failed.
     LinkDown(u64, String),
+    /// The record engine reported a soft limit (reneg-bytes / reneg-pkts /
+    /// packet-id wrap) for this key-id.
+    KeyExpiring(u8),
 }
 
 pub struct Shared {

@@ -35,8 +35,8 @@ const TICK: Duration = Duration::from_secs(1);
 
 pub enum TunnelCommand {
     Show(oneshot::Sender<TunnelShow>),
-    /// Starts a new session (hard reset; soft-reset renegotiation is not
-    /// built yet).
+    /// Renegotiates the data channel keys (soft reset) when connected,
+    /// else starts a new session at once.
     Rekey(oneshot::Sender<Result<usize, String>>),
     Shutdown,
 }
@@ -65,7 +65,7 @@ fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         verify,
         allow_tls12: true,
     };
-    Ok(tls::client_config(&id)?)
+    Ok(tls::client_config_with_policy(&id, &s.policy)?)
 }
 
 pub(super) fn control_wrap(s: &OpenVpn, is_server: bool) -> ControlWrap {
@@ -215,11 +215,7 @@ impl Control {
                 cmd = commands.recv() => match cmd {
                     None | Some(TunnelCommand::Shutdown) => break,
                     Some(TunnelCommand::Show(tx)) => { let _ = tx.send(self.show()); }
-                    Some(TunnelCommand::Rekey(tx)) => {
-                        tracing::info!("tunnel {}: new session on request (hard reset)", self.name);
-                        self.restart("restarted on request".into(), Duration::ZERO);
-                        let _ = tx.send(Ok(1));
-                    }
+                    Some(TunnelCommand::Rekey(tx)) => { let _ = tx.send(self.rekey()); }
                 },
                 _ = sleep => self.on_timer().await,
             }
@@ -236,6 +232,28 @@ impl Control {
         }
         self.teardown();
         tracing::info!("tunnel {}: stopped", self.name);
+    }
+
+    /// `polytun rekey`: a soft reset on a connected session (KU).
+    fn rekey(&mut self) -> Result<usize, String> {
+        let now = Instant::now();
+        match self.session.as_mut() {
+            Some(s) if self.state == State::Connected => match s.renegotiate(now) {
+                Ok(k) => {
+                    tracing::info!(
+                        "tunnel {}: renegotiating the data channel keys on request (key-id {k})",
+                        self.name
+                    );
+                    Ok(1)
+                }
+                Err(e) => Err(format!("tunnel {}: {e}", self.name)),
+            },
+            _ => {
+                tracing::info!("tunnel {}: new session on request (hard reset)", self.name);
+                self.restart("restarted on request".into(), Duration::ZERO);
+                Ok(1)
+            }
+        }
     }
 
     async fn on_timer(&mut self) {
@@ -337,6 +355,7 @@ impl Control {
         };
         let mut s = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
         s.set_hand_window(now, self.settings.hand_window);
+        s.set_rekey(now, self.settings.rekey.clone());
         self.session = Some(s);
         self.state = State::Connecting;
     }
@@ -377,6 +396,11 @@ impl Control {
                     );
                 }
             }
+            ToControl::KeyExpiring(key_id) => {
+                if let Some(s) = self.session.as_mut() {
+                    s.key_expiring(Instant::now(), key_id);
+                }
+            }
             ToControl::LinkDown(conn, why) => {
                 // (a late report from an earlier connection is stale)
                 if conn == self.attempts && self.state != State::Idle {
@@ -394,10 +418,24 @@ impl Control {
                     Output::Transmit(b) => {
                         datapath::send_now(&self.shared, &b);
                     }
+                    // Receive keys by key-id (the lame duck and the new key
+                    // side by side during a renegotiation); one send key.
                     Output::InstallKey(k) => {
+                        let slot = usize::from(k.key_id & 7);
+                        self.shared.tables_mut().keys[slot] = Some(k);
+                    }
+                    Output::SendKey(id) => {
                         let mut t = self.shared.tables_mut();
-                        t.keys[usize::from(k.key_id & 7)] = Some(k.clone());
-                        t.current = Some(k);
+                        t.current = t.keys[usize::from(id & 7)].clone();
+                    }
+                    Output::RetireKey(id) => {
+                        let mut t = self.shared.tables_mut();
+                        t.keys[usize::from(id & 7)] = None;
+                        if t.current.as_ref().is_some_and(|k| k.key_id == id) {
+                            t.current = None;
+                        }
+                        drop(t);
+                        tracing::debug!("tunnel {}: key-id {id} retired", self.name);
                     }
                     Output::Event(e) => events.push(e),
                 }
@@ -414,6 +452,14 @@ impl Control {
                     self.tls_version = Some(version);
                 }
                 Event::Connected { push } => self.connected(*push),
+                Event::Renegotiating { key_id, reason } => tracing::info!(
+                    "tunnel {}: renegotiating the data channel keys: key-id {key_id} ({reason})",
+                    self.name
+                ),
+                Event::Rekeyed { key_id } => tracing::info!(
+                    "tunnel {}: sending with key-id {key_id} (renegotiated)",
+                    self.name
+                ),
                 Event::Failed(why) => {
                     let why = if !self.answered {
                         format!(
@@ -576,6 +622,7 @@ impl Control {
     fn show(&self) -> TunnelShow {
         let push = self.push.as_ref();
         let key = self.shared.tables().current.clone();
+        let keys = self.session.as_ref().map(|s| s.key_info(Instant::now()));
         let state = match self.state {
             State::Idle => "waiting to reconnect",
             State::Connecting => "connecting",
@@ -592,6 +639,12 @@ impl Control {
             virtual_address: push.and_then(|p| self.virtual_address(p)),
             cipher: key.as_ref().map(|k| k.cipher.name().to_string()),
             key_id: key.as_ref().map(|k| k.key_id),
+            lame_duck_key_id: keys.as_ref().and_then(|k| k.lame_duck_key_id),
+            next_renegotiation_secs: keys
+                .as_ref()
+                .and_then(|k| k.next_renegotiation)
+                .map(|d| d.as_secs()),
+            renegotiations: keys.as_ref().map_or(0, |k| k.renegotiations),
             routes: self
                 .shared
                 .route_list()

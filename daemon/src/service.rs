@@ -67,7 +67,7 @@ impl Running {
             Protocol::OpenVpn(o) if o.server.is_some() => {
                 // The server reads the TUN device itself (alone on it).
                 let mtu = usize::from(self.config.interface.mtu);
-                let h = openvpn::server::spawn(&t.name, o.clone(), self.tun.clone(), mtu)?;
+                let h = openvpn::server::spawn(&t.name, o.as_ref().clone(), self.tun.clone(), mtu)?;
                 self.ovpn.push(h);
                 return Ok(());
             }

@@ -5,8 +5,8 @@
 
 use ipnet::IpNet;
 use polytun_ike::{
-    Certificate, DhGroup, DpdAction, EncrAlg, EspProposal, Identity, IkeProposal, IntegAlg,
-    PrfAlg, PrivateKey, PubkeyAuth, SetupError,
+    Certificate, DhGroup, DpdAction, EncrAlg, EspProposal, Identity, IkeProposal, IntegAlg, PrfAlg,
+    PrivateKey, PubkeyAuth, SetupError,
 };
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

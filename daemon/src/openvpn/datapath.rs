@@ -322,7 +322,8 @@ impl TunWriter {
         slot[at..at + d.len()].copy_from_slice(d);
         let mut p = PacketBuf::new(slot, at, at + d.len());
         let opened = key.open(now, &mut p);
-        if let Ok(Opened::Packet(KeyStatus::Expiring) | Opened::Ping(KeyStatus::Expiring)) = opened {
+        if let Ok(Opened::Packet(KeyStatus::Expiring) | Opened::Ping(KeyStatus::Expiring)) = opened
+        {
             key_expiring(shared, key_id);
         }
         match opened {

@@ -486,6 +486,9 @@ impl Server {
         };
         let mut session = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
         session.set_hand_window(now, self.settings.hand_window);
+        // reneg-sec / reneg-bytes / reneg-pkts / tran-window per client
+        // (crates/openvpn/src/rekey.rs; a server jitters reneg-sec as OpenVPN does)
+        session.set_rekey(now, self.settings.rekey.clone());
         tracing::info!(
             "tunnel {}: new session from {from}: peer-id {peer_id}, address {vaddr}",
             self.name
@@ -580,9 +583,19 @@ impl Server {
                     datapath::send_now(&p.shared, &b);
                 }
                 Output::InstallKey(k) => {
+                    let slot = usize::from(k.key_id & 7);
+                    p.shared.tables_mut().keys[slot] = Some(k);
+                }
+                Output::SendKey(id) => {
                     let mut t = p.shared.tables_mut();
-                    t.keys[usize::from(k.key_id & 7)] = Some(k.clone());
-                    t.current = Some(k);
+                    t.current = t.keys[usize::from(id & 7)].clone();
+                }
+                Output::RetireKey(id) => {
+                    let mut t = p.shared.tables_mut();
+                    t.keys[usize::from(id & 7)] = None;
+                    if t.current.as_ref().is_some_and(|k| k.key_id == id) {
+                        t.current = None;
+                    }
                 }
                 Output::Event(e) => events.push(e),
             }
@@ -607,6 +620,16 @@ impl Server {
                         push.cipher.map_or("?", |c| c.name())
                     );
                 }
+                Event::Renegotiating { key_id, reason } => tracing::info!(
+                    "tunnel {}: client {}: renegotiating the data channel keys: key-id {key_id} ({reason})",
+                    self.name,
+                    p.addr
+                ),
+                Event::Rekeyed { key_id } => tracing::info!(
+                    "tunnel {}: client {}: sending with key-id {key_id} (renegotiated)",
+                    self.name,
+                    p.addr
+                ),
                 Event::Failed(why) => {
                     let why = format!("handshake failed: {why}");
                     self.remove(pid, &why);
@@ -776,6 +799,7 @@ impl Server {
             t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_secs())
         };
+        let now = Instant::now();
         let mut drops = self.tunnel.drops.snapshot();
         let clients = self
             .peers
@@ -783,6 +807,7 @@ impl Server {
             .map(|p| {
                 add_drops(&mut drops, &p.shared.drops.snapshot());
                 let key = p.shared.tables().current.clone();
+                let keys = p.session.key_info(now);
                 OpenVpnShow {
                     role: "client".into(),
                     remote: p.addr.to_string(),
@@ -799,6 +824,9 @@ impl Server {
                     virtual_address: Some(format!("{}/{}", p.vaddr, self.srv.pool.prefix_len())),
                     cipher: key.as_ref().map(|k| k.cipher.name().to_string()),
                     key_id: key.as_ref().map(|k| k.key_id),
+                    lame_duck_key_id: keys.lame_duck_key_id,
+                    next_renegotiation_secs: keys.next_renegotiation.map(|d| d.as_secs()),
+                    renegotiations: keys.renegotiations,
                     rx_bytes: p.shared.rx_bytes.load(Ordering::Relaxed),
                     tx_bytes: p.shared.tx_bytes.load(Ordering::Relaxed),
                     pings_received: p.shared.pings_rx.load(Ordering::Relaxed),

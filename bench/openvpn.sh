@@ -16,7 +16,8 @@
 # over UDP and over TCP (each direction printed).
 #
 # Usage: sudo bench/openvpn.sh            (after cargo build --release)
-# Env: IMPLS="polytun openvpn", PROTOS="udp tcp", DIRS="s2c c2s", DURATION=10, REPEAT=3,
+# Env: IMPLS="polytun openvpn" (also the mixed pairs SERVER+CLIENT: "polytun+openvpn" is a
+#      polytund server with an openvpn client, "openvpn+polytun" the other way round), PROTOS="udp tcp", DIRS="s2c c2s", DURATION=10, REPEAT=3,
 #      PING_COUNT=20, OUT_DIR=..., LOCK=/tmp/peers-bench.lock (shared with the other
 #      benchmarks), LOCK_WAIT=3600, POLYTUN_BIN_DIR=..., CIPHER=AES-256-GCM
 # Only processes started here are killed (by PID); namespaces are deleted on exit.
@@ -170,32 +171,43 @@ measure() {
     s_ns=$NS_B c_ns=$NS_A s_if=$PT_B c_if=$PT_A s_ul=192.0.2.2 dst=$SRV_TUN
   fi
   TUN_A=$PT_A TUN_B=$PT_B
-  case $impl in
-    polytun)
-      [[ -x $BIN/polytund && -x $BIN/polytun ]] || die "$BIN/polytund missing: cargo build --release"
-      polytun_server_conf "$s_if" "$s_ul" "$proto" >"$OUT_DIR/$key-server.toml"
-      polytun_client_conf "$c_if" "$s_ul" "$proto" >"$OUT_DIR/$key-client.toml"
-      start_polytund "$s_ns" "$s_if" "$key-server"
-      start_polytund "$c_ns" "$c_if" "$key-client"
-      ;;
-    openvpn)
-      openvpn_server_conf "$s_if" "$s_ul" "$proto" >"$OUT_DIR/$key-server.conf"
-      openvpn_client_conf "$c_if" "$s_ul" "$proto" >"$OUT_DIR/$key-client.conf"
-      start_openvpn "$s_ns" "$key-server"
-      for _ in $(seq 200); do grep -q "Initialization Sequence Completed" "$OUT_DIR/$key-server.log" && break; sleep 0.1; done
-      start_openvpn "$c_ns" "$key-client"
-      for _ in $(seq 400); do grep -q "Initialization Sequence Completed" "$OUT_DIR/$key-client.log" && break; sleep 0.1; done
-      grep -q "Initialization Sequence Completed" "$OUT_DIR/$key-client.log" || die "openvpn client did not connect (see $OUT_DIR/$key-client.log)"
-      ;;
+  local srv=${impl%%+*} cli=${impl##*+}
+  [[ $impl == *+* ]] || srv=$impl cli=$impl
+  case $srv in
+    polytun|openvpn) ;;
     *) die "unknown implementation $impl" ;;
   esac
+  case $cli in
+    polytun|openvpn) ;;
+    *) die "unknown implementation $impl" ;;
+  esac
+  if [[ $srv == polytun || $cli == polytun ]]; then
+    [[ -x $BIN/polytund && -x $BIN/polytun ]] || die "$BIN/polytund missing: cargo build --release"
+  fi
+  if [[ $srv == polytun ]]; then
+    polytun_server_conf "$s_if" "$s_ul" "$proto" >"$OUT_DIR/$key-server.toml"
+    start_polytund "$s_ns" "$s_if" "$key-server"
+  else
+    openvpn_server_conf "$s_if" "$s_ul" "$proto" >"$OUT_DIR/$key-server.conf"
+    start_openvpn "$s_ns" "$key-server"
+    for _ in $(seq 200); do grep -q "Initialization Sequence Completed" "$OUT_DIR/$key-server.log" && break; sleep 0.1; done
+  fi
+  if [[ $cli == polytun ]]; then
+    polytun_client_conf "$c_if" "$s_ul" "$proto" >"$OUT_DIR/$key-client.toml"
+    start_polytund "$c_ns" "$c_if" "$key-client"
+  else
+    openvpn_client_conf "$c_if" "$s_ul" "$proto" >"$OUT_DIR/$key-client.conf"
+    start_openvpn "$c_ns" "$key-client"
+    for _ in $(seq 400); do grep -q "Initialization Sequence Completed" "$OUT_DIR/$key-client.log" && break; sleep 0.1; done
+    grep -q "Initialization Sequence Completed" "$OUT_DIR/$key-client.log" || die "openvpn client did not connect (see $OUT_DIR/$key-client.log)"
+  fi
   # the client has its pushed address once the tunnel is up; wait for traffic (up to ~60 s)
   for _ in $(seq 60); do
     ip netns exec "$NS_A" ping -c1 -W1 -q "$dst" >/dev/null 2>&1 9>&- && { ok=1; break; }
     sleep 0.5
   done
   (( ok )) || die "$key: tunnel does not pass traffic (logs in $OUT_DIR)"
-  if [[ $impl == openvpn ]]; then
+  if [[ $cli == openvpn ]]; then
     grep -h "Data Channel: cipher\|Outgoing Data Channel" "$OUT_DIR/$key-client.log" | head -2 >&2 || true
   else
     "$BIN/polytun" -i "$c_if" show >"$OUT_DIR/$key-client-show.txt" 2>&1 || true
@@ -203,7 +215,7 @@ measure() {
   start_bg "$NS_B" "$OUT_DIR/$key-iperf3-server.log" iperf3 -s -B "$dst"
   sleep 0.5
   measure_traffic "$key" "$dst"
-  if [[ $impl == polytun ]]; then
+  if [[ $cli == polytun ]]; then
     "$BIN/polytun" -i "$c_if" show >"$OUT_DIR/$key-client-show-end.txt" 2>&1 || true
   fi
   teardown
@@ -237,9 +249,10 @@ keys = [("tcp1_gbps", "TCP 1 stream Gbit/s"), ("tcp4_gbps", "TCP 4 streams Gbit/
         ("udp_kpps", "UDP k datagrams/s"), ("cpu_s_per_gb", "CPU s per GB (tcp1)"), ("rss_mb", "peak RSS MB (flood)"),
         ("alive_after_flood", "answers after flood")]
 print()
-print("%-22s" % "" + "".join("%18s" % c for c in cols))
+w = max([18] + [len(c) + 2 for c in cols])
+print("%-22s" % "" + "".join("%*s" % (w, c) for c in cols))
 for k, name in keys:
-    print("%-22s" % name + "".join("%18.3f" % res.get(c, {}).get(k, float("nan")) for c in cols))
+    print("%-22s" % name + "".join("%*.3f" % (w, res.get(c, {}).get(k, float("nan"))) for c in cols))
 print()
 for c in cols:
     if not c.startswith("polytun-"):

@@ -53,6 +53,7 @@ fn sides() -> (IpsecSide, IpsecSide) {
         remote_ts: format!("{IN_B}/32"),
         initiate: false,
         child_rekey_secs: None,
+        ..Default::default()
     };
     let b = IpsecSide {
         local_addr: a.remote_addr.clone(),

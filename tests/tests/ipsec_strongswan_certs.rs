@@ -30,6 +30,7 @@ fn sides(esp: &str, a_initiates: bool) -> (IpsecSide, IpsecSide) {
         remote_ts: format!("{IN_B}/32"),
         initiate: a_initiates,
         child_rekey_secs: None,
+        ..Default::default()
     };
     let b = IpsecSide {
         local_addr: a.remote_addr.clone(),

@@ -265,13 +265,13 @@ impl Running {
             .iter()
             .filter(|h| tunnel.as_ref().is_none_or(|t| *t == h.name));
         let (Some(h), None) = (matching.next(), matching.next()) else {
+            if self.ipsec.is_empty() {
+                return self.export_key_openvpn(tunnel, label, context, len).await;
+            }
             return Reply::Error {
                 message: match tunnel {
-                    Some(t) => format!("no IPsec tunnel `{t}` (key export is IPsec only so far)"),
-                    None => {
-                        "name one IPsec tunnel (--tunnel NAME); key export is IPsec only so far"
-                            .into()
-                    }
+                    Some(t) => format!("no IPsec tunnel `{t}` (name one tunnel)"),
+                    None => "name one IPsec tunnel (--tunnel NAME)".into(),
                 },
             };
         };
@@ -288,6 +288,46 @@ impl Running {
                 tunnel: h.name.clone(),
                 source: format!("IKE SA {}_i {}_r", k.spi_i, k.spi_r),
                 key_hex: k.key.iter().map(|b| format!("{b:02x}")).collect(),
+            },
+            Ok(Err(message)) => Reply::Error { message },
+            Err(_) => Reply::Error {
+                message: format!("tunnel {} did not answer", h.name),
+            },
+        }
+    }
+
+    /// SSKE for OpenVPN tunnels: the TLS exporter of the session.
+    async fn export_key_openvpn(
+        &self,
+        tunnel: Option<String>,
+        label: String,
+        context: String,
+        len: usize,
+    ) -> Reply {
+        let mut matching = self
+            .ovpn
+            .iter()
+            .filter(|h| tunnel.as_ref().is_none_or(|t| *t == h.name));
+        let (Some(h), None) = (matching.next(), matching.next()) else {
+            return Reply::Error {
+                message:
+                    "name one IPsec or OpenVPN tunnel (--tunnel NAME); WireGuard has no key export"
+                        .into(),
+            };
+        };
+        let (tx, rx) = oneshot::channel();
+        let cmd = openvpn::tunnel::TunnelCommand::ExportKey {
+            label: label.into_bytes(),
+            context: context.into_bytes(),
+            len,
+            reply: tx,
+        };
+        let _ = h.commands.send(cmd).await;
+        match rx.await {
+            Ok(Ok(k)) => Reply::Key {
+                tunnel: h.name.clone(),
+                source: "TLS exporter (RFC 5705) of the newest key".into(),
+                key_hex: k.iter().map(|b| format!("{b:02x}")).collect(),
             },
             Ok(Err(message)) => Reply::Error { message },
             Err(_) => Reply::Error {

@@ -268,6 +268,14 @@ impl<'a> Client<'a> {
         v["tunnels"][0]["openvpn"].clone()
     }
 
+    /// `polytun -i IFACE ARGS...`, its stdout (the command must succeed).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let cli = bins::polytun();
+        let mut all = vec![cli.to_str().unwrap(), "-i", &self.iface];
+        all.extend_from_slice(args);
+        self.ns.run_ok(&all)
+    }
+
     /// `polytun show` as text.
     pub fn show_text(&self) -> String {
         let cli = bins::polytun();

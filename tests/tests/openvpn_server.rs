@@ -571,3 +571,86 @@ fn openvpn_server_reneg_both_sides_zero_loss() {
     assert!(c.try_wait(client).is_none(), "openvpn client still running");
     eprintln!("osrn: passed in {:?}", t0.elapsed());
 }
+
+/// Key export (SSKE) and key update (KU) on the server: `polytun export-key`
+/// gives the same RFC 5705 keying material on the polytun client and the
+/// polytun server (the TLS exporter of their session; OpenVPN 2.6 hands the
+/// same value only to TLS_FINAL plugins), a context changes it, the data
+/// channel's own label is refused, and `polytun rekey` on the server
+/// renegotiates its client (soft reset, new exporter value on both sides).
+#[test]
+fn openvpn_server_key_export_and_rekey() {
+    let (s, c, pki) = setup("oske");
+    let server = start_server(&s, &pki, Proto::Udp, KeyMode::TlsCrypt);
+    let client = Client::start(
+        &c,
+        &ovpn::client_tunnel_toml(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            &["AES-256-GCM"],
+            &pki.path("ta.key"),
+        ),
+    );
+    client.wait_connected(Duration::from_secs(30));
+    wait_clients(&server, 1);
+    wait_ping(&c, SERVER_TUN, Duration::from_secs(10));
+    let export = |who: &Client<'_>, extra: &[&str]| {
+        let mut args = vec![
+            "export-key",
+            "--label",
+            "EXPORTER-polytun-test",
+            "--length",
+            "32",
+        ];
+        args.extend_from_slice(extra);
+        let out = who.cli(&args);
+        let key = out.trim().to_string();
+        assert!(
+            key.len() == 64 && key.chars().all(|c| c.is_ascii_hexdigit()),
+            "a 32-byte hex key: `{out}`"
+        );
+        key
+    };
+    let k_client = export(&client, &[]);
+    let k_server = export(&server, &[]);
+    assert_eq!(k_client, k_server, "both ends export the same key");
+    let k_ctx = export(&client, &["--context", "x"]);
+    assert_ne!(k_ctx, k_client, "a context gives another key");
+    assert_eq!(k_ctx, export(&server, &["--context", "x"]));
+    // the data channel keys' label is not for export
+    let cli = polytun_e2e::bins::polytun();
+    let o = c.run_env(
+        &[
+            cli.to_str().unwrap(),
+            "-i",
+            &client.iface,
+            "export-key",
+            "--label",
+            "EXPORTER-OpenVPN-datakeys",
+        ],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert!(!o.ok(), "the datakeys label must be refused: {}", o.stdout);
+    // KU from the server
+    server.cli(&["rekey"]);
+    wait_until(
+        "the client's key-id to move on",
+        Duration::from_secs(30),
+        || {
+            clients(&server)[0]["key_id"].as_u64().unwrap_or(0) >= 1
+                && client.session()["key_id"].as_u64().unwrap_or(0) >= 1
+        },
+    );
+    assert_eq!(ping(&c, SERVER_TUN, 10), 0.0, "traffic on the new key");
+    let k2 = export(&client, &[]);
+    assert_ne!(k2, k_client, "a new TLS session after renegotiation");
+    assert_eq!(k2, export(&server, &[]), "both ends moved to it");
+    assert!(
+        server.log().contains("renegotiating on request"),
+        "{}",
+        server.log()
+    );
+}

@@ -43,7 +43,7 @@ pub fn capabilities() -> Capabilities {
         )
         .with(
             Interface::Sske,
-            "TLS exporter (Tls::export, keying-material-exporter)",
+            "TLS exporter of the session (RFC 5705, as keying-material-exporter): polytun export-key",
         )
         .with(
             Interface::Ke,

@@ -599,11 +599,23 @@ impl Tls {
 
     /// RFC 5705 / 8446 exporter (SSKE: `keying-material-exporter`).
     pub fn export(&self, label: &[u8], len: usize) -> Result<Zeroizing<Vec<u8>>, TlsError> {
+        self.export_with_context(label, None, len)
+    }
+
+    /// The exporter with an optional context. OpenVPN's own
+    /// `keying-material-exporter` passes none; under TLS 1.3 no context and
+    /// an empty one give the same key (RFC 8446 §7.5).
+    pub fn export_with_context(
+        &self,
+        label: &[u8],
+        context: Option<&[u8]>,
+        len: usize,
+    ) -> Result<Zeroizing<Vec<u8>>, TlsError> {
         if self.conn.is_handshaking() {
             return Err(TlsError::NotReady);
         }
         let out = Zeroizing::new(vec![0u8; len]);
-        Ok(self.conn.export_keying_material(out, label, None)?)
+        Ok(self.conn.export_keying_material(out, label, context)?)
     }
 
     /// OpenVPN's data channel key material (tls-ekm).

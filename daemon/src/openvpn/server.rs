@@ -307,8 +307,9 @@ impl Server {
                 cmd = commands.recv() => match cmd {
                     None | Some(TunnelCommand::Shutdown) => break,
                     Some(TunnelCommand::Show(tx)) => { let _ = tx.send(self.show()); }
-                    Some(TunnelCommand::Rekey(tx)) => {
-                        let _ = tx.send(Err("renegotiation of server sessions is not built yet".into()));
+                    Some(TunnelCommand::Rekey(tx)) => { let _ = tx.send(self.rekey()); }
+                    Some(TunnelCommand::ExportKey { label, context, len, reply }) => {
+                        let _ = reply.send(self.export_key(&label, &context, len));
                     }
                 },
                 _ = sleep => self.on_timer(),
@@ -636,6 +637,58 @@ impl Server {
                     return;
                 }
             }
+        }
+    }
+
+    /// `polytun rekey`: every connected client renegotiates (soft reset).
+    fn rekey(&mut self) -> Result<usize, String> {
+        let now = Instant::now();
+        let ids: Vec<u32> = self
+            .peers
+            .values()
+            .filter(|p| p.connected_since.is_some())
+            .map(|p| p.peer_id)
+            .collect();
+        let mut n = 0;
+        for pid in ids {
+            let Some(p) = self.peers.get_mut(&pid) else {
+                continue;
+            };
+            match p.session.renegotiate(now) {
+                Ok(k) => {
+                    tracing::info!(
+                        "tunnel {}: client {}: renegotiating on request (key-id {k})",
+                        self.name,
+                        p.addr
+                    );
+                    n += 1;
+                }
+                Err(e) => tracing::info!("tunnel {}: client {}: {e}", self.name, p.addr),
+            }
+            self.process(pid);
+        }
+        if n == 0 {
+            return Err(format!(
+                "tunnel {}: no connected client to renegotiate",
+                self.name
+            ));
+        }
+        Ok(n)
+    }
+
+    /// SSKE on a server: from the one connected client's session (with
+    /// several, which one would be ambiguous).
+    fn export_key(&self, label: &[u8], context: &[u8], len: usize) -> Result<Vec<u8>, String> {
+        let mut connected = self.peers.values().filter(|p| p.connected_since.is_some());
+        match (connected.next(), connected.next()) {
+            (Some(p), None) => {
+                super::tunnel::export_key(&self.name, Some(&p.session), label, context, len)
+            }
+            (None, _) => Err(format!("tunnel {}: no connected client", self.name)),
+            (Some(_), Some(_)) => Err(format!(
+                "tunnel {}: several clients are connected; key export needs exactly one",
+                self.name
+            )),
         }
     }
 

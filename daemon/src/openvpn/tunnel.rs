@@ -38,6 +38,14 @@ pub enum TunnelCommand {
     /// Renegotiates the data channel keys (soft reset) when connected,
     /// else starts a new session at once.
     Rekey(oneshot::Sender<Result<usize, String>>),
+    /// SSKE: keying material from the TLS exporter of the newest key
+    /// (OpenVPN's `keying-material-exporter`).
+    ExportKey {
+        label: Vec<u8>,
+        context: Vec<u8>,
+        len: usize,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
     Shutdown,
 }
 
@@ -216,6 +224,10 @@ impl Control {
                     None | Some(TunnelCommand::Shutdown) => break,
                     Some(TunnelCommand::Show(tx)) => { let _ = tx.send(self.show()); }
                     Some(TunnelCommand::Rekey(tx)) => { let _ = tx.send(self.rekey()); }
+                    Some(TunnelCommand::ExportKey { label, context, len, reply }) => {
+                        let r = export_key(&self.name, self.session.as_ref(), &label, &context, len);
+                        let _ = reply.send(r);
+                    }
                 },
                 _ = sleep => self.on_timer().await,
             }
@@ -684,4 +696,30 @@ impl Control {
             ..Default::default()
         }
     }
+}
+
+/// SSKE for an OpenVPN session: RFC 5705 keying material from the TLS
+/// exporter of its newest key, `len` bytes for `label` (OpenVPN requires
+/// labels starting with "EXPORTER"; a label of the data channel's own,
+/// EXPORTER-OpenVPN-datakeys, is refused so its keys cannot leak).
+pub(crate) fn export_key(
+    name: &str,
+    session: Option<&Session>,
+    label: &[u8],
+    context: &[u8],
+    len: usize,
+) -> Result<Vec<u8>, String> {
+    if label == polytun_openvpn::tls::EKM_LABEL {
+        return Err("that label derives the data channel keys: choose another".into());
+    }
+    if !(1..=1024).contains(&len) {
+        return Err(format!("length {len}: 1..1024 bytes"));
+    }
+    let tls = session
+        .and_then(|s| s.tls())
+        .ok_or_else(|| format!("tunnel {name}: no established TLS session to export from"))?;
+    let ctx = (!context.is_empty()).then_some(context);
+    tls.export_with_context(label, ctx, len)
+        .map(|k| k.to_vec())
+        .map_err(|e| format!("tunnel {name}: key export: {e}"))
 }

@@ -583,21 +583,9 @@ impl Server {
                 Output::Transmit(b) => {
                     datapath::send_now(&p.shared, &b);
                 }
-                Output::InstallKey(k) => {
-                    let slot = usize::from(k.key_id & 7);
-                    p.shared.tables_mut().keys[slot] = Some(k);
-                }
-                Output::SendKey(id) => {
-                    let mut t = p.shared.tables_mut();
-                    t.current = t.keys[usize::from(id & 7)].clone();
-                }
-                Output::RetireKey(id) => {
-                    let mut t = p.shared.tables_mut();
-                    t.keys[usize::from(id & 7)] = None;
-                    if t.current.as_ref().is_some_and(|k| k.key_id == id) {
-                        t.current = None;
-                    }
-                }
+                Output::InstallKey(k) => p.shared.tables_mut().install(k),
+                Output::SendKey(id) => p.shared.tables_mut().send_with(id),
+                Output::RetireKey(id) => p.shared.tables_mut().retire(id),
                 Output::Event(e) => events.push(e),
             }
         }

@@ -27,6 +27,28 @@ pub struct Tables {
     pub routes: PrefixTable<()>,
 }
 
+impl Tables {
+    /// A new receive key (the lame duck and the new key side by side
+    /// during a renegotiation).
+    pub fn install(&mut self, k: Arc<DataChannelKey>) {
+        let slot = usize::from(k.key_id & 7);
+        self.keys[slot] = Some(k);
+    }
+
+    /// Outbound packets move to key `id`.
+    pub fn send_with(&mut self, id: u8) {
+        self.current = self.keys[usize::from(id & 7)].clone();
+    }
+
+    /// Key `id` is gone for both directions.
+    pub fn retire(&mut self, id: u8) {
+        self.keys[usize::from(id & 7)] = None;
+        if self.current.as_ref().is_some_and(|k| k.key_id == id) {
+            self.current = None;
+        }
+    }
+}
+
 /// How outbound packets leave: a UDP socket, or the TCP connection's
 /// writer queue (already framed bytes).
 pub enum Link {

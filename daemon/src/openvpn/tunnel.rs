@@ -432,21 +432,10 @@ impl Control {
                     }
                     // Receive keys by key-id (the lame duck and the new key
                     // side by side during a renegotiation); one send key.
-                    Output::InstallKey(k) => {
-                        let slot = usize::from(k.key_id & 7);
-                        self.shared.tables_mut().keys[slot] = Some(k);
-                    }
-                    Output::SendKey(id) => {
-                        let mut t = self.shared.tables_mut();
-                        t.current = t.keys[usize::from(id & 7)].clone();
-                    }
+                    Output::InstallKey(k) => self.shared.tables_mut().install(k),
+                    Output::SendKey(id) => self.shared.tables_mut().send_with(id),
                     Output::RetireKey(id) => {
-                        let mut t = self.shared.tables_mut();
-                        t.keys[usize::from(id & 7)] = None;
-                        if t.current.as_ref().is_some_and(|k| k.key_id == id) {
-                            t.current = None;
-                        }
-                        drop(t);
+                        self.shared.tables_mut().retire(id);
                         tracing::debug!("tunnel {}: key-id {id} retired", self.name);
                     }
                     Output::Event(e) => events.push(e),

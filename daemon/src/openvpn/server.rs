@@ -429,6 +429,11 @@ impl Server {
             );
             return;
         }
+        if conn.is_some_and(|c| !self.conns.contains_key(&c)) {
+            // The connection is already gone (closed or refused).
+            DropCounters::bump(&drops.no_session);
+            return;
+        }
         if let Err(e) = self.check.unwrap_stateless(packet) {
             DropCounters::bump(&drops.bad_mac);
             self.refuse(format!(
@@ -1035,6 +1040,11 @@ async fn tcp_accept(
         let (rd, wr) = stream.into_split();
         let (wtx, wrx) = mpsc::channel(TCP_QUEUE);
         let link = Arc::new(Link::Tcp(wtx));
+        // The reader must not hand the control task a packet of this
+        // connection before `Accepted` is in the queue: a HARD_RESET that
+        // overtook it found no connection, so its session had no link to
+        // answer on and the client's retransmission opened a second one.
+        let (go, ready) = tokio::sync::oneshot::channel::<()>();
         let tasks = vec![
             tokio::spawn(tcp_rx(
                 tun.clone(),
@@ -1042,7 +1052,7 @@ async fn tcp_accept(
                 tables.clone(),
                 rd,
                 (conn, addr, link.clone()),
-                tx.clone(),
+                (tx.clone(), ready),
             )),
             tokio::spawn(tcp_write(wr, wrx, conn, tx.clone())),
         ];
@@ -1055,6 +1065,7 @@ async fn tcp_accept(
         if tx.send(msg).await.is_err() {
             return;
         }
+        let _ = go.send(());
     }
 }
 
@@ -1065,8 +1076,11 @@ async fn tcp_rx(
     tables: ServerTables,
     mut rd: tokio::net::tcp::OwnedReadHalf,
     (conn, addr, link): (u64, SocketAddr, Arc<Link>),
-    tx: mpsc::Sender<Msg>,
+    (tx, ready): (mpsc::Sender<Msg>, tokio::sync::oneshot::Receiver<()>),
 ) {
+    if ready.await.is_err() {
+        return; // refused before it was registered
+    }
     let why = datapath::read_frames(
         &mut rd,
         &tun,

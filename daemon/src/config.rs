@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 pub const DEFAULT_MTU: u16 = 1420;
+/// One TUN queue unless configured (measured in docs/fast-path.md).
+pub const DEFAULT_QUEUES: usize = 1;
+pub const MAX_QUEUES: usize = 16;
 pub const CONTROL_DIR: &str = "/run/polytun";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +61,7 @@ struct RawInterface {
     mtu: Option<u16>,
     control_socket: Option<PathBuf>,
     offload: Option<bool>,
+    queues: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +225,8 @@ pub struct Interface {
     pub mtu: u16,
     pub control_socket: PathBuf,
     pub offload: bool,
+    /// TUN queues, each with its own reader (docs/fast-path.md "Threads").
+    pub queues: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -539,6 +545,13 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
         return Err(ctx.err(
             &[Seg::Key("interface"), Seg::Key("mtu")],
             format!("{mtu} is outside 576..=9000"),
+        ));
+    }
+    let queues = iface.queues.unwrap_or(DEFAULT_QUEUES);
+    if !(1..=MAX_QUEUES).contains(&queues) {
+        return Err(ctx.err(
+            &[Seg::Key("interface"), Seg::Key("queues")],
+            format!("{queues} is outside 1..={MAX_QUEUES}"),
         ));
     }
     let mut tunnels = Vec::new();
@@ -862,6 +875,16 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
         }
         tunnels.push(Tunnel { name, protocol });
     }
+    if queues > 1
+        && tunnels
+            .iter()
+            .any(|t| matches!(&t.protocol, Protocol::OpenVpn(o) if o.server.is_some()))
+    {
+        return Err(ctx.err(
+            &[Seg::Key("interface"), Seg::Key("queues")],
+            "an OpenVPN server reads one TUN queue; remove `queues`".to_string(),
+        ));
+    }
     Ok(Config {
         path: file.to_path_buf(),
         interface: Interface {
@@ -873,6 +896,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 .clone()
                 .unwrap_or_else(|| default_control_socket(&iface.name)),
             offload: iface.offload.unwrap_or(true),
+            queues,
         },
         tunnels,
     })

@@ -433,6 +433,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             mtu: iface.mtu,
             offload: iface.offload,
             up: true,
+            queues: iface.queues,
         })
         .with_context(|| format!("creating TUN device {}", iface.name))?,
     );
@@ -440,9 +441,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         add_address(&tun, a);
     }
     tracing::info!(
-        "interface {}: mtu {}, offload {}",
+        "interface {}: mtu {}, {} queue(s), offload {}",
         tun.name(),
         iface.mtu,
+        iface.queues,
         match (tun.offload_enabled(), tun.udp_offload_enabled()) {
             (true, true) => "on (TCP and UDP segmentation)",
             (true, false) => "on (TCP segmentation only)",
@@ -463,25 +465,35 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     for t in &cfg.tunnels {
         running.spawn_tunnel(t)?;
     }
-    // One protocol per interface: its TUN reader.
-    let reader = match cfg.tunnels.first().map(|t| &t.protocol) {
-        Some(Protocol::Ipsec(_)) => tokio::spawn(crate::ipsec::datapath::tun_to_net(
-            tun.clone(),
-            running.ipsec_set.clone(),
-            usize::from(iface.mtu),
-        )),
-        Some(Protocol::OpenVpn(o)) if o.server.is_some() => tokio::spawn(std::future::pending()),
-        Some(Protocol::OpenVpn(_)) => tokio::spawn(openvpn::datapath::tun_to_net(
-            tun.clone(),
-            running.ovpn_set.clone(),
-            usize::from(iface.mtu),
-        )),
-        _ => tokio::spawn(datapath::tun_to_net(
-            tun.clone(),
-            set,
-            usize::from(iface.mtu),
-        )),
-    };
+    // One protocol per interface: its TUN reader, one per queue (the kernel
+    // spreads flows over the queues; every queue must be read).
+    let mut readers = Vec::new();
+    for q in 0..iface.queues {
+        let tun = if q == 0 {
+            tun.clone()
+        } else {
+            tun.queue(q)
+                .with_context(|| format!("TUN device {}: no queue {q}", iface.name))?
+        };
+        let mtu = usize::from(iface.mtu);
+        readers.push(match cfg.tunnels.first().map(|t| &t.protocol) {
+            Some(Protocol::Ipsec(_)) => tokio::spawn(crate::ipsec::datapath::tun_to_net(
+                tun,
+                running.ipsec_set.clone(),
+                mtu,
+            )),
+            // The server reads queue 0 itself (multi-queue refused by the config).
+            Some(Protocol::OpenVpn(o)) if o.server.is_some() => {
+                tokio::spawn(std::future::pending())
+            }
+            Some(Protocol::OpenVpn(_)) => tokio::spawn(openvpn::datapath::tun_to_net(
+                tun,
+                running.ovpn_set.clone(),
+                mtu,
+            )),
+            _ => tokio::spawn(datapath::tun_to_net(tun, set.clone(), mtu)),
+        });
+    }
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Request>(16);
     let socket_path = iface.control_socket.clone();
     let listener = control::bind(&socket_path)
@@ -540,7 +552,9 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     for n in names {
         running.stop_tunnel(&n).await;
     }
-    reader.abort();
+    for r in &readers {
+        r.abort();
+    }
     server.abort();
     let _ = std::fs::remove_file(&socket_path);
     Ok(())

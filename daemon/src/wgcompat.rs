@@ -36,6 +36,7 @@ pub async fn run(iface: &str) -> anyhow::Result<()> {
             mtu: 1420,
             offload: std::env::var_os("POLYTUN_NO_OFFLOAD").is_none(),
             up: false,
+            queues: 1,
         })
         .with_context(|| format!("creating TUN device {iface}"))?,
     );

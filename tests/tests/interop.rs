@@ -60,3 +60,32 @@ fn polytun_initiates_wireguard_go_dual_stack_overlay() {
 fn polytun_polytun_dual_stack_overlay() {
     polytun_e2e::scenario::dual_stack_test("ds-pp", Polytun, Polytun);
 }
+
+/// `queues = 2`: the TUN device has two queues, each with its own reader; the kernel
+/// spreads flows over them by hash. Eight parallel checksummed transfers from polytun
+/// towards wireguard-go (so leaving through polytun's TUN queues) and two back must all
+/// complete: a queue nobody read would stall every flow hashed to it.
+#[test]
+fn polytun_two_tun_queues_parallel_flows_to_wireguard_go() {
+    use polytun_e2e::scenario::{PairNet, OL_A, OL_B};
+    use polytun_e2e::{wait_ping, xfer_start, Device};
+    use std::time::Duration;
+    let n = PairNet::new("mq-pg", false);
+    let b = Device::start(&n.b, WireguardGo, &n.cfg_b(false));
+    let a = Device::start_polytund_env(&n.a, &n.cfg_a(true), &[("POLYTUN_INTERFACE__QUEUES", "2")]);
+    assert!(
+        n.a.log_of(a.pid).contains("2 queue(s)"),
+        "polytund did not report two queues:\n{}",
+        n.a.log_of(a.pid)
+    );
+    wait_ping(&n.a, OL_B, Duration::from_secs(20));
+    let runs: Vec<_> = (0..8u16)
+        .map(|i| xfer_start(&n.b, &n.a, OL_B, 5300 + i, 8 * 1024 * 1024))
+        .chain((0..2u16).map(|i| xfer_start(&n.a, &n.b, OL_A, 5400 + i, 4 * 1024 * 1024)))
+        .collect();
+    for r in runs {
+        r.finish(Duration::from_secs(120));
+    }
+    a.assert_alive();
+    b.assert_alive();
+}

@@ -48,6 +48,7 @@ fn tunrs(offload: bool, a: &str, b: &str) {
             mtu: 1420,
             offload,
             up: true,
+            queues: 1,
         };
         enter(a);
         let ta = Arc::new(Tun::create(&cfg("ptba")).unwrap());

@@ -49,7 +49,7 @@
 //! ```no_run
 //! # async fn f() -> std::io::Result<()> {
 //! use polytun_io::{Tun, TunConfig, UdpSocket, IDEAL_BATCH_SIZE};
-//! let tun = Tun::create(&TunConfig { name: "pt0".into(), mtu: 1420, offload: true, up: true })?;
+//! let tun = Tun::create(&TunConfig { name: "pt0".into(), mtu: 1420, offload: true, up: true, queues: 1 })?;
 //! tun.add_address("198.51.100.1".parse().unwrap(), 24)?;
 //! let udp = UdpSocket::bind("0.0.0.0:51820".parse().unwrap())?;
 //! const OFF: usize = 32;
@@ -74,6 +74,7 @@ mod udp;
 pub use netlink::{add_address, add_route, network_of, remove_address, remove_route, RouteOptions};
 pub use quinn_udp::{EcnCodepoint, RecvMeta, Transmit};
 pub use tun::{
-    Tun, TunConfig, TunStats, IDEAL_BATCH_SIZE, MAX_PACKET_LEN, MIN_SEND_OFFSET, VIRTIO_NET_HDR_LEN,
+    flow_queue, Tun, TunConfig, TunStats, IDEAL_BATCH_SIZE, MAX_PACKET_LEN, MIN_SEND_OFFSET,
+    VIRTIO_NET_HDR_LEN,
 };
 pub use udp::{UdpSocket, SOCKET_BUFFER_BYTES, UDP_RECV_BATCH};

@@ -5,6 +5,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tun_rs::{AsyncDevice, DeviceBuilder, ExpandBuffer, GROTable, VirtioNetHdr};
 
@@ -44,6 +45,10 @@ pub struct TunConfig {
     pub offload: bool,
     /// Bring the link up after creation.
     pub up: bool,
+    /// Queues (`IFF_MULTI_QUEUE` when > 1): [`Tun::new_queue`] opens the others. The
+    /// kernel spreads the packets it hands to the device over the queues by flow hash,
+    /// so each flow stays in order on one queue.
+    pub queues: usize,
 }
 
 impl Default for TunConfig {
@@ -53,6 +58,7 @@ impl Default for TunConfig {
             mtu: 1420,
             offload: true,
             up: true,
+            queues: 1,
         }
     }
 }
@@ -76,11 +82,19 @@ pub struct Tun {
     dev: AsyncDevice,
     name: String,
     ifindex: u32,
-    mtu: AtomicUsize,
     offload: bool,
     udp_offload: bool,
     rx: tokio::sync::Mutex<RxState>,
     tx: tokio::sync::Mutex<TxState>,
+    /// Shared by all queues of the device.
+    counters: Arc<Counters>,
+    /// Queues 1.. of a multi-queue device (queue 0 is this one); empty on the others.
+    queues: Vec<Arc<Tun>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    mtu: AtomicUsize,
     rx_dropped: AtomicU64,
     rx_reads: AtomicU64,
     rx_packets: AtomicU64,
@@ -124,7 +138,10 @@ fn invalid(msg: String) -> io::Error {
 }
 
 fn build(cfg: &TunConfig, offload: bool) -> io::Result<AsyncDevice> {
-    let mut b = DeviceBuilder::new().mtu(cfg.mtu).offload(offload);
+    let mut b = DeviceBuilder::new()
+        .mtu(cfg.mtu)
+        .offload(offload)
+        .multi_queue(cfg.queues > 1);
     if !cfg.name.is_empty() {
         b = b.name(cfg.name.clone());
     }
@@ -144,18 +161,33 @@ impl Tun {
         } else {
             build(cfg, false).map_err(|e| ctx(e, &what))?
         };
-        let offload = dev.tcp_gso();
-        let udp_offload = dev.udp_gso();
         let name = dev.name().map_err(|e| ctx(e, "tun name"))?;
         let ifindex = dev.if_index().map_err(|e| ctx(e, "tun ifindex"))?;
         let mtu = dev.mtu().map_err(|e| ctx(e, "tun mtu"))?;
-        let tun = Tun {
+        let counters = Arc::new(Counters::default());
+        counters.mtu.store(usize::from(mtu), Ordering::Relaxed);
+        let mut tun = Tun::wrap(dev, name, ifindex, counters);
+        for q in 1..cfg.queues {
+            let dev = tun
+                .dev
+                .try_clone()
+                .map_err(|e| ctx(e, &format!("open queue {q} of tun {}", tun.name)))?;
+            let t = Tun::wrap(dev, tun.name.clone(), tun.ifindex, tun.counters.clone());
+            tun.queues.push(Arc::new(t));
+        }
+        if cfg.up {
+            tun.set_up(true)?;
+        }
+        Ok(tun)
+    }
+
+    fn wrap(dev: AsyncDevice, name: String, ifindex: u32, counters: Arc<Counters>) -> Tun {
+        Tun {
+            offload: dev.tcp_gso(),
+            udp_offload: dev.udp_gso(),
             dev,
             name,
             ifindex,
-            mtu: AtomicUsize::new(usize::from(mtu)),
-            offload,
-            udp_offload,
             rx: tokio::sync::Mutex::new(RxState {
                 scratch: vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET_LEN].into_boxed_slice(),
                 pending: 0,
@@ -164,16 +196,21 @@ impl Tun {
                 gro: GROTable::new(),
                 wrappers: Vec::with_capacity(IDEAL_BATCH_SIZE),
             }),
-            rx_dropped: AtomicU64::new(0),
-            rx_reads: AtomicU64::new(0),
-            rx_packets: AtomicU64::new(0),
-            rx_gso_reads: AtomicU64::new(0),
-            tx_packets: AtomicU64::new(0),
-        };
-        if cfg.up {
-            tun.set_up(true)?;
+            counters,
+            queues: Vec::new(),
         }
-        Ok(tun)
+    }
+
+    /// Number of queues (`TunConfig::queues`), this one included.
+    pub fn queue_count(&self) -> usize {
+        1 + self.queues.len()
+    }
+
+    /// Queue `i` (1 ≤ i < [`Tun::queue_count`]) of a multi-queue device, for its own
+    /// reader. Counters are shared with the other queues. Writes are best made
+    /// through queue 0's [`Tun::send_batch`], which steers each flow to its queue.
+    pub fn queue(&self, i: usize) -> Option<Arc<Tun>> {
+        i.checked_sub(1).and_then(|i| self.queues.get(i)).cloned()
     }
 
     /// The interface name.
@@ -188,7 +225,7 @@ impl Tun {
 
     /// The MTU last set through this handle (or read at creation).
     pub fn mtu(&self) -> usize {
-        self.mtu.load(Ordering::Relaxed)
+        self.counters.mtu.load(Ordering::Relaxed)
     }
 
     /// Whether `IFF_VNET_HDR` + TCP segmentation offload is active.
@@ -204,17 +241,17 @@ impl Tun {
     /// Packets read from the device and dropped because they were malformed or did not
     /// fit the caller's buffers.
     pub fn rx_dropped(&self) -> u64 {
-        self.rx_dropped.load(Ordering::Relaxed)
+        self.counters.rx_dropped.load(Ordering::Relaxed)
     }
 
     /// Snapshot of the counters.
     pub fn stats(&self) -> TunStats {
         TunStats {
-            rx_reads: self.rx_reads.load(Ordering::Relaxed),
-            rx_packets: self.rx_packets.load(Ordering::Relaxed),
-            rx_gso_reads: self.rx_gso_reads.load(Ordering::Relaxed),
-            rx_dropped: self.rx_dropped.load(Ordering::Relaxed),
-            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            rx_reads: self.counters.rx_reads.load(Ordering::Relaxed),
+            rx_packets: self.counters.rx_packets.load(Ordering::Relaxed),
+            rx_gso_reads: self.counters.rx_gso_reads.load(Ordering::Relaxed),
+            rx_dropped: self.counters.rx_dropped.load(Ordering::Relaxed),
+            tx_packets: self.counters.tx_packets.load(Ordering::Relaxed),
         }
     }
 
@@ -223,7 +260,7 @@ impl Tun {
         self.dev
             .set_mtu(mtu)
             .map_err(|e| ctx(e, &format!("set mtu {mtu} on {}", self.name)))?;
-        self.mtu.store(usize::from(mtu), Ordering::Relaxed);
+        self.counters.mtu.store(usize::from(mtu), Ordering::Relaxed);
         Ok(())
     }
 
@@ -301,7 +338,7 @@ impl Tun {
                 match r {
                     Ok(len) => {
                         rx.pending = len;
-                        self.rx_reads.fetch_add(1, Ordering::Relaxed);
+                        self.counters.rx_reads.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) if n > 0 => {
                         // WouldBlock: drained. Other errors resurface on the next call.
@@ -323,7 +360,7 @@ impl Tun {
                     rx.pending = 0;
                     n += k;
                     if k > 1 || rx.scratch[1] != VIRTIO_NET_HDR_GSO_NONE {
-                        self.rx_gso_reads.fetch_add(1, Ordering::Relaxed);
+                        self.counters.rx_gso_reads.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Ok(Split::NeedBufs(k)) if n > 0 => {
@@ -332,7 +369,7 @@ impl Tun {
                 }
                 Ok(Split::NeedBufs(k)) => {
                     rx.pending = 0;
-                    self.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
                     return Err(invalid(format!(
                         "tun recv_batch: super-packet needs {k} buffers, got {}",
                         bufs.len()
@@ -341,12 +378,14 @@ impl Tun {
                 Err(_) if n > 0 => break, // reported (and dropped) by the next call
                 Err(e) => {
                     rx.pending = 0;
-                    self.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
                     return Err(ctx(e, &format!("tun {} virtio packet dropped", self.name)));
                 }
             }
         }
-        self.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
+        self.counters
+            .rx_packets
+            .fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -377,8 +416,12 @@ impl Tun {
                 Err(_) => break, // WouldBlock, or an error the next call reports
             }
         }
-        self.rx_reads.fetch_add(n as u64, Ordering::Relaxed);
-        self.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
+        self.counters
+            .rx_reads
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.counters
+            .rx_packets
+            .fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -424,6 +467,47 @@ impl Tun {
         if bufs.is_empty() {
             return Ok(());
         }
+        if self.queues.is_empty() {
+            return self.send_on_this_queue(bufs, sizes, offset).await;
+        }
+        // The kernel sends a flow's packets out of the queue its last packet
+        // from userspace came in on (tun's flow table), so writing each flow
+        // to the queue of its symmetric hash makes both directions of a flow
+        // stay on one queue, and flows spread over the readers.
+        let n = self.queue_count();
+        let mut parts: Vec<(Vec<&mut [u8]>, Vec<usize>)> =
+            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        for (b, &s) in bufs.iter_mut().zip(sizes) {
+            let q = flow_queue(&b[offset..offset + s], n);
+            parts[q].0.push(std::mem::take(b));
+            parts[q].1.push(s);
+        }
+        let mut result = Ok(());
+        for (q, (mut b, s)) in parts.into_iter().enumerate() {
+            if b.is_empty() {
+                continue;
+            }
+            let r = match q {
+                0 => self.send_on_this_queue(&mut b, &s, offset).await,
+                _ => {
+                    self.queues[q - 1]
+                        .send_on_this_queue(&mut b, &s, offset)
+                        .await
+                }
+            };
+            if r.is_err() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    async fn send_on_this_queue(
+        &self,
+        bufs: &mut [&mut [u8]],
+        sizes: &[usize],
+        offset: usize,
+    ) -> io::Result<()> {
         let mut tx = self.tx.lock().await;
         let TxState { gro, wrappers } = &mut *tx;
         let mut w: Vec<SliceBuf<'_>> = recycle(std::mem::take(wrappers));
@@ -433,7 +517,9 @@ impl Tun {
                 len: offset + s,
             });
         }
-        self.tx_packets.fetch_add(w.len() as u64, Ordering::Relaxed);
+        self.counters
+            .tx_packets
+            .fetch_add(w.len() as u64, Ordering::Relaxed);
         let r = self.dev.send_multiple(gro, &mut w, offset).await;
         *wrappers = recycle(w);
         r.map(|_| ())
@@ -444,6 +530,43 @@ impl Tun {
     pub fn device(&self) -> &AsyncDevice {
         &self.dev
     }
+}
+
+/// The queue (of `queues`) for an IP packet's flow: a hash of its addresses and,
+/// for TCP, UDP and SCTP, ports, the same for both directions of the flow.
+/// Anything unparsable goes to queue 0.
+pub fn flow_queue(packet: &[u8], queues: usize) -> usize {
+    if queues <= 1 {
+        return 0;
+    }
+    let (src, dst, proto, l4): (&[u8], &[u8], u8, usize) = match packet.first().map(|b| b >> 4) {
+        Some(4) if packet.len() >= 20 => {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            // Fragments after the first carry no ports.
+            let frag = u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff != 0;
+            let l4 = if frag { usize::MAX } else { ihl };
+            (&packet[12..16], &packet[16..20], packet[9], l4)
+        }
+        Some(6) if packet.len() >= 40 => (&packet[8..24], &packet[24..40], packet[6], 40),
+        _ => return 0,
+    };
+    let word = |b: &[u8]| {
+        b.chunks(4).fold(0u32, |h, c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            h ^ u32::from_be_bytes(w)
+        })
+    };
+    // XOR is symmetric: (a, b) and (b, a) give the same value.
+    let mut h = word(src) ^ word(dst) ^ u32::from(proto);
+    if matches!(proto, 6 | 17 | 132) {
+        if let Some(p) = packet.get(l4..l4.saturating_add(4)) {
+            h ^= u32::from(u16::from_be_bytes([p[0], p[1]]) ^ u16::from_be_bytes([p[2], p[3]]));
+        }
+    }
+    // Fibonacci hashing spreads the XOR over the high bits.
+    let h = h.wrapping_mul(0x9e37_79b9);
+    ((u64::from(h) * queues as u64) >> 32) as usize
 }
 
 /// Reuse a `Vec`'s allocation for a different lifetime (empty vectors only; the

@@ -60,6 +60,7 @@ async fn read_and_write(offload: bool) {
         mtu: 1420,
         offload,
         up: true,
+        queues: 1,
     })
     .expect("create tun");
     assert_eq!(tun.name(), "ptio0");
@@ -223,6 +224,7 @@ fn tcp_bridge(offload: bool, v6: bool) {
                 mtu: 1420,
                 offload,
                 up: true,
+                queues: 1,
             };
             enter_ns(&bn);
             let tb = Arc::new(Tun::create(&cfg("ptiob")).unwrap());
@@ -334,4 +336,184 @@ fn tcp6_through_tun_bridge_offload() {
 #[test]
 fn tcp_through_tun_bridge_plain() {
     tcp_bridge(false, false);
+}
+
+/// Reads both queues until `want` UDP packets to or from `port` were seen: (queue, payload) in
+/// the order each queue returned them.
+async fn read_queues(qs: [&Tun; 2], port: u16, want: usize) -> Vec<(usize, Vec<u8>)> {
+    let mut got = Vec::new();
+    let mut store = vec![vec![0u8; OFF + 2048]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {} of {want} packets",
+            got.len()
+        );
+        for (qi, q) in qs.into_iter().enumerate() {
+            let mut bufs = make_bufs(&mut store);
+            let Ok(Ok(n)) = tokio::time::timeout(
+                Duration::from_millis(20),
+                q.recv_batch(&mut bufs, &mut sizes, OFF),
+            )
+            .await
+            else {
+                continue;
+            };
+            for i in 0..n {
+                let p = &bufs[i][OFF..OFF + sizes[i]];
+                let ports = [
+                    u16::from_be_bytes([p[20], p[21]]),
+                    u16::from_be_bytes([p[22], p[23]]),
+                ];
+                if p[0] >> 4 == 4 && p[9] == 17 && ports.contains(&port) {
+                    got.push((qi, p.to_vec()));
+                }
+            }
+        }
+    }
+    got
+}
+
+fn two_queues(name: &str) -> (Tun, Arc<Tun>) {
+    let q0 = Tun::create(&TunConfig {
+        name: name.into(),
+        mtu: 1420,
+        offload: true,
+        up: true,
+        queues: 2,
+    })
+    .expect("create multi-queue tun");
+    assert_eq!(q0.queue_count(), 2);
+    let q1 = q0.queue(1).expect("queue 1");
+    assert!(q0.queue(0).is_none() && q0.queue(2).is_none());
+    q0.add_address(v4("198.51.100.1"), 24).expect("address");
+    (q0, q1)
+}
+
+/// Two queues, flows from local sockets: the kernel spreads them by hash; reading both
+/// queues sees every packet once, each flow entirely on one queue and in order.
+async fn multi_queue_spreads_flows() {
+    let (q0, q1) = two_queues("ptmq0");
+    const FLOWS: usize = 16;
+    const PER_FLOW: usize = 8;
+    let socks: Vec<_> = (0..FLOWS)
+        .map(|_| std::net::UdpSocket::bind("198.51.100.1:0").unwrap())
+        .collect();
+    for seq in 0..PER_FLOW {
+        for (f, s) in socks.iter().enumerate() {
+            s.send_to(&[f as u8, seq as u8], "198.51.100.2:9999")
+                .unwrap();
+        }
+    }
+    let got = read_queues([&q0, &q1], 9999, FLOWS * PER_FLOW).await;
+    assert!(
+        (0..2).all(|q| got.iter().any(|g| g.0 == q)),
+        "{FLOWS} flows all went to one queue"
+    );
+    for f in 0..FLOWS as u8 {
+        let of_flow: Vec<&(usize, Vec<u8>)> = got.iter().filter(|g| g.1[28] == f).collect();
+        assert!(
+            of_flow.iter().all(|g| g.0 == of_flow[0].0),
+            "flow {f} split over queues"
+        );
+        let seqs: Vec<u8> = of_flow.iter().map(|g| g.1[29]).collect();
+        assert_eq!(seqs, (0..PER_FLOW as u8).collect::<Vec<_>>(), "flow {f}");
+    }
+    // Counters are the device's, whichever queue read.
+    assert!(q1.stats().rx_packets >= (FLOWS * PER_FLOW) as u64);
+    assert_eq!(q0.stats(), q1.stats());
+}
+
+/// Writes steer flows: a packet written through queue 0's `send_batch` goes to the
+/// queue `flow_queue` names, and the kernel then sends that flow's answers out of the
+/// same queue — so one reader sees both directions of a flow, and flows spread.
+async fn multi_queue_write_steers_flows() {
+    let (q0, q1) = two_queues("ptmq1");
+    const FLOWS: usize = 16;
+    let socks: Vec<_> = (0..FLOWS)
+        .map(|_| std::net::UdpSocket::bind("198.51.100.1:0").unwrap())
+        .collect();
+    let mut store = vec![vec![0u8; OFF + MAX_PACKET_LEN]; FLOWS];
+    let mut sizes = vec![0usize; FLOWS];
+    let mut want_queue = Vec::new();
+    for (i, (b, s)) in store.iter_mut().zip(&socks).enumerate() {
+        let lport = s.local_addr().unwrap().port();
+        sizes[i] = build_udp4(
+            &mut b[OFF..],
+            [198, 51, 100, 2],
+            [198, 51, 100, 1],
+            9998,
+            lport,
+            &[i as u8],
+        );
+        want_queue.push(polytun_io::flow_queue(&b[OFF..OFF + sizes[i]], 2));
+    }
+    assert!(
+        want_queue.contains(&0) && want_queue.contains(&1),
+        "flow_queue put {FLOWS} flows on one queue: {want_queue:?}"
+    );
+    let mut bufs = make_bufs(&mut store);
+    q0.send_batch(&mut bufs, &sizes, OFF).await.expect("write");
+    for (i, s) in socks.iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 16];
+        let (n, from) = s
+            .recv_from(&mut b)
+            .expect("the written packet was delivered");
+        assert_eq!((&b[..n], from.port()), (&[i as u8][..], 9998));
+        s.send_to(&[i as u8, 0xaa], from).unwrap();
+    }
+    let got = read_queues([&q0, &q1], 9998, FLOWS).await;
+    for (q, p) in got {
+        let i = usize::from(p[28]);
+        assert_eq!(
+            q, want_queue[i],
+            "the answer of flow {i} left from queue {q}"
+        );
+    }
+}
+
+#[test]
+fn tun_multi_queue_spreads_flows_in_order() {
+    let ns = Netns::new();
+    run_in(&ns, multi_queue_spreads_flows);
+}
+
+#[test]
+fn tun_multi_queue_write_steers_each_flow_to_its_queue() {
+    let ns = Netns::new();
+    run_in(&ns, multi_queue_write_steers_flows);
+}
+
+#[test]
+fn flow_queue_is_symmetric_and_spreads() {
+    let mut a = vec![0u8; 64];
+    let mut b = vec![0u8; 64];
+    let mut seen = [0usize; 4];
+    for port in 1000..1400u16 {
+        let n = build_udp4(&mut a, [198, 51, 100, 1], [203, 0, 113, 9], port, 443, b"x");
+        let m = build_udp4(&mut b, [203, 0, 113, 9], [198, 51, 100, 1], 443, port, b"x");
+        let q = polytun_io::flow_queue(&a[..n], 4);
+        assert_eq!(q, polytun_io::flow_queue(&b[..m], 4), "port {port}");
+        seen[q] += 1;
+    }
+    assert!(seen.iter().all(|&c| c > 50), "uneven spread {seen:?}");
+    assert_eq!(polytun_io::flow_queue(&a[..10], 4), 0, "truncated packet");
+    assert_eq!(polytun_io::flow_queue(&a, 1), 0);
+}
+
+#[test]
+fn tun_single_queue_has_no_other_queues() {
+    let ns = Netns::new();
+    run_in(&ns, || async {
+        let t = Tun::create(&TunConfig {
+            name: "ptsq0".into(),
+            ..TunConfig::default()
+        })
+        .expect("create tun");
+        assert_eq!(t.queue_count(), 1);
+        assert!(t.queue(1).is_none());
+    });
 }

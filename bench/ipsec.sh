@@ -21,9 +21,11 @@
 #   rss     peak RSS (VmHWM) of the larger daemon after all runs, the UDP flood included
 # and the ratios polytun/strongSwan with issue 3's bars: TCP 1 stream >= 2x strongSwan, setup
 # faster than strongSwan, RSS < 64 MiB (and issue 5's: TCP 1 stream >= 8x strongSwan).
+# IMPLS may also name "bare-veth": the same traffic over the underlay veth, no tunnel (bench/lib.sh).
+# bench/all.sh runs this script for its ESP rows.
 #
 # Usage: sudo bench/ipsec.sh            (after cargo build --release)
-# Env: IMPLS="polytun strongswan", DURATION=10, REPEAT=3, SETUP_REPEAT=5, PING_COUNT=20,
+# Env: IMPLS="polytun strongswan" (also: bare-veth), DURATION=10, REPEAT=3, SETUP_REPEAT=5, PING_COUNT=20,
 #      OUT_DIR=..., LOCK=/tmp/peers-bench.lock (shared with the other benchmarks), LOCK_WAIT=3600,
 #      POLYTUN_BIN_DIR=..., ESP=aes256gcm16
 # Only processes started here are killed (by PID); namespaces are deleted on exit.
@@ -47,6 +49,7 @@ teardown() {
   netns_del
   rm -f "/run/polytun/$PT_A.sock" "/run/polytun/$PT_B.sock"
 }
+# shellcheck disable=SC2154  # rc is assigned inside the trap string
 trap 'rc=$?; trap - EXIT; teardown; log "results in $OUT_DIR"; exit $rc' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -265,6 +268,7 @@ setup_strongswan() {
     strongswan_conf $side
     # charon's pid file is fixed at /var/run/charon.pid: a private /run in the mount
     # namespace `ip netns exec` creates; `exec` keeps the PID charon's.
+    # shellcheck disable=SC2016  # $1 and $2 are the inner sh's
     start_bg "$ns" "$d/charon.out" env STRONGSWAN_CONF="$d/strongswan.conf" \
       sh -c 'mount --bind "$1" /run && exec "$2"' sh "$d/run" "$CHARON"
     DAEMON_PIDS+=("$LAST")
@@ -304,6 +308,7 @@ SETTLE=settle
 
 measure() {   # impl
   local impl=$1
+  if [[ $impl == bare-veth ]]; then teardown; measure_bare_veth; return; fi
   setup_pair
   case $impl in
     polytun) TUN_A=$PT_A TUN_B=$PT_B; setup_polytun ;;

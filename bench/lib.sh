@@ -1,13 +1,16 @@
 # bench/lib.sh — shell helpers shared by the benchmark scripts (bench/wireguard.sh,
-# bench/ipsec.sh). Source it after setting OUT_DIR, NS_A, NS_B, VETH_A, VETH_B.
+# bench/ipsec.sh, bench/openvpn.sh, bench/all.sh). Source it after setting OUT_DIR, NS_A, NS_B,
+# VETH_A, VETH_B.
 #
 # What it gives:
 #   log/die, bench_init (root check, tools, OUT_DIR, the lock shared with the reference peer
 #   benchmarks so that no two benchmarks overlap), start_bg/stop_pids (only processes started
 #   here, by PID), netns_pair/netns_del (two namespaces joined by a veth, underlay
-#   192.0.2.1/.2), cpu_ticks/peak_rss_kb over DAEMON_PIDS, median, and measure_traffic: ping,
+#   192.0.2.1/.2), cpu_ticks/peak_rss_kb over DAEMON_PIDS, median, measure_traffic: ping,
 #   iperf3 TCP 1 and 4 streams, CPU seconds per GB, UDP flood, peak RSS, appended to
-#   $OUT_DIR/results.txt as "impl key value" lines.
+#   $OUT_DIR/results.txt as "impl key value" lines; and measure_bare_veth: the same over the
+#   underlay veth with no tunnel (implementation name "bare-veth", accepted in IMPLS by every
+#   script), the ceiling the tunnels are compared with.
 # shellcheck shell=bash
 
 DURATION=${DURATION:-10}
@@ -15,6 +18,7 @@ REPEAT=${REPEAT:-3}
 PING_COUNT=${PING_COUNT:-20}
 LOCK=${LOCK:-/tmp/peers-bench.lock}
 LOCK_WAIT=${LOCK_WAIT:-3600}
+# shellcheck disable=SC2034  # BIN and LAST are for the scripts that source this file
 BIN=${POLYTUN_BIN_DIR:-$PWD/target/release}
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -22,6 +26,9 @@ log() { echo "[bench $(date +%T)] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # bench_init TOOL...: root, the tools, OUT_DIR, then the lock (fd 9; children get 9>&-).
+# With BENCH_LOCK_HELD=1 (set by bench/all.sh, which runs the other scripts one after another
+# under one lock) and fd 9 inherited open on $LOCK, the caller's lock is used as it is: flock on
+# the same open file description succeeds at once, and a new open of $LOCK would wait for it.
 bench_init() {
   local t
   [[ $EUID -eq 0 ]] || die "must run as root: sudo $0"
@@ -30,6 +37,10 @@ bench_init() {
   done
   mkdir -p "$OUT_DIR"
   : >"$OUT_DIR/results.txt"
+  if [[ ${BENCH_LOCK_HELD:-} == 1 && "$(readlink -f "/proc/$$/fd/9" 2>/dev/null)" == "$(readlink -f "$LOCK")" ]] &&
+    flock -n 9; then
+    return 0
+  fi
   exec 9>>"$LOCK"
   if ! flock -n 9; then
     log "waiting for $LOCK (another benchmark is running; up to ${LOCK_WAIT}s)"
@@ -58,6 +69,7 @@ start_bg() {
   local ns=$1 logf=$2; shift 2
   ip netns exec "$ns" "$@" >"$logf" 2>&1 9>&- </dev/null &
   PIDS+=($!)
+  # shellcheck disable=SC2034
   LAST=$!
 }
 
@@ -112,6 +124,7 @@ drop_counters() {
   local s ns dev c
   for s in a b; do
     if [[ $s == a ]]; then ns=$NS_A dev=${TUN_A:-}; else ns=$NS_B dev=${TUN_B:-}; fi
+    # shellcheck disable=SC2016  # awk's $0 and $i
     ip netns exec "$ns" awk -v s=$s '/^Udp:/ { if (!h) { split($0, k); h = 1 } else
       for (i = 2; i <= NF; i++) print s "_udp_" k[i], $i }' /proc/net/snmp
     [[ -n $dev ]] || continue
@@ -127,7 +140,7 @@ drop_delta() {   # before after -> the counters that changed
 # measure_traffic IMPL DST [SRC]: everything after the tunnel is up, from NS_A to DST in NS_B
 # (iperf3 -s must run in NS_B). DAEMON_PIDS are the processes whose CPU and RSS count.
 measure_traffic() {
-  local impl=$1 dst=$2 src=${3:-} r out rtts v t par ticks=0 bytes=0 t0
+  local impl=$1 dst=$2 src=${3:-} r out rtts v u t par ticks=0 bytes=0 t0
   local bind=(); [[ -n $src ]] && bind=(-B "$src")
   local pbind=(); [[ -n $src ]] && pbind=(-I "$src")
   ip netns exec "$NS_A" ping -c 3 -i 0.2 -q "${pbind[@]}" "$dst" >/dev/null 9>&- || true   # warm-up
@@ -153,25 +166,50 @@ measure_traffic() {
     done
     result "$impl" "${t}_gbps" "$(median "${v[@]}")"
   done
-  result "$impl" cpu_s_per_gb "$(python3 -c 'import sys; t,b,hz=map(float,sys.argv[1:]); print("%.3f" % ((t/hz)/(b/1e9)) if b else "nan")' "$ticks" "$bytes" "$CLK_TCK")"
+  # no daemon (bare-veth): no CPU or RSS of its own to count
+  if (( ${#DAEMON_PIDS[@]} == 0 )); then
+    result "$impl" cpu_s_per_gb nan
+  else
+    result "$impl" cpu_s_per_gb "$(python3 -c 'import sys; t,b,hz=map(float,sys.argv[1:]); print("%.3f" % ((t/hz)/(b/1e9)) if b else "nan")' "$ticks" "$bytes" "$CLK_TCK")"
+  fi
   drop_counters >"$OUT_DIR/$impl-udp-counters.before"
   ip netns exec "$NS_A" timeout $((DURATION + 30)) iperf3 -c "$dst" "${bind[@]}" -u -b 0 -l 1380 -t "$DURATION" -J \
     >"$OUT_DIR/$impl-udp.json" 9>&- </dev/null || true
   drop_counters >"$OUT_DIR/$impl-udp-counters.after"
   log "$impl udp flood counter deltas: $(drop_delta "$OUT_DIR/$impl-udp-counters.before" "$OUT_DIR/$impl-udp-counters.after")"
-  v=$(python3 -c 'import json,sys
+  u=$(python3 -c 'import json,sys
 try:
     e = json.load(open(sys.argv[1]))["end"]["sum"]
     print("%.1f" % ((e["packets"] - e["lost_packets"]) / e["seconds"] / 1000))
 except Exception: print("nan")' "$OUT_DIR/$impl-udp.json")
-  log "$impl udp flood: $v k datagrams/s delivered"
-  result "$impl" udp_kpps "$v"
+  log "$impl udp flood: $u k datagrams/s delivered"
+  result "$impl" udp_kpps "$u"
   [[ -n ${SETTLE:-} ]] && $SETTLE
-  result "$impl" rss_mb "$(python3 -c 'import sys; print("%.1f" % (int(sys.argv[1])/1024))' "$(peak_rss_kb)")"
+  if (( ${#DAEMON_PIDS[@]} == 0 )); then
+    result "$impl" rss_mb nan
+  else
+    result "$impl" rss_mb "$(python3 -c 'import sys; print("%.1f" % (int(sys.argv[1])/1024))' "$(peak_rss_kb)")"
+  fi
   if ip netns exec "$NS_A" ping -c 3 -i 0.2 -q "${pbind[@]}" "$dst" >/dev/null 9>&-; then
     result "$impl" alive_after_flood 1
   else
     log "$impl: tunnel did not answer pings after the UDP flood"
     result "$impl" alive_after_flood 0
   fi
+}
+
+# measure_bare_veth: a fresh namespace pair and measure_traffic straight over the underlay veth
+# (192.0.2.1 -> 192.0.2.2, MTU 1500, no tunnel, no daemon: CPU/GB and RSS are nan), recorded as
+# implementation "bare-veth". Call it with no namespaces or processes of the caller's left;
+# it leaves none either.
+measure_bare_veth() {
+  local TUN_A='' TUN_B='' SETTLE=''   # no tunnel devices to count; nothing to settle
+  stop_pids
+  netns_pair
+  start_bg "$NS_B" "$OUT_DIR/bare-veth-iperf3-server.log" iperf3 -s -B 192.0.2.2
+  sleep 0.5
+  ip netns exec "$NS_A" ping -c1 -W1 -q 192.0.2.2 >/dev/null 2>&1 9>&- || die "bare-veth: the veth does not pass traffic"
+  measure_traffic bare-veth 192.0.2.2
+  stop_pids
+  netns_del
 }

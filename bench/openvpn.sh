@@ -13,10 +13,12 @@
 #   udp     iperf3 UDP flood (1380-byte datagrams, unlimited rate), DURATION s: datagrams/s delivered
 #   rss     peak RSS (VmHWM) of the larger daemon after all runs, the UDP flood included
 # and the ratios polytun/openvpn with issue 4's bar: polytun TCP 1 stream >= 2x openvpn's,
-# over UDP and over TCP (each direction printed).
+# over UDP and over TCP (each direction printed). IMPLS may also name "bare-veth": the same
+# traffic over the underlay veth with no tunnel (bench/lib.sh), measured once, not per
+# transport and direction. bench/all.sh runs this script (PROTOS=udp DIRS=s2c) for its rows.
 #
 # Usage: sudo bench/openvpn.sh            (after cargo build --release)
-# Env: IMPLS="polytun openvpn" (also the mixed pairs SERVER+CLIENT: "polytun+openvpn" is a
+# Env: IMPLS="polytun openvpn" (also bare-veth, and the mixed pairs SERVER+CLIENT: "polytun+openvpn" is a
 #      polytund server with an openvpn client, "openvpn+polytun" the other way round), PROTOS="udp tcp", DIRS="s2c c2s", DURATION=10, REPEAT=3,
 #      PING_COUNT=20, OUT_DIR=..., LOCK=/tmp/peers-bench.lock (shared with the other
 #      benchmarks), LOCK_WAIT=3600, POLYTUN_BIN_DIR=..., CIPHER=AES-256-GCM
@@ -41,6 +43,7 @@ teardown() {
   netns_del
   rm -f "/run/polytun/$PT_A.sock" "/run/polytun/$PT_B.sock"
 }
+# shellcheck disable=SC2154  # rc is assigned inside the trap string
 trap 'rc=$?; trap - EXIT; teardown; log "results in $OUT_DIR"; exit $rc' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -228,9 +231,16 @@ measure() {
 } | tee "$OUT_DIR/versions.txt" >&2
 make_pki
 KEYS=()
+if [[ " $IMPLS " == *" bare-veth "* ]]; then
+  log "measuring bare-veth"
+  teardown
+  measure_bare_veth
+  KEYS+=(bare-veth)
+fi
 for proto in $PROTOS; do
   for dir in $DIRS; do
     for impl in $IMPLS; do
+      [[ $impl == bare-veth ]] && continue
       log "measuring $impl over $proto, $dir"
       measure "$impl" "$proto" "$dir"
       KEYS+=("$impl-$proto-$dir")

@@ -43,7 +43,7 @@ cargo bench -p polytun-core --bench record --no-run >"$OUT_DIR/build.log" 2>&1 |
 : >"$OUT_DIR/results.txt"
 for r in $(seq "$ROUNDS"); do
   for c in $CIPHERS; do
-    lc=$(tr 'A-Z' 'a-z' <<<"$c")
+    lc=$(tr '[:upper:]' '[:lower:]' <<<"$c")
     for mode in enc dec; do
       extra=(); [[ $mode == dec ]] && extra=(-decrypt)
       v=$(openssl speed -mr -seconds "$SECONDS_PER" -bytes 1400 -evp "$lc" "${extra[@]}" 2>/dev/null |

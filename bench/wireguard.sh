@@ -9,19 +9,21 @@
 #   cpu     CPU seconds both daemons spent per GB moved during the tcp1 runs
 #   udp     iperf3 UDP flood (1380-byte datagrams, unlimited rate), DURATION s: datagrams/s delivered
 #   rss     peak RSS (VmHWM) of the daemons after all runs, the UDP flood included
-# and a table with the ratios polytun/wireguard-go and polytun/boringtun.
+# the same over the bare underlay veth with no tunnel ("bare-veth", bench/lib.sh), and a table
+# with the ratios polytun/wireguard-go, polytun/boringtun and polytun/bare-veth.
 # Issue 2's bar: polytun tcp1 >= 2x wireguard-go, polytun ping <= wireguard-go.
-# Issue 5's bars are printed too (tcp1 >= 8x both peers, ping <= boringtun, RSS < 64 MiB).
+# Issue 5's bars are printed too (tcp1 >= 8x both peers and >= 30% of the bare veth, ping <=
+# boringtun, RSS < 64 MiB). bench/all.sh runs this script for its WireGuard rows.
 #
 # Usage: sudo bench/wireguard.sh            (after cargo build --release)
-# Env: IMPLS="polytun wireguard-go boringtun" (also: polytun-wg), DURATION=10, REPEAT=3,
+# Env: IMPLS="bare-veth polytun wireguard-go boringtun" (also: polytun-wg), DURATION=10, REPEAT=3,
 #      PING_COUNT=20, OUT_DIR=..., LOCK=/tmp/peers-bench.lock (shared with the reference peer
 #      benchmarks so no two benchmarks ever overlap), LOCK_WAIT=3600, POLYTUN_BIN_DIR=...
 # Only processes started here are killed (by PID); namespaces are deleted on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-IMPLS=${IMPLS:-"polytun wireguard-go boringtun"}
+IMPLS=${IMPLS:-"bare-veth polytun wireguard-go boringtun"}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/polytun-bench.XXXXXX)}
 NS_A=ptb-a-$$ NS_B=ptb-b-$$ VETH_A=ptbva$$ VETH_B=ptbvb$$
 WG_A=ptbwa$$ WG_B=ptbwb$$
@@ -36,6 +38,7 @@ teardown() {
   netns_del
   rm -f "/var/run/wireguard/$WG_A.sock" "/var/run/wireguard/$WG_B.sock"
 }
+# shellcheck disable=SC2154  # rc is assigned inside the trap string
 trap 'rc=$?; trap - EXIT; teardown; log "results in $OUT_DIR"; exit $rc' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -46,7 +49,7 @@ PUB_A=$(wg pubkey <"$KEYDIR/a"); PUB_B=$(wg pubkey <"$KEYDIR/b")
 
 DAEMON_PIDS=()
 setup_impl() {   # impl
-  local impl=$1 side ns ifn ul ol key peer peer_ul peer_ol cmd
+  local impl=$1 side ns ifn ol key peer peer_ul peer_ol cmd
   teardown
   netns_pair
   for side in a b; do
@@ -99,6 +102,7 @@ TOML
 }
 
 measure() {   # impl
+  if [[ $1 == bare-veth ]]; then teardown; measure_bare_veth; return; fi
   setup_impl "$1"
   measure_traffic "$1" 198.51.100.2
   teardown
@@ -132,7 +136,8 @@ if me:
         cells = []
         for k, name in keys:
             a, b = res.get(me, {}).get(k), res.get(other, {}).get(k)
-            cells.append("%s %s" % (name.split(" Gbit")[0].split(" median")[0].split(" k ")[0].split(" (")[0], "%.2fx" % (a / b) if a and b else "n/a"))
+            ok = a and b and a == a and b == b   # neither missing, zero nor nan
+            cells.append("%s %s" % (name.split(" Gbit")[0].split(" median")[0].split(" k ")[0].split(" (")[0], "%.2fx" % (a / b) if ok else "n/a"))
         print("%s/%s: %s" % (me, other, ", ".join(cells)))
     w = res.get("wireguard-go", {}); p = res.get(me, {})
     if w and p:
@@ -147,4 +152,9 @@ if me:
             "PASS" if t1 >= 8 * bt.get("tcp1_gbps", 1e9) else "FAIL",
             "PASS" if p.get("ping_ms", 1e9) <= bt.get("ping_ms", 0) else "FAIL",
             "PASS" if p.get("rss_mb", 1e9) < 64 else "FAIL"))
+    bare = res.get("bare-veth", {}).get("tcp1_gbps")
+    if p and bare:
+        t1 = p.get("tcp1_gbps", 0)
+        print("issue-5 bar: tcp1 >= 30%% of the bare veth: %s (%.1f%% of %.3f Gbit/s)" % (
+            "PASS" if t1 >= 0.3 * bare else "FAIL", 100 * t1 / bare, bare))
 PY

@@ -8,7 +8,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// Reads the next batch of packets from `tun` into `batch`, each at the
 /// batch's headroom. Errors are logged (at powers of two, counted in
 /// `errors`) and retried, so a bad read never ends a data path.
-pub async fn read_tun(tun: &Tun, batch: &mut PacketBatch, sizes: &mut [usize], errors: &mut u64) {
+/// Reads the next batch from the TUN device into `batch`. Returns false,
+/// with nothing read, when a packet was dropped because it did not fit the
+/// batch's slots: the interface MTU may have grown since the batch was laid
+/// out (see [`polytun_io::Tun::refresh_mtu`]).
+pub async fn read_tun(
+    tun: &Tun,
+    batch: &mut PacketBatch,
+    sizes: &mut [usize],
+    errors: &mut u64,
+) -> bool {
     let offset = batch.headroom();
     loop {
         let r = {
@@ -18,7 +27,7 @@ pub async fn read_tun(tun: &Tun, batch: &mut PacketBatch, sizes: &mut [usize], e
         match r {
             Ok(n) => {
                 batch.set_filled(offset, &sizes[..n]);
-                return;
+                return true;
             }
             Err(e) => {
                 *errors += 1;
@@ -28,9 +37,11 @@ pub async fn read_tun(tun: &Tun, batch: &mut PacketBatch, sizes: &mut [usize], e
                         tun.name()
                     );
                 }
-                if e.kind() != std::io::ErrorKind::InvalidInput {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    batch.set_filled(offset, &[]);
+                    return false;
                 }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
     }

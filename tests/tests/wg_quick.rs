@@ -175,3 +175,90 @@ fn wg_quick_polytun_wg_with_wireguard_go_peer() {
 fn wg_quick_wireguard_go_baseline() {
     wg_quick_test("wq-g", bins::tool("wireguard-go"));
 }
+
+/// wg-quick sets `MTU =` with `ip link` after polytun-wg has started (sized for 1420):
+/// polytun-wg follows the new MTU instead of dropping the larger packets. Full-size
+/// 1500-byte packets (ping -s 1472 with DF) and a checksummed TCP transfer (MSS 1460)
+/// cross polytun-wg ↔ wireguard-go (the underlay veth at 9000, so nothing fragments).
+#[test]
+fn wg_quick_polytun_wg_follows_mtu_1500() {
+    let wgq = bins::tool("wg-quick");
+    let wgq = wgq.to_str().unwrap();
+    let n = PairNet::new("wqmtu", false);
+    for v in [&n.va, &n.vb] {
+        let ns = if v.ns == n.a.name() { &n.a } else { &n.b };
+        ns.ip(&["link", "set", &v.dev, "mtu", "9000"]);
+    }
+    let mut cb = n.cfg_b(false);
+    cb.mtu = 1500;
+    let _b = Device::start(&n.b, Impl::WireguardGo, &cb);
+    let iface = polytun_e2e::unique_ifname("wq");
+    let conf_text = format!(
+        "[Interface]\nAddress = {OL_A}/24\nPrivateKey = {}\nListenPort = {PORT_A}\nMTU = 1500\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {OL_B}/32\nEndpoint = {}:{PORT_B}\n",
+        n.ka.private, n.kb.public, n.vb.v4
+    );
+    let conf = n.a.write_file(&format!("{iface}.conf"), &conf_text);
+    let conf = conf.to_str().unwrap();
+    n.a.cleanup_file(format!("/var/run/wireguard/{iface}.sock"));
+    let userspace = bins::polytun_wg();
+    let env = [(
+        "WG_QUICK_USERSPACE_IMPLEMENTATION",
+        userspace.to_str().unwrap(),
+    )];
+    let up =
+        n.a.run_env(&[wgq, "up", conf], &env, Duration::from_secs(30));
+    assert!(up.ok(), "wg-quick up failed:\n{}\n{}", up.stdout, up.stderr);
+    let link = n.a.run_ok(&["ip", "link", "show", &iface]);
+    assert!(
+        link.contains("mtu 1500"),
+        "wg-quick did not set MTU 1500:\n{link}"
+    );
+    wait_ping(&n.a, OL_B, Duration::from_secs(20));
+    let p = bins::tool("ping");
+    // The first packet larger than the slots is the one that makes polytun-wg
+    // read the new MTU; it is dropped (counted), like a packet before a PMTU update.
+    let _ = n.a.run_env(
+        &[
+            p.to_str().unwrap(),
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-s",
+            "1472",
+            "-M",
+            "do",
+            OL_B,
+        ],
+        &[],
+        Duration::from_secs(5),
+    );
+    let o = n.a.run_env(
+        &[
+            p.to_str().unwrap(),
+            "-c",
+            "5",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-s",
+            "1472",
+            "-M",
+            "do",
+            OL_B,
+        ],
+        &[],
+        Duration::from_secs(15),
+    );
+    assert!(
+        o.stdout.contains(" 0% packet loss"),
+        "1500-byte pings through MTU 1500 lost:\n{}{}",
+        o.stdout,
+        o.stderr
+    );
+    polytun_e2e::xfer(&n.b, &n.a, OL_B, 5201, 20 * 1024 * 1024);
+    let down =
+        n.a.run_env(&[wgq, "down", conf], &[], Duration::from_secs(30));
+    assert!(down.ok(), "wg-quick down failed:\n{}", down.stderr);
+}

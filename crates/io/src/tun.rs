@@ -255,6 +255,19 @@ impl Tun {
         }
     }
 
+    /// Reads the interface MTU from the kernel (it may have been changed with
+    /// `ip link`, as wg-quick does after starting its userspace daemon) and
+    /// remembers it as [`Tun::mtu`].
+    pub fn refresh_mtu(&self) -> io::Result<usize> {
+        let mtu = usize::from(
+            self.dev
+                .mtu()
+                .map_err(|e| ctx(e, &format!("read mtu of {}", self.name)))?,
+        );
+        self.counters.mtu.store(mtu, Ordering::Relaxed);
+        Ok(mtu)
+    }
+
     /// Set the interface MTU.
     pub fn set_mtu(&self, mtu: u16) -> io::Result<()> {
         self.dev

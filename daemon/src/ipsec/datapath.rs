@@ -82,7 +82,9 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
     let mut expired: Vec<(usize, u32)> = Vec::new();
     let mut errors = 0u64;
     loop {
-        crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await;
+        if !crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await {
+            continue;
+        }
         let now = Instant::now();
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
         out.clear();

@@ -177,7 +177,9 @@ pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routi
     let mut scratch = Vec::with_capacity(TUN_BATCH * (OVERHEAD + mtu));
     let mut errors = 0u64;
     loop {
-        crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await;
+        if !crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await {
+            continue;
+        }
         let now = Instant::now();
         let r = routing();
         let set = &r.sessions;

@@ -43,6 +43,22 @@ pub fn outbound_stride(mtu: usize) -> usize {
     DATA_HEADER_LEN + mtu + polytun_wireguard::transport::padding_len(mtu, mtu) + TAG
 }
 
+/// The MTUs the outbound arena follows (IPv6's minimum; the largest that
+/// leaves room for the data header and tag in a 64 KiB datagram).
+const MIN_MTU: usize = 1280;
+const MAX_MTU: usize = 65535 - 8 - 40 - DATA_HEADER_LEN - TAG - 15;
+
+/// The outbound arena for `mtu`: headroom for the data header, room for a
+/// full-MTU payload, tailroom for its padding and tag.
+fn outbound_batch(mtu: usize) -> PacketBatch {
+    PacketBatch::new(
+        TUN_BATCH,
+        TUN_READ_OFFSET,
+        mtu,
+        polytun_wireguard::transport::padding_len(mtu, mtu) + TAG,
+    )
+}
+
 /// Which tunnels an interface's TUN reader dispatches to.
 pub type TunnelSet = Arc<std::sync::RwLock<Vec<Arc<Shared>>>>;
 
@@ -51,14 +67,10 @@ pub type TunnelSet = Arc<std::sync::RwLock<Vec<Arc<Shared>>>>;
 pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
     // Headroom for the data header, room for a full-MTU payload, tailroom
     // for its padding and tag: the stride is the sealed full-packet size.
-    let mut batch = PacketBatch::new(
-        TUN_BATCH,
-        TUN_READ_OFFSET,
-        mtu,
-        polytun_wireguard::transport::padding_len(mtu, mtu) + TAG,
-    );
+    let mut batch = outbound_batch(mtu);
     debug_assert_eq!(batch.stride(), outbound_stride(mtu));
-    let stride = batch.stride();
+    let mut mtu = mtu;
+    let mut stride = batch.stride();
     let mut sizes = vec![0usize; TUN_BATCH];
     // (slot, destination, tunnel) of each sealed packet, in slot order.
     let mut out: Vec<(usize, SocketAddr, usize)> = Vec::with_capacity(TUN_BATCH);
@@ -66,7 +78,20 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
     let mut expiring: Vec<(usize, PeerId)> = Vec::new();
     let mut errors = 0u64;
     loop {
-        crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await;
+        if !crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await {
+            // A packet larger than the slots: follow an MTU raised after we
+            // started (wg-quick's `MTU =`, `ip link set mtu`).
+            match tun.refresh_mtu() {
+                Ok(m) if m != mtu && (MIN_MTU..=MAX_MTU).contains(&m) => {
+                    tracing::info!("{}: mtu changed from {mtu} to {m}", tun.name());
+                    mtu = m;
+                    batch = outbound_batch(mtu);
+                    stride = batch.stride();
+                }
+                _ => {}
+            }
+            continue;
+        }
         let now = Instant::now();
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
         out.clear();

@@ -215,42 +215,31 @@ fn wg_quick_polytun_wg_follows_mtu_1500() {
     );
     wait_ping(&n.a, OL_B, Duration::from_secs(20));
     let p = bins::tool("ping");
+    // `count` pings of 1500 bytes with DF set.
+    let big_ping = |count: &str| {
+        n.a.run_env(
+            &[
+                p.to_str().unwrap(),
+                "-c",
+                count,
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-s",
+                "1472",
+                "-M",
+                "do",
+                OL_B,
+            ],
+            &[],
+            Duration::from_secs(15),
+        )
+    };
     // The first packet larger than the slots is the one that makes polytun-wg
     // read the new MTU; it is dropped (counted), like a packet before a PMTU update.
-    let _ = n.a.run_env(
-        &[
-            p.to_str().unwrap(),
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "-s",
-            "1472",
-            "-M",
-            "do",
-            OL_B,
-        ],
-        &[],
-        Duration::from_secs(5),
-    );
-    let o = n.a.run_env(
-        &[
-            p.to_str().unwrap(),
-            "-c",
-            "5",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-s",
-            "1472",
-            "-M",
-            "do",
-            OL_B,
-        ],
-        &[],
-        Duration::from_secs(15),
-    );
+    let _ = big_ping("1");
+    let o = big_ping("5");
     assert!(
         o.stdout.contains(" 0% packet loss"),
         "1500-byte pings through MTU 1500 lost:\n{}{}",

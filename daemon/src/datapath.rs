@@ -69,6 +69,15 @@ pub fn src_ip(p: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// Sleeps until `deadline`, or forever without one: the timer arm of each
+/// control task's `select!`.
+pub async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

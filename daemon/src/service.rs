@@ -260,11 +260,7 @@ impl Running {
         context: String,
         len: usize,
     ) -> Reply {
-        let mut matching = self
-            .ipsec
-            .iter()
-            .filter(|h| tunnel.as_ref().is_none_or(|t| *t == h.name));
-        let (Some(h), None) = (matching.next(), matching.next()) else {
+        let Some(h) = only_one(&self.ipsec, |h| &h.name, tunnel.as_deref()) else {
             if self.ipsec.is_empty() {
                 return self.export_key_openvpn(tunnel, label, context, len).await;
             }
@@ -287,7 +283,7 @@ impl Running {
             Ok(Ok(k)) => Reply::Key {
                 tunnel: h.name.clone(),
                 source: format!("IKE SA {}_i {}_r", k.spi_i, k.spi_r),
-                key_hex: k.key.iter().map(|b| format!("{b:02x}")).collect(),
+                key_hex: hex(&k.key),
             },
             Ok(Err(message)) => Reply::Error { message },
             Err(_) => Reply::Error {
@@ -304,11 +300,7 @@ impl Running {
         context: String,
         len: usize,
     ) -> Reply {
-        let mut matching = self
-            .ovpn
-            .iter()
-            .filter(|h| tunnel.as_ref().is_none_or(|t| *t == h.name));
-        let (Some(h), None) = (matching.next(), matching.next()) else {
+        let Some(h) = only_one(&self.ovpn, |h| &h.name, tunnel.as_deref()) else {
             return Reply::Error {
                 message:
                     "name one IPsec or OpenVPN tunnel (--tunnel NAME); WireGuard has no key export"
@@ -327,7 +319,7 @@ impl Running {
             Ok(Ok(k)) => Reply::Key {
                 tunnel: h.name.clone(),
                 source: "TLS exporter (RFC 5705) of the newest key".into(),
-                key_hex: k.iter().map(|b| format!("{b:02x}")).collect(),
+                key_hex: hex(&k),
             },
             Ok(Err(message)) => Reply::Error { message },
             Err(_) => Reply::Error {
@@ -415,6 +407,19 @@ fn add_address(tun: &Tun, a: &IpNet) {
             tracing::warn!("adding address {a} to {}: {e}", tun.name());
         }
     }
+}
+
+/// The one handle named `tunnel`, or the only handle when none is named.
+fn only_one<'a, H>(hs: &'a [H], name: impl Fn(&H) -> &str, tunnel: Option<&str>) -> Option<&'a H> {
+    let mut matching = hs.iter().filter(|h| tunnel.is_none_or(|t| t == name(h)));
+    match (matching.next(), matching.next()) {
+        (Some(h), None) => Some(h),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {

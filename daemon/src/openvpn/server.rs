@@ -290,12 +290,7 @@ impl Server {
                 .filter_map(|p| p.session.poll_timeout())
                 .chain([self.next_tick])
                 .min();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = crate::datapath::sleep_until(deadline);
             tokio::select! {
                 msg = from_data.recv() => {
                     let Some(msg) = msg else { break };

@@ -172,12 +172,7 @@ impl Control {
     ) {
         loop {
             let deadline = self.device.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = crate::datapath::sleep_until(deadline);
             tokio::select! {
                 msg = from_data.recv() => {
                     let Some(msg) = msg else { break };

@@ -429,8 +429,8 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 }
 
 /// Runs polytund with the config at `path` until SIGTERM/SIGINT or `polytun down`.
-pub async fn run(path: &Path) -> anyhow::Result<()> {
-    let cfg = config::load(path)?;
+/// Runs the daemon for `cfg`, loaded from `path` (read again on SIGHUP).
+pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
     let iface = cfg.interface.clone();
     let tun = Arc::new(
         Tun::create(&TunConfig {

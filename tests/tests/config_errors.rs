@@ -12,7 +12,7 @@ fn base() -> String {
 [interface]
 name = "IFACE"
 address = ["198.51.100.1/24"]
-mtu = 1420
+mtu = 1420 # mtu
 
 [[tunnel]]
 name = "wg"
@@ -129,6 +129,12 @@ fn config_error_port_out_of_range() {
 fn config_error_toml_syntax() {
     let (t, l) = edit("endpoint", Some(r#"endpoint = "192.0.2.2:51820"#));
     expect_error("ce-syn", &t, Some(l), &[]);
+}
+
+#[test]
+fn config_error_workers_out_of_range() {
+    let (t, l) = edit("mtu", Some("workers = 0"));
+    expect_error("ce-workers", &t, Some(l), &["interface.workers", "1..=64"]);
 }
 
 #[test]

@@ -217,6 +217,37 @@ fn polytund_env_override_mtu() {
     );
 }
 
+/// polytund's task threads (tokio workers) whose comm is `tokio-rt-worker`.
+fn worker_threads(pid: u32) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("polytund's /proc");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "tokio-rt-worker")
+        .count()
+}
+
+/// `[interface] workers` sizes the runtime; without it, one worker per two
+/// cores (at least one): docs/fast-path.md "Threads".
+#[test]
+fn polytund_workers_sets_the_thread_count() {
+    let n = PairNet::new("workers", false);
+    let a = Device::start_polytund_env(
+        &n.a,
+        &n.cfg_a(false),
+        &[("POLYTUN_INTERFACE__WORKERS", "3")],
+    );
+    assert_eq!(worker_threads(a.pid), 3, "workers = 3 not applied");
+    let b = Device::start(&n.b, Impl::Polytun, &n.cfg_b(true));
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    assert_eq!(
+        worker_threads(b.pid),
+        (cores / 2).max(1),
+        "default workers on {cores} cores"
+    );
+    // And the tunnel works with either.
+    wait_ping(&n.b, OL_A, Duration::from_secs(20));
+}
+
 /// Routes for a peer's allowed IPs go into the TUN (site-to-site: a subnet behind the peer).
 #[test]
 fn polytund_routes_remote_subnet_to_wireguard_go() {

@@ -768,13 +768,20 @@ impl Device {
     /// The data path sent a transport packet (keepalive if `keepalive`) to `peer`.
     pub fn on_data_sent(&mut self, now: Instant, peer: PeerId, keepalive: bool) {
         self.touch(now);
-        let jitter = self.jitter();
+        // The jitter is drawn only when the timer is armed: a draw from the
+        // OS RNG is a syscall, and this runs for nearly every burst sent.
+        let arm = !keepalive
+            && self
+                .peers
+                .get(&peer)
+                .is_some_and(|p| p.timers.new_handshake.is_none());
+        let jitter = if arm { self.jitter() } else { Duration::ZERO };
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
         p.timers.authenticated_packet_traversal(now);
         p.timers.authenticated_packet_sent();
-        if !keepalive {
+        if arm {
             p.timers.data_sent(now, jitter);
         }
         if p.current

@@ -34,7 +34,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    let cfg = match polytun_daemon::config::load(&args.config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.interface.workers)
         .enable_all()
         .build()
     {
@@ -44,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(polytun_daemon::service::run(&args.config)) {
+    match rt.block_on(polytun_daemon::service::run(&args.config, cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -67,10 +67,13 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("polytun-io supports Linux only");
 
+mod coalesce;
 mod netlink;
 mod tun;
 mod udp;
 
+#[doc(hidden)]
+pub use coalesce::fuzz_runs as fuzz_coalesce;
 pub use netlink::{add_address, add_route, network_of, remove_address, remove_route, RouteOptions};
 pub use quinn_udp::{EcnCodepoint, RecvMeta, Transmit};
 pub use tun::{

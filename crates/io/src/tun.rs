@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use tun_rs::{AsyncDevice, DeviceBuilder, ExpandBuffer, GROTable, VirtioNetHdr};
 
+use crate::coalesce;
 use crate::netlink::{self, RouteOptions};
+use std::io::IoSlice;
 
 /// Length of the `virtio_net_hdr` the kernel prepends/expects when offload is on.
 pub const VIRTIO_NET_HDR_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN;
@@ -26,10 +28,10 @@ pub const MAX_PACKET_LEN: usize = 65535;
 /// batch of this size can always take one whole super-packet.
 pub const IDEAL_BATCH_SIZE: usize = tun_rs::IDEAL_BATCH_SIZE;
 
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
-const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
-const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+pub(crate) const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+pub(crate) const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+pub(crate) const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+pub(crate) const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
 const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
 const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 
@@ -537,6 +539,80 @@ impl Tun {
         *wrappers = recycle(w);
         r.map(|_| ())
             .map_err(|e| ctx(e, &format!("write to tun {}", self.name)))
+    }
+
+    /// Write IP packets where they lie, without copying them: packet `i` is
+    /// `bufs[i][headroom..]`, and the `virtio_net_hdr` goes into the
+    /// `headroom` bytes before it (`headroom >= MIN_SEND_OFFSET`).
+    ///
+    /// With offload on, each run of consecutive segments of one TCP flow is
+    /// written as one GSO super-packet with one `writev` (the first packet's
+    /// headers are rewritten for the run; see `coalesce`), so the receiving
+    /// stack gets large packets as with [`Tun::send_batch`] but no payload
+    /// is moved in userspace. Everything else is written one packet per
+    /// `write`. With several queues each run goes to its flow's queue.
+    ///
+    /// Every packet is attempted; the last error (if any) is returned.
+    pub async fn send_gathered(&self, bufs: &mut [&mut [u8]], headroom: usize) -> io::Result<()> {
+        if headroom < MIN_SEND_OFFSET {
+            return Err(invalid(format!(
+                "tun send_gathered: headroom {headroom} < {MIN_SEND_OFFSET} (virtio_net_hdr)"
+            )));
+        }
+        if let Some(i) = bufs.iter().position(|b| b.len() <= headroom) {
+            return Err(invalid(format!(
+                "tun send_gathered: packet {i} is empty or shorter than the headroom"
+            )));
+        }
+        let n = bufs.len();
+        let mut result = Ok(());
+        let mut i = 0;
+        while i < n {
+            let end = if self.offload {
+                coalesce::run_end(n, i, |k| &bufs[k][headroom..])
+            } else {
+                i + 1
+            };
+            // Sizes before the first packet's header is rewritten for the run.
+            let payload: usize = (i..end)
+                .map(|k| coalesce::payload_of(&bufs[k][headroom..]).len())
+                .sum();
+            let last_flags = coalesce::flags_of(&bufs[end - 1][headroom..]);
+            let queue = match flow_queue(&bufs[i][headroom..], self.queue_count()) {
+                0 => self,
+                q => &*self.queues[q - 1],
+            };
+            let Some((first, rest)) = bufs[i..end].split_first_mut() else {
+                break;
+            };
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(end - i);
+            if self.offload {
+                let mut vnet = [0u8; VIRTIO_NET_HDR_LEN];
+                coalesce::prepare_run(
+                    &mut vnet,
+                    &mut first[headroom..],
+                    end - i,
+                    payload,
+                    last_flags,
+                );
+                first[headroom - VIRTIO_NET_HDR_LEN..headroom].copy_from_slice(&vnet);
+                iov.push(IoSlice::new(&first[headroom - VIRTIO_NET_HDR_LEN..]));
+            } else {
+                iov.push(IoSlice::new(&first[headroom..]));
+            }
+            iov.extend(
+                rest.iter()
+                    .map(|b| IoSlice::new(coalesce::payload_of(&b[headroom..]))),
+            );
+            self.counters
+                .tx_packets
+                .fetch_add((end - i) as u64, Ordering::Relaxed);
+            if let Err(e) = queue.dev.send_vectored(&iov).await {
+                result = Err(ctx(e, &format!("write to tun {}", self.name)));
+            }
+            i = end;
+        }
+        result
     }
 
     /// The underlying `tun-rs` device (escape hatch, e.g. for readiness or multi-queue).

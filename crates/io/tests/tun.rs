@@ -162,8 +162,9 @@ fn tun_offload_read_batch_and_write() {
     run_in(&ns, || read_and_write(true));
 }
 
-/// Forward packets between two TUNs, checking every packet read from `from`.
-async fn pump(from: Arc<Tun>, to: Arc<Tun>) {
+/// Forward packets between two TUNs, checking every packet read from `from`;
+/// written with `send_gathered` (in place) when `gathered`, else `send_batch`.
+async fn pump(from: Arc<Tun>, to: Arc<Tun>, gathered: bool) {
     let mut store = vec![vec![0u8; OFF + MAX_PACKET_LEN]; IDEAL_BATCH_SIZE];
     let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
     loop {
@@ -185,9 +186,21 @@ async fn pump(from: Arc<Tun>, to: Arc<Tun>) {
                 v => panic!("IP version {v} read from tun"),
             }
         }
-        to.send_batch(&mut bufs[..n], &sizes[..n], OFF)
-            .await
-            .expect("send_batch");
+        if gathered {
+            let mut packets: Vec<&mut [u8]> = bufs
+                .iter_mut()
+                .zip(&sizes)
+                .take(n)
+                .map(|(b, &s)| &mut b[..OFF + s])
+                .collect();
+            to.send_gathered(&mut packets, OFF)
+                .await
+                .expect("send_gathered");
+        } else {
+            to.send_batch(&mut bufs[..n], &sizes[..n], OFF)
+                .await
+                .expect("send_batch");
+        }
     }
 }
 
@@ -208,7 +221,7 @@ fn pattern(i: usize) -> u8 {
 
 /// A TCP stream between two namespaces whose only link is a userspace bridge of two
 /// TUNs through this crate: super-packets are split (and checked), then coalesced.
-fn tcp_bridge(offload: bool, v6: bool) {
+fn tcp_bridge(offload: bool, v6: bool, gathered: bool) {
     const TOTAL: usize = 24 << 20;
     let a = Netns::new();
     let b = Netns::new();
@@ -241,8 +254,8 @@ fn tcp_bridge(offload: bool, v6: bool) {
             ta.add_address(v4("198.51.100.1"), 24).unwrap();
             ta.add_address(v4("2001:db8:1::1"), 64).unwrap();
             assert_eq!(ta.offload_enabled(), offload);
-            let p1 = tokio::spawn(pump(ta.clone(), tb.clone()));
-            let p2 = tokio::spawn(pump(tb.clone(), ta.clone()));
+            let p1 = tokio::spawn(pump(ta.clone(), tb.clone(), gathered));
+            let p2 = tokio::spawn(pump(tb.clone(), ta.clone(), gathered));
             let server = std::thread::spawn(move || {
                 let (mut s, _) = listener.accept().unwrap();
                 let mut buf = vec![0u8; 1 << 16];
@@ -325,17 +338,34 @@ fn tcp_bridge(offload: bool, v6: bool) {
 
 #[test]
 fn tcp_through_tun_bridge_offload() {
-    tcp_bridge(true, false);
+    tcp_bridge(true, false, false);
+}
+
+/// The same stream with the receiving side's writes gathered in place
+/// (`send_gathered`): coalesced by the writev path, bytes intact.
+#[test]
+fn tcp_through_tun_bridge_gathered_writes() {
+    tcp_bridge(true, false, true);
+}
+
+#[test]
+fn tcp6_through_tun_bridge_gathered_writes() {
+    tcp_bridge(true, true, true);
+}
+
+#[test]
+fn tcp_through_tun_bridge_gathered_writes_plain() {
+    tcp_bridge(false, false, true);
 }
 
 #[test]
 fn tcp6_through_tun_bridge_offload() {
-    tcp_bridge(true, true);
+    tcp_bridge(true, true, false);
 }
 
 #[test]
 fn tcp_through_tun_bridge_plain() {
-    tcp_bridge(false, false);
+    tcp_bridge(false, false, false);
 }
 
 /// Reads both queues until `want` UDP packets to or from `port` were seen: (queue, payload) in

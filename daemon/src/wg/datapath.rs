@@ -6,9 +6,10 @@
 //! consecutive full-size datagrams back to back, so a run of them to one
 //! endpoint goes out as one UDP GSO send without a copy.
 //!
-//! Inbound, each datagram of a (GRO-coalesced) UDP read is copied once into
-//! a 64 KiB TUN slot and opened in place there; the big slots let the TUN
-//! writer coalesce TCP segments back into super-packets (GRO).
+//! Inbound, each datagram of a (GRO-coalesced) UDP read is opened in place
+//! in the receive buffer, and the TUN writer gathers the packets from there:
+//! runs of TCP segments of one flow leave as one super-packet (GRO) with
+//! one `writev`, without a copy in userspace.
 
 use super::state::{DropCounters, Shared, ToControl};
 use crate::datapath::{dst_ip, src_ip};
@@ -27,15 +28,8 @@ use std::time::Instant;
 const TAG: usize = 16;
 /// Headroom in front of a packet read from the TUN device: the data header.
 const TUN_READ_OFFSET: usize = DATA_HEADER_LEN;
-/// Headroom in front of a packet written to the TUN device (≥ the virtio
-/// header the offloaded writer puts there).
-const TUN_WRITE_OFFSET: usize = 32;
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
 const UDP_BUF: usize = 65536;
-/// Slots in the inbound TUN batch (a GRO-coalesced UDP read can carry up
-/// to 64 datagrams per entry; a full batch is flushed and refilled).
-const TUN_WRITE_SLOTS: usize = 128;
-const TUN_WRITE_SLOT: usize = TUN_WRITE_OFFSET + 65535;
 
 /// The sealed size of a full-MTU packet: the outbound arena stride. (WireGuard
 /// pads to 16 but never beyond the MTU, so a full packet gets no padding.)
@@ -204,8 +198,8 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
     let socket = shared.socket();
     let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
     let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
-    let mut slots = vec![0u8; TUN_WRITE_SLOTS * TUN_WRITE_SLOT];
-    let mut sizes = vec![0usize; TUN_WRITE_SLOTS];
+    // (buffer, start, end) of each datagram opened in place, in buffer order.
+    let mut opened: Vec<(usize, usize, usize)> = Vec::new();
     let mut received: Vec<(u32, SocketAddr, bool)> = Vec::new();
     let mut errors = 0u64;
     loop {
@@ -227,135 +221,94 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
         let now = Instant::now();
         let now_ms = shared.millis(now);
         received.clear();
-        // Walk every datagram; flush the TUN batch whenever it fills.
-        let mut datagrams = metas[..n].iter().enumerate().flat_map(|(i, m)| {
-            let stride = if m.stride == 0 { m.len } else { m.stride };
-            let len = m.len.min(UDP_BUF);
-            (0..len.div_ceil(stride.max(1))).map(move |s| {
-                let start = s * stride;
+        opened.clear();
+        {
+            let tables = shared.tables();
+            for (i, m) in metas[..n].iter().enumerate() {
+                let stride = if m.stride == 0 { m.len } else { m.stride };
+                let len = m.len.min(UDP_BUF);
                 // The dual-stack socket reports IPv4 peers as v4-mapped
                 // IPv6; endpoints are kept in their plain form.
                 let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
-                (i, start, (start + stride).min(len), src)
-            })
-        });
-        loop {
-            let mut k = 0;
-            let mut more = false;
-            {
-                let tables = shared.tables();
-                for (i, start, end, src) in datagrams.by_ref() {
+                for start in (0..len).step_by(stride.max(1)) {
+                    let end = (start + stride).min(len);
                     let d = &udp_bufs[i][start..end];
-                    match classify(d) {
-                        Err(_) => DropCounters::bump(&shared.drops.malformed),
-                        Ok(Message::Data(data)) => {
-                            let Some((peer, kp)) = tables.receivers.get(&data.receiver) else {
-                                DropCounters::bump(&shared.drops.no_session);
-                                continue;
-                            };
-                            let slot = &mut slots[k * TUN_WRITE_SLOT..(k + 1) * TUN_WRITE_SLOT];
-                            let at = TUN_WRITE_OFFSET - DATA_HEADER_LEN;
-                            if d.len() > TUN_WRITE_SLOT - at {
-                                DropCounters::bump(&shared.drops.malformed);
-                                continue;
-                            }
-                            slot[at..at + d.len()].copy_from_slice(d);
-                            let mut p = PacketBuf::new(slot, at, at + d.len());
-                            match kp.open(now, &mut p) {
-                                Ok(_) => {}
-                                Err(e) => {
-                                    let c = match e {
-                                        TransportError::Open(OpenError::Replay(_)) => {
-                                            &shared.drops.replayed
-                                        }
-                                        TransportError::Open(OpenError::Auth) => {
-                                            &shared.drops.bad_mac
-                                        }
-                                        TransportError::Open(OpenError::Expired(_)) => {
-                                            &shared.drops.expired_key
-                                        }
-                                        TransportError::Open(_)
-                                        | TransportError::CounterTooLarge => {
-                                            &shared.drops.malformed
-                                        }
-                                        TransportError::NotForThisKey => &shared.drops.other,
-                                    };
-                                    DropCounters::bump(c);
-                                    continue;
-                                }
-                            }
-                            let keepalive = p.is_empty();
-                            if !keepalive {
-                                // Cryptokey routing: the inner source must be one
-                                // of this peer's allowed IPs.
-                                let ok = src_ip(p.as_slice())
-                                    .and_then(|s| tables.routes.lookup(s))
-                                    .is_some_and(|owner| owner == peer);
-                                if !ok {
-                                    DropCounters::bump(&shared.drops.bad_source);
-                                    continue;
-                                }
-                                debug_assert_eq!(p.start(), TUN_WRITE_OFFSET);
-                                sizes[k] = p.len();
-                                if let Some(path) = tables.peers.get(peer) {
-                                    path.stats
-                                        .rx_bytes
-                                        .fetch_add(p.len() as u64, Ordering::Relaxed);
-                                }
-                                k += 1;
-                            }
-                            // Roaming and a keypair's first packet are told at
-                            // once; plain traffic at most every NOTE_INTERVAL_MS.
-                            let note = match tables.peers.get(peer) {
-                                Some(path) => {
-                                    let due = path.stats.note_received(now_ms, data.receiver);
-                                    due || path.endpoint != Some(src)
-                                }
-                                None => true,
-                            };
-                            match received.iter_mut().find(|r| r.0 == data.receiver) {
-                                Some(r) => {
-                                    r.1 = src;
-                                    r.2 &= keepalive;
-                                }
-                                None if note => received.push((data.receiver, src, keepalive)),
-                                None => {}
-                            }
-                            if k == TUN_WRITE_SLOTS {
-                                more = true;
-                                break;
-                            }
+                    let receiver = match classify(d) {
+                        Err(_) => {
+                            DropCounters::bump(&shared.drops.malformed);
+                            continue;
                         }
+                        Ok(Message::Data(data)) => data.receiver,
                         Ok(_) => {
-                            if shared
-                                .to_control
-                                .try_send(ToControl::Handshake {
-                                    src,
-                                    data: d.to_vec(),
-                                })
-                                .is_err()
-                            {
+                            let handshake = ToControl::Handshake {
+                                src,
+                                data: d.to_vec(),
+                            };
+                            if shared.to_control.try_send(handshake).is_err() {
                                 DropCounters::bump(&shared.drops.rate_limited);
                             }
+                            continue;
+                        }
+                    };
+                    let Some((peer, kp)) = tables.receivers.get(&receiver) else {
+                        DropCounters::bump(&shared.drops.no_session);
+                        continue;
+                    };
+                    // Opened where it lies: the TUN write gathers the packets
+                    // from the receive buffers.
+                    let mut p = PacketBuf::new(&mut udp_bufs[i][..end], start, end);
+                    if let Err(e) = kp.open(now, &mut p) {
+                        DropCounters::bump(drop_counter(&shared, e));
+                        continue;
+                    }
+                    let keepalive = p.is_empty();
+                    if !keepalive {
+                        // Cryptokey routing: the inner source must be one of
+                        // this peer's allowed IPs.
+                        let ok = src_ip(p.as_slice())
+                            .and_then(|s| tables.routes.lookup(s))
+                            .is_some_and(|owner| owner == peer);
+                        if !ok {
+                            DropCounters::bump(&shared.drops.bad_source);
+                            continue;
+                        }
+                        debug_assert_eq!(p.start(), start + DATA_HEADER_LEN);
+                        opened.push((i, start, p.start() + p.len()));
+                        if let Some(path) = tables.peers.get(peer) {
+                            path.stats
+                                .rx_bytes
+                                .fetch_add(p.len() as u64, Ordering::Relaxed);
                         }
                     }
-                }
-            }
-            if k > 0 {
-                let mut bufs: Vec<&mut [u8]> =
-                    slots.chunks_exact_mut(TUN_WRITE_SLOT).take(k).collect();
-                if let Err(e) = tun
-                    .send_batch(&mut bufs, &sizes[..k], TUN_WRITE_OFFSET)
-                    .await
-                {
-                    errors += 1;
-                    if errors.is_power_of_two() {
-                        tracing::debug!("{}: writing to the tun device: {e}", shared.name);
+                    // Roaming and a keypair's first packet are told at once;
+                    // plain traffic at most every NOTE_INTERVAL_MS.
+                    let note = match tables.peers.get(peer) {
+                        Some(path) => {
+                            let due = path.stats.note_received(now_ms, receiver);
+                            due || path.endpoint != Some(src)
+                        }
+                        None => true,
+                    };
+                    match received.iter_mut().find(|r| r.0 == receiver) {
+                        Some(r) => {
+                            r.1 = src;
+                            r.2 &= keepalive;
+                        }
+                        None if note => received.push((receiver, src, keepalive)),
+                        None => {}
                     }
                 }
             }
-            if !more {
-                break;
+        }
+        if !opened.is_empty() {
+            // Each packet with the data header's 16 bytes in front of it,
+            // room for the virtio header.
+            let mut packets = disjoint_slices(&mut udp_bufs, &opened);
+            if let Err(e) = tun.send_gathered(&mut packets, DATA_HEADER_LEN).await {
+                errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::debug!("{}: writing to the tun device: {e}", shared.name);
+                }
             }
         }
         for &(local_index, src, keepalive) in &received {
@@ -366,6 +319,38 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
             });
         }
     }
+}
+
+/// The drop counter for a datagram that did not open.
+fn drop_counter(shared: &Shared, e: TransportError) -> &std::sync::atomic::AtomicU64 {
+    match e {
+        TransportError::Open(OpenError::Replay(_)) => &shared.drops.replayed,
+        TransportError::Open(OpenError::Auth) => &shared.drops.bad_mac,
+        TransportError::Open(OpenError::Expired(_)) => &shared.drops.expired_key,
+        TransportError::Open(_) | TransportError::CounterTooLarge => &shared.drops.malformed,
+        TransportError::NotForThisKey => &shared.drops.other,
+    }
+}
+
+/// `bufs[i][start..end]` for each `(i, start, end)` of `ranges`, which are in
+/// increasing order and do not overlap within a buffer.
+fn disjoint_slices<'a>(
+    bufs: &'a mut [Vec<u8>],
+    ranges: &[(usize, usize, usize)],
+) -> Vec<&'a mut [u8]> {
+    let mut rest: Vec<(&'a mut [u8], usize)> =
+        bufs.iter_mut().map(|b| (b.as_mut_slice(), 0)).collect();
+    let mut out = Vec::with_capacity(ranges.len());
+    for &(i, start, end) in ranges {
+        let (tail, at) = &mut rest[i];
+        let t = std::mem::take(tail);
+        let (_, from_start) = t.split_at_mut(start - *at);
+        let (packet, after) = from_start.split_at_mut(end - start);
+        *tail = after;
+        *at = end;
+        out.push(packet);
+    }
+    out
 }
 
 #[cfg(test)]

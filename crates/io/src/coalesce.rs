@@ -1,0 +1,374 @@
+//! TCP segment coalescing for gathered TUN writes (GRO without copies).
+//!
+//! Segments opened in place in a UDP receive buffer are written to the TUN
+//! device where they lie: a run of consecutive segments of one TCP flow
+//! becomes one `writev` of a `virtio_net_hdr`, the first segment (its
+//! headers rewritten for the whole run) and the payloads of the others. The
+//! kernel takes it as one GSO super-packet, so the receiving TCP stack sees
+//! one large packet per run, as with copying GRO, but no byte is moved in
+//! userspace.
+//!
+//! The rules are the kernel's `tcp_gro_receive` ones, made stricter where
+//! that is simpler: same addresses, ports, IP fields that must not change
+//! within a flow, identical TCP options (so timestamps too), the next
+//! sequence number, only ACK (and PSH on the last segment) set, every
+//! segment but the last of the same payload size.
+
+use crate::tun::{
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
+};
+use crate::VIRTIO_NET_HDR_LEN;
+
+const TCP: u8 = 6;
+const FLAG_PSH: u8 = 0x08;
+const FLAG_ACK: u8 = 0x10;
+/// The largest run: the kernel's GSO segment limit for one virtio write
+/// is far above this; 64 keeps the iovec array small.
+pub(crate) const MAX_RUN: usize = 64;
+const MAX_IP_LEN: usize = 65535;
+
+/// Where the parts of a TCP segment are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segment {
+    v6: bool,
+    /// IP header length.
+    ip: usize,
+    /// IP + TCP header length.
+    hdr: usize,
+    payload: usize,
+    seq: u32,
+    flags: u8,
+}
+
+/// A segment that may start or join a run: TCP, no IP options or IPv6
+/// extension headers, not a fragment, payload, only ACK/PSH set.
+fn segment(p: &[u8]) -> Option<Segment> {
+    let (v6, ip, total) = match p.first()? >> 4 {
+        4 if p.len() >= 20 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let frag = u16::from_be_bytes([p[6], p[7]]) & 0x3fff; // MF + offset
+            if ihl != 20 || p[9] != TCP || frag != 0 {
+                return None;
+            }
+            (false, 20, usize::from(u16::from_be_bytes([p[2], p[3]])))
+        }
+        6 if p.len() >= 40 => {
+            if p[6] != TCP {
+                return None;
+            }
+            (true, 40, 40 + usize::from(u16::from_be_bytes([p[4], p[5]])))
+        }
+        _ => return None,
+    };
+    if total != p.len() || p.len() < ip + 20 {
+        return None;
+    }
+    let t = &p[ip..];
+    let thl = usize::from(t[12] >> 4) * 4;
+    let flags = t[13];
+    if thl < 20
+        || ip + thl > p.len()
+        || flags & !(FLAG_ACK | FLAG_PSH) != 0
+        || flags & FLAG_ACK == 0
+    {
+        return None;
+    }
+    let payload = p.len() - ip - thl;
+    if payload == 0 {
+        return None;
+    }
+    Some(Segment {
+        v6,
+        ip,
+        hdr: ip + thl,
+        payload,
+        seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        flags,
+    })
+}
+
+/// Whether `q` continues the flow of `p` (first segment `first`) right after
+/// `p`'s payload: every header byte equal except the ones a segment changes.
+fn continues(p: &[u8], ps: &Segment, q: &[u8], qs: &Segment) -> bool {
+    if qs.v6 != ps.v6 || qs.hdr != ps.hdr || qs.seq != ps.seq.wrapping_add(ps.payload as u32) {
+        return false;
+    }
+    let ip_same = if ps.v6 {
+        // version, traffic class, flow label; next header, hop limit; addresses
+        p[..4] == q[..4] && p[6..40] == q[6..40]
+    } else {
+        // version/ihl, TOS; flags (DF); TTL, protocol; addresses (not the
+        // length, the id or the header checksum)
+        p[..2] == q[..2]
+            && p[6] & 0xe0 == q[6] & 0xe0
+            && p[8..10] == q[8..10]
+            && p[12..20] == q[12..20]
+    };
+    let (pt, qt) = (&p[ps.ip..ps.hdr], &q[qs.ip..qs.hdr]);
+    // ports; ack number, data offset; window; urgent pointer and options
+    ip_same
+        && pt[..4] == qt[..4]
+        && pt[8..13] == qt[8..13]
+        && pt[14..16] == qt[14..16]
+        && pt[18..] == qt[18..]
+}
+
+/// The end (exclusive) of the run of packets that starts at `first`: at
+/// least `first + 1`. `packet(i)` is packet `i`'s IP packet.
+pub(crate) fn run_end<'a>(n: usize, first: usize, packet: impl Fn(usize) -> &'a [u8]) -> usize {
+    let p = packet(first);
+    let Some(s0) = segment(p) else {
+        return first + 1;
+    };
+    let mut total = p.len();
+    let (mut prev, mut ps) = (p, s0);
+    let mut end = first + 1;
+    while end < n && end - first < MAX_RUN {
+        // After a short segment or a PSH the run is over.
+        if ps.payload != s0.payload || ps.flags & FLAG_PSH != 0 {
+            break;
+        }
+        let q = packet(end);
+        let Some(qs) = segment(q) else { break };
+        if qs.payload > s0.payload
+            || total + qs.payload > MAX_IP_LEN
+            || !continues(prev, &ps, q, &qs)
+        {
+            break;
+        }
+        total += qs.payload;
+        (prev, ps) = (q, qs);
+        end += 1;
+    }
+    end
+}
+
+/// Rewrite the first segment of a run of `count` segments carrying
+/// `payload` bytes in all (`last_flags`: the last segment's TCP flags) into
+/// the header of one GSO super-packet, and fill `vnet` for it. For a run of
+/// one, `vnet` says "plain packet" and nothing else changes.
+pub(crate) fn prepare_run(
+    vnet: &mut [u8; VIRTIO_NET_HDR_LEN],
+    first: &mut [u8],
+    count: usize,
+    payload: usize,
+    last_flags: u8,
+) {
+    *vnet = [0; VIRTIO_NET_HDR_LEN];
+    vnet[1] = VIRTIO_NET_HDR_GSO_NONE;
+    if count < 2 {
+        return;
+    }
+    let Some(s) = segment(first) else { return };
+    let len = s.hdr + payload;
+    let t = s.ip;
+    if s.v6 {
+        first[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    } else {
+        first[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        first[10..12].copy_from_slice(&[0, 0]);
+        let c = !tun_rs::checksum(&first[..20], 0);
+        first[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    first[t + 13] |= last_flags & FLAG_PSH;
+    // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum and the
+    // kernel adds the TCP header and payload from csum_start.
+    let tcp_len = (len - t) as u64;
+    let addrs = if s.v6 { &first[8..40] } else { &first[12..20] };
+    let pseudo = tun_rs::checksum(addrs, u64::from(TCP) + tcp_len);
+    first[t + 16..t + 18].copy_from_slice(&pseudo.to_be_bytes());
+    vnet[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    vnet[1] = if s.v6 {
+        VIRTIO_NET_HDR_GSO_TCPV6
+    } else {
+        VIRTIO_NET_HDR_GSO_TCPV4
+    };
+    vnet[2..4].copy_from_slice(&(s.hdr as u16).to_le_bytes());
+    vnet[4..6].copy_from_slice(&(s.payload as u16).to_le_bytes());
+    vnet[6..8].copy_from_slice(&(t as u16).to_le_bytes());
+    vnet[8..10].copy_from_slice(&16u16.to_le_bytes());
+}
+
+/// The payload of a segment (after its IP and TCP headers); all of `p` for
+/// anything else.
+pub(crate) fn payload_of(p: &[u8]) -> &[u8] {
+    segment(p).map_or(p, |s| &p[s.hdr..])
+}
+
+/// The TCP flags of a segment (0 for anything else).
+pub(crate) fn flags_of(p: &[u8]) -> u8 {
+    segment(p).map_or(0, |s| s.flags)
+}
+
+/// For the fuzz target: split `packets` into runs and prepare each, as
+/// `Tun::send_gathered` does, checking what the writer relies on.
+#[doc(hidden)]
+pub fn fuzz_runs(packets: &mut [Vec<u8>]) {
+    let n = packets.len();
+    let mut i = 0;
+    while i < n {
+        let end = run_end(n, i, |k| &packets[k]);
+        assert!(
+            end > i && end <= n && end - i <= MAX_RUN,
+            "run {i}..{end} of {n}"
+        );
+        let payload: usize = (i..end).map(|k| payload_of(&packets[k]).len()).sum();
+        let header = packets[i].len() - payload_of(&packets[i]).len();
+        let flags = flags_of(&packets[end - 1]);
+        let mut vnet = [0u8; VIRTIO_NET_HDR_LEN];
+        prepare_run(&mut vnet, &mut packets[i], end - i, payload, flags);
+        if end - i > 1 {
+            assert!(
+                header + payload <= MAX_IP_LEN,
+                "run of {} bytes",
+                header + payload
+            );
+            assert_ne!(vnet[1], VIRTIO_NET_HDR_GSO_NONE);
+        }
+        i = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4 TCP segment with correct checksums.
+    pub(crate) fn seg4(seq: u32, payload: &[u8], flags: u8, ts: u32) -> Vec<u8> {
+        let mut p = vec![0u8; 20 + 32];
+        p[0] = 0x45;
+        let len = (p.len() + payload.len()) as u16;
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p[4..6].copy_from_slice(&seq.to_be_bytes()[2..]); // id varies
+        p[6] = 0x40; // DF
+        p[8] = 64;
+        p[9] = TCP;
+        p[12..16].copy_from_slice(&[198, 51, 100, 1]);
+        p[16..20].copy_from_slice(&[198, 51, 100, 2]);
+        let c = !tun_rs::checksum(&p[..20], 0);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        let t = &mut p[20..];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&5201u16.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&7u32.to_be_bytes());
+        t[12] = 8 << 4;
+        t[13] = flags;
+        t[14..16].copy_from_slice(&512u16.to_be_bytes());
+        // NOP NOP timestamps
+        t[20..24].copy_from_slice(&[1, 1, 8, 10]);
+        t[24..28].copy_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(payload);
+        fix_tcp_checksum(&mut p);
+        p
+    }
+
+    fn fix_tcp_checksum(p: &mut [u8]) {
+        let tcp_len = (p.len() - 20) as u64;
+        p[36..38].copy_from_slice(&[0, 0]);
+        let pseudo = tun_rs::checksum(&p[12..20], u64::from(TCP) + tcp_len);
+        let c = !tun_rs::checksum(&p[20..], u64::from(pseudo));
+        p[36..38].copy_from_slice(&c.to_be_bytes());
+    }
+
+    fn run_of(pkts: &[Vec<u8>]) -> usize {
+        run_end(pkts.len(), 0, |i| &pkts[i])
+    }
+
+    #[test]
+    fn consecutive_segments_of_one_flow_form_a_run() {
+        let a = seg4(1000, &[1; 100], FLAG_ACK, 5);
+        let b = seg4(1100, &[2; 100], FLAG_ACK, 5);
+        let c = seg4(1200, &[3; 40], FLAG_ACK | FLAG_PSH, 5);
+        let d = seg4(1240, &[4; 100], FLAG_ACK, 5);
+        assert_eq!(run_of(&[a.clone(), b.clone(), c.clone(), d.clone()]), 3);
+        // A gap in the sequence, other options (timestamp), a SYN, a larger
+        // segment after a smaller one: each ends the run.
+        let gap = seg4(1101, &[2; 100], FLAG_ACK, 5);
+        assert_eq!(run_of(&[a.clone(), gap]), 1);
+        let other_ts = seg4(1100, &[2; 100], FLAG_ACK, 6);
+        assert_eq!(run_of(&[a.clone(), other_ts]), 1);
+        let syn = seg4(1100, &[2; 100], FLAG_ACK | 0x02, 5);
+        assert_eq!(run_of(&[a.clone(), syn]), 1);
+        let short = seg4(1100, &[2; 50], FLAG_ACK, 5);
+        let after_short = seg4(1150, &[2; 50], FLAG_ACK, 5);
+        assert_eq!(run_of(&[a.clone(), short, after_short]), 2);
+        let bigger = seg4(1100, &[2; 101], FLAG_ACK, 5);
+        assert_eq!(run_of(&[a.clone(), bigger]), 1);
+        // A pure ACK does not start a run.
+        let ack = seg4(1000, &[], FLAG_ACK, 5);
+        assert_eq!(run_of(&[ack, a]), 1);
+    }
+
+    #[test]
+    fn a_run_is_capped_at_64_segments_and_64_kib() {
+        let many: Vec<Vec<u8>> = (0..70)
+            .map(|i| seg4(i * 100, &[0; 100], FLAG_ACK, 1))
+            .collect();
+        assert_eq!(run_of(&many), MAX_RUN);
+        let big: Vec<Vec<u8>> = (0..60)
+            .map(|i| seg4(i * 1400, &[0; 1400], FLAG_ACK, 1))
+            .collect();
+        let end = run_of(&big);
+        assert!(
+            52 + 1400 * end <= MAX_IP_LEN && 52 + 1400 * (end + 1) > MAX_IP_LEN,
+            "{end}"
+        );
+    }
+
+    /// The super-packet a run becomes, segmented again by the rules the
+    /// kernel applies (headers of the first, payload chunks of gso_size),
+    /// gives back the original segments with valid checksums.
+    #[test]
+    fn prepared_run_is_a_valid_gso_packet() {
+        let segs: Vec<Vec<u8>> = (0..3u8)
+            .map(|i| {
+                let flags = if i == 2 {
+                    FLAG_ACK | FLAG_PSH
+                } else {
+                    FLAG_ACK
+                };
+                let len = if i == 2 { 30 } else { 100 };
+                seg4(5000 + u32::from(i) * 100, &vec![i + 1; len], flags, 9)
+            })
+            .collect();
+        assert_eq!(run_of(&segs), 3);
+        let payload: usize = segs.iter().map(|s| payload_of(s).len()).sum();
+        let mut first = segs[0].clone();
+        let mut vnet = [0u8; VIRTIO_NET_HDR_LEN];
+        prepare_run(&mut vnet, &mut first, 3, payload, flags_of(&segs[2]));
+        assert_eq!(vnet[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(vnet[1], VIRTIO_NET_HDR_GSO_TCPV4);
+        assert_eq!(u16::from_le_bytes([vnet[2], vnet[3]]), 52);
+        assert_eq!(u16::from_le_bytes([vnet[4], vnet[5]]), 100);
+        assert_eq!(u16::from_le_bytes([vnet[6], vnet[7]]), 20);
+        assert_eq!(u16::from_le_bytes([vnet[8], vnet[9]]), 16);
+        // The whole packet: header of the first and all payloads.
+        let mut whole = first[..52].to_vec();
+        for s in &segs {
+            whole.extend_from_slice(payload_of(s));
+        }
+        assert_eq!(
+            usize::from(u16::from_be_bytes([whole[2], whole[3]])),
+            whole.len()
+        );
+        assert_eq!(
+            tun_rs::checksum(&whole[..20], 0),
+            0xffff,
+            "IPv4 header checksum"
+        );
+        assert_eq!(whole[33] & FLAG_PSH, FLAG_PSH, "PSH of the last segment");
+        // Completing the partial checksum (as the kernel does from
+        // csum_start) gives a valid TCP checksum for the whole packet.
+        let c = !tun_rs::checksum(&whole[20..], 0);
+        whole[36..38].copy_from_slice(&c.to_be_bytes());
+        let pseudo = tun_rs::checksum(&whole[12..20], u64::from(TCP) + (whole.len() - 20) as u64);
+        assert_eq!(tun_rs::checksum(&whole[20..], u64::from(pseudo)), 0xffff);
+        // A run of one is written as it is.
+        let mut one = segs[0].clone();
+        prepare_run(&mut vnet, &mut one, 1, 100, FLAG_ACK);
+        assert_eq!(vnet, [0; VIRTIO_NET_HDR_LEN]);
+        assert_eq!(one, segs[0]);
+    }
+}

@@ -47,6 +47,27 @@ pub async fn read_tun(
     }
 }
 
+/// `bufs[i][start..end]` for each `(i, start, end)` of `ranges`, which are in
+/// increasing order and do not overlap within a buffer.
+pub fn disjoint_slices<'a>(
+    bufs: &'a mut [Vec<u8>],
+    ranges: &[(usize, usize, usize)],
+) -> Vec<&'a mut [u8]> {
+    let mut rest: Vec<(&'a mut [u8], usize)> =
+        bufs.iter_mut().map(|b| (b.as_mut_slice(), 0)).collect();
+    let mut out = Vec::with_capacity(ranges.len());
+    for &(i, start, end) in ranges {
+        let (tail, at) = &mut rest[i];
+        let t = std::mem::take(tail);
+        let (_, from_start) = t.split_at_mut(start - *at);
+        let (packet, after) = from_start.split_at_mut(end - start);
+        *tail = after;
+        *at = end;
+        out.push(packet);
+    }
+    out
+}
+
 pub fn dst_ip(p: &[u8]) -> Option<IpAddr> {
     match p.first()? >> 4 {
         4 if p.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19]))),

@@ -13,9 +13,9 @@
 //! rekey changed it) is copied into a spill batch with room for any
 //! transform and sent alone; the arena follows the transform most packets use.
 //!
-//! Inbound, each datagram of a (GRO-coalesced) UDP read is copied once into
-//! a 64 KiB TUN slot and opened in place there; the big slots let the TUN
-//! writer coalesce TCP segments back into super-packets (GRO).
+//! Inbound, each datagram of a (GRO-coalesced) UDP read is opened in place
+//! in the receive buffer and the TUN writer gathers the packets from there
+//! (runs of TCP segments of one flow as one super-packet, no copy).
 
 use super::state::{IpsecSet, Shared, ToControl};
 use crate::datapath::{dst_ip, src_ip};
@@ -25,7 +25,7 @@ use polytun_esp::{
     classify_udp4500, EspOpenError, Transform, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN,
 };
 use polytun_ike::SaId;
-use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
+use polytun_io::{RecvMeta, Transmit, Tun, MIN_SEND_OFFSET, UDP_RECV_BATCH};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -33,12 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
-/// Headroom in front of a packet written to the TUN device (≥ the virtio
-/// header, ≥ the largest ESP header so the opened packet lands here).
-const TUN_WRITE_OFFSET: usize = 32;
 const UDP_BUF: usize = 65536;
-const TUN_WRITE_SLOTS: usize = 128;
-const TUN_WRITE_SLOT: usize = TUN_WRITE_OFFSET + 65535;
 /// The control task hears of inbound traffic on an IKE SA (liveness, DPD)
 /// at most this often: one wake-up per batch would cost more than it tells.
 const TRAFFIC_NOTE_INTERVAL: Duration = Duration::from_millis(100);
@@ -252,8 +247,9 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
     let socket = shared.natt.clone();
     let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
     let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
-    let mut slots = vec![0u8; TUN_WRITE_SLOTS * TUN_WRITE_SLOT];
-    let mut sizes = vec![0usize; TUN_WRITE_SLOTS];
+    // (buffer, start, end) of each opened packet with room for the virtio
+    // header in front, in buffer order.
+    let mut opened: Vec<(usize, usize, usize)> = Vec::new();
     let mut alive: Vec<SaId> = Vec::new();
     // when the control task last heard of traffic on each IKE SA
     let mut noted: Vec<(SaId, Instant)> = Vec::new();
@@ -280,25 +276,22 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
         alive.clear();
         expiring.clear();
         expired.clear();
-        let mut datagrams = metas[..n].iter().enumerate().flat_map(|(i, m)| {
-            let stride = if m.stride == 0 { m.len } else { m.stride };
-            let len = m.len.min(UDP_BUF);
-            (0..len.div_ceil(stride.max(1))).map(move |s| {
-                let start = s * stride;
+        opened.clear();
+        {
+            let tables = shared.tables();
+            for (i, m) in metas[..n].iter().enumerate() {
+                let stride = if m.stride == 0 { m.len } else { m.stride };
+                let len = m.len.min(UDP_BUF);
                 let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
-                (i, start, (start + stride).min(len), src)
-            })
-        });
-        loop {
-            let mut k = 0;
-            let mut more = false;
-            {
-                let tables = shared.tables();
-                for (i, start, end, src) in datagrams.by_ref() {
+                for start in (0..len).step_by(stride.max(1)) {
+                    let end = (start + stride).min(len);
                     let d = &udp_bufs[i][start..end];
-                    match classify_udp4500(d) {
-                        Udp4500::Keepalive => {}
-                        Udp4500::Malformed => DropCounters::bump(&shared.drops.malformed),
+                    let spi = match classify_udp4500(d) {
+                        Udp4500::Keepalive => continue,
+                        Udp4500::Malformed => {
+                            DropCounters::bump(&shared.drops.malformed);
+                            continue;
+                        }
                         Udp4500::Ike(_) => {
                             let msg = ToControl::Ike {
                                 local_port: polytun_esp::NAT_T_PORT,
@@ -308,78 +301,63 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                             if shared.to_control.try_send(msg).is_err() {
                                 DropCounters::bump(&shared.drops.rate_limited);
                             }
+                            continue;
                         }
-                        Udp4500::Esp { spi } => {
-                            let Some(ib) = tables.inbound.get(&spi) else {
-                                DropCounters::bump(&shared.drops.no_session);
-                                continue;
-                            };
-                            let slot = &mut slots[k * TUN_WRITE_SLOT..(k + 1) * TUN_WRITE_SLOT];
-                            let at = TUN_WRITE_OFFSET - ib.sa.transform().header_len();
-                            if d.len() > TUN_WRITE_SLOT - at {
-                                DropCounters::bump(&shared.drops.malformed);
-                                continue;
+                        Udp4500::Esp { spi } => spi,
+                    };
+                    let Some(ib) = tables.inbound.get(&spi) else {
+                        DropCounters::bump(&shared.drops.no_session);
+                        continue;
+                    };
+                    // Opened where it lies: the TUN write gathers the packets
+                    // from the receive buffers.
+                    let mut p = PacketBuf::new(&mut udp_bufs[i][..end], start, end);
+                    let result = match ib.sa.open(now, &mut p) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            if matches!(e, EspOpenError::Open(OpenError::Expired(_)))
+                                && !expired.contains(&spi)
+                            {
+                                expired.push(spi);
                             }
-                            slot[at..at + d.len()].copy_from_slice(d);
-                            let mut p = PacketBuf::new(slot, at, at + d.len());
-                            let opened = match ib.sa.open(now, &mut p) {
-                                Ok(o) => o,
-                                Err(e) => {
-                                    if matches!(e, EspOpenError::Open(OpenError::Expired(_)))
-                                        && !expired.contains(&spi)
-                                    {
-                                        expired.push(spi);
-                                    }
-                                    count_open_error(&shared, e);
-                                    continue;
-                                }
-                            };
-                            if opened.status == KeyStatus::Expiring {
-                                expiring.push(spi);
-                            }
-                            if !alive.contains(&ib.ike_sa) {
-                                alive.push(ib.ike_sa);
-                            }
-                            if opened.is_dummy() {
-                                continue;
-                            }
-                            // the inner source must be inside the peer's selectors
-                            let ok = src_ip(p.as_slice())
-                                .is_some_and(|s| ib.remote_ts.iter().any(|n| n.contains(&s)));
-                            if !ok {
-                                DropCounters::bump(&shared.drops.bad_source);
-                                continue;
-                            }
-                            debug_assert_eq!(p.start(), TUN_WRITE_OFFSET);
-                            sizes[k] = p.len();
-                            ib.stats
-                                .rx_bytes
-                                .fetch_add(p.len() as u64, Ordering::Relaxed);
-                            ib.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
-                            k += 1;
-                            if k == TUN_WRITE_SLOTS {
-                                more = true;
-                                break;
-                            }
+                            count_open_error(&shared, e);
+                            continue;
                         }
+                    };
+                    if result.status == KeyStatus::Expiring {
+                        expiring.push(spi);
                     }
+                    if !alive.contains(&ib.ike_sa) {
+                        alive.push(ib.ike_sa);
+                    }
+                    if result.is_dummy() {
+                        continue;
+                    }
+                    // the inner source must be inside the peer's selectors
+                    let ok = src_ip(p.as_slice())
+                        .is_some_and(|s| ib.remote_ts.iter().any(|n| n.contains(&s)));
+                    if !ok {
+                        DropCounters::bump(&shared.drops.bad_source);
+                        continue;
+                    }
+                    // Every ESP header is longer than the virtio header the
+                    // writer puts in front of the packet.
+                    debug_assert!(p.start() - start >= MIN_SEND_OFFSET);
+                    opened.push((i, p.start() - MIN_SEND_OFFSET, p.start() + p.len()));
+                    ib.stats
+                        .rx_bytes
+                        .fetch_add(p.len() as u64, Ordering::Relaxed);
+                    ib.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if k > 0 {
-                let mut bufs: Vec<&mut [u8]> =
-                    slots.chunks_exact_mut(TUN_WRITE_SLOT).take(k).collect();
-                if let Err(e) = tun
-                    .send_batch(&mut bufs, &sizes[..k], TUN_WRITE_OFFSET)
-                    .await
-                {
-                    errors += 1;
-                    if errors.is_power_of_two() {
-                        tracing::debug!("{}: writing to the tun device: {e}", shared.name);
-                    }
+        }
+        if !opened.is_empty() {
+            let mut packets = crate::datapath::disjoint_slices(&mut udp_bufs, &opened);
+            if let Err(e) = tun.send_gathered(&mut packets, MIN_SEND_OFFSET).await {
+                errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::debug!("{}: writing to the tun device: {e}", shared.name);
                 }
-            }
-            if !more {
-                break;
             }
         }
         for &ike_sa in &alive {

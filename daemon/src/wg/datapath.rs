@@ -303,7 +303,7 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
         if !opened.is_empty() {
             // Each packet with the data header's 16 bytes in front of it,
             // room for the virtio header.
-            let mut packets = disjoint_slices(&mut udp_bufs, &opened);
+            let mut packets = crate::datapath::disjoint_slices(&mut udp_bufs, &opened);
             if let Err(e) = tun.send_gathered(&mut packets, DATA_HEADER_LEN).await {
                 errors += 1;
                 if errors.is_power_of_two() {
@@ -330,27 +330,6 @@ fn drop_counter(shared: &Shared, e: TransportError) -> &std::sync::atomic::Atomi
         TransportError::Open(_) | TransportError::CounterTooLarge => &shared.drops.malformed,
         TransportError::NotForThisKey => &shared.drops.other,
     }
-}
-
-/// `bufs[i][start..end]` for each `(i, start, end)` of `ranges`, which are in
-/// increasing order and do not overlap within a buffer.
-fn disjoint_slices<'a>(
-    bufs: &'a mut [Vec<u8>],
-    ranges: &[(usize, usize, usize)],
-) -> Vec<&'a mut [u8]> {
-    let mut rest: Vec<(&'a mut [u8], usize)> =
-        bufs.iter_mut().map(|b| (b.as_mut_slice(), 0)).collect();
-    let mut out = Vec::with_capacity(ranges.len());
-    for &(i, start, end) in ranges {
-        let (tail, at) = &mut rest[i];
-        let t = std::mem::take(tail);
-        let (_, from_start) = t.split_at_mut(start - *at);
-        let (packet, after) = from_start.split_at_mut(end - start);
-        *tail = after;
-        *at = end;
-        out.push(packet);
-    }
-    out
 }
 
 #[cfg(test)]

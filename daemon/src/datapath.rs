@@ -47,9 +47,34 @@ pub async fn read_tun(
     }
 }
 
+/// Writes the packets opened in place in the receive buffers `bufs` to the
+/// TUN device, gathered where they lie ([`Tun::send_gathered`]): one
+/// `(buffer, start, end)` per packet, in buffer order, with `headroom`
+/// bytes before the packet for the virtio header. Errors are logged at
+/// powers of two of `errors`.
+pub async fn write_opened(
+    tun: &Tun,
+    bufs: &mut [Vec<u8>],
+    opened: &[(usize, usize, usize)],
+    headroom: usize,
+    errors: &mut u64,
+    name: &str,
+) {
+    if opened.is_empty() {
+        return;
+    }
+    let mut packets = disjoint_slices(bufs, opened);
+    if let Err(e) = tun.send_gathered(&mut packets, headroom).await {
+        *errors += 1;
+        if errors.is_power_of_two() {
+            tracing::debug!("{name}: writing to the tun device: {e}");
+        }
+    }
+}
+
 /// `bufs[i][start..end]` for each `(i, start, end)` of `ranges`, which are in
 /// increasing order and do not overlap within a buffer.
-pub fn disjoint_slices<'a>(
+fn disjoint_slices<'a>(
     bufs: &'a mut [Vec<u8>],
     ranges: &[(usize, usize, usize)],
 ) -> Vec<&'a mut [u8]> {

@@ -351,15 +351,15 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                 }
             }
         }
-        if !opened.is_empty() {
-            let mut packets = crate::datapath::disjoint_slices(&mut udp_bufs, &opened);
-            if let Err(e) = tun.send_gathered(&mut packets, MIN_SEND_OFFSET).await {
-                errors += 1;
-                if errors.is_power_of_two() {
-                    tracing::debug!("{}: writing to the tun device: {e}", shared.name);
-                }
-            }
-        }
+        crate::datapath::write_opened(
+            &tun,
+            &mut udp_bufs,
+            &opened,
+            MIN_SEND_OFFSET,
+            &mut errors,
+            &shared.name,
+        )
+        .await;
         for &ike_sa in &alive {
             let due = match noted.iter_mut().find(|n| n.0 == ike_sa) {
                 Some(n) if now.duration_since(n.1) < TRAFFIC_NOTE_INTERVAL => false,

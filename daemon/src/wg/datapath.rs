@@ -300,17 +300,15 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                 }
             }
         }
-        if !opened.is_empty() {
-            // Each packet with the data header's 16 bytes in front of it,
-            // room for the virtio header.
-            let mut packets = crate::datapath::disjoint_slices(&mut udp_bufs, &opened);
-            if let Err(e) = tun.send_gathered(&mut packets, DATA_HEADER_LEN).await {
-                errors += 1;
-                if errors.is_power_of_two() {
-                    tracing::debug!("{}: writing to the tun device: {e}", shared.name);
-                }
-            }
-        }
+        crate::datapath::write_opened(
+            &tun,
+            &mut udp_bufs,
+            &opened,
+            DATA_HEADER_LEN,
+            &mut errors,
+            &shared.name,
+        )
+        .await;
         for &(local_index, src, keepalive) in &received {
             let _ = shared.to_control.try_send(ToControl::Received {
                 local_index,

@@ -566,6 +566,8 @@ impl Tun {
         }
         let n = bufs.len();
         let mut result = Ok(());
+        // One iovec array for the whole call (a run borrows it in turn).
+        let mut spare: Vec<IoSlice<'static>> = Vec::with_capacity(coalesce::MAX_RUN);
         let mut i = 0;
         while i < n {
             let end = if self.offload {
@@ -585,7 +587,7 @@ impl Tun {
             let Some((first, rest)) = bufs[i..end].split_first_mut() else {
                 break;
             };
-            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(end - i);
+            let mut iov: Vec<IoSlice<'_>> = recycle_iov(std::mem::take(&mut spare));
             if self.offload {
                 let mut vnet = [0u8; VIRTIO_NET_HDR_LEN];
                 coalesce::prepare_run(
@@ -610,6 +612,7 @@ impl Tun {
             if let Err(e) = queue.dev.send_vectored(&iov).await {
                 result = Err(ctx(e, &format!("write to tun {}", self.name)));
             }
+            spare = recycle_iov(iov);
             i = end;
         }
         result
@@ -656,6 +659,13 @@ pub fn flow_queue(packet: &[u8], queues: usize) -> usize {
     // Fibonacci hashing spreads the XOR over the high bits.
     let h = h.wrapping_mul(0x9e37_79b9);
     ((u64::from(h) * queues as u64) >> 32) as usize
+}
+
+/// [`recycle`] for iovec arrays.
+fn recycle_iov<'a, 'b>(mut v: Vec<IoSlice<'a>>) -> Vec<IoSlice<'b>> {
+    v.clear();
+    #[allow(clippy::unnecessary_filter_map)]
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 /// Reuse a `Vec`'s allocation for a different lifetime (empty vectors only; the

@@ -114,12 +114,29 @@ fn continues(p: &[u8], ps: &Segment, q: &[u8], qs: &Segment) -> bool {
         && pt[18..] == qt[18..]
 }
 
-/// The end (exclusive) of the run of packets that starts at `first`: at
-/// least `first + 1`. `packet(i)` is packet `i`'s IP packet.
-pub(crate) fn run_end<'a>(n: usize, first: usize, packet: impl Fn(usize) -> &'a [u8]) -> usize {
+/// A run of packets to write as one: `first..end` of the caller's list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub end: usize,
+    /// IP + TCP header length of every segment of the run (0: not a segment).
+    pub hdr: usize,
+    /// Payload bytes of the whole run.
+    pub payload: usize,
+    /// TCP flags of the last segment.
+    pub last_flags: u8,
+}
+
+/// The run of packets that starts at `first` (at least that one packet);
+/// each packet is parsed once. `packet(i)` is packet `i`'s IP packet.
+pub(crate) fn run<'a>(n: usize, first: usize, packet: impl Fn(usize) -> &'a [u8]) -> Run {
     let p = packet(first);
     let Some(s0) = segment(p) else {
-        return first + 1;
+        return Run {
+            end: first + 1,
+            hdr: 0,
+            payload: 0,
+            last_flags: 0,
+        };
     };
     let mut total = p.len();
     let (mut prev, mut ps) = (p, s0);
@@ -141,26 +158,30 @@ pub(crate) fn run_end<'a>(n: usize, first: usize, packet: impl Fn(usize) -> &'a 
         (prev, ps) = (q, qs);
         end += 1;
     }
-    end
+    Run {
+        end,
+        hdr: s0.hdr,
+        payload: total - s0.hdr,
+        last_flags: ps.flags,
+    }
 }
 
-/// Rewrite the first segment of a run of `count` segments carrying
-/// `payload` bytes in all (`last_flags`: the last segment's TCP flags) into
+/// Rewrite the first segment (`first`, packet `first_index`) of `run` into
 /// the header of one GSO super-packet, and fill `vnet` for it. For a run of
 /// one, `vnet` says "plain packet" and nothing else changes.
 pub(crate) fn prepare_run(
     vnet: &mut [u8; VIRTIO_NET_HDR_LEN],
     first: &mut [u8],
-    count: usize,
-    payload: usize,
-    last_flags: u8,
+    first_index: usize,
+    run: &Run,
 ) {
     *vnet = [0; VIRTIO_NET_HDR_LEN];
     vnet[1] = VIRTIO_NET_HDR_GSO_NONE;
-    if count < 2 {
+    if run.end - first_index < 2 {
         return;
     }
     let Some(s) = segment(first) else { return };
+    let (payload, last_flags) = (run.payload, run.last_flags);
     let len = s.hdr + payload;
     let t = s.ip;
     if s.v6 {
@@ -190,17 +211,6 @@ pub(crate) fn prepare_run(
     vnet[8..10].copy_from_slice(&16u16.to_le_bytes());
 }
 
-/// The payload of a segment (after its IP and TCP headers); all of `p` for
-/// anything else.
-pub(crate) fn payload_of(p: &[u8]) -> &[u8] {
-    segment(p).map_or(p, |s| &p[s.hdr..])
-}
-
-/// The TCP flags of a segment (0 for anything else).
-pub(crate) fn flags_of(p: &[u8]) -> u8 {
-    segment(p).map_or(0, |s| s.flags)
-}
-
 /// For the fuzz target: split `packets` into runs and prepare each, as
 /// `Tun::send_gathered` does, checking what the writer relies on.
 #[doc(hidden)]
@@ -208,21 +218,22 @@ pub fn fuzz_runs(packets: &mut [Vec<u8>]) {
     let n = packets.len();
     let mut i = 0;
     while i < n {
-        let end = run_end(n, i, |k| &packets[k]);
+        let r = run(n, i, |k| &packets[k]);
+        let end = r.end;
         assert!(
             end > i && end <= n && end - i <= MAX_RUN,
             "run {i}..{end} of {n}"
         );
-        let payload: usize = (i..end).map(|k| payload_of(&packets[k]).len()).sum();
-        let header = packets[i].len() - payload_of(&packets[i]).len();
-        let flags = flags_of(&packets[end - 1]);
+        let rest: usize = packets[i + 1..end].iter().map(|p| p.len() - r.hdr).sum();
         let mut vnet = [0u8; VIRTIO_NET_HDR_LEN];
-        prepare_run(&mut vnet, &mut packets[i], end - i, payload, flags);
+        let first_len = packets[i].len();
+        prepare_run(&mut vnet, &mut packets[i], i, &r);
         if end - i > 1 {
+            assert_eq!(r.payload, first_len - r.hdr + rest, "payload of the run");
             assert!(
-                header + payload <= MAX_IP_LEN,
+                r.hdr + r.payload <= MAX_IP_LEN,
                 "run of {} bytes",
-                header + payload
+                r.hdr + r.payload
             );
             assert_ne!(vnet[1], VIRTIO_NET_HDR_GSO_NONE);
         }
@@ -273,7 +284,11 @@ mod tests {
     }
 
     fn run_of(pkts: &[Vec<u8>]) -> usize {
-        run_end(pkts.len(), 0, |i| &pkts[i])
+        run(pkts.len(), 0, |i| &pkts[i]).end
+    }
+
+    fn payload_of(p: &[u8]) -> &[u8] {
+        &p[segment(p).expect("a segment").hdr..]
     }
 
     #[test]
@@ -333,11 +348,14 @@ mod tests {
                 seg4(5000 + u32::from(i) * 100, &vec![i + 1; len], flags, 9)
             })
             .collect();
-        assert_eq!(run_of(&segs), 3);
-        let payload: usize = segs.iter().map(|s| payload_of(s).len()).sum();
+        let r = run(segs.len(), 0, |i| &segs[i]);
+        assert_eq!(r.end, 3);
+        assert_eq!(r.hdr, 52);
+        assert_eq!(r.payload, 230);
+        assert_eq!(r.last_flags, FLAG_ACK | FLAG_PSH);
         let mut first = segs[0].clone();
         let mut vnet = [0u8; VIRTIO_NET_HDR_LEN];
-        prepare_run(&mut vnet, &mut first, 3, payload, flags_of(&segs[2]));
+        prepare_run(&mut vnet, &mut first, 0, &r);
         assert_eq!(vnet[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
         assert_eq!(vnet[1], VIRTIO_NET_HDR_GSO_TCPV4);
         assert_eq!(u16::from_le_bytes([vnet[2], vnet[3]]), 52);
@@ -367,7 +385,8 @@ mod tests {
         assert_eq!(tun_rs::checksum(&whole[20..], u64::from(pseudo)), 0xffff);
         // A run of one is written as it is.
         let mut one = segs[0].clone();
-        prepare_run(&mut vnet, &mut one, 1, 100, FLAG_ACK);
+        let r1 = run(1, 0, |i| &segs[i]);
+        prepare_run(&mut vnet, &mut one, 0, &r1);
         assert_eq!(vnet, [0; VIRTIO_NET_HDR_LEN]);
         assert_eq!(one, segs[0]);
     }

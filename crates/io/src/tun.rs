@@ -570,16 +570,17 @@ impl Tun {
         let mut spare: Vec<IoSlice<'static>> = Vec::with_capacity(coalesce::MAX_RUN);
         let mut i = 0;
         while i < n {
-            let end = if self.offload {
-                coalesce::run_end(n, i, |k| &bufs[k][headroom..])
+            let run = if self.offload {
+                coalesce::run(n, i, |k| &bufs[k][headroom..])
             } else {
-                i + 1
+                coalesce::Run {
+                    end: i + 1,
+                    hdr: 0,
+                    payload: 0,
+                    last_flags: 0,
+                }
             };
-            // Sizes before the first packet's header is rewritten for the run.
-            let payload: usize = (i..end)
-                .map(|k| coalesce::payload_of(&bufs[k][headroom..]).len())
-                .sum();
-            let last_flags = coalesce::flags_of(&bufs[end - 1][headroom..]);
+            let end = run.end;
             let queue = match flow_queue(&bufs[i][headroom..], self.queue_count()) {
                 0 => self,
                 q => &*self.queues[q - 1],
@@ -590,22 +591,14 @@ impl Tun {
             let mut iov: Vec<IoSlice<'_>> = recycle_iov(std::mem::take(&mut spare));
             if self.offload {
                 let mut vnet = [0u8; VIRTIO_NET_HDR_LEN];
-                coalesce::prepare_run(
-                    &mut vnet,
-                    &mut first[headroom..],
-                    end - i,
-                    payload,
-                    last_flags,
-                );
+                coalesce::prepare_run(&mut vnet, &mut first[headroom..], i, &run);
                 first[headroom - VIRTIO_NET_HDR_LEN..headroom].copy_from_slice(&vnet);
                 iov.push(IoSlice::new(&first[headroom - VIRTIO_NET_HDR_LEN..]));
             } else {
                 iov.push(IoSlice::new(&first[headroom..]));
             }
-            iov.extend(
-                rest.iter()
-                    .map(|b| IoSlice::new(coalesce::payload_of(&b[headroom..]))),
-            );
+            // Every segment of a run has the first one's header length.
+            iov.extend(rest.iter().map(|b| IoSlice::new(&b[headroom + run.hdr..])));
             self.counters
                 .tx_packets
                 .fetch_add((end - i) as u64, Ordering::Relaxed);

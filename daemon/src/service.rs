@@ -428,8 +428,8 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// Runs polytund with the config at `path` until SIGTERM/SIGINT or `polytun down`.
-/// Runs the daemon for `cfg`, loaded from `path` (read again on SIGHUP).
+/// Runs polytund with `cfg`, loaded from `path` (read again on SIGHUP),
+/// until SIGTERM/SIGINT or `polytun down`.
 pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
     let iface = cfg.interface.clone();
     let tun = Arc::new(

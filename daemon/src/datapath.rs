@@ -7,11 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Reads the next batch of packets from `tun` into `batch`, each at the
 /// batch's headroom. Errors are logged (at powers of two, counted in
-/// `errors`) and retried, so a bad read never ends a data path.
-/// Reads the next batch from the TUN device into `batch`. Returns false,
-/// with nothing read, when a packet was dropped because it did not fit the
-/// batch's slots: the interface MTU may have grown since the batch was laid
-/// out (see [`polytun_io::Tun::refresh_mtu`]).
+/// `errors`) and retried, so a bad read never ends a data path. Returns
+/// false, with nothing read, when a packet was dropped because it did not
+/// fit the batch's slots: the interface MTU may have grown since the batch
+/// was laid out ([`raised_mtu`]).
 pub async fn read_tun(
     tun: &Tun,
     batch: &mut PacketBatch,
@@ -44,6 +43,26 @@ pub async fn read_tun(
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// The smallest MTU an outbound arena is laid out for (IPv6's minimum).
+const MIN_MTU: usize = 1280;
+
+/// The interface's MTU when it is no longer `mtu`, the one the outbound
+/// arena was laid out for: it was changed after we started (wg-quick's
+/// `MTU =`, `ip link set mtu`), so packets no longer fit the slots. None
+/// when it did not change, or changed to one that a UDP datagram cannot
+/// carry with `overhead` more bytes (the arena stays as it is and such
+/// packets keep being dropped, counted as read errors).
+pub fn raised_mtu(tun: &Tun, mtu: usize, overhead: usize) -> Option<usize> {
+    let max = 65535 - 8 - 40 - overhead;
+    match tun.refresh_mtu() {
+        Ok(m) if m != mtu && (MIN_MTU..=max).contains(&m) => {
+            tracing::info!("{}: mtu changed from {mtu} to {m}", tun.name());
+            Some(m)
+        }
+        _ => None,
     }
 }
 

@@ -255,3 +255,46 @@ fn polytun_behind_nat_initiates_strongswan() {
 
 // The rekey tests (CHILD and IKE SA rekeys by either side, the soak, `polytun rekey`), DPD and
 // several CHILD SAs are in ipsec_strongswan_rekey.rs.
+
+/// `ip link set mtu` on polytun's interface after the tunnel is up: the ESP data path lays its
+/// outbound arena out again for the new MTU (the first larger packet is dropped, counted, and
+/// makes it read the MTU), and 1500-byte packets then cross to strongSwan with DF set, pings and
+/// a TCP transfer both ways. Without it every such packet is dropped for good.
+#[test]
+fn ipsec_strongswan_follows_mtu_raised_with_ip_link() {
+    let a = Netns::new("ssmtu");
+    let b = Netns::new("ssmtu");
+    let (va, vb) = veth_pair(&a, &b);
+    // room for a 1500-byte packet plus ESP-in-UDP on the wire, as for jumbo frames
+    a.ip(&["link", "set", &va.dev, "mtu", "9000"]);
+    b.ip(&["link", "set", &vb.dev, "mtu", "9000"]);
+    let (sa, sb) = sides("aes256gcm16", true);
+    let iface = unique_ifname("ptmt");
+    let _c = Charon::start(&b, &sb);
+    let _p = PolytunIpsec::start(&a, &iface, &sa);
+    wait_ping(&a, IN_B, Duration::from_secs(20));
+    let link = a.run_ok(&["ip", "link", "show", &iface]);
+    assert!(
+        !link.contains("mtu 1500"),
+        "the test needs polytun's interface below MTU 1500 at start:\n{link}"
+    );
+    a.ip(&["link", "set", &iface, "mtu", "1500"]);
+    // `count` pings of 1500 bytes with DF set.
+    let ping = polytun_e2e::bins::tool("ping");
+    let ping = ping.to_str().unwrap();
+    let big_ping = |count: &str| {
+        a.run(&[
+            ping, "-c", count, "-i", "0.2", "-W", "1", "-s", "1472", "-M", "do", IN_B,
+        ])
+    };
+    let _ = big_ping("1");
+    let o = big_ping("5");
+    assert!(
+        o.stdout.contains(" 0% packet loss"),
+        "1500-byte pings after raising the MTU to 1500 lost:\n{}{}",
+        o.stdout,
+        o.stderr
+    );
+    xfer(&b, &a, IN_B, 5201, 20 * 1024 * 1024);
+    xfer(&a, &b, IN_A, 5202, 5 * 1024 * 1024);
+}

@@ -323,3 +323,73 @@ fn openvpn_explicit_exit_notify_drops_client_at_once() {
     );
     assert!(client.log().contains("sent explicit-exit-notify (2x)"));
 }
+
+/// `ip link set mtu` on the client's interface while connected (polytun starts at 1420; the
+/// server's tun-mtu is 1500): the OpenVPN data path lays its outbound arena out again for the new
+/// MTU (the first larger packet is dropped, counted, and makes it read the MTU), and 1500-byte
+/// packets then reach the openvpn server with DF set, pings and a TCP transfer both ways.
+#[test]
+fn openvpn_client_follows_mtu_raised_with_ip_link() {
+    let s = Netns::new("ovmtus");
+    let c = Netns::new("ovmtuc");
+    let (vs, vc) = veth_pair(&s, &c);
+    s.ip(&["link", "set", &vs.dev, "mtu", "9000"]);
+    c.ip(&["link", "set", &vc.dev, "mtu", "9000"]);
+    let pki = Pki::new(&s);
+    let mode = KeyMode::TlsCrypt;
+    let server = ovpn::start_server(
+        &s,
+        &ovpn::server_conf(&pki, "192.0.2.1", Proto::Udp, mode, "AES-256-GCM"),
+    );
+    let tunnel = ovpn::client_tunnel_toml(
+        &pki,
+        "192.0.2.1",
+        Proto::Udp,
+        mode,
+        &["AES-256-GCM"],
+        &pki.path("ta.key"),
+    );
+    let client = Client::start(&c, &tunnel);
+    client.wait_connected(Duration::from_secs(30));
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    let link = c.run_ok(&["ip", "link", "show", &client.iface]);
+    assert!(
+        !link.contains("mtu 1500"),
+        "the test needs polytun's interface below MTU 1500 at start:\n{link}"
+    );
+    c.ip(&["link", "set", &client.iface, "mtu", "1500"]);
+    let ping = polytun_e2e::bins::tool("ping");
+    let ping = ping.to_str().unwrap();
+    let big_ping = |count: &str| {
+        c.run(&[
+            ping,
+            "-c",
+            count,
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-s",
+            "1472",
+            "-M",
+            "do",
+            ovpn::SERVER_TUN,
+        ])
+    };
+    let _ = big_ping("1");
+    let o = big_ping("5");
+    assert!(
+        o.stdout.contains(" 0% packet loss"),
+        "1500-byte pings after raising the MTU to 1500 lost:\n{}{}",
+        o.stdout,
+        o.stderr
+    );
+    xfer(&s, &c, ovpn::SERVER_TUN, 5201, 20 * 1024 * 1024);
+    xfer(&c, &s, ovpn::CLIENT_TUN, 5202, 5 * 1024 * 1024);
+    assert!(
+        client.log().contains("mtu changed from 1420 to 1500"),
+        "the change is logged"
+    );
+    client.assert_alive();
+    assert!(s.try_wait(server).is_none(), "openvpn server still running");
+}

@@ -66,6 +66,7 @@ enum Sealed {
 /// Reads the TUN device forever and sends each packet through the CHILD SA
 /// whose remote traffic selector holds its destination.
 pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
+    let mut mtu = mtu;
     let mut layout = DEFAULT_LAYOUT;
     let mut batch = outbound_batch(layout, mtu);
     // Room for any transform's header and trailer around a packet of up to the MTU.
@@ -78,6 +79,12 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
     let mut errors = 0u64;
     loop {
         if !crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await {
+            let overhead = MAX_HEADER_LEN + MAX_TRAILER_LEN;
+            if let Some(m) = crate::datapath::raised_mtu(&tun, mtu, overhead) {
+                mtu = m;
+                batch = outbound_batch(layout, mtu);
+                spill = PacketBatch::new(TUN_BATCH, MAX_HEADER_LEN, mtu, MAX_TRAILER_LEN);
+            }
             continue;
         }
         let now = Instant::now();

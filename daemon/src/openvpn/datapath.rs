@@ -171,6 +171,7 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
 /// which session carries each packet. Packets are sealed in place with
 /// that session's current key and sent per session in one batch.
 pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routing>) {
+    let mut mtu = mtu;
     let mut batch = PacketBatch::new(TUN_BATCH, OVERHEAD, mtu, DATA_TAG_LEN);
     let mut sizes = vec![0usize; TUN_BATCH];
     let mut sealed: Vec<(usize, usize)> = Vec::with_capacity(TUN_BATCH); // (slot, session)
@@ -178,6 +179,12 @@ pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routi
     let mut errors = 0u64;
     loop {
         if !crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await {
+            // (2: the length prefix of the TCP transport)
+            let overhead = 2 + OVERHEAD + DATA_TAG_LEN;
+            if let Some(m) = crate::datapath::raised_mtu(&tun, mtu, overhead) {
+                mtu = m;
+                batch = PacketBatch::new(TUN_BATCH, OVERHEAD, mtu, DATA_TAG_LEN);
+            }
             continue;
         }
         let now = Instant::now();

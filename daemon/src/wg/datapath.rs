@@ -37,10 +37,8 @@ pub fn outbound_stride(mtu: usize) -> usize {
     DATA_HEADER_LEN + mtu + polytun_wireguard::transport::padding_len(mtu, mtu) + TAG
 }
 
-/// The MTUs the outbound arena follows (IPv6's minimum; the largest that
-/// leaves room for the data header and tag in a 64 KiB datagram).
-const MIN_MTU: usize = 1280;
-const MAX_MTU: usize = 65535 - 8 - 40 - DATA_HEADER_LEN - TAG - 15;
+/// What a sealed packet adds at most: data header, padding, tag.
+const MAX_OVERHEAD: usize = DATA_HEADER_LEN + 15 + TAG;
 
 /// The outbound arena for `mtu`: headroom for the data header, room for a
 /// full-MTU payload, tailroom for its padding and tag.
@@ -73,16 +71,10 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
     let mut errors = 0u64;
     loop {
         if !crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await {
-            // A packet larger than the slots: follow an MTU raised after we
-            // started (wg-quick's `MTU =`, `ip link set mtu`).
-            match tun.refresh_mtu() {
-                Ok(m) if m != mtu && (MIN_MTU..=MAX_MTU).contains(&m) => {
-                    tracing::info!("{}: mtu changed from {mtu} to {m}", tun.name());
-                    mtu = m;
-                    batch = outbound_batch(mtu);
-                    stride = batch.stride();
-                }
-                _ => {}
+            if let Some(m) = crate::datapath::raised_mtu(&tun, mtu, MAX_OVERHEAD) {
+                mtu = m;
+                batch = outbound_batch(mtu);
+                stride = batch.stride();
             }
             continue;
         }

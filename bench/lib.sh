@@ -213,3 +213,62 @@ measure_bare_veth() {
   stop_pids
   netns_del
 }
+
+# measure_hops IMPL DST: where a ping's round trip goes (HOPS=1 in the scripts that call it).
+# tcpdump with nanosecond stamps on the four interfaces ($TUN_A, $VETH_A in A; $VETH_B, $TUN_B
+# in B) while A pings DST 60 times at 10/s; per ping, the time from the request on A's tunnel
+# interface to its datagram on A's veth (a_seal: A's turn), veth to veth (wire), B's veth to the
+# request on B's tunnel interface (b_open), the kernel's echo reply (b_reply), then b_seal,
+# wire, a_open, and the whole round trip: medians in µs as "hop_<name>" results. A turn that
+# starts from an idle daemon (a_seal, b_open, a_open) includes its wake-up; b_seal does not
+# (the reply is queued by the very TUN write that delivered the request).
+measure_hops() {
+  local impl=$1 dst=$2 pid pids=() x
+  command -v tcpdump >/dev/null || die "missing tcpdump: sudo scripts/install-test-deps.sh"
+  for x in "$NS_A:$TUN_A" "$NS_A:$VETH_A" "$NS_B:$VETH_B" "$NS_B:$TUN_B"; do
+    ip netns exec "${x%%:*}" tcpdump -i "${x##*:}" -n -U --time-stamp-precision=nano \
+      -w "$OUT_DIR/$impl-hops-${x##*:}.pcap" >/dev/null 2>&1 9>&- </dev/null &
+    pids+=($!)
+  done
+  sleep 1
+  ip netns exec "$NS_A" ping -c 60 -i 0.1 -q "$dst" >/dev/null 9>&- || true
+  sleep 0.5
+  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  for x in "$TUN_A" "$VETH_A" "$VETH_B" "$TUN_B"; do
+    tcpdump -n -tt --time-stamp-precision=nano -r "$OUT_DIR/$impl-hops-$x.pcap" \
+      >"$OUT_DIR/$impl-hops-$x.txt" 2>/dev/null || true
+  done
+  python3 - "$OUT_DIR" "$impl" "$TUN_A" "$VETH_A" "$VETH_B" "$TUN_B" >>"$OUT_DIR/results.txt" <<'PY'
+import re, statistics, sys
+out, impl, ta, va, vb, tb = sys.argv[1:]
+def lines(i):
+    return [l.split() for l in open(f"{out}/{impl}-hops-{i}.txt")]
+def echo(i, kind):   # icmp seq -> time
+    d = {}
+    for f in lines(i):
+        m = re.search(r"echo %s, id \d+, seq (\d+)" % kind, " ".join(f))
+        if m:
+            d[int(m.group(1))] = float(f[0])
+    return d
+def udp(i, src):     # times of datagrams from the underlay address src
+    return [float(f[0]) for f in lines(i) if len(f) > 3 and f[2].startswith(src + ".") and "UDP" in " ".join(f)]
+def first_after(ts, t):
+    return next((x for x in ts if x >= t), None)
+rq_a, rq_b, rp_b, rp_a = echo(ta, "request"), echo(tb, "request"), echo(tb, "reply"), echo(ta, "reply")
+a_out, b_in, b_out, a_in = udp(va, "192.0.2.1"), udp(vb, "192.0.2.1"), udp(vb, "192.0.2.2"), udp(va, "192.0.2.2")
+names = ["a_seal", "wire1", "b_open", "b_reply", "b_seal", "wire2", "a_open", "rtt"]
+hops = {k: [] for k in names}
+for s, t1 in rq_a.items():
+    if s not in rq_b or s not in rp_b or s not in rp_a:
+        continue
+    t2 = first_after(a_out, t1); t4, t5, t8 = rq_b[s], rp_b[s], rp_a[s]
+    t3 = t2 and first_after(b_in, t2 - 1e-3); t6 = first_after(b_out, t5); t7 = t6 and first_after(a_in, t6 - 1e-3)
+    if None in (t2, t3, t6, t7):
+        continue
+    for k, v in zip(names, [t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6, t8 - t7, t8 - t1]):
+        hops[k].append(v * 1e6)
+for k in names:
+    if hops[k]:
+        print(impl, "hop_" + k, "%.1f" % statistics.median(hops[k]))
+PY
+}

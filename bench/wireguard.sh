@@ -17,7 +17,7 @@
 #
 # Usage: sudo bench/wireguard.sh            (after cargo build --release)
 # Env: IMPLS="bare-veth polytun wireguard-go boringtun" (also: polytun-wg), DURATION=10, REPEAT=3,
-#      PING_COUNT=20, OUT_DIR=..., LOCK=/tmp/peers-bench.lock (shared with the reference peer
+#      PING_COUNT=20, HOPS=1 (also time each hop of a ping: bench/lib.sh measure_hops), OUT_DIR=..., LOCK=/tmp/peers-bench.lock (shared with the reference peer
 #      benchmarks so no two benchmarks ever overlap), LOCK_WAIT=3600, POLYTUN_BIN_DIR=...
 # Only processes started here are killed (by PID); namespaces are deleted on exit.
 set -euo pipefail
@@ -104,6 +104,7 @@ TOML
 measure() {   # impl
   if [[ $1 == bare-veth ]]; then teardown; measure_bare_veth; return; fi
   setup_impl "$1"
+  [[ ${HOPS:-0} == 1 ]] && measure_hops "$1" 198.51.100.2
   measure_traffic "$1" 198.51.100.2
   teardown
 }
@@ -158,3 +159,19 @@ if me:
         print("issue-5 bar: tcp1 >= 30%% of the bare veth: %s (%.1f%% of %.3f Gbit/s)" % (
             "PASS" if t1 >= 0.3 * bare else "FAIL", 100 * t1 / bare, bare))
 PY
+if [[ ${HOPS:-0} == 1 ]]; then
+  python3 - "$OUT_DIR/results.txt" "$IMPLS" <<'PY'
+import sys
+res = {}
+for line in open(sys.argv[1]):
+    impl, key, val = line.split()
+    res.setdefault(impl, {})[key] = float(val)
+impls = [i for i in sys.argv[2].split() if "hop_rtt" in res.get(i, {})]
+hops = ["a_seal", "wire1", "b_open", "b_reply", "b_seal", "wire2", "a_open", "rtt"]
+print()
+print("ping hops, median µs (tcpdump on both tunnel interfaces and both veth ends)")
+print("%-14s" % "" + "".join("%9s" % h for h in hops))
+for i in impls:
+    print("%-14s" % i + "".join("%9.0f" % res[i].get("hop_" + h, float("nan")) for h in hops))
+PY
+fi

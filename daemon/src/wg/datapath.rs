@@ -120,7 +120,7 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                             .tx_bytes
                             .fetch_add(size as u64, Ordering::Relaxed);
                         if !sent_peers.contains(&(ti, peer))
-                            && path.stats.note_sent(shared.millis(now))
+                            && path.stats.activity.sent(shared.since_epoch(now))
                         {
                             sent_peers.push((ti, peer));
                         }
@@ -211,7 +211,7 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
             }
         };
         let now = Instant::now();
-        let now_ms = shared.millis(now);
+        let since_epoch = shared.since_epoch(now);
         received.clear();
         opened.clear();
         {
@@ -273,10 +273,13 @@ pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                         }
                     }
                     // Roaming and a keypair's first packet are told at once;
-                    // plain traffic at most every NOTE_INTERVAL_MS.
+                    // plain traffic at most every activity::NOTE_INTERVAL.
                     let note = match tables.peers.get(peer) {
                         Some(path) => {
-                            let due = path.stats.note_received(now_ms, receiver);
+                            let due =
+                                path.stats
+                                    .activity
+                                    .received(since_epoch, receiver, keepalive);
                             due || path.endpoint != Some(src)
                         }
                         None => true,

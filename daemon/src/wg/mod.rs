@@ -1,6 +1,7 @@
 //! WireGuard in the daemon: the tunnel control task ([`tunnel`]), the data
 //! path ([`datapath`]) and what they share ([`state`]).
 
+pub mod activity;
 pub mod datapath;
 pub mod state;
 pub mod tunnel;

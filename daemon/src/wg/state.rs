@@ -20,40 +20,8 @@ pub const STAGED_PER_PEER: usize = 128;
 pub struct PeerStats {
     pub rx_bytes: AtomicU64,
     pub tx_bytes: AtomicU64,
-    /// When the data path last told the control task about traffic
-    /// (milliseconds since `Shared::epoch`), and on which keypair.
-    last_tx_note: AtomicU64,
-    last_rx_note: AtomicU64,
-    last_rx_index: std::sync::atomic::AtomicU32,
-}
-
-/// WireGuard's timers count in seconds; telling the control task about
-/// traffic more than ten times a second only costs wake-ups (and latency).
-pub const NOTE_INTERVAL_MS: u64 = 100;
-
-impl PeerStats {
-    /// Should sending at `now_ms` be reported to the control task?
-    pub fn note_sent(&self, now_ms: u64) -> bool {
-        let last = self.last_tx_note.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) < NOTE_INTERVAL_MS && last != 0 {
-            return false;
-        }
-        self.last_tx_note.store(now_ms.max(1), Ordering::Relaxed);
-        true
-    }
-
-    /// Should receiving on `local_index` at `now_ms` be reported? Always
-    /// when the keypair is new to the data path (it may confirm a session).
-    pub fn note_received(&self, now_ms: u64, local_index: u32) -> bool {
-        let last = self.last_rx_note.load(Ordering::Relaxed);
-        let same_key = self.last_rx_index.load(Ordering::Relaxed) == local_index;
-        if same_key && last != 0 && now_ms.saturating_sub(last) < NOTE_INTERVAL_MS {
-            return false;
-        }
-        self.last_rx_note.store(now_ms.max(1), Ordering::Relaxed);
-        self.last_rx_index.store(local_index, Ordering::Relaxed);
-        true
-    }
+    /// The traffic WireGuard's timers follow (see [`super::activity`]).
+    pub activity: super::activity::Activity,
 }
 
 pub struct PeerPath {
@@ -110,13 +78,17 @@ impl DropCounters {
 pub enum ToControl {
     /// A handshake-class datagram (initiation, response, cookie reply).
     Handshake { src: SocketAddr, data: Vec<u8> },
-    /// Authenticated transport data arrived on `local_index` during a batch.
+    /// Authenticated transport data arrived on `local_index` during a batch
+    /// (at most one note per [`super::activity::NOTE_INTERVAL`], except
+    /// for a new keypair or source address; the rest is in the peer's
+    /// [`super::activity::Activity`]).
     Received {
         local_index: u32,
         src: SocketAddr,
         keepalive: bool,
     },
-    /// Data was sent to `peer` during a batch.
+    /// Data was sent to `peer` during a batch (at most once per
+    /// [`super::activity::NOTE_INTERVAL`]).
     Sent { peer: PeerId },
     /// A packet for `peer` waits in the staging queue: no sending key.
     NeedHandshake { peer: PeerId },
@@ -132,13 +104,13 @@ pub struct Shared {
     pub to_control: mpsc::Sender<ToControl>,
     pub staged: Mutex<HashMap<PeerId, VecDeque<Vec<u8>>>>,
     pub mtu: usize,
-    /// Origin of the millisecond clock the data path notes traffic with.
+    /// Origin of the clock the data path records traffic with.
     pub epoch: std::time::Instant,
 }
 
 impl Shared {
-    pub fn millis(&self, now: std::time::Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_millis() as u64
+    pub fn since_epoch(&self, now: std::time::Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.epoch)
     }
 
     pub fn socket(&self) -> Arc<UdpSocket> {

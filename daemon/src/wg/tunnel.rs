@@ -2,6 +2,7 @@
 //! every timer, the peer configuration and the UDP socket's lifecycle, and
 //! it is the only writer of the tables the data path reads.
 
+use super::activity::{self, Seen, NOTE_INTERVAL};
 use super::datapath;
 use super::state::{routes_of, DropCounters, PeerPath, PeerStats, Shared, Tables, ToControl};
 use crate::control::{PeerShow, TunnelShow};
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
@@ -119,6 +120,7 @@ pub fn spawn(opts: TunnelOptions, tun: Arc<Tun>) -> std::io::Result<TunnelHandle
         install_routes: opts.install_routes,
         fwmark: 0,
         recv_task: None,
+        recheck: None,
     };
     ctl.restart_receiver();
     if let Err(e) = ctl.set_peers(opts.peers) {
@@ -137,6 +139,10 @@ pub fn spawn(opts: TunnelOptions, tun: Arc<Tun>) -> std::io::Result<TunnelHandle
 struct PeerMeta {
     spec: PeerSpec,
     stats: Arc<PeerStats>,
+    /// The data path's traffic as last applied to the device's timers.
+    applied: Seen,
+    /// The source of the latest reported packet, until applied.
+    rx_src: Option<SocketAddr>,
 }
 
 struct Control {
@@ -150,6 +156,9 @@ struct Control {
     install_routes: bool,
     fwmark: u32,
     recv_task: Option<JoinHandle<()>>,
+    /// When to look at the peers' traffic again for what the data path did
+    /// not report (armed by a note, kept while traffic goes on).
+    recheck: Option<Instant>,
 }
 
 impl Drop for Control {
@@ -171,7 +180,10 @@ impl Control {
         mut commands: mpsc::Receiver<TunnelCommand>,
     ) {
         loop {
-            let deadline = self.device.poll_timeout();
+            let deadline = match (self.device.poll_timeout(), self.recheck) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = crate::datapath::sleep_until(deadline);
             tokio::select! {
                 msg = from_data.recv() => {
@@ -194,7 +206,7 @@ impl Control {
                         Some(cmd) => self.on_command(cmd),
                     }
                 }
-                _ = sleep => self.device.handle_timeout(Instant::now()),
+                _ = sleep => self.on_timer(Instant::now()),
             }
             self.process_outputs();
         }
@@ -229,10 +241,32 @@ impl Control {
                 local_index,
                 src,
                 keepalive,
-            } => self
-                .device
-                .on_data_received(now, local_index, src, keepalive),
-            ToControl::Sent { peer } => self.device.on_data_sent(now, peer, false),
+            } => match self.device.peer_of_index(local_index) {
+                Some(peer) if self.peers.contains_key(&peer) => {
+                    if let Some(m) = self.peers.get_mut(&peer) {
+                        m.rx_src = Some(src);
+                    }
+                    self.catch_up(peer);
+                    // Applied before this note was read (by a recheck), with
+                    // the old address: apply the new one now.
+                    if self
+                        .device
+                        .peer(peer)
+                        .is_some_and(|p| p.endpoint != Some(src))
+                    {
+                        self.device
+                            .on_data_received(now, local_index, src, keepalive);
+                    }
+                    self.recheck.get_or_insert(now + NOTE_INTERVAL);
+                }
+                _ => self
+                    .device
+                    .on_data_received(now, local_index, src, keepalive),
+            },
+            ToControl::Sent { peer } => {
+                self.catch_up(peer);
+                self.recheck.get_or_insert(now + NOTE_INTERVAL);
+            }
             ToControl::NeedHandshake { peer } => {
                 if self.has_key {
                     self.device.on_need_handshake(now, peer)
@@ -240,6 +274,52 @@ impl Control {
             }
             ToControl::KeyExpiring { peer } => self.device.on_key_expiring(now, peer),
         }
+    }
+
+    /// A timer is due, or the recheck: the timers first learn the traffic
+    /// the data path did not report.
+    fn on_timer(&mut self, now: Instant) {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        let mut applied = false;
+        for id in ids {
+            applied |= self.catch_up(id);
+        }
+        if self.recheck.is_some_and(|r| r <= now) {
+            // Traffic went on since the last look: look again, so that what
+            // follows the last note is not missed.
+            self.recheck = applied.then(|| now + NOTE_INTERVAL);
+        }
+        self.device.handle_timeout(now);
+    }
+
+    /// Tells the device's timers what the data path saw of `peer` since the
+    /// last look, in the order and at the times it happened
+    /// ([`activity::since`]). True if there was anything.
+    fn catch_up(&mut self, peer: PeerId) -> bool {
+        let Some(m) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        let seen = m.stats.activity.seen();
+        let events = activity::since(&m.applied, &seen);
+        m.applied = seen;
+        let src = m.rx_src.take();
+        let src = src.or_else(|| self.device.peer(peer).and_then(|p| p.endpoint));
+        let at = |us: u64| self.shared.epoch + Duration::from_micros(us);
+        for e in &events {
+            match *e {
+                activity::Event::Sent { at: t } => self.device.on_data_sent(at(t), peer, false),
+                activity::Event::Received {
+                    at: t,
+                    index,
+                    keepalive,
+                } => {
+                    if let Some(src) = src {
+                        self.device.on_data_received(at(t), index, src, keepalive);
+                    }
+                }
+            }
+        }
+        !events.is_empty()
     }
 
     fn process_outputs(&mut self) {
@@ -501,6 +581,8 @@ impl Control {
                     PeerMeta {
                         spec: spec.clone(),
                         stats,
+                        applied: Seen::default(),
+                        rx_src: None,
                     },
                 );
                 id

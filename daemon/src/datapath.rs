@@ -1,9 +1,45 @@
 //! What every protocol's data path shares: reading a batch from the TUN
 //! device and the addresses of an IP packet.
 
+use crate::control::Drops;
 use polytun_core::PacketBatch;
 use polytun_io::Tun;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Drop counters of a tunnel, by reason: bumped by its data path and its
+/// control task, shown by `polytun show`.
+#[derive(Debug, Default)]
+pub struct DropCounters {
+    pub malformed: AtomicU64,
+    pub bad_mac: AtomicU64,
+    pub replayed: AtomicU64,
+    pub no_session: AtomicU64,
+    pub bad_source: AtomicU64,
+    pub expired_key: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub other: AtomicU64,
+}
+
+impl DropCounters {
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Drops {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Drops {
+            malformed: l(&self.malformed),
+            bad_mac: l(&self.bad_mac),
+            replayed: l(&self.replayed),
+            no_session: l(&self.no_session),
+            bad_source: l(&self.bad_source),
+            expired_key: l(&self.expired_key),
+            rate_limited: l(&self.rate_limited),
+            other: l(&self.other),
+        }
+    }
+}
 
 /// Reads the next batch of packets from `tun` into `batch`, each at the
 /// batch's headroom. Errors are logged (at powers of two, counted in

@@ -18,8 +18,8 @@
 //! (runs of TCP segments of one flow as one super-packet, no copy).
 
 use super::state::{IpsecSet, Shared, ToControl};
+use crate::datapath::DropCounters;
 use crate::datapath::{dst_ip, src_ip};
-use crate::wg::state::DropCounters;
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf};
 use polytun_esp::{
     classify_udp4500, EspOpenError, Transform, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN,

@@ -2,7 +2,7 @@
 //! IPsec tunnel. The data path takes the read lock once per batch; the
 //! control task takes the write lock when CHILD SAs come and go.
 
-use crate::wg::state::DropCounters;
+use crate::datapath::DropCounters;
 use ipnet::IpNet;
 use polytun_core::PrefixTable;
 use polytun_esp::EspSa;

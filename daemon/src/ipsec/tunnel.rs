@@ -16,7 +16,7 @@ use super::rekey::{self, Reauth, RekeyWhat};
 use super::state::{ChildStats, Inbound, Outbound, Shared, Tables, ToControl};
 use super::{esp_keymat, esp_transform, ike_algs_name, nets_of, ts_of};
 use crate::control::{ChildSaShow, IkeSaShow, IkeShow, TunnelShow};
-use crate::wg::state::DropCounters;
+use crate::datapath::DropCounters;
 use ipnet::IpNet;
 use polytun_esp::{Direction, EspSa, SaParams, Transform};
 use polytun_ike::{

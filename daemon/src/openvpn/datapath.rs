@@ -5,7 +5,7 @@
 
 use super::state::{Link, Shared, Tables, ToControl, TunnelSet};
 use crate::datapath::dst_ip;
-use crate::wg::state::DropCounters;
+use crate::datapath::DropCounters;
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf, PrefixTable};
 use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
 use polytun_openvpn::data::{

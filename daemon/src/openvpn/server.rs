@@ -20,7 +20,7 @@ use super::settings::{parse_certs, OpenVpn, ServerSettings, Transport};
 use super::state::{Link, Shared, ToControl};
 use super::tunnel::{control_wrap, TunnelCommand, TunnelHandle};
 use crate::control::{Drops, OpenVpnShow, TunnelShow};
-use crate::wg::state::DropCounters;
+use crate::datapath::DropCounters;
 use ipnet::{IpNet, Ipv4Net};
 use polytun_core::{Limits, PrefixTable};
 use polytun_io::{Tun, UdpSocket};

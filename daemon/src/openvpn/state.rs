@@ -2,7 +2,7 @@
 //! The data path takes the read lock once per batch; the control task
 //! takes the write lock only when keys or routes change.
 
-use crate::wg::state::DropCounters;
+use crate::datapath::DropCounters;
 use ipnet::IpNet;
 use polytun_core::PrefixTable;
 use polytun_io::UdpSocket;

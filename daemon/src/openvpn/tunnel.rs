@@ -377,7 +377,7 @@ impl Control {
                 match s.handle_packet(now, &p) {
                     Ok(()) => self.answered = true,
                     Err(SessionError::Wrap(e)) => {
-                        crate::wg::state::DropCounters::bump(&self.shared.drops.bad_mac);
+                        crate::datapath::DropCounters::bump(&self.shared.drops.bad_mac);
                         self.wrap_errors += 1;
                         if self.wrap_errors == 1 {
                             tracing::warn!(
@@ -390,7 +390,7 @@ impl Control {
                         }
                     }
                     Err(e) => {
-                        crate::wg::state::DropCounters::bump(&self.shared.drops.other);
+                        crate::datapath::DropCounters::bump(&self.shared.drops.other);
                         tracing::debug!("tunnel {}: control packet dropped: {e}", self.name);
                     }
                 }

@@ -11,7 +11,8 @@
 //! runs of TCP segments of one flow leave as one super-packet (GRO) with
 //! one `writev`, without a copy in userspace.
 
-use super::state::{DropCounters, Shared, ToControl};
+use super::state::{Shared, ToControl};
+use crate::datapath::DropCounters;
 use crate::datapath::{dst_ip, src_ip};
 use polytun_core::record::OpenError;
 use polytun_core::{KeyStatus, PacketBatch, PacketBuf};

@@ -2,14 +2,14 @@
 //! tunnel. The data path takes the read lock once per batch; the control
 //! task takes the write lock only when keys, endpoints or routes change.
 
-use crate::control::Drops;
+use crate::datapath::DropCounters;
 use ipnet::IpNet;
 use polytun_core::PrefixTable;
 use polytun_io::UdpSocket;
 use polytun_wireguard::{Keypair, PeerId};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 
@@ -38,39 +38,6 @@ pub struct Tables {
     pub peers: HashMap<PeerId, PeerPath>,
     /// Local index → peer and keypair to open with.
     pub receivers: HashMap<u32, (PeerId, Arc<Keypair>)>,
-}
-
-/// Drop counters, bumped by the data path and the control task.
-#[derive(Debug, Default)]
-pub struct DropCounters {
-    pub malformed: AtomicU64,
-    pub bad_mac: AtomicU64,
-    pub replayed: AtomicU64,
-    pub no_session: AtomicU64,
-    pub bad_source: AtomicU64,
-    pub expired_key: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub other: AtomicU64,
-}
-
-impl DropCounters {
-    pub fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> Drops {
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        Drops {
-            malformed: l(&self.malformed),
-            bad_mac: l(&self.bad_mac),
-            replayed: l(&self.replayed),
-            no_session: l(&self.no_session),
-            bad_source: l(&self.bad_source),
-            expired_key: l(&self.expired_key),
-            rate_limited: l(&self.rate_limited),
-            other: l(&self.other),
-        }
-    }
 }
 
 /// What the data path tells the control task.

@@ -4,8 +4,9 @@
 
 use super::activity::{self, Seen, NOTE_INTERVAL};
 use super::datapath;
-use super::state::{routes_of, DropCounters, PeerPath, PeerStats, Shared, Tables, ToControl};
+use super::state::{routes_of, PeerPath, PeerStats, Shared, Tables, ToControl};
 use crate::control::{PeerShow, TunnelShow};
+use crate::datapath::DropCounters;
 use crate::uapi::{DeviceSet, DeviceState, PeerState, UapiError};
 use ipnet::IpNet;
 use polytun_core::PacketBuf;

@@ -21,12 +21,11 @@ use std::time::Instant;
 use tokio::io::AsyncReadExt;
 
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
-/// Headroom in front of a packet written to the TUN device (≥ the virtio
-/// header the offloaded writer puts there).
-const TUN_WRITE_OFFSET: usize = 32;
-const TUN_WRITE_SLOTS: usize = 128;
-const TUN_WRITE_SLOT: usize = TUN_WRITE_OFFSET + 65535;
 pub(super) const UDP_BUF: usize = 65536;
+/// Where TCP frames are opened: they are copied out of the stream's
+/// decoder (which keeps partial frames) back to back, and written from
+/// here when the next frame might not fit.
+const FRAME_STAGE: usize = 512 * 1024;
 
 /// Which tunnel of the set carries `dst`: the one whose routes contain
 /// it, else the first with a key (a client's default).
@@ -258,30 +257,41 @@ pub(super) enum Rx {
     Dropped,
 }
 
-/// Writes received packets to the TUN in batches.
+/// One received P_DATA packet (a UDP datagram or a TCP frame) in the
+/// buffer it was received or staged in, `buf[start..]`, and opened there:
+/// the TUN write takes the plaintext where it lies.
+pub(super) struct Dg<'a> {
+    buf: &'a mut [u8],
+    start: usize,
+    /// Which receive buffer `buf` is (for the TUN write).
+    index: usize,
+}
+
+impl<'a> Dg<'a> {
+    pub(super) fn new(buf: &'a mut [u8], start: usize, index: usize) -> Self {
+        Self { buf, start, index }
+    }
+
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// Collects the packets opened in place in a batch of receive buffers and
+/// writes them to the TUN device together (`datapath::write_opened`).
+#[derive(Default)]
 pub(super) struct TunWriter {
-    slots: Vec<u8>,
-    sizes: Vec<usize>,
-    k: usize,
+    /// (buffer, datagram start, plaintext end) of each packet, in buffer
+    /// order; the plaintext starts OVERHEAD bytes into its datagram.
+    opened: Vec<(usize, usize, usize)>,
+    errors: u64,
 }
 
 impl TunWriter {
-    pub(super) fn new() -> Self {
-        Self {
-            slots: vec![0u8; TUN_WRITE_SLOTS * TUN_WRITE_SLOT],
-            sizes: vec![0; TUN_WRITE_SLOTS],
-            k: 0,
-        }
-    }
-
-    pub(super) fn full(&self) -> bool {
-        self.k == TUN_WRITE_SLOTS
-    }
-
-    /// Classifies one packet from the server: data is opened into the
-    /// next slot, control packets go to the control task.
-    fn handle(&mut self, shared: &Shared, tables: &Tables, d: &[u8], now: Instant) {
-        let Some(&first) = d.first() else {
+    /// Classifies one packet from the server: data is opened in place,
+    /// control packets go to the control task.
+    fn handle(&mut self, shared: &Shared, tables: &Tables, d: &mut Dg<'_>, now: Instant) {
+        let Some(&first) = d.bytes().first() else {
             DropCounters::bump(&shared.drops.malformed);
             return;
         };
@@ -299,7 +309,7 @@ impl TunWriter {
             _ => {
                 if shared
                     .to_control
-                    .try_send(ToControl::Control(d.to_vec()))
+                    .try_send(ToControl::Control(d.bytes().to_vec()))
                     .is_err()
                 {
                     DropCounters::bump(&shared.drops.rate_limited);
@@ -308,28 +318,23 @@ impl TunWriter {
         }
     }
 
-    /// Opens one P_DATA_V2 packet of `shared`'s session (key `key_id`) into
-    /// the next slot; liveness and counters are updated here.
+    /// Opens one P_DATA_V2 packet of `shared`'s session (key `key_id`)
+    /// where it lies and queues it for the TUN; liveness and counters are
+    /// updated here.
     pub(super) fn open(
         &mut self,
         shared: &Shared,
         tables: &Tables,
         key_id: u8,
-        d: &[u8],
+        d: &mut Dg<'_>,
         now: Instant,
     ) -> Rx {
         let Some(key) = tables.keys[usize::from(key_id & 7)].as_ref() else {
             DropCounters::bump(&shared.drops.no_session);
             return Rx::Dropped;
         };
-        let at = TUN_WRITE_OFFSET - OVERHEAD;
-        if d.len() > TUN_WRITE_SLOT - at {
-            DropCounters::bump(&shared.drops.malformed);
-            return Rx::Dropped;
-        }
-        let slot = &mut self.slots[self.k * TUN_WRITE_SLOT..(self.k + 1) * TUN_WRITE_SLOT];
-        slot[at..at + d.len()].copy_from_slice(d);
-        let mut p = PacketBuf::new(slot, at, at + d.len());
+        let end = d.buf.len();
+        let mut p = PacketBuf::new(d.buf, d.start, end);
         let opened = key.open(now, &mut p);
         if let Ok(Opened::Packet(KeyStatus::Expiring) | Opened::Ping(KeyStatus::Expiring)) = opened
         {
@@ -348,10 +353,13 @@ impl TunWriter {
                     }
                     return Rx::Consumed;
                 }
-                debug_assert_eq!(p.start(), TUN_WRITE_OFFSET);
+                if p.start() != d.start + OVERHEAD {
+                    // the TUN write puts its header in the OVERHEAD bytes
+                    DropCounters::bump(&shared.drops.malformed);
+                    return Rx::Dropped;
+                }
                 shared.rx_bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
-                self.sizes[self.k] = p.len();
-                self.k += 1;
+                self.opened.push((d.index, d.start, p.start() + p.len()));
                 Rx::Queued
             }
             Ok(Opened::Ping(_)) => {
@@ -373,34 +381,30 @@ impl TunWriter {
         }
     }
 
-    /// The packet queued last (to check its inner source).
-    pub(super) fn last(&self) -> Option<&[u8]> {
-        let k = self.k.checked_sub(1)?;
-        let start = k * TUN_WRITE_SLOT + TUN_WRITE_OFFSET;
-        Some(&self.slots[start..start + self.sizes[k]])
+    /// The plaintext of the packet queued last, if it was `d`'s (to check
+    /// its inner source).
+    pub(super) fn last<'b>(&self, d: &'b Dg<'_>) -> Option<&'b [u8]> {
+        let &(i, start, end) = self.opened.last()?;
+        (i == d.index && start == d.start).then(|| &d.buf[start + OVERHEAD..end])
     }
 
     /// Takes back the packet queued last.
     pub(super) fn unqueue(&mut self) {
-        self.k = self.k.saturating_sub(1);
+        self.opened.pop();
     }
 
-    pub(super) async fn flush(&mut self, tun: &Tun, shared: &Shared) {
-        if self.k == 0 {
-            return;
-        }
-        let mut bufs: Vec<&mut [u8]> = self
-            .slots
-            .chunks_exact_mut(TUN_WRITE_SLOT)
-            .take(self.k)
-            .collect();
-        if let Err(e) = tun
-            .send_batch(&mut bufs, &self.sizes[..self.k], TUN_WRITE_OFFSET)
-            .await
-        {
-            tracing::debug!("{}: writing to the tun device: {e}", shared.name);
-        }
-        self.k = 0;
+    /// Writes what was queued from `bufs` to the TUN device.
+    pub(super) async fn flush(&mut self, tun: &Tun, bufs: &mut [Vec<u8>], shared: &Shared) {
+        crate::datapath::write_opened(
+            tun,
+            bufs,
+            &self.opened,
+            OVERHEAD,
+            &mut self.errors,
+            &shared.name,
+        )
+        .await;
+        self.opened.clear();
     }
 }
 
@@ -438,18 +442,18 @@ pub async fn udp_to_tun(tun: Arc<Tun>, shared: Arc<Shared>, sock: Arc<polytun_io
 }
 
 /// Receives datagrams forever: `each` sees every datagram (GRO runs
-/// split) with its source, under one `lock()` per run, queueing TUN
-/// packets into the writer, which is flushed per run.
+/// split) with its source, under one `lock()` per batch, opening TUN
+/// packets where they lie; the writer writes them once per batch.
 pub(super) async fn read_datagrams<G>(
     sock: &polytun_io::UdpSocket,
     tun: &Tun,
     shared: &Shared,
     lock: impl Fn() -> G,
-    mut each: impl FnMut(&mut TunWriter, &G, &[u8], SocketAddr, Instant),
+    mut each: impl FnMut(&mut TunWriter, &G, &mut Dg<'_>, SocketAddr, Instant),
 ) {
     let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
     let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
-    let mut w = TunWriter::new();
+    let mut w = TunWriter::default();
     let mut errors = 0u64;
     loop {
         let n = {
@@ -468,24 +472,14 @@ pub(super) async fn read_datagrams<G>(
             }
         };
         let now = Instant::now();
-        let mut datagrams = datagrams(&metas[..n]);
-        loop {
-            let mut more = false;
-            {
-                let g = lock();
-                for (i, start, end, src) in datagrams.by_ref() {
-                    each(&mut w, &g, &udp_bufs[i][start..end], src, now);
-                    if w.full() {
-                        more = true;
-                        break;
-                    }
-                }
-            }
-            w.flush(tun, shared).await;
-            if !more {
-                break;
+        {
+            let g = lock();
+            for (i, start, end, src) in datagrams(&metas[..n]) {
+                let mut d = Dg::new(&mut udp_bufs[i][..end], start, i);
+                each(&mut w, &g, &mut d, src, now);
             }
         }
+        w.flush(tun, &mut udp_bufs, shared).await;
     }
 }
 
@@ -511,18 +505,20 @@ pub async fn tcp_to_tun(
 
 /// Reads OpenVPN's framed packets from a TCP connection until it ends
 /// and returns why; `each` sees every frame under one `lock()` per run,
-/// queueing TUN packets into the writer, which is flushed per run.
+/// opening TUN packets in the staging buffer they were copied to; the
+/// writer writes them when the stream has no more or the stage is full.
 pub(super) async fn read_frames<G>(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     tun: &Tun,
     shared: &Shared,
     peer: &str,
     lock: impl Fn() -> G,
-    mut each: impl FnMut(&mut TunWriter, &G, &[u8], Instant),
+    mut each: impl FnMut(&mut TunWriter, &G, &mut Dg<'_>, Instant),
 ) -> String {
     let mut dec = FrameDecoder::default();
     let mut buf = vec![0u8; UDP_BUF];
-    let mut w = TunWriter::new();
+    let mut stage = vec![vec![0u8; FRAME_STAGE]];
+    let mut w = TunWriter::default();
     loop {
         let n = match rd.read(&mut buf).await {
             Ok(0) => return format!("{peer} closed the TCP connection"),
@@ -533,25 +529,34 @@ pub(super) async fn read_frames<G>(
         let now = Instant::now();
         let mut failed = None;
         loop {
+            let mut fill = 0;
+            let mut full = false;
             {
                 let g = lock();
                 loop {
                     match dec.next_frame() {
-                        Ok(Some(f)) => each(&mut w, &g, f, now),
+                        Ok(Some(f)) => {
+                            let end = fill + f.len();
+                            stage[0][fill..end].copy_from_slice(f);
+                            let mut d = Dg::new(&mut stage[0][..end], fill, 0);
+                            each(&mut w, &g, &mut d, now);
+                            fill = end;
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             failed = Some(e.to_string());
                             break;
                         }
                     }
-                    if w.full() {
+                    // a frame is at most 65535 bytes
+                    if fill + 65535 > FRAME_STAGE {
+                        full = true;
                         break;
                     }
                 }
             }
-            let again = w.full() && failed.is_none();
-            w.flush(tun, shared).await;
-            if !again {
+            w.flush(tun, &mut stage, shared).await;
+            if !full || failed.is_some() {
                 break;
             }
         }

@@ -15,7 +15,7 @@
 //! - explicit-exit-notify (CT) removes a client at once; `ping-restart`
 //!   removes silent ones; both free the address and the peer-id.
 
-use super::datapath::{self, Routing, Rx, TunWriter};
+use super::datapath::{self, Dg, Routing, Rx, TunWriter};
 use super::settings::{parse_certs, OpenVpn, ServerSettings, Transport};
 use super::state::{Link, Shared, ToControl};
 use super::tunnel::{control_wrap, TunnelCommand, TunnelHandle};
@@ -925,18 +925,18 @@ fn handle(
     tunnel: &Shared,
     t: &Tables,
     tx: &mpsc::Sender<Msg>,
-    d: &[u8],
+    d: &mut Dg<'_>,
     (from, conn): Origin<'_>,
     now: Instant,
 ) {
     let drops = &tunnel.drops;
-    let Some(Ok((op, key_id))) = d.first().map(|b| split_op_byte(*b)) else {
+    let Some(Ok((op, key_id))) = d.bytes().first().map(|b| split_op_byte(*b)) else {
         DropCounters::bump(&drops.malformed);
         return;
     };
     match op {
         Opcode::DataV2 => {
-            let Some(id) = d.get(1..4) else {
+            let Some(id) = d.bytes().get(1..4) else {
                 DropCounters::bump(&drops.malformed);
                 return;
             };
@@ -956,7 +956,7 @@ fn handle(
                 let r = w.open(client, &tables, key_id, d, now);
                 let own = |s: IpAddr| tables.routes.lookup(s).is_some();
                 let spoofed = r == Rx::Queued
-                    && w.last()
+                    && w.last(d)
                         .and_then(crate::datapath::src_ip)
                         .is_none_or(|s| !own(s));
                 if spoofed {
@@ -983,7 +983,7 @@ fn handle(
             let msg = Msg::Control {
                 from,
                 conn: conn.map(|c| c.0),
-                packet: d.to_vec(),
+                packet: d.bytes().to_vec(),
             };
             if tx.try_send(msg).is_err() {
                 DropCounters::bump(&drops.rate_limited);

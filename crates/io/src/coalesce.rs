@@ -1,4 +1,5 @@
-//! TCP segment coalescing for gathered TUN writes (GRO without copies).
+//! TCP segment and UDP datagram coalescing for gathered TUN writes (GRO
+//! without copies).
 //!
 //! Segments opened in place in a UDP receive buffer are written to the TUN
 //! device where they lie: a run of consecutive segments of one TCP flow
@@ -13,14 +14,23 @@
 //! within a flow, identical TCP options (so timestamps too), the next
 //! sequence number, only ACK (and PSH on the last segment) set, every
 //! segment but the last of the same payload size.
+//!
+//! With UDP segmentation offload on the device (USO, Linux >= 6.2), runs of
+//! datagrams of one UDP flow (same addresses, ports and IP fields, every
+//! one but the last of the same size) are written as one
+//! `VIRTIO_NET_HDR_GSO_UDP_L4` packet in the same way. As for TCP, the
+//! datagrams' own checksums are not verified (the kernel computes the
+//! run's): what reaches here came through the authenticated tunnel, and
+//! the sending end computed them (or its kernel did).
 
 use crate::tun::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
-    VIRTIO_NET_HDR_GSO_TCPV6,
+    VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4,
 };
 use crate::VIRTIO_NET_HDR_LEN;
 
 const TCP: u8 = 6;
+const UDP: u8 = 17;
 const FLAG_PSH: u8 = 0x08;
 const FLAG_ACK: u8 = 0x10;
 /// The largest run: the kernel's GSO segment limit for one virtio write
@@ -28,40 +38,68 @@ const FLAG_ACK: u8 = 0x10;
 pub(crate) const MAX_RUN: usize = 64;
 const MAX_IP_LEN: usize = 65535;
 
-/// Where the parts of a TCP segment are.
+/// Where the parts of a TCP segment (or UDP datagram) are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Segment {
     v6: bool,
+    /// TCP or UDP.
+    proto: u8,
     /// IP header length.
     ip: usize,
-    /// IP + TCP header length.
+    /// IP + TCP (UDP) header length.
     hdr: usize,
     payload: usize,
+    /// TCP's sequence number and flags (0 for UDP).
     seq: u32,
     flags: u8,
 }
 
-/// A segment that may start or join a run: TCP, no IP options or IPv6
-/// extension headers, not a fragment, payload, only ACK/PSH set.
-fn segment(p: &[u8]) -> Option<Segment> {
-    let (v6, ip, total) = match p.first()? >> 4 {
+/// A segment that may start or join a run: TCP (or UDP when `udp`), no IP
+/// options or IPv6 extension headers, not a fragment, payload; for TCP only
+/// ACK/PSH set, for UDP a length field that matches the packet.
+fn segment(p: &[u8], udp: bool) -> Option<Segment> {
+    let (v6, ip, total, proto) = match p.first()? >> 4 {
         4 if p.len() >= 20 => {
             let ihl = usize::from(p[0] & 0x0f) * 4;
             let frag = u16::from_be_bytes([p[6], p[7]]) & 0x3fff; // MF + offset
-            if ihl != 20 || p[9] != TCP || frag != 0 {
+            if ihl != 20 || frag != 0 {
                 return None;
             }
-            (false, 20, usize::from(u16::from_be_bytes([p[2], p[3]])))
+            (
+                false,
+                20,
+                usize::from(u16::from_be_bytes([p[2], p[3]])),
+                p[9],
+            )
         }
-        6 if p.len() >= 40 => {
-            if p[6] != TCP {
-                return None;
-            }
-            (true, 40, 40 + usize::from(u16::from_be_bytes([p[4], p[5]])))
-        }
+        6 if p.len() >= 40 => (
+            true,
+            40,
+            40 + usize::from(u16::from_be_bytes([p[4], p[5]])),
+            p[6],
+        ),
         _ => return None,
     };
-    if total != p.len() || p.len() < ip + 20 {
+    if total != p.len() {
+        return None;
+    }
+    if proto == UDP && udp {
+        if p.len() <= ip + 8
+            || usize::from(u16::from_be_bytes([p[ip + 4], p[ip + 5]])) != p.len() - ip
+        {
+            return None;
+        }
+        return Some(Segment {
+            v6,
+            proto,
+            ip,
+            hdr: ip + 8,
+            payload: p.len() - ip - 8,
+            seq: 0,
+            flags: 0,
+        });
+    }
+    if proto != TCP || p.len() < ip + 20 {
         return None;
     }
     let t = &p[ip..];
@@ -80,6 +118,7 @@ fn segment(p: &[u8]) -> Option<Segment> {
     }
     Some(Segment {
         v6,
+        proto,
         ip,
         hdr: ip + thl,
         payload,
@@ -91,7 +130,10 @@ fn segment(p: &[u8]) -> Option<Segment> {
 /// Whether `q` continues the flow of `p` (first segment `first`) right after
 /// `p`'s payload: every header byte equal except the ones a segment changes.
 fn continues(p: &[u8], ps: &Segment, q: &[u8], qs: &Segment) -> bool {
-    if qs.v6 != ps.v6 || qs.hdr != ps.hdr || qs.seq != ps.seq.wrapping_add(ps.payload as u32) {
+    if qs.v6 != ps.v6 || qs.proto != ps.proto || qs.hdr != ps.hdr {
+        return false;
+    }
+    if ps.proto == TCP && qs.seq != ps.seq.wrapping_add(ps.payload as u32) {
         return false;
     }
     let ip_same = if ps.v6 {
@@ -106,6 +148,10 @@ fn continues(p: &[u8], ps: &Segment, q: &[u8], qs: &Segment) -> bool {
             && p[12..20] == q[12..20]
     };
     let (pt, qt) = (&p[ps.ip..ps.hdr], &q[qs.ip..qs.hdr]);
+    if ps.proto == UDP {
+        // ports (not the length or the checksum)
+        return ip_same && pt[..4] == qt[..4];
+    }
     // ports; ack number, data offset; window; urgent pointer and options
     ip_same
         && pt[..4] == qt[..4]
@@ -118,7 +164,8 @@ fn continues(p: &[u8], ps: &Segment, q: &[u8], qs: &Segment) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Run {
     pub end: usize,
-    /// IP + TCP header length of every segment of the run (0: not a segment).
+    /// IP + TCP (UDP) header length of every packet of the run (0: not a
+    /// segment).
     pub hdr: usize,
     /// Payload bytes of the whole run.
     pub payload: usize,
@@ -127,10 +174,16 @@ pub(crate) struct Run {
 }
 
 /// The run of packets that starts at `first` (at least that one packet);
-/// each packet is parsed once. `packet(i)` is packet `i`'s IP packet.
-pub(crate) fn run<'a>(n: usize, first: usize, packet: impl Fn(usize) -> &'a [u8]) -> Run {
+/// each packet is parsed once. `packet(i)` is packet `i`'s IP packet; UDP
+/// datagrams form runs only with `udp` (the device has USO).
+pub(crate) fn run<'a>(
+    n: usize,
+    first: usize,
+    udp: bool,
+    packet: impl Fn(usize) -> &'a [u8],
+) -> Run {
     let p = packet(first);
-    let Some(s0) = segment(p) else {
+    let Some(s0) = segment(p, udp) else {
         return Run {
             end: first + 1,
             hdr: 0,
@@ -147,7 +200,7 @@ pub(crate) fn run<'a>(n: usize, first: usize, packet: impl Fn(usize) -> &'a [u8]
             break;
         }
         let q = packet(end);
-        let Some(qs) = segment(q) else { break };
+        let Some(qs) = segment(q, udp) else { break };
         if qs.payload > s0.payload
             || total + qs.payload > MAX_IP_LEN
             || !continues(prev, &ps, q, &qs)
@@ -180,7 +233,9 @@ pub(crate) fn prepare_run(
     if run.end - first_index < 2 {
         return;
     }
-    let Some(s) = segment(first) else { return };
+    let Some(s) = segment(first, true) else {
+        return;
+    };
     let (payload, last_flags) = (run.payload, run.last_flags);
     let len = s.hdr + payload;
     let t = s.ip;
@@ -192,23 +247,31 @@ pub(crate) fn prepare_run(
         let c = !tun_rs::checksum(&first[..20], 0);
         first[10..12].copy_from_slice(&c.to_be_bytes());
     }
-    first[t + 13] |= last_flags & FLAG_PSH;
-    // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum and the
-    // kernel adds the TCP header and payload from csum_start.
-    let tcp_len = (len - t) as u64;
+    // CHECKSUM_PARTIAL: the checksum field holds the folded pseudo-header
+    // sum and the kernel adds the transport header and payload from
+    // csum_start.
+    let l4_len = len - t;
     let addrs = if s.v6 { &first[8..40] } else { &first[12..20] };
-    let pseudo = tun_rs::checksum(addrs, u64::from(TCP) + tcp_len);
-    first[t + 16..t + 18].copy_from_slice(&pseudo.to_be_bytes());
-    vnet[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-    vnet[1] = if s.v6 {
-        VIRTIO_NET_HDR_GSO_TCPV6
+    let pseudo = tun_rs::checksum(addrs, u64::from(s.proto) + l4_len as u64);
+    let csum_at = if s.proto == UDP {
+        // the run's UDP length (the kernel gives each datagram its own)
+        first[t + 4..t + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        6
     } else {
-        VIRTIO_NET_HDR_GSO_TCPV4
+        first[t + 13] |= last_flags & FLAG_PSH;
+        16
+    };
+    first[t + csum_at..t + csum_at + 2].copy_from_slice(&pseudo.to_be_bytes());
+    vnet[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    vnet[1] = match (s.proto, s.v6) {
+        (UDP, _) => VIRTIO_NET_HDR_GSO_UDP_L4,
+        (_, true) => VIRTIO_NET_HDR_GSO_TCPV6,
+        (_, false) => VIRTIO_NET_HDR_GSO_TCPV4,
     };
     vnet[2..4].copy_from_slice(&(s.hdr as u16).to_le_bytes());
     vnet[4..6].copy_from_slice(&(s.payload as u16).to_le_bytes());
     vnet[6..8].copy_from_slice(&(t as u16).to_le_bytes());
-    vnet[8..10].copy_from_slice(&16u16.to_le_bytes());
+    vnet[8..10].copy_from_slice(&(csum_at as u16).to_le_bytes());
 }
 
 /// For the fuzz target: split `packets` into runs and prepare each, as
@@ -218,7 +281,7 @@ pub fn fuzz_runs(packets: &mut [Vec<u8>]) {
     let n = packets.len();
     let mut i = 0;
     while i < n {
-        let r = run(n, i, |k| &packets[k]);
+        let r = run(n, i, true, |k| &packets[k]);
         let end = r.end;
         assert!(
             end > i && end <= n && end - i <= MAX_RUN,
@@ -284,11 +347,11 @@ mod tests {
     }
 
     fn run_of(pkts: &[Vec<u8>]) -> usize {
-        run(pkts.len(), 0, |i| &pkts[i]).end
+        run(pkts.len(), 0, true, |i| &pkts[i]).end
     }
 
     fn payload_of(p: &[u8]) -> &[u8] {
-        &p[segment(p).expect("a segment").hdr..]
+        &p[segment(p, true).expect("a segment").hdr..]
     }
 
     #[test]
@@ -348,7 +411,7 @@ mod tests {
                 seg4(5000 + u32::from(i) * 100, &vec![i + 1; len], flags, 9)
             })
             .collect();
-        let r = run(segs.len(), 0, |i| &segs[i]);
+        let r = run(segs.len(), 0, true, |i| &segs[i]);
         assert_eq!(r.end, 3);
         assert_eq!(r.hdr, 52);
         assert_eq!(r.payload, 230);
@@ -385,9 +448,96 @@ mod tests {
         assert_eq!(tun_rs::checksum(&whole[20..], u64::from(pseudo)), 0xffff);
         // A run of one is written as it is.
         let mut one = segs[0].clone();
-        let r1 = run(1, 0, |i| &segs[i]);
+        let r1 = run(1, 0, true, |i| &segs[i]);
         prepare_run(&mut vnet, &mut one, 0, &r1);
         assert_eq!(vnet, [0; VIRTIO_NET_HDR_LEN]);
         assert_eq!(one, segs[0]);
+    }
+
+    /// An IPv4 UDP datagram 40000 -> `dport` with a correct checksum.
+    fn dgram4(dport: u16, payload: &[u8], id: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        let len = (28 + payload.len()) as u16;
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p[4..6].copy_from_slice(&id.to_be_bytes());
+        p[8] = 64;
+        p[9] = UDP;
+        p[12..16].copy_from_slice(&[198, 51, 100, 1]);
+        p[16..20].copy_from_slice(&[198, 51, 100, 2]);
+        let c = !tun_rs::checksum(&p[..20], 0);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p[24..26].copy_from_slice(&(len - 20).to_be_bytes());
+        p.extend_from_slice(payload);
+        let pseudo = tun_rs::checksum(&p[12..20], u64::from(UDP) + u64::from(len - 20));
+        let c = !tun_rs::checksum(&p[20..], u64::from(pseudo));
+        p[26..28].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn udp_datagrams_of_one_flow_form_a_run_only_with_uso() {
+        let a = dgram4(9, &[1; 200], 1);
+        let b = dgram4(9, &[2; 200], 2);
+        let c = dgram4(9, &[3; 50], 3);
+        let d = dgram4(9, &[4; 200], 4);
+        let all = [a.clone(), b.clone(), c.clone(), d.clone()];
+        assert_eq!(run_of(&all), 3, "a short datagram ends the run");
+        assert_eq!(run(all.len(), 0, false, |i| &all[i]).end, 1, "no USO");
+        let other_port = dgram4(10, &[2; 200], 2);
+        assert_eq!(run_of(&[a.clone(), other_port]), 1);
+        let bigger = dgram4(9, &[2; 201], 2);
+        assert_eq!(run_of(&[a.clone(), bigger]), 1);
+        let mut bad_len = b.clone();
+        bad_len[24..26].copy_from_slice(&100u16.to_be_bytes());
+        assert_eq!(run_of(&[a.clone(), bad_len]), 1);
+        // a TCP segment does not join a UDP run
+        let tcp = seg4(1000, &[1; 200], FLAG_ACK, 5);
+        assert_eq!(run_of(&[a, tcp]), 1);
+    }
+
+    /// A UDP run becomes one USO packet: the first datagram's headers for the
+    /// whole run and a partial checksum that the kernel completes into a
+    /// valid one.
+    #[test]
+    fn prepared_udp_run_is_a_valid_uso_packet() {
+        let ds: Vec<Vec<u8>> = (0..3u8)
+            .map(|i| dgram4(9, &vec![i + 1; if i == 2 { 70 } else { 300 }], u16::from(i)))
+            .collect();
+        let r = run(ds.len(), 0, true, |i| &ds[i]);
+        assert_eq!((r.end, r.hdr, r.payload), (3, 28, 670));
+        let mut first = ds[0].clone();
+        let mut vnet = [0u8; VIRTIO_NET_HDR_LEN];
+        prepare_run(&mut vnet, &mut first, 0, &r);
+        assert_eq!(vnet[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(vnet[1], VIRTIO_NET_HDR_GSO_UDP_L4);
+        assert_eq!(u16::from_le_bytes([vnet[2], vnet[3]]), 28, "hdr_len");
+        assert_eq!(u16::from_le_bytes([vnet[4], vnet[5]]), 300, "gso_size");
+        assert_eq!(u16::from_le_bytes([vnet[6], vnet[7]]), 20, "csum_start");
+        assert_eq!(u16::from_le_bytes([vnet[8], vnet[9]]), 6, "csum_offset");
+        let mut whole = first[..28].to_vec();
+        for d in &ds {
+            whole.extend_from_slice(payload_of(d));
+        }
+        assert_eq!(
+            usize::from(u16::from_be_bytes([whole[2], whole[3]])),
+            whole.len()
+        );
+        assert_eq!(
+            tun_rs::checksum(&whole[..20], 0),
+            0xffff,
+            "IPv4 header checksum"
+        );
+        assert_eq!(
+            usize::from(u16::from_be_bytes([whole[24], whole[25]])),
+            whole.len() - 20,
+            "UDP length of the run"
+        );
+        let c = !tun_rs::checksum(&whole[20..], 0);
+        whole[26..28].copy_from_slice(&c.to_be_bytes());
+        let pseudo = tun_rs::checksum(&whole[12..20], u64::from(UDP) + (whole.len() - 20) as u64);
+        assert_eq!(tun_rs::checksum(&whole[20..], u64::from(pseudo)), 0xffff);
     }
 }

@@ -32,7 +32,7 @@ pub(crate) const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 pub(crate) const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
 pub(crate) const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 pub(crate) const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
-const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
+pub(crate) const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
 const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 
 /// How to create a [`Tun`].
@@ -571,7 +571,7 @@ impl Tun {
         let mut i = 0;
         while i < n {
             let run = if self.offload {
-                coalesce::run(n, i, |k| &bufs[k][headroom..])
+                coalesce::run(n, i, self.udp_offload, |k| &bufs[k][headroom..])
             } else {
                 coalesce::Run {
                     end: i + 1,

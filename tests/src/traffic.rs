@@ -68,23 +68,23 @@ pub fn ping_result(ns: &Netns, pid: u32, timeout: Duration) -> (u32, u32) {
 
 /// `ping -c count` from `ns` to `addr` (0.2 s interval, 1 s wait); returns the loss in percent.
 pub fn ping(ns: &Netns, addr: &str, count: u32) -> f64 {
+    ping_with(ns, addr, count, &[])
+}
+
+/// Like [`ping`] with IPv4 packets of `size` bytes and DF set (`-M do`): the
+/// packet loss in percent.
+pub fn ping_df(ns: &Netns, addr: &str, size: usize, count: u32) -> f64 {
+    let payload = (size - 28).to_string();
+    ping_with(ns, addr, count, &["-s", &payload, "-M", "do"])
+}
+
+fn ping_with(ns: &Netns, addr: &str, count: u32, extra: &[&str]) -> f64 {
     let p = bins::tool("ping");
     let c = count.to_string();
-    let o = ns.run_env(
-        &[
-            p.to_str().unwrap(),
-            "-c",
-            &c,
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-q",
-            addr,
-        ],
-        &[],
-        Duration::from_secs(10 + u64::from(count)),
-    );
+    let mut args = vec![p.to_str().unwrap(), "-c", &c, "-i", "0.2", "-W", "1", "-q"];
+    args.extend_from_slice(extra);
+    args.push(addr);
+    let o = ns.run_env(&args, &[], Duration::from_secs(10 + u64::from(count)));
     let text = format!("{}{}", o.stdout, o.stderr);
     text.lines()
         .find_map(|l| {

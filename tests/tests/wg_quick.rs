@@ -214,38 +214,11 @@ fn wg_quick_polytun_wg_follows_mtu_1500() {
         "wg-quick did not set MTU 1500:\n{link}"
     );
     wait_ping(&n.a, OL_B, Duration::from_secs(20));
-    let p = bins::tool("ping");
-    // `count` pings of 1500 bytes with DF set.
-    let big_ping = |count: &str| {
-        n.a.run_env(
-            &[
-                p.to_str().unwrap(),
-                "-c",
-                count,
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                "-s",
-                "1472",
-                "-M",
-                "do",
-                OL_B,
-            ],
-            &[],
-            Duration::from_secs(15),
-        )
-    };
     // The first packet larger than the slots is the one that makes polytun-wg
     // read the new MTU; it is dropped (counted), like a packet before a PMTU update.
-    let _ = big_ping("1");
-    let o = big_ping("5");
-    assert!(
-        o.stdout.contains(" 0% packet loss"),
-        "1500-byte pings through MTU 1500 lost:\n{}{}",
-        o.stdout,
-        o.stderr
-    );
+    let _ = polytun_e2e::ping_df(&n.a, OL_B, 1500, 1);
+    let loss = polytun_e2e::ping_df(&n.a, OL_B, 1500, 5);
+    assert_eq!(loss, 0.0, "1500-byte pings with DF through MTU 1500 lost");
     polytun_e2e::xfer(&n.b, &n.a, OL_B, 5201, 20 * 1024 * 1024);
     let down =
         n.a.run_env(&[wgq, "down", conf], &[], Duration::from_secs(30));

@@ -354,6 +354,32 @@ mod tests {
         &p[segment(p, true).expect("a segment").hdr..]
     }
 
+    /// flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+    fn vnet_fields(v: &[u8; VIRTIO_NET_HDR_LEN]) -> (u8, u8, u16, u16, u16, u16) {
+        let le = |i: usize| u16::from_le_bytes([v[i], v[i + 1]]);
+        (v[0], v[1], le(2), le(4), le(6), le(8))
+    }
+
+    /// The packet the kernel gets for a run: the prepared first packet's
+    /// `hdr` header bytes and every packet's payload; its IPv4 length and
+    /// header checksum checked.
+    fn super_packet(first: &[u8], hdr: usize, pkts: &[Vec<u8>]) -> Vec<u8> {
+        let mut whole = first[..hdr].to_vec();
+        for p in pkts {
+            whole.extend_from_slice(payload_of(p));
+        }
+        assert_eq!(
+            usize::from(u16::from_be_bytes([whole[2], whole[3]])),
+            whole.len()
+        );
+        assert_eq!(
+            tun_rs::checksum(&whole[..20], 0),
+            0xffff,
+            "IPv4 header checksum"
+        );
+        whole
+    }
+
     #[test]
     fn consecutive_segments_of_one_flow_form_a_run() {
         let a = seg4(1000, &[1; 100], FLAG_ACK, 5);
@@ -419,26 +445,18 @@ mod tests {
         let mut first = segs[0].clone();
         let mut vnet = [0u8; VIRTIO_NET_HDR_LEN];
         prepare_run(&mut vnet, &mut first, 0, &r);
-        assert_eq!(vnet[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
-        assert_eq!(vnet[1], VIRTIO_NET_HDR_GSO_TCPV4);
-        assert_eq!(u16::from_le_bytes([vnet[2], vnet[3]]), 52);
-        assert_eq!(u16::from_le_bytes([vnet[4], vnet[5]]), 100);
-        assert_eq!(u16::from_le_bytes([vnet[6], vnet[7]]), 20);
-        assert_eq!(u16::from_le_bytes([vnet[8], vnet[9]]), 16);
-        // The whole packet: header of the first and all payloads.
-        let mut whole = first[..52].to_vec();
-        for s in &segs {
-            whole.extend_from_slice(payload_of(s));
-        }
         assert_eq!(
-            usize::from(u16::from_be_bytes([whole[2], whole[3]])),
-            whole.len()
+            vnet_fields(&vnet),
+            (
+                VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                VIRTIO_NET_HDR_GSO_TCPV4,
+                52,
+                100,
+                20,
+                16
+            )
         );
-        assert_eq!(
-            tun_rs::checksum(&whole[..20], 0),
-            0xffff,
-            "IPv4 header checksum"
-        );
+        let mut whole = super_packet(&first, 52, &segs);
         assert_eq!(whole[33] & FLAG_PSH, FLAG_PSH, "PSH of the last segment");
         // Completing the partial checksum (as the kernel does from
         // csum_start) gives a valid TCP checksum for the whole packet.
@@ -511,25 +529,18 @@ mod tests {
         let mut first = ds[0].clone();
         let mut vnet = [0u8; VIRTIO_NET_HDR_LEN];
         prepare_run(&mut vnet, &mut first, 0, &r);
-        assert_eq!(vnet[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
-        assert_eq!(vnet[1], VIRTIO_NET_HDR_GSO_UDP_L4);
-        assert_eq!(u16::from_le_bytes([vnet[2], vnet[3]]), 28, "hdr_len");
-        assert_eq!(u16::from_le_bytes([vnet[4], vnet[5]]), 300, "gso_size");
-        assert_eq!(u16::from_le_bytes([vnet[6], vnet[7]]), 20, "csum_start");
-        assert_eq!(u16::from_le_bytes([vnet[8], vnet[9]]), 6, "csum_offset");
-        let mut whole = first[..28].to_vec();
-        for d in &ds {
-            whole.extend_from_slice(payload_of(d));
-        }
         assert_eq!(
-            usize::from(u16::from_be_bytes([whole[2], whole[3]])),
-            whole.len()
+            vnet_fields(&vnet),
+            (
+                VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                VIRTIO_NET_HDR_GSO_UDP_L4,
+                28,
+                300,
+                20,
+                6
+            )
         );
-        assert_eq!(
-            tun_rs::checksum(&whole[..20], 0),
-            0xffff,
-            "IPv4 header checksum"
-        );
+        let mut whole = super_packet(&first, 28, &ds);
         assert_eq!(
             usize::from(u16::from_be_bytes([whole[24], whole[25]])),
             whole.len() - 20,

@@ -219,6 +219,25 @@ fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(7) ^ (i >> 11)) as u8
 }
 
+/// The runtime a bridge test's thread runs its namespaces' I/O on.
+fn bridge_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One single-queue TUN of a bridge, MTU 1420.
+fn bridge_cfg(name: &str, offload: bool) -> TunConfig {
+    TunConfig {
+        name: name.into(),
+        mtu: 1420,
+        offload,
+        up: true,
+        queues: 1,
+    }
+}
+
 /// A TCP stream between two namespaces whose only link is a userspace bridge of two
 /// TUNs through this crate: super-packets are split (and checked), then coalesced.
 fn tcp_bridge(offload: bool, v6: bool, gathered: bool) {
@@ -227,18 +246,8 @@ fn tcp_bridge(offload: bool, v6: bool, gathered: bool) {
     let b = Netns::new();
     let (an, bn) = (a.name.clone(), b.name.clone());
     let h = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let cfg = |name: &str| TunConfig {
-                name: name.into(),
-                mtu: 1420,
-                offload,
-                up: true,
-                queues: 1,
-            };
+        bridge_runtime().block_on(async move {
+            let cfg = |name: &str| bridge_cfg(name, offload);
             enter_ns(&bn);
             let tb = Arc::new(Tun::create(&cfg("ptiob")).unwrap());
             tb.add_address(v4("198.51.100.2"), 24).unwrap();
@@ -380,18 +389,8 @@ fn udp_through_tun_bridge_gathered_writes_uso() {
     let b = Netns::new();
     let (an, bn) = (a.name.clone(), b.name.clone());
     let h = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let cfg = |name: &str| TunConfig {
-                name: name.into(),
-                mtu: 1420,
-                offload: true,
-                up: true,
-                queues: 1,
-            };
+        bridge_runtime().block_on(async move {
+            let cfg = |name: &str| bridge_cfg(name, true);
             enter_ns(&bn);
             let tb = Arc::new(Tun::create(&cfg("ptiub")).unwrap());
             tb.add_address(v4("198.51.100.2"), 24).unwrap();

@@ -178,8 +178,8 @@ pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routi
     let mut errors = 0u64;
     loop {
         if !crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await {
-            // (2: the length prefix of the TCP transport)
-            let overhead = 2 + OVERHEAD + DATA_TAG_LEN;
+            // (OVERHEAD has the tag; 2: the TCP transport's length prefix)
+            let overhead = 2 + OVERHEAD;
             if let Some(m) = crate::datapath::raised_mtu(&tun, mtu, overhead) {
                 mtu = m;
                 batch = PacketBatch::new(TUN_BATCH, OVERHEAD, mtu, DATA_TAG_LEN);

@@ -142,8 +142,6 @@ struct PeerMeta {
     stats: Arc<PeerStats>,
     /// The data path's traffic as last applied to the device's timers.
     applied: Seen,
-    /// The source of the latest reported packet, until applied.
-    rx_src: Option<SocketAddr>,
 }
 
 struct Control {
@@ -242,12 +240,13 @@ impl Control {
                 local_index,
                 src,
                 keepalive,
-            } => match self.device.peer_of_index(local_index) {
-                Some(peer) if self.peers.contains_key(&peer) => {
-                    if let Some(m) = self.peers.get_mut(&peer) {
-                        m.rx_src = Some(src);
-                    }
-                    self.catch_up(peer);
+            } => match self
+                .device
+                .peer_of_index(local_index)
+                .filter(|p| self.peers.contains_key(p))
+            {
+                Some(peer) => {
+                    self.catch_up(peer, Some(src));
                     // Applied before this note was read (by a recheck), with
                     // the old address: apply the new one now.
                     if self
@@ -265,7 +264,7 @@ impl Control {
                     .on_data_received(now, local_index, src, keepalive),
             },
             ToControl::Sent { peer } => {
-                self.catch_up(peer);
+                self.catch_up(peer, None);
                 self.recheck.get_or_insert(now + NOTE_INTERVAL);
             }
             ToControl::NeedHandshake { peer } => {
@@ -283,7 +282,7 @@ impl Control {
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         let mut applied = false;
         for id in ids {
-            applied |= self.catch_up(id);
+            applied |= self.catch_up(id, None);
         }
         if self.recheck.is_some_and(|r| r <= now) {
             // Traffic went on since the last look: look again, so that what
@@ -295,15 +294,15 @@ impl Control {
 
     /// Tells the device's timers what the data path saw of `peer` since the
     /// last look, in the order and at the times it happened
-    /// ([`activity::since`]). True if there was anything.
-    fn catch_up(&mut self, peer: PeerId) -> bool {
+    /// ([`activity::since`]); packets received came from `src` (a note's),
+    /// else from the peer's endpoint. True if there was anything.
+    fn catch_up(&mut self, peer: PeerId, src: Option<SocketAddr>) -> bool {
         let Some(m) = self.peers.get_mut(&peer) else {
             return false;
         };
         let seen = m.stats.activity.seen();
         let events = activity::since(&m.applied, &seen);
         m.applied = seen;
-        let src = m.rx_src.take();
         let src = src.or_else(|| self.device.peer(peer).and_then(|p| p.endpoint));
         let at = |us: u64| self.shared.epoch + Duration::from_micros(us);
         for e in &events {
@@ -583,7 +582,6 @@ impl Control {
                         spec: spec.clone(),
                         stats,
                         applied: Seen::default(),
-                        rx_src: None,
                     },
                 );
                 id

@@ -118,7 +118,7 @@ pub async fn write_opened(
     if opened.is_empty() {
         return;
     }
-    let mut packets = disjoint_slices(bufs, opened);
+    let mut packets = disjoint_slices(bufs, opened, Vec::new());
     if let Err(e) = tun.send_gathered(&mut packets, headroom).await {
         *errors += 1;
         if errors.is_power_of_two() {
@@ -128,16 +128,26 @@ pub async fn write_opened(
 }
 
 /// `bufs[i][start..end]` for each `(i, start, end)` of `ranges`, which are in
-/// increasing order and do not overlap within a buffer.
-fn disjoint_slices<'a>(
+/// increasing order (of buffer, then of start) and do not overlap, appended
+/// to `out` (an empty vector whose allocation is reused).
+pub fn disjoint_slices<'a>(
     bufs: &'a mut [Vec<u8>],
     ranges: &[(usize, usize, usize)],
+    mut out: Vec<&'a mut [u8]>,
 ) -> Vec<&'a mut [u8]> {
-    let mut rest: Vec<(&'a mut [u8], usize)> =
-        bufs.iter_mut().map(|b| (b.as_mut_slice(), 0)).collect();
-    let mut out = Vec::with_capacity(ranges.len());
+    let mut rest = bufs.iter_mut().enumerate();
+    // The buffer being cut, what is left of it and where that starts.
+    let mut cur: Option<(usize, &'a mut [u8], usize)> = None;
     for &(i, start, end) in ranges {
-        let (tail, at) = &mut rest[i];
+        while cur.as_ref().is_none_or(|c| c.0 != i) {
+            match rest.next() {
+                Some((k, b)) => cur = Some((k, b.as_mut_slice(), 0)),
+                None => return out,
+            }
+        }
+        let Some((_, tail, at)) = cur.as_mut() else {
+            return out;
+        };
         let t = std::mem::take(tail);
         let (_, from_start) = t.split_at_mut(start - *at);
         let (packet, after) = from_start.split_at_mut(end - start);
@@ -146,6 +156,17 @@ fn disjoint_slices<'a>(
         out.push(packet);
     }
     out
+}
+
+/// An empty vector with `v`'s allocation, for elements of another type of
+/// the same layout (references of another lifetime): the data paths keep
+/// their per-turn lists of borrowed slices without allocating each turn.
+pub fn reuse<A, B>(mut v: Vec<A>) -> Vec<B> {
+    v.clear();
+    // filter_map (not filter) because the element type changes; the
+    // in-place collect keeps the buffer when the layouts match.
+    #[allow(clippy::unnecessary_filter_map)]
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 pub fn dst_ip(p: &[u8]) -> Option<IpAddr> {

@@ -6,7 +6,8 @@ use crate::control::{self, Command, Reply, ShowReply};
 use crate::ipsec::state::IpsecSet;
 use crate::ipsec::tunnel::{self as ipsec_tunnel, IpsecCommand, IpsecHandle};
 use crate::openvpn;
-use crate::wg::datapath::{self, TunnelSet};
+use crate::wg::datapath::TunnelSet;
+use crate::wg::threads::DataPath;
 use crate::wg::tunnel::{self, PeerSpec, TunnelCommand, TunnelHandle, TunnelOptions};
 use anyhow::Context;
 use ipnet::IpNet;
@@ -39,6 +40,8 @@ struct Running {
     ipsec_set: IpsecSet,
     ovpn: Vec<openvpn::tunnel::TunnelHandle>,
     ovpn_set: openvpn::state::TunnelSet,
+    /// The WireGuard data-path threads (started with the first WireGuard tunnel).
+    wg_path: Option<DataPath>,
 }
 
 impl Running {
@@ -87,14 +90,24 @@ impl Running {
                 return Ok(());
             }
         };
+        let mtu = usize::from(self.config.interface.mtu);
+        let poller = match &self.wg_path {
+            Some(dp) => dp.poller(),
+            None => {
+                let dp = DataPath::spawn(self.tun.clone(), self.set.clone(), mtu)
+                    .context("starting the WireGuard data path")?;
+                self.wg_path.insert(dp).poller()
+            }
+        };
         let h = tunnel::spawn(
             TunnelOptions {
                 name: t.name.clone(),
                 private_key: Some(wg.private_key.clone()),
                 listen_port: wg.listen_port,
                 peers: wg_peers(wg),
-                mtu: usize::from(self.config.interface.mtu),
+                mtu,
                 install_routes: true,
+                poller,
             },
             self.tun.clone(),
         )?;
@@ -432,8 +445,14 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 /// until SIGTERM/SIGINT or `polytun down`.
 pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
     let iface = cfg.interface.clone();
+    // WireGuard's data-path threads poll the device themselves; the other
+    // protocols' readers run on tokio.
+    let create = match cfg.tunnels.first().map(|t| &t.protocol) {
+        Some(Protocol::WireGuard(_)) => Tun::create_for_thread,
+        _ => Tun::create,
+    };
     let tun = Arc::new(
-        Tun::create(&TunConfig {
+        create(&TunConfig {
             name: iface.name.clone(),
             mtu: iface.mtu,
             offload: iface.offload,
@@ -466,6 +485,7 @@ pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
         ipsec_set: Arc::new(std::sync::RwLock::new(Vec::new())),
         ovpn: Vec::new(),
         ovpn_set: Arc::new(std::sync::RwLock::new(Vec::new())),
+        wg_path: None,
     };
     for t in &cfg.tunnels {
         running.spawn_tunnel(t)?;
@@ -496,7 +516,8 @@ pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
                 running.ovpn_set.clone(),
                 mtu,
             )),
-            _ => tokio::spawn(datapath::tun_to_net(tun, set.clone(), mtu)),
+            // WireGuard's data-path threads read every queue (wg::threads).
+            _ => break,
         });
     }
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Request>(16);

@@ -4,7 +4,8 @@
 //! the tunnel is configured through the UAPI socket.
 
 use crate::uapi::{self, Request, UapiError};
-use crate::wg::datapath::{self, TunnelSet};
+use crate::wg::datapath::TunnelSet;
+use crate::wg::threads::DataPath;
 use crate::wg::tunnel::{self, TunnelCommand, TunnelOptions};
 use anyhow::Context;
 use polytun_io::{Tun, TunConfig};
@@ -31,7 +32,7 @@ fn interface_exists(name: &str) -> bool {
 /// Runs in the foreground until the interface is deleted or a signal arrives.
 pub async fn run(iface: &str) -> anyhow::Result<()> {
     let tun = Arc::new(
-        Tun::create(&TunConfig {
+        Tun::create_for_thread(&TunConfig {
             name: iface.to_string(),
             mtu: 1420,
             offload: std::env::var_os("POLYTUN_NO_OFFLOAD").is_none(),
@@ -40,6 +41,9 @@ pub async fn run(iface: &str) -> anyhow::Result<()> {
         })
         .with_context(|| format!("creating TUN device {iface}"))?,
     );
+    let set: TunnelSet = Arc::new(std::sync::RwLock::new(Vec::new()));
+    let data_path = DataPath::spawn(tun.clone(), set.clone(), 1420)
+        .context("starting the WireGuard data path")?;
     let handle = tunnel::spawn(
         TunnelOptions {
             name: iface.to_string(),
@@ -48,11 +52,13 @@ pub async fn run(iface: &str) -> anyhow::Result<()> {
             peers: Vec::new(),
             mtu: 1420,
             install_routes: false,
+            poller: data_path.poller(),
         },
         tun.clone(),
     )?;
-    let set: TunnelSet = Arc::new(std::sync::RwLock::new(vec![handle.shared.clone()]));
-    let reader = tokio::spawn(datapath::tun_to_net(tun.clone(), set, 1420));
+    set.write()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(handle.shared.clone());
     let path = socket_path(iface);
     std::fs::create_dir_all(uapi::SOCKET_DIR)
         .with_context(|| format!("creating {}", uapi::SOCKET_DIR))?;
@@ -99,7 +105,7 @@ pub async fn run(iface: &str) -> anyhow::Result<()> {
         }
     }
     server.abort();
-    reader.abort();
+    drop(data_path);
     let _ = handle.commands.send(TunnelCommand::Shutdown).await;
     let _ = handle.task.await;
     let _ = std::fs::remove_file(&path);

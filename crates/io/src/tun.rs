@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tun_rs::{AsyncDevice, DeviceBuilder, ExpandBuffer, GROTable, VirtioNetHdr};
+use tun_rs::{
+    AsyncDevice, DeviceBuilder, DeviceImpl, ExpandBuffer, GROTable, SyncDevice, VirtioNetHdr,
+};
 
 use crate::coalesce;
 use crate::netlink::{self, RouteOptions};
@@ -81,7 +83,7 @@ struct TxState {
 /// A TUN device with batched, offloaded I/O. All methods take `&self`: one task may
 /// read while another writes (reads and writes are each serialised internally).
 pub struct Tun {
-    dev: AsyncDevice,
+    dev: Dev,
     name: String,
     ifindex: u32,
     offload: bool,
@@ -92,6 +94,47 @@ pub struct Tun {
     counters: Arc<Counters>,
     /// Queues 1.. of a multi-queue device (queue 0 is this one); empty on the others.
     queues: Vec<Arc<Tun>>,
+}
+
+/// The device as tokio drives it, or as a data-path thread that polls the
+/// descriptor itself does ([`Tun::create_for_thread`]): a descriptor in
+/// tokio's reactor wakes it for every packet, even when no task waits.
+enum Dev {
+    Tokio(AsyncDevice),
+    Plain(SyncDevice),
+}
+
+impl std::ops::Deref for Dev {
+    type Target = DeviceImpl;
+    fn deref(&self) -> &DeviceImpl {
+        match self {
+            Dev::Tokio(d) => d,
+            Dev::Plain(d) => d,
+        }
+    }
+}
+
+impl Dev {
+    fn tokio(&self) -> io::Result<&AsyncDevice> {
+        match self {
+            Dev::Tokio(d) => Ok(d),
+            Dev::Plain(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "tun: async I/O on a device created for a data-path thread",
+            )),
+        }
+    }
+
+    fn try_clone(&self) -> io::Result<Dev> {
+        Ok(match self {
+            Dev::Tokio(d) => Dev::Tokio(d.try_clone()?),
+            Dev::Plain(d) => {
+                let c = d.try_clone()?;
+                c.set_nonblocking(true)?;
+                Dev::Plain(c)
+            }
+        })
+    }
 }
 
 #[derive(Default)]
@@ -139,7 +182,7 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-fn build(cfg: &TunConfig, offload: bool) -> io::Result<AsyncDevice> {
+fn build(cfg: &TunConfig, offload: bool, thread: bool) -> io::Result<Dev> {
     let mut b = DeviceBuilder::new()
         .mtu(cfg.mtu)
         .offload(offload)
@@ -147,21 +190,38 @@ fn build(cfg: &TunConfig, offload: bool) -> io::Result<AsyncDevice> {
     if !cfg.name.is_empty() {
         b = b.name(cfg.name.clone());
     }
-    b.build_async()
+    if thread {
+        let d = b.build_sync()?;
+        d.set_nonblocking(true)?;
+        Ok(Dev::Plain(d))
+    } else {
+        Ok(Dev::Tokio(b.build_async()?))
+    }
 }
 
 impl Tun {
     /// Create the TUN device (requires CAP_NET_ADMIN and a tokio runtime).
     pub fn create(cfg: &TunConfig) -> io::Result<Tun> {
+        Tun::create_with(cfg, false)
+    }
+
+    /// Create the TUN device for a data-path thread that polls its queues'
+    /// descriptors ([`Tun::raw_fd`]) itself: only the `_now` methods do
+    /// I/O on it (the async ones fail), and tokio's reactor never sees it.
+    pub fn create_for_thread(cfg: &TunConfig) -> io::Result<Tun> {
+        Tun::create_with(cfg, true)
+    }
+
+    fn create_with(cfg: &TunConfig, thread: bool) -> io::Result<Tun> {
         let what = format!("create tun {:?}", cfg.name);
         let dev = if cfg.offload {
-            match build(cfg, true) {
+            match build(cfg, true, thread) {
                 Ok(d) => d,
                 // e.g. kernel without IFF_VNET_HDR/TUNSETOFFLOAD: plain TUN.
-                Err(_) => build(cfg, false).map_err(|e| ctx(e, &what))?,
+                Err(_) => build(cfg, false, thread).map_err(|e| ctx(e, &what))?,
             }
         } else {
-            build(cfg, false).map_err(|e| ctx(e, &what))?
+            build(cfg, false, thread).map_err(|e| ctx(e, &what))?
         };
         let name = dev.name().map_err(|e| ctx(e, "tun name"))?;
         let ifindex = dev.if_index().map_err(|e| ctx(e, "tun ifindex"))?;
@@ -183,7 +243,7 @@ impl Tun {
         Ok(tun)
     }
 
-    fn wrap(dev: AsyncDevice, name: String, ifindex: u32, counters: Arc<Counters>) -> Tun {
+    fn wrap(dev: Dev, name: String, ifindex: u32, counters: Arc<Counters>) -> Tun {
         Tun {
             offload: dev.tcp_gso(),
             udp_offload: dev.udp_gso(),
@@ -338,28 +398,72 @@ impl Tun {
             )));
         }
         let mut rx = self.rx.lock().await;
-        let rx = &mut *rx;
+        loop {
+            if rx.pending == 0 {
+                self.dev
+                    .tokio()?
+                    .readable()
+                    .await
+                    .map_err(|e| ctx(e, &format!("read from tun {}", self.name)))?;
+            }
+            // tun-rs's try_recv clears tokio's readiness on WouldBlock, so
+            // the next readable() waits for the kernel again.
+            let dev = self.dev.tokio()?;
+            match self.fill_batch(&mut rx, bufs, sizes, offset, |b| dev.try_recv(b)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// [`Tun::recv_batch`] without waiting, for a data-path thread that polls
+    /// the device itself ([`Tun::create_for_thread`]; it reads the
+    /// descriptor directly): `WouldBlock` when nothing is queued.
+    pub fn recv_batch_now(
+        &self,
+        bufs: &mut [&mut [u8]],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
+        if bufs.is_empty() || sizes.len() < bufs.len() {
+            return Err(invalid(format!(
+                "tun recv_batch: need non-empty bufs and sizes.len() >= bufs.len() (got {} and {})",
+                bufs.len(),
+                sizes.len()
+            )));
+        }
+        let Ok(mut rx) = self.rx.try_lock() else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let fd = self.raw_fd();
+        self.fill_batch(&mut rx, bufs, sizes, offset, |b| read_fd(fd, b))
+    }
+
+    /// Fills `bufs` from what `read` returns (one raw device read per call,
+    /// `WouldBlock` when the queue is empty): the first packet's error is
+    /// returned, a later one ends the batch (and resurfaces next time).
+    fn fill_batch(
+        &self,
+        rx: &mut RxState,
+        bufs: &mut [&mut [u8]],
+        sizes: &mut [usize],
+        offset: usize,
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         if !self.offload {
-            return self.recv_plain(bufs, sizes, offset).await;
+            return self.fill_plain(bufs, sizes, offset, read);
         }
         let mut n = 0;
         while n < bufs.len() {
             if rx.pending == 0 {
-                let r = if n == 0 {
-                    self.dev.recv(&mut rx.scratch).await
-                } else {
-                    self.dev.try_recv(&mut rx.scratch)
-                };
-                match r {
+                match read(&mut rx.scratch) {
                     Ok(len) => {
                         rx.pending = len;
                         self.counters.rx_reads.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) if n > 0 => {
-                        // WouldBlock: drained. Other errors resurface on the next call.
-                        let _ = e;
-                        break;
-                    }
+                    // WouldBlock: drained. Other errors resurface on the next call.
+                    Err(_) if n > 0 => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
                     Err(e) => return Err(ctx(e, &format!("read from tun {}", self.name))),
                 }
             }
@@ -378,10 +482,7 @@ impl Tun {
                         self.counters.rx_gso_reads.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Ok(Split::NeedBufs(k)) if n > 0 => {
-                    let _ = k;
-                    break; // keep pending for the next call
-                }
+                Ok(Split::NeedBufs(_)) if n > 0 => break, // keep pending for the next call
                 Ok(Split::NeedBufs(k)) => {
                     rx.pending = 0;
                     self.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
@@ -404,31 +505,31 @@ impl Tun {
         Ok(n)
     }
 
-    async fn recv_plain(
+    fn fill_plain(
         &self,
         bufs: &mut [&mut [u8]],
         sizes: &mut [usize],
         offset: usize,
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
     ) -> io::Result<usize> {
-        let first = bufs[0]
-            .get_mut(offset..)
-            .ok_or_else(|| invalid(format!("tun recv_batch: offset {offset} beyond buffer")))?;
-        sizes[0] = self
-            .dev
-            .recv(first)
-            .await
-            .map_err(|e| ctx(e, &format!("read from tun {}", self.name)))?;
-        let mut n = 1;
+        let mut n = 0;
         while n < bufs.len() {
             let Some(b) = bufs[n].get_mut(offset..) else {
+                if n == 0 {
+                    return Err(invalid(format!(
+                        "tun recv_batch: offset {offset} beyond buffer"
+                    )));
+                }
                 break;
             };
-            match self.dev.try_recv(b) {
+            match read(b) {
                 Ok(len) => {
                     sizes[n] = len;
                     n += 1;
                 }
-                Err(_) => break, // WouldBlock, or an error the next call reports
+                Err(_) if n > 0 => break, // WouldBlock, or an error the next call reports
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                Err(e) => return Err(ctx(e, &format!("read from tun {}", self.name))),
             }
         }
         self.counters
@@ -535,7 +636,10 @@ impl Tun {
         self.counters
             .tx_packets
             .fetch_add(w.len() as u64, Ordering::Relaxed);
-        let r = self.dev.send_multiple(gro, &mut w, offset).await;
+        let r = match self.dev.tokio() {
+            Ok(dev) => dev.send_multiple(gro, &mut w, offset).await,
+            Err(e) => Err(e),
+        };
         *wrappers = recycle(w);
         r.map(|_| ())
             .map_err(|e| ctx(e, &format!("write to tun {}", self.name)))
@@ -554,6 +658,15 @@ impl Tun {
     ///
     /// Every packet is attempted; the last error (if any) is returned.
     pub async fn send_gathered(&self, bufs: &mut [&mut [u8]], headroom: usize) -> io::Result<()> {
+        // A TUN write hands the packet to the kernel's receive path and does
+        // not wait for room, so there is nothing to await.
+        self.send_gathered_now(bufs, headroom)
+    }
+
+    /// [`Tun::send_gathered`] for a data-path thread: writes the file
+    /// descriptor directly (waiting in `poll` in the unlikely case the
+    /// device reports it full).
+    pub fn send_gathered_now(&self, bufs: &mut [&mut [u8]], headroom: usize) -> io::Result<()> {
         if headroom < MIN_SEND_OFFSET {
             return Err(invalid(format!(
                 "tun send_gathered: headroom {headroom} < {MIN_SEND_OFFSET} (virtio_net_hdr)"
@@ -567,7 +680,9 @@ impl Tun {
         let n = bufs.len();
         let mut result = Ok(());
         // One iovec array for the whole call (a run borrows it in turn).
-        let mut spare: Vec<IoSlice<'static>> = Vec::with_capacity(coalesce::MAX_RUN);
+        // The thread's iovec array, kept from call to call (no allocation
+        // per write on a data-path thread).
+        let mut spare: Vec<IoSlice<'static>> = IOV.with(|v| std::mem::take(&mut *v.borrow_mut()));
         let mut i = 0;
         while i < n {
             let run = if self.offload {
@@ -602,18 +717,26 @@ impl Tun {
             self.counters
                 .tx_packets
                 .fetch_add((end - i) as u64, Ordering::Relaxed);
-            if let Err(e) = queue.dev.send_vectored(&iov).await {
+            if let Err(e) = write_fd(queue.raw_fd(), &iov) {
                 result = Err(ctx(e, &format!("write to tun {}", self.name)));
             }
             spare = recycle_iov(iov);
             i = end;
         }
+        IOV.with(|v| *v.borrow_mut() = spare);
         result
     }
 
-    /// The underlying `tun-rs` device (escape hatch, e.g. for readiness or multi-queue).
-    pub fn device(&self) -> &AsyncDevice {
-        &self.dev
+    /// The file descriptor of this queue (for a data-path thread's `epoll`).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.dev.as_raw_fd()
+    }
+
+    /// The underlying `tun-rs` device (escape hatch, e.g. for readiness);
+    /// None for a device created for a data-path thread.
+    pub fn device(&self) -> Option<&AsyncDevice> {
+        self.dev.tokio().ok()
     }
 }
 
@@ -655,6 +778,57 @@ pub fn flow_queue(packet: &[u8], queues: usize) -> usize {
 }
 
 /// [`recycle`] for iovec arrays.
+/// One `read` of a non-blocking descriptor.
+fn read_fd(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length for the whole call.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// One `writev` of a whole packet, waiting for room if the descriptor is
+/// non-blocking and full.
+fn write_fd(fd: std::os::fd::RawFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    loop {
+        // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call.
+        let n = unsafe { libc::writev(fd, iov.as_ptr().cast(), iov.len() as libc::c_int) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => wait_fd(fd, libc::POLLOUT)?,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Waits (up to a second, then the caller retries) until `fd` has `events`.
+pub(crate) fn wait_fd(fd: std::os::fd::RawFd, events: libc::c_short) -> io::Result<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, 1000) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    static IOV: std::cell::RefCell<Vec<IoSlice<'static>>> =
+        std::cell::RefCell::new(Vec::with_capacity(coalesce::MAX_RUN));
+}
+
 fn recycle_iov<'a, 'b>(mut v: Vec<IoSlice<'a>>) -> Vec<IoSlice<'b>> {
     v.clear();
     #[allow(clippy::unnecessary_filter_map)]

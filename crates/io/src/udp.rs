@@ -24,9 +24,52 @@ pub const UDP_RECV_BATCH: usize = quinn_udp::BATCH_SIZE;
 /// receiving task and any number of sending tasks.
 #[derive(Debug)]
 pub struct UdpSocket {
-    io: tokio::net::UdpSocket,
+    io: Io,
     state: UdpSocketState,
     local: SocketAddr,
+}
+
+/// The socket as tokio drives it, or as a data-path thread that polls the
+/// descriptor itself does ([`UdpSocket::bind_for_thread`]).
+#[derive(Debug)]
+enum Io {
+    Tokio(tokio::net::UdpSocket),
+    Plain(std::net::UdpSocket),
+}
+
+impl Io {
+    fn tokio(&self) -> io::Result<&tokio::net::UdpSocket> {
+        match self {
+            Io::Tokio(s) => Ok(s),
+            Io::Plain(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "udp: async I/O on a socket bound for a data-path thread",
+            )),
+        }
+    }
+
+    fn sock(&self) -> quinn_udp::UdpSockRef<'_> {
+        match self {
+            Io::Tokio(s) => s.into(),
+            Io::Plain(s) => s.into(),
+        }
+    }
+
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Io::Tokio(s) => s.as_raw_fd(),
+            Io::Plain(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl std::os::fd::AsFd for Io {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Io::Tokio(s) => s.as_fd(),
+            Io::Plain(s) => s.as_fd(),
+        }
+    }
 }
 
 fn ctx(e: io::Error, what: &str) -> io::Error {
@@ -61,6 +104,18 @@ impl UdpSocket {
     /// with CAP_NET_ADMIN, otherwise capped by `net.core.{r,w}mem_max`) and enables
     /// UDP GRO and packet-info cmsgs. Must be called inside a tokio runtime.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Self::bind_with(addr, false)
+    }
+
+    /// [`UdpSocket::bind`] for a data-path thread that polls the descriptor
+    /// ([`UdpSocket::raw_fd`]) itself: only the `_now` methods and
+    /// [`UdpSocket::try_send_to`] work (the async ones fail), and tokio's
+    /// reactor never sees it. Needs no runtime.
+    pub fn bind_for_thread(addr: SocketAddr) -> io::Result<Self> {
+        Self::bind_with(addr, true)
+    }
+
+    fn bind_with(addr: SocketAddr, thread: bool) -> io::Result<Self> {
         let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
             .map_err(|e| ctx(e, "udp socket"))?;
         if addr.is_ipv6() && addr.ip().is_unspecified() {
@@ -84,10 +139,18 @@ impl UdpSocket {
             SOCKET_BUFFER_BYTES,
         );
         let std_sock: std::net::UdpSocket = sock.into();
-        let io = tokio::net::UdpSocket::from_std(std_sock)
-            .map_err(|e| ctx(e, "udp register with tokio"))?;
-        let state = UdpSocketState::new((&io).into()).map_err(|e| ctx(e, "udp socket state"))?;
-        let local = io.local_addr().map_err(|e| ctx(e, "udp local_addr"))?;
+        let local = std_sock
+            .local_addr()
+            .map_err(|e| ctx(e, "udp local_addr"))?;
+        let io = if thread {
+            Io::Plain(std_sock)
+        } else {
+            Io::Tokio(
+                tokio::net::UdpSocket::from_std(std_sock)
+                    .map_err(|e| ctx(e, "udp register with tokio"))?,
+            )
+        };
+        let state = UdpSocketState::new(io.sock()).map_err(|e| ctx(e, "udp socket state"))?;
         Ok(Self { io, state, local })
     }
 
@@ -112,8 +175,8 @@ impl UdpSocket {
 
     /// Current kernel socket buffer sizes `(recv, send)` in bytes.
     pub fn buffer_sizes(&self) -> io::Result<(usize, usize)> {
-        let r = self.state.recv_buffer_size((&self.io).into())?;
-        let s = self.state.send_buffer_size((&self.io).into())?;
+        let r = self.state.recv_buffer_size(self.io.sock())?;
+        let s = self.state.send_buffer_size(self.io.sock())?;
         Ok((r, s))
     }
 
@@ -138,9 +201,10 @@ impl UdpSocket {
             ));
         }
         loop {
-            self.io.readable().await?;
-            match self.io.try_io(Interest::READABLE, || {
-                self.state.recv((&self.io).into(), bufs, meta)
+            let io = self.io.tokio()?;
+            io.readable().await?;
+            match io.try_io(Interest::READABLE, || {
+                self.state.recv(self.io.sock(), bufs, meta)
             }) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -155,16 +219,53 @@ impl UdpSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
-        self.io.try_io(Interest::READABLE, || {
-            self.state.recv((&self.io).into(), bufs, meta)
+        self.io.tokio()?.try_io(Interest::READABLE, || {
+            self.state.recv(self.io.sock(), bufs, meta)
         })
+    }
+
+    /// [`UdpSocket::recv_batch`] without waiting, for a data-path thread
+    /// that polls the socket itself: `WouldBlock` when nothing is queued.
+    pub fn recv_batch_now(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        self.state.recv(self.io.sock(), bufs, meta)
+    }
+
+    /// [`UdpSocket::send_batch`] for a data-path thread: waits in `poll` for
+    /// room in the socket buffer instead of in tokio.
+    pub fn send_batch_now(&self, transmits: &[Transmit<'_>]) -> io::Result<()> {
+        let mut first_err = None;
+        for t in transmits {
+            let t = self.mapped(t);
+            let r = self.segmented(&t, |part| loop {
+                match self.state.try_send(self.io.sock(), part) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        crate::tun::wait_fd(self.io.as_raw_fd(), libc::POLLOUT)?
+                    }
+                    r => return r,
+                }
+            });
+            if let (Err(e), None) = (r, &first_err) {
+                first_err = Some(ctx(e, &format!("udp send to {}", t.destination)));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// The socket's file descriptor (for a data-path thread's `epoll`).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.io.as_raw_fd()
     }
 
     async fn send_one(&self, t: &Transmit<'_>) -> io::Result<()> {
         loop {
-            self.io.writable().await?;
-            match self.io.try_io(Interest::WRITABLE, || {
-                self.state.try_send((&self.io).into(), t)
+            let io = self.io.tokio()?;
+            io.writable().await?;
+            match io.try_io(Interest::WRITABLE, || {
+                self.state.try_send(self.io.sock(), t)
             }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return r,
@@ -172,45 +273,87 @@ impl UdpSocket {
         }
     }
 
-    /// Send one transmit, splitting it into GSO-sized chunks (or single datagrams when
-    /// GSO is unavailable or was just found broken by the kernel).
-    async fn send_segmented(&self, t: &Transmit<'_>) -> io::Result<()> {
-        let mapped;
-        let t = match t.destination {
-            SocketAddr::V4(v4) if self.local.is_ipv6() => {
-                let mut m = t.clone();
+    /// `t` with an IPv4 destination written v4-mapped when the socket is
+    /// IPv6 (dual stack).
+    fn mapped<'a>(&self, t: &Transmit<'a>) -> Transmit<'a> {
+        let mut m = t.clone();
+        if let SocketAddr::V4(v4) = t.destination {
+            if self.local.is_ipv6() {
                 m.destination = SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port());
-                mapped = m;
-                &mapped
             }
-            _ => t,
-        };
-        let seg = match t.segment_size {
-            Some(s) if s > 0 && s < t.contents.len() => s,
-            _ => {
-                let mut single = t.clone();
-                single.segment_size = None;
-                return self.send_one(&single).await;
-            }
+        }
+        m
+    }
+
+    /// The next chunk of `rest` (datagrams of `seg` bytes) that one GSO send
+    /// may carry now, and what is left after it.
+    fn next_chunk<'a>(
+        &self,
+        t: &Transmit<'a>,
+        seg: usize,
+        rest: &'a [u8],
+    ) -> (Transmit<'a>, &'a [u8]) {
+        let max = self.state.max_gso_segments().max(1);
+        let take = (seg * max).min(rest.len());
+        let (chunk, tail) = rest.split_at(take);
+        let mut part = t.clone();
+        part.contents = chunk;
+        part.segment_size = if chunk.len() > seg { Some(seg) } else { None };
+        (part, tail)
+    }
+
+    /// quinn-udp turns GSO off after EIO/EINVAL: the chunk is sent again,
+    /// unsegmented.
+    fn gso_just_failed(&self, part: &Transmit<'_>, e: &io::Error) -> bool {
+        part.segment_size.is_some()
+            && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
+            && self.state.max_gso_segments() == 1
+    }
+
+    /// The GSO segment size of `t`, or None when it goes out as one datagram.
+    fn segment_size(t: &Transmit<'_>) -> Option<usize> {
+        t.segment_size.filter(|&s| s > 0 && s < t.contents.len())
+    }
+
+    /// Send one (mapped) transmit with `send`, splitting it into GSO-sized
+    /// chunks (or single datagrams when GSO is unavailable or was just found
+    /// broken by the kernel).
+    fn segmented(
+        &self,
+        t: &Transmit<'_>,
+        mut send: impl FnMut(&Transmit<'_>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let Some(seg) = Self::segment_size(t) else {
+            let mut single = t.clone();
+            single.segment_size = None;
+            return send(&single);
         };
         let mut rest = t.contents;
         while !rest.is_empty() {
-            let max = self.state.max_gso_segments().max(1);
-            let take = (seg * max).min(rest.len());
-            let (chunk, tail) = rest.split_at(take);
-            let mut part = t.clone();
-            part.contents = chunk;
-            part.segment_size = if chunk.len() > seg { Some(seg) } else { None };
+            let (part, tail) = self.next_chunk(t, seg, rest);
+            match send(&part) {
+                Ok(()) => rest = tail,
+                Err(e) if self.gso_just_failed(&part, &e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The async form of [`UdpSocket::segmented`], waiting in tokio.
+    async fn send_segmented(&self, t: &Transmit<'_>) -> io::Result<()> {
+        let t = &self.mapped(t);
+        let Some(seg) = Self::segment_size(t) else {
+            let mut single = t.clone();
+            single.segment_size = None;
+            return self.send_one(&single).await;
+        };
+        let mut rest = t.contents;
+        while !rest.is_empty() {
+            let (part, tail) = self.next_chunk(t, seg, rest);
             match self.send_one(&part).await {
                 Ok(()) => rest = tail,
-                // quinn-udp turns GSO off after EIO/EINVAL; retry this chunk unsegmented.
-                Err(e)
-                    if part.segment_size.is_some()
-                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
-                        && self.state.max_gso_segments() == 1 =>
-                {
-                    continue
-                }
+                Err(e) if self.gso_just_failed(&part, &e) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -249,6 +392,7 @@ impl UdpSocket {
     /// Send one datagram, waiting for socket buffer space if needed.
     pub async fn send_to(&self, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
         self.io
+            .tokio()?
             .send_to(buf, self.map_dst(dst))
             .await
             .map_err(|e| ctx(e, &format!("udp send_to {dst}")))
@@ -261,10 +405,5 @@ impl UdpSocket {
             }
             d => d,
         }
-    }
-
-    /// The underlying tokio socket (for `readable()`/`writable()` readiness in `select!`).
-    pub fn as_tokio(&self) -> &tokio::net::UdpSocket {
-        &self.io
     }
 }

@@ -156,3 +156,85 @@ fn udp_dual_stack_sends_to_ipv4() {
         assert_eq!(got[1..].concat(), run);
     });
 }
+
+/// Sockets bound for a data-path thread work without a runtime: the `_now`
+/// methods do the batched, offloaded I/O and the caller polls the
+/// descriptor; the async methods refuse.
+#[test]
+fn udp_thread_sockets_poll_themselves() {
+    let ns = Netns::new();
+    let name = ns.name.clone();
+    let t = std::thread::spawn(move || {
+        common::enter_ns(&name);
+        let a = UdpSocket::bind_for_thread("[::]:0".parse().unwrap()).unwrap();
+        let b = UdpSocket::bind_for_thread("127.0.0.1:0".parse().unwrap()).unwrap();
+        let ba = b.local_addr().unwrap();
+        let mut store = vec![vec![0u8; 65536]; UDP_RECV_BATCH];
+        let mut meta = vec![RecvMeta::default(); UDP_RECV_BATCH];
+        let mut iov: Vec<IoSliceMut<'_>> = store.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let e = b.recv_batch_now(&mut iov, &mut meta).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        {
+            let fut = b.recv_batch(&mut iov, &mut meta);
+            let mut fut = std::pin::pin!(fut);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::future::Future::poll(fut.as_mut(), &mut cx) {
+                std::task::Poll::Ready(Err(e)) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported)
+                }
+                other => panic!("async recv_batch on a thread socket: {other:?}"),
+            }
+        }
+        drop(iov);
+        // One GSO run of 40 x 1200 bytes and a short tail, dual stack to v4.
+        let mut run = Vec::new();
+        let mut expect = Vec::new();
+        for i in 0..41 {
+            let d = payload(i, if i < 40 { 1200 } else { 300 });
+            run.extend_from_slice(&d);
+            expect.push(d);
+        }
+        a.send_batch_now(&[Transmit {
+            destination: ba,
+            ecn: None,
+            contents: &run,
+            segment_size: Some(1200),
+            src_ip: None,
+        }])
+        .unwrap();
+        let from = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), a.local_addr().unwrap().port());
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < expect.len() {
+            assert!(std::time::Instant::now() < deadline, "timed out");
+            let mut iov: Vec<IoSliceMut<'_>> =
+                store.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let n = match b.recv_batch_now(&mut iov, &mut meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut p = libc::pollfd {
+                        fd: b.raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, 1000) };
+                    continue;
+                }
+                Err(e) => panic!("recv_batch_now: {e}"),
+            };
+            for (m, s) in meta.iter().zip(&store).take(n) {
+                assert_eq!(m.addr, from, "source address");
+                for d in s[..m.len].chunks(m.stride) {
+                    got.push(d.to_vec());
+                }
+            }
+        }
+        assert_eq!(got, expect);
+    });
+    let r = t.join();
+    drop(ns);
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}

@@ -11,19 +11,19 @@
 //! runs of TCP segments of one flow leave as one super-packet (GRO) with
 //! one `writev`, without a copy in userspace.
 
-use super::state::{Shared, ToControl};
+use super::state::{Shared, Tables, ToControl};
 use crate::datapath::DropCounters;
-use crate::datapath::{dst_ip, src_ip};
+use crate::datapath::{disjoint_slices, dst_ip, reuse, src_ip};
 use polytun_core::record::OpenError;
 use polytun_core::{KeyStatus, PacketBatch, PacketBuf};
-use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
+use polytun_io::{RecvMeta, Transmit, Tun, UdpSocket, UDP_RECV_BATCH};
 use polytun_wireguard::messages::DATA_HEADER_LEN;
 use polytun_wireguard::transport::TransportError;
 use polytun_wireguard::{classify, Message, PeerId};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLockReadGuard};
 use std::time::Instant;
 
 const TAG: usize = 16;
@@ -52,98 +52,156 @@ fn outbound_batch(mtu: usize) -> PacketBatch {
     )
 }
 
-/// Which tunnels an interface's TUN reader dispatches to.
+/// Which tunnels an interface's TUN readers dispatch to.
 pub type TunnelSet = Arc<std::sync::RwLock<Vec<Arc<Shared>>>>;
 
-/// Reads the TUN device forever and sends each packet through the tunnel
-/// and peer its destination routes to.
-pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
-    // Headroom for the data header, room for a full-MTU payload, tailroom
-    // for its padding and tag: the stride is the sealed full-packet size.
-    let mut batch = outbound_batch(mtu);
-    debug_assert_eq!(batch.stride(), outbound_stride(mtu));
-    let mut mtu = mtu;
-    let mut stride = batch.stride();
-    let mut sizes = vec![0usize; TUN_BATCH];
-    // (slot, destination, tunnel) of each sealed packet, in slot order.
-    let mut out: Vec<(usize, SocketAddr, usize)> = Vec::with_capacity(TUN_BATCH);
-    let mut sent_peers: Vec<(usize, PeerId)> = Vec::new();
-    let mut expiring: Vec<(usize, PeerId)> = Vec::new();
-    let mut errors = 0u64;
-    loop {
-        if !crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await {
-            if let Some(m) = crate::datapath::raised_mtu(&tun, mtu, MAX_OVERHEAD) {
-                mtu = m;
-                batch = outbound_batch(mtu);
-                stride = batch.stride();
-            }
-            continue;
+/// The outbound half of the data path: TUN → seal → UDP, one batch a turn.
+pub struct Outbound {
+    batch: PacketBatch,
+    mtu: usize,
+    stride: usize,
+    sizes: Vec<usize>,
+    /// (slot, destination, tunnel) of each sealed packet, in slot order.
+    out: Vec<(usize, SocketAddr, usize)>,
+    sent_peers: Vec<(usize, PeerId)>,
+    expiring: Vec<(usize, PeerId)>,
+    errors: u64,
+    /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
+    spare_bufs: Vec<&'static mut [u8]>,
+    spare_guards: Vec<RwLockReadGuard<'static, Tables>>,
+}
+
+impl Outbound {
+    pub fn new(mtu: usize) -> Self {
+        let batch = outbound_batch(mtu);
+        debug_assert_eq!(batch.stride(), outbound_stride(mtu));
+        Outbound {
+            stride: batch.stride(),
+            batch,
+            mtu,
+            sizes: vec![0usize; TUN_BATCH],
+            out: Vec::with_capacity(TUN_BATCH),
+            sent_peers: Vec::new(),
+            expiring: Vec::new(),
+            errors: 0,
+            spare_bufs: Vec::with_capacity(TUN_BATCH),
+            spare_guards: Vec::new(),
         }
+    }
+
+    /// Reads one batch from `tun` and sends it; false when nothing was queued.
+    pub fn turn(&mut self, tun: &Tun, tunnels: &TunnelSet) -> bool {
+        let offset = self.batch.headroom();
+        let r = {
+            let mut bufs: Vec<&mut [u8]> = reuse(std::mem::take(&mut self.spare_bufs));
+            bufs.extend(self.batch.slot_buffers());
+            let r = tun.recv_batch_now(&mut bufs, &mut self.sizes, offset);
+            self.spare_bufs = reuse(bufs);
+            r
+        };
+        match r {
+            Ok(n) => self.batch.set_filled(offset, &self.sizes[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) => {
+                self.errors += 1;
+                if self.errors.is_power_of_two() {
+                    tracing::warn!(
+                        "{}: reading the tun device: {e} ({} errors)",
+                        tun.name(),
+                        self.errors
+                    );
+                }
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    if let Some(m) = crate::datapath::raised_mtu(tun, self.mtu, MAX_OVERHEAD) {
+                        let errors = self.errors;
+                        *self = Outbound::new(m);
+                        self.errors = errors;
+                    }
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                return true;
+            }
+        }
+        let set = tunnels.read().unwrap_or_else(|e| e.into_inner());
+        self.seal(&set);
+        self.send(&set);
+        true
+    }
+
+    /// Seals every routable packet of the batch in place.
+    fn seal(&mut self, set: &[Arc<Shared>]) {
         let now = Instant::now();
-        let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
-        out.clear();
-        sent_peers.clear();
-        expiring.clear();
-        {
-            let guards: Vec<_> = set.iter().map(|s| s.tables()).collect();
-            for i in 0..batch.len() {
-                let Some(dst) = dst_ip(batch.get(i)) else {
-                    continue;
-                };
-                let Some((ti, peer)) = guards
-                    .iter()
-                    .enumerate()
-                    .find_map(|(ti, t)| t.routes.lookup(dst).map(|p| (ti, *p)))
-                else {
-                    // No peer for this destination: like wg, drop silently.
-                    continue;
-                };
-                let shared = &set[ti];
-                let Some(path) = guards[ti].peers.get(&peer) else {
-                    continue;
-                };
-                let (Some(kp), Some(endpoint)) = (path.sending.as_ref(), path.endpoint) else {
+        let batch = &mut self.batch;
+        self.out.clear();
+        self.sent_peers.clear();
+        self.expiring.clear();
+        let mut guards: Vec<RwLockReadGuard<'_, Tables>> =
+            reuse(std::mem::take(&mut self.spare_guards));
+        guards.extend(set.iter().map(|s| s.tables()));
+        for i in 0..batch.len() {
+            let Some(dst) = dst_ip(batch.get(i)) else {
+                continue;
+            };
+            let Some((ti, peer)) = guards
+                .iter()
+                .enumerate()
+                .find_map(|(ti, t)| t.routes.lookup(dst).map(|p| (ti, *p)))
+            else {
+                // No peer for this destination: like wg, drop silently.
+                continue;
+            };
+            let shared = &set[ti];
+            let Some(path) = guards[ti].peers.get(&peer) else {
+                continue;
+            };
+            let (Some(kp), Some(endpoint)) = (path.sending.as_ref(), path.endpoint) else {
+                if shared.stage(peer, batch.get(i)) {
+                    let _ = shared
+                        .to_control
+                        .try_send(ToControl::NeedHandshake { peer });
+                }
+                continue;
+            };
+            let size = batch.get(i).len();
+            match batch.with_packet(i, |p| kp.seal(now, p)) {
+                Ok(status) => {
+                    if status == KeyStatus::Expiring && !self.expiring.contains(&(ti, peer)) {
+                        self.expiring.push((ti, peer));
+                    }
+                    self.out.push((i, endpoint, ti));
+                    path.stats
+                        .tx_bytes
+                        .fetch_add(size as u64, Ordering::Relaxed);
+                    if !self.sent_peers.contains(&(ti, peer))
+                        && path.stats.activity.sent(shared.since_epoch(now))
+                    {
+                        self.sent_peers.push((ti, peer));
+                    }
+                }
+                Err(_) => {
+                    // Expired or exhausted: never send under it; keep the
+                    // packet and ask for a new key.
+                    DropCounters::bump(&shared.drops.expired_key);
                     if shared.stage(peer, batch.get(i)) {
                         let _ = shared
                             .to_control
                             .try_send(ToControl::NeedHandshake { peer });
                     }
-                    continue;
-                };
-                let size = batch.get(i).len();
-                match batch.with_packet(i, |p| kp.seal(now, p)) {
-                    Ok(status) => {
-                        if status == KeyStatus::Expiring && !expiring.contains(&(ti, peer)) {
-                            expiring.push((ti, peer));
-                        }
-                        out.push((i, endpoint, ti));
-                        path.stats
-                            .tx_bytes
-                            .fetch_add(size as u64, Ordering::Relaxed);
-                        if !sent_peers.contains(&(ti, peer))
-                            && path.stats.activity.sent(shared.since_epoch(now))
-                        {
-                            sent_peers.push((ti, peer));
-                        }
-                    }
-                    Err(_) => {
-                        // Expired or exhausted: never send under it; keep the
-                        // packet and ask for a new key.
-                        DropCounters::bump(&shared.drops.expired_key);
-                        if shared.stage(peer, batch.get(i)) {
-                            let _ = shared
-                                .to_control
-                                .try_send(ToControl::NeedHandshake { peer });
-                        }
-                    }
                 }
             }
         }
-        for &(ti, peer) in &expiring {
+        self.spare_guards = reuse(guards);
+        for &(ti, peer) in &self.expiring {
             let _ = set[ti].to_control.try_send(ToControl::KeyExpiring { peer });
         }
-        // Runs of full-size datagrams lying back to back in the arena, to
-        // one endpoint through one socket, leave as one GSO send.
+    }
+
+    /// Sends what [`Outbound::seal`] sealed: runs of full-size datagrams
+    /// lying back to back in the arena, to one endpoint through one socket,
+    /// leave as one GSO send.
+    fn send(&mut self, set: &[Arc<Shared>]) {
+        let (out, batch, stride) = (&self.out, &self.batch, self.stride);
         let mut k = 0;
         while k < out.len() {
             let (first, dst, ti) = out[k];
@@ -171,146 +229,176 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
                 segment_size: (j - k > 1).then_some(stride),
                 src_ip: None,
             };
-            if let Err(e) = socket.send_batch(std::slice::from_ref(&t)).await {
-                errors += 1;
-                if errors.is_power_of_two() {
+            if let Err(e) = socket.send_batch_now(std::slice::from_ref(&t)) {
+                self.errors += 1;
+                if self.errors.is_power_of_two() {
                     tracing::debug!("{}: udp send to {dst}: {e}", set[ti].name);
                 }
             }
             k = j;
         }
-        for &(ti, peer) in &sent_peers {
+        for &(ti, peer) in &self.sent_peers {
             let _ = set[ti].to_control.try_send(ToControl::Sent { peer });
         }
     }
 }
 
-/// Receives this tunnel's UDP datagrams forever: transport data is opened
-/// and written to the TUN device, handshake messages go to the control task.
-pub async fn net_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
-    let socket = shared.socket();
-    let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
-    let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
-    // (buffer, start, end) of each datagram opened in place, in buffer order.
-    let mut opened: Vec<(usize, usize, usize)> = Vec::new();
-    let mut received: Vec<(u32, SocketAddr, bool)> = Vec::new();
-    let mut errors = 0u64;
-    loop {
+/// The inbound half of one tunnel's data path: UDP → open → TUN, one
+/// receive batch a turn.
+pub struct Inbound {
+    udp_bufs: Vec<Vec<u8>>,
+    metas: Vec<RecvMeta>,
+    /// (buffer, start, end) of each datagram opened in place, in buffer order.
+    opened: Vec<(usize, usize, usize)>,
+    received: Vec<(u32, SocketAddr, bool)>,
+    errors: u64,
+    /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
+    spare_iov: Vec<IoSliceMut<'static>>,
+    spare_packets: Vec<&'static mut [u8]>,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Inbound {
+            udp_bufs: (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect(),
+            metas: vec![RecvMeta::default(); UDP_RECV_BATCH],
+            opened: Vec::new(),
+            received: Vec::new(),
+            errors: 0,
+            spare_iov: Vec::with_capacity(UDP_RECV_BATCH),
+            spare_packets: Vec::new(),
+        }
+    }
+}
+
+impl Inbound {
+    /// Receives one batch from `socket` (the tunnel's), opens it and writes
+    /// it to `tun`; false when nothing was queued.
+    pub fn turn(&mut self, tun: &Tun, shared: &Shared, socket: &UdpSocket) -> bool {
         let n = {
-            let mut iov: Vec<IoSliceMut<'_>> =
-                udp_bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            match socket.recv_batch(&mut iov, &mut metas).await {
+            let mut iov: Vec<IoSliceMut<'_>> = reuse(std::mem::take(&mut self.spare_iov));
+            iov.extend(self.udp_bufs.iter_mut().map(|b| IoSliceMut::new(b)));
+            let r = socket.recv_batch_now(&mut iov, &mut self.metas);
+            self.spare_iov = reuse(iov);
+            match r {
                 Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
-                    errors += 1;
-                    if errors.is_power_of_two() {
+                    self.errors += 1;
+                    if self.errors.is_power_of_two() {
                         tracing::debug!("{}: udp receive: {e}", shared.name);
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                    continue;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    return true;
                 }
             }
         };
-        let now = Instant::now();
-        let since_epoch = shared.since_epoch(now);
-        received.clear();
-        opened.clear();
-        {
-            let tables = shared.tables();
-            for (i, m) in metas[..n].iter().enumerate() {
-                let stride = if m.stride == 0 { m.len } else { m.stride };
-                let len = m.len.min(UDP_BUF);
-                // The dual-stack socket reports IPv4 peers as v4-mapped
-                // IPv6; endpoints are kept in their plain form.
-                let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
-                for start in (0..len).step_by(stride.max(1)) {
-                    let end = (start + stride).min(len);
-                    let d = &udp_bufs[i][start..end];
-                    let receiver = match classify(d) {
-                        Err(_) => {
-                            DropCounters::bump(&shared.drops.malformed);
-                            continue;
-                        }
-                        Ok(Message::Data(data)) => data.receiver,
-                        Ok(_) => {
-                            let handshake = ToControl::Handshake {
-                                src,
-                                data: d.to_vec(),
-                            };
-                            if shared.to_control.try_send(handshake).is_err() {
-                                DropCounters::bump(&shared.drops.rate_limited);
-                            }
-                            continue;
-                        }
-                    };
-                    let Some((peer, kp)) = tables.receivers.get(&receiver) else {
-                        DropCounters::bump(&shared.drops.no_session);
-                        continue;
-                    };
-                    // Opened where it lies: the TUN write gathers the packets
-                    // from the receive buffers.
-                    let mut p = PacketBuf::new(&mut udp_bufs[i][..end], start, end);
-                    if let Err(e) = kp.open(now, &mut p) {
-                        DropCounters::bump(drop_counter(&shared, e));
-                        continue;
-                    }
-                    let keepalive = p.is_empty();
-                    if !keepalive {
-                        // Cryptokey routing: the inner source must be one of
-                        // this peer's allowed IPs.
-                        let ok = src_ip(p.as_slice())
-                            .and_then(|s| tables.routes.lookup(s))
-                            .is_some_and(|owner| owner == peer);
-                        if !ok {
-                            DropCounters::bump(&shared.drops.bad_source);
-                            continue;
-                        }
-                        debug_assert_eq!(p.start(), start + DATA_HEADER_LEN);
-                        opened.push((i, start, p.start() + p.len()));
-                        if let Some(path) = tables.peers.get(peer) {
-                            path.stats
-                                .rx_bytes
-                                .fetch_add(p.len() as u64, Ordering::Relaxed);
-                        }
-                    }
-                    // Roaming and a keypair's first packet are told at once;
-                    // plain traffic at most every activity::NOTE_INTERVAL.
-                    let note = match tables.peers.get(peer) {
-                        Some(path) => {
-                            let due =
-                                path.stats
-                                    .activity
-                                    .received(since_epoch, receiver, keepalive);
-                            due || path.endpoint != Some(src)
-                        }
-                        None => true,
-                    };
-                    match received.iter_mut().find(|r| r.0 == receiver) {
-                        Some(r) => {
-                            r.1 = src;
-                            r.2 &= keepalive;
-                        }
-                        None if note => received.push((receiver, src, keepalive)),
-                        None => {}
-                    }
+        self.open(shared, n);
+        let spare = reuse(std::mem::take(&mut self.spare_packets));
+        let mut packets = disjoint_slices(&mut self.udp_bufs, &self.opened, spare);
+        if !packets.is_empty() {
+            if let Err(e) = tun.send_gathered_now(&mut packets, DATA_HEADER_LEN) {
+                self.errors += 1;
+                if self.errors.is_power_of_two() {
+                    tracing::debug!("{}: writing to the tun device: {e}", shared.name);
                 }
             }
         }
-        crate::datapath::write_opened(
-            &tun,
-            &mut udp_bufs,
-            &opened,
-            DATA_HEADER_LEN,
-            &mut errors,
-            &shared.name,
-        )
-        .await;
-        for &(local_index, src, keepalive) in &received {
+        self.spare_packets = reuse(packets);
+        for &(local_index, src, keepalive) in &self.received {
             let _ = shared.to_control.try_send(ToControl::Received {
                 local_index,
                 src,
                 keepalive,
             });
+        }
+        true
+    }
+
+    /// Opens the `n` received buffers' datagrams in place.
+    fn open(&mut self, shared: &Shared, n: usize) {
+        let now = Instant::now();
+        let since_epoch = shared.since_epoch(now);
+        self.received.clear();
+        self.opened.clear();
+        let tables = shared.tables();
+        for (i, m) in self.metas[..n].iter().enumerate() {
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let len = m.len.min(UDP_BUF);
+            // The dual-stack socket reports IPv4 peers as v4-mapped
+            // IPv6; endpoints are kept in their plain form.
+            let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
+            for start in (0..len).step_by(stride.max(1)) {
+                let end = (start + stride).min(len);
+                let d = &self.udp_bufs[i][start..end];
+                let receiver = match classify(d) {
+                    Err(_) => {
+                        DropCounters::bump(&shared.drops.malformed);
+                        continue;
+                    }
+                    Ok(Message::Data(data)) => data.receiver,
+                    Ok(_) => {
+                        let handshake = ToControl::Handshake {
+                            src,
+                            data: d.to_vec(),
+                        };
+                        if shared.to_control.try_send(handshake).is_err() {
+                            DropCounters::bump(&shared.drops.rate_limited);
+                        }
+                        continue;
+                    }
+                };
+                let Some((peer, kp)) = tables.receivers.get(&receiver) else {
+                    DropCounters::bump(&shared.drops.no_session);
+                    continue;
+                };
+                // Opened where it lies: the TUN write gathers the packets
+                // from the receive buffers.
+                let mut p = PacketBuf::new(&mut self.udp_bufs[i][..end], start, end);
+                if let Err(e) = kp.open(now, &mut p) {
+                    DropCounters::bump(drop_counter(shared, e));
+                    continue;
+                }
+                let keepalive = p.is_empty();
+                if !keepalive {
+                    // Cryptokey routing: the inner source must be one of
+                    // this peer's allowed IPs.
+                    let ok = src_ip(p.as_slice())
+                        .and_then(|s| tables.routes.lookup(s))
+                        .is_some_and(|owner| owner == peer);
+                    if !ok {
+                        DropCounters::bump(&shared.drops.bad_source);
+                        continue;
+                    }
+                    debug_assert_eq!(p.start(), start + DATA_HEADER_LEN);
+                    self.opened.push((i, start, p.start() + p.len()));
+                    if let Some(path) = tables.peers.get(peer) {
+                        path.stats
+                            .rx_bytes
+                            .fetch_add(p.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                // Roaming and a keypair's first packet are told at once;
+                // plain traffic at most every activity::NOTE_INTERVAL.
+                let note = match tables.peers.get(peer) {
+                    Some(path) => {
+                        let due = path
+                            .stats
+                            .activity
+                            .received(since_epoch, receiver, keepalive);
+                        due || path.endpoint != Some(src)
+                    }
+                    None => true,
+                };
+                match self.received.iter_mut().find(|r| r.0 == receiver) {
+                    Some(r) => {
+                        r.1 = src;
+                        r.2 &= keepalive;
+                    }
+                    None if note => self.received.push((receiver, src, keepalive)),
+                    None => {}
+                }
+            }
         }
     }
 }

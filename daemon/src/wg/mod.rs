@@ -4,4 +4,5 @@
 pub mod activity;
 pub mod datapath;
 pub mod state;
+pub mod threads;
 pub mod tunnel;

@@ -3,8 +3,8 @@
 //! it is the only writer of the tables the data path reads.
 
 use super::activity::{self, Seen, NOTE_INTERVAL};
-use super::datapath;
 use super::state::{routes_of, PeerPath, PeerStats, Shared, Tables, ToControl};
+use super::threads::Poller;
 use crate::control::{PeerShow, TunnelShow};
 use crate::datapath::DropCounters;
 use crate::uapi::{DeviceSet, DeviceState, PeerState, UapiError};
@@ -60,6 +60,8 @@ pub struct TunnelOptions {
     /// Install kernel routes for allowed IPs (polytund does; under wg-quick,
     /// wg-quick does).
     pub install_routes: bool,
+    /// The data-path thread that receives this tunnel's datagrams.
+    pub poller: Arc<Poller>,
 }
 
 /// A running tunnel: its shared data-path state and its command channel.
@@ -70,9 +72,10 @@ pub struct TunnelHandle {
     pub task: JoinHandle<()>,
 }
 
+/// The tunnel's socket, polled by the data-path thread (wg::threads).
 fn bind(port: u16) -> std::io::Result<UdpSocket> {
-    UdpSocket::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)).or_else(|_| {
-        UdpSocket::bind(SocketAddr::new(
+    UdpSocket::bind_for_thread(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)).or_else(|_| {
+        UdpSocket::bind_for_thread(SocketAddr::new(
             std::net::Ipv4Addr::UNSPECIFIED.into(),
             port,
         ))
@@ -120,7 +123,8 @@ pub fn spawn(opts: TunnelOptions, tun: Arc<Tun>) -> std::io::Result<TunnelHandle
         peers: HashMap::new(),
         install_routes: opts.install_routes,
         fwmark: 0,
-        recv_task: None,
+        poller: opts.poller,
+        receiving: None,
         recheck: None,
     };
     ctl.restart_receiver();
@@ -154,7 +158,9 @@ struct Control {
     peers: HashMap<PeerId, PeerMeta>,
     install_routes: bool,
     fwmark: u32,
-    recv_task: Option<JoinHandle<()>>,
+    poller: Arc<Poller>,
+    /// The socket registered with the data-path thread.
+    receiving: Option<Arc<UdpSocket>>,
     /// When to look at the peers' traffic again for what the data path did
     /// not report (armed by a note, kept while traffic goes on).
     recheck: Option<Instant>,
@@ -162,8 +168,8 @@ struct Control {
 
 impl Drop for Control {
     fn drop(&mut self) {
-        if let Some(t) = self.recv_task.take() {
-            t.abort();
+        if let Some(s) = self.receiving.take() {
+            self.poller.deregister(&s);
         }
     }
 }
@@ -471,13 +477,17 @@ impl Control {
         }
     }
 
+    /// Has the data-path thread receive on the tunnel's current socket
+    /// (and no longer on the one before).
     fn restart_receiver(&mut self) {
-        if let Some(t) = self.recv_task.take() {
-            t.abort();
+        if let Some(s) = self.receiving.take() {
+            self.poller.deregister(&s);
         }
-        let tun = self.tun.clone();
-        let shared = self.shared.clone();
-        self.recv_task = Some(tokio::spawn(datapath::net_to_tun(tun, shared)));
+        let socket = self.shared.socket();
+        match self.poller.register(self.shared.clone(), socket.clone()) {
+            Ok(()) => self.receiving = Some(socket),
+            Err(e) => tracing::error!("tunnel {}: cannot receive: {e}", self.name),
+        }
     }
 
     fn listen_port(&self) -> u16 {
@@ -870,8 +880,7 @@ impl Control {
 }
 
 fn set_fwmark(socket: &UdpSocket, mark: u32) {
-    use std::os::fd::AsRawFd;
-    let fd = socket.as_tokio().as_raw_fd();
+    let fd = socket.raw_fd();
     // SAFETY: setsockopt on a socket we own, with a pointer to a live u32.
     let r = unsafe {
         libc::setsockopt(

@@ -1,0 +1,226 @@
+//! The WireGuard data path's threads: one per TUN queue, each blocking in
+//! its own `epoll` on its queue and (the first) on every tunnel's UDP
+//! socket, and running the [`Outbound`] and [`Inbound`] turns itself.
+//!
+//! No async runtime sits on the packet path. A packet costs the thread's
+//! wake-up, its syscalls and its crypto; a ping's reply leaves from the
+//! thread that wrote the request to the TUN device, without a hand-off.
+//! Through tokio each turn also paid the reactor's dispatch, the task's
+//! wake and poll and the worker's park bookkeeping, which on these
+//! machines made the round trip ~40 % longer than boringtun's (measured in
+//! docs/fast-path.md, "Latency"). The control tasks stay on tokio: they
+//! hear from the threads through the same bounded channels as before.
+//!
+//! The descriptors the threads poll must not also be registered with
+//! tokio, or its reactor would wake for every packet too: the TUN device
+//! comes from [`Tun::create_for_thread`] and the sockets from
+//! [`UdpSocket::bind_for_thread`].
+
+use super::datapath::{Inbound, Outbound, TunnelSet};
+use super::state::Shared;
+use polytun_io::{Tun, UdpSocket};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+const TUN_TOKEN: u64 = u64::MAX - 1;
+const WAKE_TOKEN: u64 = u64::MAX;
+
+/// A registered socket and the tunnel it receives for.
+type Receiver = (Arc<Shared>, Arc<UdpSocket>);
+
+/// One thread's `epoll` set: its TUN queue, the sockets registered with it,
+/// and an `eventfd` that wakes it to stop.
+pub struct Poller {
+    epoll: OwnedFd,
+    wake: OwnedFd,
+    stop: AtomicBool,
+    /// Registered sockets by descriptor (the `epoll` token), with their
+    /// tunnel. Holding the socket keeps the descriptor open (and so not
+    /// reused) until it is deregistered.
+    sockets: Mutex<HashMap<RawFd, Receiver>>,
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl Poller {
+    fn new() -> io::Result<Poller> {
+        // SAFETY: plain syscalls; the descriptors are owned from here on.
+        let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+        let wake = unsafe {
+            OwnedFd::from_raw_fd(cvt(libc::eventfd(
+                0,
+                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+            ))?)
+        };
+        let p = Poller {
+            epoll,
+            wake,
+            stop: AtomicBool::new(false),
+            sockets: Mutex::new(HashMap::new()),
+        };
+        p.add(p.wake.as_raw_fd(), WAKE_TOKEN)?;
+        Ok(p)
+    }
+
+    /// Level-triggered read interest: a turn reads one batch, and what is
+    /// left makes the next `epoll_wait` return at once, so the TUN queue
+    /// and the sockets take turns under load.
+    fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: valid descriptors and event.
+        cvt(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+        Ok(())
+    }
+
+    /// Starts receiving `shared`'s datagrams on `socket` in this thread.
+    pub fn register(&self, shared: Arc<Shared>, socket: Arc<UdpSocket>) -> io::Result<()> {
+        let fd = socket.raw_fd();
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        self.add(fd, fd as u64)?;
+        sockets.insert(fd, (shared, socket));
+        Ok(())
+    }
+
+    /// Stops receiving on `socket` (a no-op if it is not registered).
+    pub fn deregister(&self, socket: &UdpSocket) {
+        let fd = socket.raw_fd();
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = sockets.remove(&fd) {
+            // SAFETY: the descriptor is still open (entry holds the socket).
+            unsafe {
+                libc::epoll_ctl(
+                    self.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    fd,
+                    std::ptr::null_mut(),
+                )
+            };
+            drop(sockets);
+            drop(entry);
+        }
+    }
+
+    fn registered(&self, fd: RawFd) -> Option<Receiver> {
+        let sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        sockets.get(&fd).cloned()
+    }
+
+    fn shut_down(&self) {
+        self.stop.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// The running threads of one interface's WireGuard data path. Dropping it
+/// stops them.
+pub struct DataPath {
+    pollers: Vec<Arc<Poller>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl DataPath {
+    /// One thread per queue of `tun`, sending through the tunnels of
+    /// `tunnels`. Sockets are registered with [`DataPath::poller`].
+    pub fn spawn(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) -> io::Result<DataPath> {
+        let mut dp = DataPath {
+            pollers: Vec::new(),
+            threads: Vec::new(),
+        };
+        for q in 0..tun.queue_count() {
+            let queue = match q {
+                0 => tun.clone(),
+                q => tun.queue(q).ok_or_else(|| {
+                    io::Error::other(format!("TUN device {}: no queue {q}", tun.name()))
+                })?,
+            };
+            let poller = Arc::new(Poller::new()?);
+            poller.add(queue.raw_fd(), TUN_TOKEN)?;
+            let (p, tunnels, out) = (poller.clone(), tunnels.clone(), tun.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("wg-data-{q}"))
+                .spawn(move || run(&p, &queue, &out, &tunnels, mtu))?;
+            dp.pollers.push(poller);
+            dp.threads.push(thread);
+        }
+        Ok(dp)
+    }
+
+    /// Where tunnels register their sockets: the first queue's thread
+    /// receives for all of them (the TUN write spreads flows over queues).
+    pub fn poller(&self) -> Arc<Poller> {
+        self.pollers[0].clone()
+    }
+}
+
+impl Drop for DataPath {
+    fn drop(&mut self) {
+        for p in &self.pollers {
+            p.shut_down();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A thread's loop: `queue` is the TUN queue it reads, `tun` the device it
+/// writes received packets to (which picks each flow's queue).
+fn run(poller: &Poller, queue: &Tun, tun: &Tun, tunnels: &TunnelSet, mtu: usize) {
+    let mut outbound = Outbound::new(mtu);
+    // One receive arena for all tunnels: their turns never overlap.
+    let mut inbound: Option<Inbound> = None;
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
+    loop {
+        // SAFETY: `events` is valid for its length.
+        let n = unsafe {
+            libc::epoll_wait(
+                poller.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                -1,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!("{}: data path epoll: {e}", tun.name());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            continue;
+        }
+        for ev in &events[..n as usize] {
+            match ev.u64 {
+                TUN_TOKEN => {
+                    outbound.turn(queue, tunnels);
+                }
+                WAKE_TOKEN => {
+                    if poller.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                fd => {
+                    if let Some((shared, socket)) = poller.registered(fd as RawFd) {
+                        inbound
+                            .get_or_insert_with(Inbound::default)
+                            .turn(tun, &shared, &socket);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
-//! The WireGuard data path: TUN → seal → UDP, and UDP → open → TUN, in
-//! batches.
+//! The WireGuard data path: TUN → seal → UDP ([`Outbound`]) and UDP →
+//! open → TUN ([`Inbound`]), one batch per turn; the data-path threads of
+//! [`super::threads`] run the turns.
 //!
 //! Outbound, the TUN reader writes packets into one arena whose stride is
 //! the sealed size of a full-MTU packet. Sealing in place then leaves

@@ -1,5 +1,6 @@
 //! WireGuard in the daemon: the tunnel control task ([`tunnel`]), the data
-//! path ([`datapath`]) and what they share ([`state`]).
+//! path's turns ([`datapath`]) and the threads that run them ([`threads`]),
+//! and what they share ([`state`], [`activity`]).
 
 pub mod activity;
 pub mod datapath;

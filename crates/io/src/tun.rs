@@ -390,13 +390,7 @@ impl Tun {
         sizes: &mut [usize],
         offset: usize,
     ) -> io::Result<usize> {
-        if bufs.is_empty() || sizes.len() < bufs.len() {
-            return Err(invalid(format!(
-                "tun recv_batch: need non-empty bufs and sizes.len() >= bufs.len() (got {} and {})",
-                bufs.len(),
-                sizes.len()
-            )));
-        }
+        check_recv_args(bufs, sizes)?;
         let mut rx = self.rx.lock().await;
         loop {
             if rx.pending == 0 {
@@ -425,13 +419,7 @@ impl Tun {
         sizes: &mut [usize],
         offset: usize,
     ) -> io::Result<usize> {
-        if bufs.is_empty() || sizes.len() < bufs.len() {
-            return Err(invalid(format!(
-                "tun recv_batch: need non-empty bufs and sizes.len() >= bufs.len() (got {} and {})",
-                bufs.len(),
-                sizes.len()
-            )));
-        }
+        check_recv_args(bufs, sizes)?;
         let Ok(mut rx) = self.rx.try_lock() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
@@ -778,6 +766,18 @@ pub fn flow_queue(packet: &[u8], queues: usize) -> usize {
 }
 
 /// [`recycle`] for iovec arrays.
+/// What `recv_batch` and `recv_batch_now` need of their arguments.
+fn check_recv_args(bufs: &[&mut [u8]], sizes: &[usize]) -> io::Result<()> {
+    if bufs.is_empty() || sizes.len() < bufs.len() {
+        return Err(invalid(format!(
+            "tun recv_batch: need non-empty bufs and sizes.len() >= bufs.len() (got {} and {})",
+            bufs.len(),
+            sizes.len()
+        )));
+    }
+    Ok(())
+}
+
 /// One `read` of a non-blocking descriptor.
 fn read_fd(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of its length for the whole call.

@@ -231,13 +231,7 @@ fn thread_pump(from: Arc<Tun>, to: Arc<Tun>, stop: Arc<std::sync::atomic::Atomic
         let n = match from.recv_batch_now(&mut bufs, &mut sizes, OFF) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut p = libc::pollfd {
-                    fd: from.raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                unsafe { libc::poll(&mut p, 1, 100) };
+                common::wait_readable(from.raw_fd(), 100);
                 continue;
             }
             Err(e) => panic!("recv_batch_now: {e}"),

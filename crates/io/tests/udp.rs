@@ -163,9 +163,7 @@ fn udp_dual_stack_sends_to_ipv4() {
 #[test]
 fn udp_thread_sockets_poll_themselves() {
     let ns = Netns::new();
-    let name = ns.name.clone();
-    let t = std::thread::spawn(move || {
-        common::enter_ns(&name);
+    common::run_in_thread(&ns, || {
         let a = UdpSocket::bind_for_thread("[::]:0".parse().unwrap()).unwrap();
         let b = UdpSocket::bind_for_thread("127.0.0.1:0".parse().unwrap()).unwrap();
         let ba = b.local_addr().unwrap();
@@ -212,13 +210,7 @@ fn udp_thread_sockets_poll_themselves() {
             let n = match b.recv_batch_now(&mut iov, &mut meta) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let mut p = libc::pollfd {
-                        fd: b.raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut p, 1, 1000) };
+                    common::wait_readable(b.raw_fd(), 1000);
                     continue;
                 }
                 Err(e) => panic!("recv_batch_now: {e}"),
@@ -232,9 +224,4 @@ fn udp_thread_sockets_poll_themselves() {
         }
         assert_eq!(got, expect);
     });
-    let r = t.join();
-    drop(ns);
-    if let Err(p) = r {
-        std::panic::resume_unwind(p);
-    }
 }

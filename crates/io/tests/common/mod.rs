@@ -167,3 +167,30 @@ pub fn check_ipv6(p: &[u8]) -> u8 {
     }
     nh
 }
+
+/// Run `f` on a fresh thread inside `ns`, without a runtime (as a data-path
+/// thread runs). Panics in `f` propagate after the thread ends.
+pub fn run_in_thread<F>(ns: &Netns, f: F)
+where
+    F: FnOnce() + Send + 'static,
+{
+    let name = ns.name.clone();
+    let h = std::thread::spawn(move || {
+        enter_ns(&name);
+        f();
+    });
+    if let Err(p) = h.join() {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// Waits up to `ms` for `fd` to be readable (as a data-path thread's epoll does).
+pub fn wait_readable(fd: std::os::fd::RawFd, ms: i32) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) };
+}

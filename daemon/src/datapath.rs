@@ -65,14 +65,7 @@ pub async fn read_tun(
                 return true;
             }
             Err(e) => {
-                *errors += 1;
-                if errors.is_power_of_two() {
-                    tracing::warn!(
-                        "{}: reading the tun device: {e} ({errors} errors)",
-                        tun.name()
-                    );
-                }
-                if e.kind() == std::io::ErrorKind::InvalidInput {
+                if read_failed(tun, &e, errors) {
                     batch.set_filled(offset, &[]);
                     return false;
                 }
@@ -80,6 +73,21 @@ pub async fn read_tun(
             }
         }
     }
+}
+
+/// Logs a failed TUN read (at powers of two of `errors`); true when a
+/// packet was dropped because it did not fit the batch's slots (the MTU
+/// may have grown: [`raised_mtu`]), false for an error worth a pause
+/// before the next read.
+pub fn read_failed(tun: &Tun, e: &std::io::Error, errors: &mut u64) -> bool {
+    *errors += 1;
+    if errors.is_power_of_two() {
+        tracing::warn!(
+            "{}: reading the tun device: {e} ({errors} errors)",
+            tun.name()
+        );
+    }
+    e.kind() == std::io::ErrorKind::InvalidInput
 }
 
 /// The smallest MTU an outbound arena is laid out for (IPv6's minimum).
@@ -103,34 +111,37 @@ pub fn raised_mtu(tun: &Tun, mtu: usize, overhead: usize) -> Option<usize> {
 }
 
 /// Writes the packets opened in place in the receive buffers `bufs` to the
-/// TUN device, gathered where they lie ([`Tun::send_gathered`]): one
-/// `(buffer, start, end)` per packet, in buffer order, with `headroom`
-/// bytes before the packet for the virtio header. Errors are logged at
-/// powers of two of `errors`.
-pub async fn write_opened(
+/// TUN device, gathered where they lie ([`Tun::send_gathered_now`]; a TUN
+/// write never waits): one `(buffer, start, end)` per packet, in buffer
+/// order, with `headroom` bytes before the packet for the virtio header.
+/// `spare` keeps the list's allocation from call to call. Errors are
+/// logged at powers of two of `errors`.
+pub fn write_opened(
     tun: &Tun,
     bufs: &mut [Vec<u8>],
     opened: &[(usize, usize, usize)],
     headroom: usize,
     errors: &mut u64,
     name: &str,
+    spare: &mut Vec<&'static mut [u8]>,
 ) {
     if opened.is_empty() {
         return;
     }
-    let mut packets = disjoint_slices(bufs, opened, Vec::new());
-    if let Err(e) = tun.send_gathered(&mut packets, headroom).await {
+    let mut packets = disjoint_slices(bufs, opened, reuse(std::mem::take(spare)));
+    if let Err(e) = tun.send_gathered_now(&mut packets, headroom) {
         *errors += 1;
         if errors.is_power_of_two() {
             tracing::debug!("{name}: writing to the tun device: {e}");
         }
     }
+    *spare = reuse(packets);
 }
 
 /// `bufs[i][start..end]` for each `(i, start, end)` of `ranges`, which are in
 /// increasing order (of buffer, then of start) and do not overlap, appended
 /// to `out` (an empty vector whose allocation is reused).
-pub fn disjoint_slices<'a>(
+fn disjoint_slices<'a>(
     bufs: &'a mut [Vec<u8>],
     ranges: &[(usize, usize, usize)],
     mut out: Vec<&'a mut [u8]>,

@@ -257,6 +257,7 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
     // (buffer, start, end) of each opened packet with room for the virtio
     // header in front, in buffer order.
     let mut opened: Vec<(usize, usize, usize)> = Vec::new();
+    let mut spare_packets: Vec<&'static mut [u8]> = Vec::new();
     let mut alive: Vec<SaId> = Vec::new();
     // when the control task last heard of traffic on each IKE SA
     let mut noted: Vec<(SaId, Instant)> = Vec::new();
@@ -365,8 +366,8 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
             MIN_SEND_OFFSET,
             &mut errors,
             &shared.name,
-        )
-        .await;
+            &mut spare_packets,
+        );
         for &ike_sa in &alive {
             let due = match noted.iter_mut().find(|n| n.0 == ike_sa) {
                 Some(n) if now.duration_since(n.1) < TRAFFIC_NOTE_INTERVAL => false,

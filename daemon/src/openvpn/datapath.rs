@@ -285,6 +285,8 @@ pub(super) struct TunWriter {
     /// order; the plaintext starts OVERHEAD bytes into its datagram.
     opened: Vec<(usize, usize, usize)>,
     errors: u64,
+    /// The allocation of the write's list of packets (`datapath::write_opened`).
+    spare: Vec<&'static mut [u8]>,
 }
 
 impl TunWriter {
@@ -394,7 +396,7 @@ impl TunWriter {
     }
 
     /// Writes what was queued from `bufs` to the TUN device.
-    pub(super) async fn flush(&mut self, tun: &Tun, bufs: &mut [Vec<u8>], shared: &Shared) {
+    pub(super) fn flush(&mut self, tun: &Tun, bufs: &mut [Vec<u8>], shared: &Shared) {
         crate::datapath::write_opened(
             tun,
             bufs,
@@ -402,8 +404,8 @@ impl TunWriter {
             OVERHEAD,
             &mut self.errors,
             &shared.name,
-        )
-        .await;
+            &mut self.spare,
+        );
         self.opened.clear();
     }
 }
@@ -479,7 +481,7 @@ pub(super) async fn read_datagrams<G>(
                 each(&mut w, &g, &mut d, src, now);
             }
         }
-        w.flush(tun, &mut udp_bufs, shared).await;
+        w.flush(tun, &mut udp_bufs, shared);
     }
 }
 
@@ -555,7 +557,7 @@ pub(super) async fn read_frames<G>(
                     }
                 }
             }
-            w.flush(tun, &mut stage, shared).await;
+            w.flush(tun, &mut stage, shared);
             if !full || failed.is_some() {
                 break;
             }

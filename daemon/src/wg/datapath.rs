@@ -14,7 +14,7 @@
 
 use super::state::{Shared, Tables, ToControl};
 use crate::datapath::DropCounters;
-use crate::datapath::{disjoint_slices, dst_ip, reuse, src_ip};
+use crate::datapath::{dst_ip, reuse, src_ip};
 use polytun_core::record::OpenError;
 use polytun_core::{KeyStatus, PacketBatch, PacketBuf};
 use polytun_io::{RecvMeta, Transmit, Tun, UdpSocket, UDP_RECV_BATCH};
@@ -60,7 +60,6 @@ pub type TunnelSet = Arc<std::sync::RwLock<Vec<Arc<Shared>>>>;
 pub struct Outbound {
     batch: PacketBatch,
     mtu: usize,
-    stride: usize,
     sizes: Vec<usize>,
     /// (slot, destination, tunnel) of each sealed packet, in slot order.
     out: Vec<(usize, SocketAddr, usize)>,
@@ -77,7 +76,6 @@ impl Outbound {
         let batch = outbound_batch(mtu);
         debug_assert_eq!(batch.stride(), outbound_stride(mtu));
         Outbound {
-            stride: batch.stride(),
             batch,
             mtu,
             sizes: vec![0usize; TUN_BATCH],
@@ -104,15 +102,7 @@ impl Outbound {
             Ok(n) => self.batch.set_filled(offset, &self.sizes[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
             Err(e) => {
-                self.errors += 1;
-                if self.errors.is_power_of_two() {
-                    tracing::warn!(
-                        "{}: reading the tun device: {e} ({} errors)",
-                        tun.name(),
-                        self.errors
-                    );
-                }
-                if e.kind() == std::io::ErrorKind::InvalidInput {
+                if crate::datapath::read_failed(tun, &e, &mut self.errors) {
                     if let Some(m) = crate::datapath::raised_mtu(tun, self.mtu, MAX_OVERHEAD) {
                         let errors = self.errors;
                         *self = Outbound::new(m);
@@ -202,7 +192,7 @@ impl Outbound {
     /// lying back to back in the arena, to one endpoint through one socket,
     /// leave as one GSO send.
     fn send(&mut self, set: &[Arc<Shared>]) {
-        let (out, batch, stride) = (&self.out, &self.batch, self.stride);
+        let (out, batch, stride) = (&self.out, &self.batch, self.batch.stride());
         let mut k = 0;
         while k < out.len() {
             let (first, dst, ti) = out[k];
@@ -295,17 +285,15 @@ impl Inbound {
             }
         };
         self.open(shared, n);
-        let spare = reuse(std::mem::take(&mut self.spare_packets));
-        let mut packets = disjoint_slices(&mut self.udp_bufs, &self.opened, spare);
-        if !packets.is_empty() {
-            if let Err(e) = tun.send_gathered_now(&mut packets, DATA_HEADER_LEN) {
-                self.errors += 1;
-                if self.errors.is_power_of_two() {
-                    tracing::debug!("{}: writing to the tun device: {e}", shared.name);
-                }
-            }
-        }
-        self.spare_packets = reuse(packets);
+        crate::datapath::write_opened(
+            tun,
+            &mut self.udp_bufs,
+            &self.opened,
+            DATA_HEADER_LEN,
+            &mut self.errors,
+            &shared.name,
+            &mut self.spare_packets,
+        );
         for &(local_index, src, keepalive) in &self.received {
             let _ = shared.to_control.try_send(ToControl::Received {
                 local_index,

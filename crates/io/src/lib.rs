@@ -80,4 +80,4 @@ pub use tun::{
     flow_queue, Tun, TunConfig, TunStats, IDEAL_BATCH_SIZE, MAX_PACKET_LEN, MIN_SEND_OFFSET,
     VIRTIO_NET_HDR_LEN,
 };
-pub use udp::{UdpSocket, SOCKET_BUFFER_BYTES, UDP_RECV_BATCH};
+pub use udp::{UdpSocket, SOCKET_BUFFER_BYTES, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};

@@ -18,6 +18,11 @@ pub const SOCKET_BUFFER_BYTES: usize = 7 << 20;
 /// Maximum number of datagrams one [`UdpSocket::recv_batch`] call fills (`recvmmsg` batch).
 pub const UDP_RECV_BATCH: usize = quinn_udp::BATCH_SIZE;
 
+/// Most datagrams one [`UdpSocket::recv_batch`] call returns: [`UDP_RECV_BATCH`]
+/// buffers, each holding at most 64 datagrams coalesced by UDP GRO (the kernel's
+/// `UDP_GRO_CNT_MAX`). Per-datagram lists of this capacity never grow on the data path.
+pub const UDP_RECV_MAX_DATAGRAMS: usize = UDP_RECV_BATCH * 64;
+
 /// A UDP socket with batched, offloaded receive and send.
 ///
 /// All methods take `&self`; one socket may be shared (e.g. in an `Arc`) by a

@@ -25,7 +25,9 @@ use polytun_esp::{
     classify_udp4500, EspOpenError, Transform, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN,
 };
 use polytun_ike::SaId;
-use polytun_io::{RecvMeta, Transmit, Tun, MIN_SEND_OFFSET, UDP_RECV_BATCH};
+use polytun_io::{
+    RecvMeta, Transmit, Tun, MIN_SEND_OFFSET, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS,
+};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -256,8 +258,8 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
     let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
     // (buffer, start, end) of each opened packet with room for the virtio
     // header in front, in buffer order.
-    let mut opened: Vec<(usize, usize, usize)> = Vec::new();
-    let mut spare_packets: Vec<&'static mut [u8]> = Vec::new();
+    let mut opened: Vec<(usize, usize, usize)> = Vec::with_capacity(UDP_RECV_MAX_DATAGRAMS);
+    let mut spare_packets: Vec<&'static mut [u8]> = Vec::with_capacity(UDP_RECV_MAX_DATAGRAMS);
     let mut alive: Vec<SaId> = Vec::new();
     // when the control task last heard of traffic on each IKE SA
     let mut noted: Vec<(SaId, Instant)> = Vec::new();

@@ -7,7 +7,7 @@ use super::state::{Link, Shared, Tables, ToControl, TunnelSet};
 use crate::datapath::dst_ip;
 use crate::datapath::DropCounters;
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf, PrefixTable};
-use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH};
+use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
 use polytun_openvpn::data::{
     occ_exit_payload, DataError, Opened, OCC_EXIT, OCC_MAGIC, OVERHEAD, PING_MAGIC,
 };
@@ -290,6 +290,16 @@ pub(super) struct TunWriter {
 }
 
 impl TunWriter {
+    /// A writer whose lists hold `packets` packets without growing (a
+    /// batched UDP receive: [`UDP_RECV_MAX_DATAGRAMS`]).
+    fn with_capacity(packets: usize) -> Self {
+        TunWriter {
+            opened: Vec::with_capacity(packets),
+            errors: 0,
+            spare: Vec::with_capacity(packets),
+        }
+    }
+
     /// Classifies one packet from the server: data is opened in place,
     /// control packets go to the control task.
     fn handle(&mut self, shared: &Shared, tables: &Tables, d: &mut Dg<'_>, now: Instant) {
@@ -455,7 +465,7 @@ pub(super) async fn read_datagrams<G>(
 ) {
     let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
     let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
-    let mut w = TunWriter::default();
+    let mut w = TunWriter::with_capacity(UDP_RECV_MAX_DATAGRAMS);
     let mut errors = 0u64;
     loop {
         let n = {

@@ -17,7 +17,7 @@ use crate::datapath::DropCounters;
 use crate::datapath::{dst_ip, reuse, src_ip};
 use polytun_core::record::OpenError;
 use polytun_core::{KeyStatus, PacketBatch, PacketBuf};
-use polytun_io::{RecvMeta, Transmit, Tun, UdpSocket, UDP_RECV_BATCH};
+use polytun_io::{RecvMeta, Transmit, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
 use polytun_wireguard::messages::DATA_HEADER_LEN;
 use polytun_wireguard::transport::TransportError;
 use polytun_wireguard::{classify, Message, PeerId};
@@ -253,11 +253,11 @@ impl Default for Inbound {
         Inbound {
             udp_bufs: (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect(),
             metas: vec![RecvMeta::default(); UDP_RECV_BATCH],
-            opened: Vec::new(),
+            opened: Vec::with_capacity(UDP_RECV_MAX_DATAGRAMS),
             received: Vec::new(),
             errors: 0,
             spare_iov: Vec::with_capacity(UDP_RECV_BATCH),
-            spare_packets: Vec::new(),
+            spare_packets: Vec::with_capacity(UDP_RECV_MAX_DATAGRAMS),
         }
     }
 }

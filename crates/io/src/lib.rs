@@ -76,6 +76,8 @@ mod udp;
 pub use coalesce::fuzz_runs as fuzz_coalesce;
 pub use netlink::{add_address, add_route, network_of, remove_address, remove_route, RouteOptions};
 pub use quinn_udp::{EcnCodepoint, RecvMeta, Transmit};
+#[doc(hidden)]
+pub use tun::fuzz_split as fuzz_virtio_split;
 pub use tun::{
     flow_queue, Tun, TunConfig, TunStats, IDEAL_BATCH_SIZE, MAX_PACKET_LEN, MIN_SEND_OFFSET,
     VIRTIO_NET_HDR_LEN,

@@ -8,6 +8,6 @@ pub mod ipsec;
 pub mod logging;
 pub mod openvpn;
 pub mod service;
-pub mod uapi;
+pub use polytun_wireguard::uapi;
 pub mod wg;
 pub mod wgcompat;

@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod rekey;
 pub mod timers;
 pub mod transport;
+pub mod uapi;
 
 pub use device::{Device, Event, HandshakeError, Output, PeerConfig, PeerId, PeerInfo};
 pub use keys::{PresharedKey, PublicKey, StaticSecret};

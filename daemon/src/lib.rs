@@ -8,6 +8,7 @@ pub mod ipsec;
 pub mod logging;
 pub mod openvpn;
 pub mod service;
+pub mod threads;
 pub use polytun_wireguard::uapi;
 pub mod wg;
 pub mod wgcompat;

@@ -7,7 +7,6 @@ use crate::ipsec::state::IpsecSet;
 use crate::ipsec::tunnel::{self as ipsec_tunnel, IpsecCommand, IpsecHandle};
 use crate::openvpn;
 use crate::wg::datapath::TunnelSet;
-use crate::wg::threads::DataPath;
 use crate::wg::tunnel::{self, PeerSpec, TunnelCommand, TunnelHandle, TunnelOptions};
 use anyhow::Context;
 use ipnet::IpNet;
@@ -41,7 +40,9 @@ struct Running {
     ovpn: Vec<openvpn::tunnel::TunnelHandle>,
     ovpn_set: openvpn::state::TunnelSet,
     /// The WireGuard data-path threads (started with the first WireGuard tunnel).
-    wg_path: Option<DataPath>,
+    wg_path: Option<crate::wg::datapath::DataPath>,
+    /// The ESP data-path threads (started with the first IPsec tunnel).
+    esp_path: Option<crate::ipsec::datapath::DataPath>,
 }
 
 impl Running {
@@ -49,7 +50,20 @@ impl Running {
         let wg = match &t.protocol {
             Protocol::WireGuard(wg) => wg,
             Protocol::Ipsec(cfg) => {
-                let h = ipsec_tunnel::spawn(&t.name, cfg, self.tun.clone())?;
+                let poller = match &self.esp_path {
+                    Some(dp) => dp.poller(),
+                    None => {
+                        let mtu = usize::from(self.config.interface.mtu);
+                        let dp = crate::ipsec::datapath::Turns::spawn(
+                            self.tun.clone(),
+                            self.ipsec_set.clone(),
+                            mtu,
+                        )
+                        .context("starting the ESP data path")?;
+                        self.esp_path.insert(dp).poller()
+                    }
+                };
+                let h = ipsec_tunnel::spawn(&t.name, cfg, self.tun.clone(), poller)?;
                 self.ipsec_set
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
@@ -94,7 +108,7 @@ impl Running {
         let poller = match &self.wg_path {
             Some(dp) => dp.poller(),
             None => {
-                let dp = DataPath::spawn(self.tun.clone(), self.set.clone(), mtu)
+                let dp = crate::wg::datapath::Turns::spawn(self.tun.clone(), self.set.clone(), mtu)
                     .context("starting the WireGuard data path")?;
                 self.wg_path.insert(dp).poller()
             }
@@ -445,10 +459,10 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 /// until SIGTERM/SIGINT or `polytun down`.
 pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
     let iface = cfg.interface.clone();
-    // WireGuard's data-path threads poll the device themselves; the other
-    // protocols' readers run on tokio.
+    // WireGuard's and ESP's data-path threads poll the device themselves;
+    // OpenVPN's readers run on tokio.
     let create = match cfg.tunnels.first().map(|t| &t.protocol) {
-        Some(Protocol::WireGuard(_)) => Tun::create_for_thread,
+        Some(Protocol::WireGuard(_) | Protocol::Ipsec(_)) => Tun::create_for_thread,
         _ => Tun::create,
     };
     let tun = Arc::new(
@@ -486,6 +500,7 @@ pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
         ovpn: Vec::new(),
         ovpn_set: Arc::new(std::sync::RwLock::new(Vec::new())),
         wg_path: None,
+        esp_path: None,
     };
     for t in &cfg.tunnels {
         running.spawn_tunnel(t)?;
@@ -502,11 +517,6 @@ pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
         };
         let mtu = usize::from(iface.mtu);
         readers.push(match cfg.tunnels.first().map(|t| &t.protocol) {
-            Some(Protocol::Ipsec(_)) => tokio::spawn(crate::ipsec::datapath::tun_to_net(
-                tun,
-                running.ipsec_set.clone(),
-                mtu,
-            )),
             // The server reads queue 0 itself (multi-queue refused by the config).
             Some(Protocol::OpenVpn(o)) if o.server.is_some() => {
                 tokio::spawn(std::future::pending())
@@ -516,7 +526,8 @@ pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
                 running.ovpn_set.clone(),
                 mtu,
             )),
-            // WireGuard's data-path threads read every queue (wg::threads).
+            // WireGuard's and ESP's data-path threads read every queue
+            // (crate::threads).
             _ => break,
         });
     }

@@ -5,7 +5,7 @@
 
 use crate::uapi::{self, Request, UapiError};
 use crate::wg::datapath::TunnelSet;
-use crate::wg::threads::DataPath;
+use crate::wg::datapath::Turns;
 use crate::wg::tunnel::{self, TunnelCommand, TunnelOptions};
 use anyhow::Context;
 use polytun_io::{Tun, TunConfig};
@@ -42,8 +42,8 @@ pub async fn run(iface: &str) -> anyhow::Result<()> {
         .with_context(|| format!("creating TUN device {iface}"))?,
     );
     let set: TunnelSet = Arc::new(std::sync::RwLock::new(Vec::new()));
-    let data_path = DataPath::spawn(tun.clone(), set.clone(), 1420)
-        .context("starting the WireGuard data path")?;
+    let data_path =
+        Turns::spawn(tun.clone(), set.clone(), 1420).context("starting the WireGuard data path")?;
     let handle = tunnel::spawn(
         TunnelOptions {
             name: iface.to_string(),

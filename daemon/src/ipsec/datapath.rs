@@ -1,7 +1,9 @@
 //! The ESP data path: TUN → traffic selector → seal in place → UDP 4500,
 //! and UDP 4500 → SPI → open in place → inner-source check → TUN, in
-//! batches. IKE messages and keepalives on 4500 are told apart from ESP by
-//! [`classify_udp4500`]; IKE goes to the control task.
+//! batches ([`Outbound`], [`Inbound`]), run by the data-path threads of
+//! [`crate::threads`] ([`Turns`]). IKE messages and keepalives on 4500 are
+//! told apart from ESP by [`classify_udp4500`]; IKE goes to the control
+//! task, and UDP 500 (IKE only) is read by a tokio task.
 //!
 //! Outbound, the TUN reader writes packets into one arena laid out for the
 //! transform in use: headroom = the ESP header, stride = the sealed size of
@@ -17,9 +19,9 @@
 //! in the receive buffer and the TUN writer gathers the packets from there
 //! (runs of TCP segments of one flow as one super-packet, no copy).
 
-use super::state::{IpsecSet, Shared, ToControl};
+use super::state::{IpsecSet, Shared, Tables, ToControl};
 use crate::datapath::DropCounters;
-use crate::datapath::{dst_ip, src_ip};
+use crate::datapath::{dst_ip, reuse, src_ip};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf};
 use polytun_esp::{
     classify_udp4500, EspOpenError, Transform, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN,
@@ -31,7 +33,7 @@ use polytun_io::{
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
@@ -65,168 +67,217 @@ enum Sealed {
     Spill(usize),
 }
 
-/// Reads the TUN device forever and sends each packet through the CHILD SA
-/// whose remote traffic selector holds its destination.
-pub async fn tun_to_net(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) {
-    let mut mtu = mtu;
-    let mut layout = DEFAULT_LAYOUT;
-    let mut batch = outbound_batch(layout, mtu);
-    // Room for any transform's header and trailer around a packet of up to the MTU.
-    let mut spill = PacketBatch::new(TUN_BATCH, MAX_HEADER_LEN, mtu, MAX_TRAILER_LEN);
-    let mut sizes = vec![0usize; TUN_BATCH];
-    // (where, destination, tunnel) of each sealed packet, in TUN order
-    let mut out: Vec<(Sealed, SocketAddr, usize)> = Vec::with_capacity(TUN_BATCH);
-    let mut expiring: Vec<(usize, u32)> = Vec::new();
-    let mut expired: Vec<(usize, u32)> = Vec::new();
-    let mut errors = 0u64;
-    loop {
-        if !crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await {
-            let overhead = MAX_HEADER_LEN + MAX_TRAILER_LEN;
-            if let Some(m) = crate::datapath::raised_mtu(&tun, mtu, overhead) {
-                mtu = m;
-                batch = outbound_batch(layout, mtu);
-                spill = PacketBatch::new(TUN_BATCH, MAX_HEADER_LEN, mtu, MAX_TRAILER_LEN);
-            }
-            continue;
+/// The outbound half of the ESP data path: TUN → traffic selector → seal
+/// → UDP 4500, one batch a turn.
+pub struct Outbound {
+    mtu: usize,
+    /// The transform the arena is laid out for.
+    layout: Transform,
+    batch: PacketBatch,
+    /// Room for any transform's header and trailer around a packet of up
+    /// to the MTU.
+    spill: PacketBatch,
+    sizes: Vec<usize>,
+    /// (where, destination, tunnel) of each sealed packet, in TUN order.
+    out: Vec<(Sealed, SocketAddr, usize)>,
+    expiring: Vec<(usize, u32)>,
+    expired: Vec<(usize, u32)>,
+    errors: u64,
+    /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
+    spare_bufs: Vec<&'static mut [u8]>,
+    spare_guards: Vec<RwLockReadGuard<'static, Tables>>,
+}
+
+impl Outbound {
+    pub fn new(mtu: usize) -> Self {
+        Outbound {
+            mtu,
+            layout: DEFAULT_LAYOUT,
+            batch: outbound_batch(DEFAULT_LAYOUT, mtu),
+            spill: PacketBatch::new(TUN_BATCH, MAX_HEADER_LEN, mtu, MAX_TRAILER_LEN),
+            sizes: vec![0usize; TUN_BATCH],
+            out: Vec::with_capacity(TUN_BATCH),
+            expiring: Vec::new(),
+            expired: Vec::new(),
+            errors: 0,
+            spare_bufs: Vec::with_capacity(TUN_BATCH),
+            spare_guards: Vec::new(),
         }
-        let now = Instant::now();
-        let set = tunnels.read().unwrap_or_else(|e| e.into_inner()).clone();
-        out.clear();
-        expiring.clear();
-        expired.clear();
-        spill.clear();
-        // packets whose SA wanted another layout, and the last such transform
-        let mut misfits = 0usize;
-        let mut wanted = layout;
-        let (head, tail) = outbound_layout(layout, mtu);
-        {
-            let guards: Vec<_> = set.iter().map(|s| s.tables()).collect();
-            for i in 0..batch.len() {
-                let Some(dst) = dst_ip(batch.get(i)) else {
-                    continue;
-                };
-                let Some((ti, spi)) = guards
-                    .iter()
-                    .enumerate()
-                    .find_map(|(ti, t)| t.routes.lookup(dst).map(|s| (ti, *s)))
-                else {
-                    // no CHILD SA (yet) for this destination
-                    continue;
-                };
-                let Some(ob) = guards[ti].outbound.get(&spi) else {
-                    DropCounters::bump(&set[ti].drops.no_session);
-                    continue;
-                };
-                let size = batch.get(i).len();
-                let t = ob.sa.transform();
-                let sealed = if outbound_layout(t, mtu) == (head, tail) {
-                    batch
-                        .with_packet(i, |p| ob.sa.seal(now, p))
-                        .map(|s| (s, Sealed::Arena(i)))
+    }
+
+    /// Reads one batch from `tun` and sends each packet through the CHILD
+    /// SA whose remote traffic selector holds its destination; false when
+    /// nothing was queued.
+    pub fn turn(&mut self, tun: &Tun, tunnels: &IpsecSet) -> bool {
+        let offset = self.batch.headroom();
+        let r = {
+            let mut bufs: Vec<&mut [u8]> = reuse(std::mem::take(&mut self.spare_bufs));
+            bufs.extend(self.batch.slot_buffers());
+            let r = tun.recv_batch_now(&mut bufs, &mut self.sizes, offset);
+            self.spare_bufs = reuse(bufs);
+            r
+        };
+        match r {
+            Ok(n) => self.batch.set_filled(offset, &self.sizes[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) => {
+                if crate::datapath::read_failed(tun, &e, &mut self.errors) {
+                    let overhead = MAX_HEADER_LEN + MAX_TRAILER_LEN;
+                    if let Some(m) = crate::datapath::raised_mtu(tun, self.mtu, overhead) {
+                        self.mtu = m;
+                        self.batch = outbound_batch(self.layout, m);
+                        self.spill =
+                            PacketBatch::new(TUN_BATCH, MAX_HEADER_LEN, m, MAX_TRAILER_LEN);
+                    }
                 } else {
-                    misfits += 1;
-                    wanted = t;
-                    let k = spill.len();
-                    if !spill.push(batch.get(i)) {
-                        DropCounters::bump(&set[ti].drops.other);
-                        continue;
-                    }
-                    spill
-                        .with_packet(k, |p| ob.sa.seal(now, p))
-                        .map(|s| (s, Sealed::Spill(k)))
-                };
-                match sealed {
-                    Ok((status, at)) => {
-                        if status == KeyStatus::Expiring && !expiring.contains(&(ti, spi)) {
-                            expiring.push((ti, spi));
-                        }
-                        ob.stats.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
-                        ob.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
-                        out.push((at, ob.dst, ti));
-                    }
-                    Err(e) => {
-                        DropCounters::bump(&set[ti].drops.expired_key);
-                        if is_expired(&e) && !expired.contains(&(ti, spi)) {
-                            expired.push((ti, spi));
-                        }
-                    }
+                    std::thread::sleep(Duration::from_millis(10));
                 }
+                return true;
             }
         }
-        for &(ti, spi) in &expiring {
-            let _ = set[ti].to_control.try_send(ToControl::KeyExpiring { spi });
-        }
-        for &(ti, spi) in &expired {
-            let _ = set[ti].to_control.try_send(ToControl::KeyExpired { spi });
-        }
-        send_sealed(&batch, &spill, &out, &set, &mut errors).await;
+        let set = tunnels.read().unwrap_or_else(|e| e.into_inner());
+        let (misfits, wanted) = self.seal(&set);
+        self.send(&set);
         // Most packets wanted another layout: follow them from the next read
         // (a new arena: once per change of transform, not per packet).
-        if misfits * 2 > out.len() && wanted != layout {
+        if misfits * 2 > self.out.len() && wanted != self.layout {
             tracing::debug!(
                 "ESP outbound arena laid out for {} (was {})",
                 wanted.name(),
-                layout.name()
+                self.layout.name()
             );
-            layout = wanted;
-            batch = outbound_batch(layout, mtu);
+            self.layout = wanted;
+            self.batch = outbound_batch(wanted, self.mtu);
         }
+        true
     }
-}
 
-/// Sends the sealed packets in TUN order: runs of full-size packets lying
-/// back to back in the arena, to one peer through one socket, as one UDP
-/// GSO send; everything else one datagram at a time.
-async fn send_sealed(
-    batch: &PacketBatch,
-    spill: &PacketBatch,
-    out: &[(Sealed, SocketAddr, usize)],
-    set: &[Arc<Shared>],
-    errors: &mut u64,
-) {
-    let stride = batch.stride();
-    let mut k = 0;
-    while k < out.len() {
-        let (first, dst, ti) = out[k];
-        let socket = &set[ti].natt;
-        let mut j = k + 1;
-        let contents = match first {
-            Sealed::Spill(s) => spill.get(s),
-            Sealed::Arena(first) => {
-                // One GSO send carries at most 64 KiB of UDP payload (less
-                // the IPv6 and UDP headers) and what the socket allows.
-                let max_run = ((u16::MAX as usize - 48) / stride)
-                    .min(socket.max_gso_segments())
-                    .max(1);
-                let mut last = first;
-                while j < out.len() && j - k < max_run {
-                    match out[j] {
-                        (Sealed::Arena(i), d, t)
-                            if i == last + 1 && batch.adjacent(last) && d == dst && t == ti =>
-                        {
-                            last = i;
-                            j += 1;
-                        }
-                        _ => break,
+    /// Seals every packet with a CHILD SA in place (or in the spill batch
+    /// when its SA's transform does not fit the arena's layout). Returns
+    /// how many did not fit, and the last transform they wanted.
+    fn seal(&mut self, set: &[Arc<Shared>]) -> (usize, Transform) {
+        let now = Instant::now();
+        let (batch, spill, mtu) = (&mut self.batch, &mut self.spill, self.mtu);
+        self.out.clear();
+        self.expiring.clear();
+        self.expired.clear();
+        spill.clear();
+        let mut misfits = 0usize;
+        let mut wanted = self.layout;
+        let (head, tail) = outbound_layout(self.layout, mtu);
+        let mut guards: Vec<RwLockReadGuard<'_, Tables>> =
+            reuse(std::mem::take(&mut self.spare_guards));
+        guards.extend(set.iter().map(|s| s.tables()));
+        for i in 0..batch.len() {
+            let Some(dst) = dst_ip(batch.get(i)) else {
+                continue;
+            };
+            let Some((ti, spi)) = guards
+                .iter()
+                .enumerate()
+                .find_map(|(ti, t)| t.routes.lookup(dst).map(|s| (ti, *s)))
+            else {
+                // no CHILD SA (yet) for this destination
+                continue;
+            };
+            let Some(ob) = guards[ti].outbound.get(&spi) else {
+                DropCounters::bump(&set[ti].drops.no_session);
+                continue;
+            };
+            let size = batch.get(i).len();
+            let t = ob.sa.transform();
+            let sealed = if outbound_layout(t, mtu) == (head, tail) {
+                batch
+                    .with_packet(i, |p| ob.sa.seal(now, p))
+                    .map(|s| (s, Sealed::Arena(i)))
+            } else {
+                misfits += 1;
+                wanted = t;
+                let k = spill.len();
+                if !spill.push(batch.get(i)) {
+                    DropCounters::bump(&set[ti].drops.other);
+                    continue;
+                }
+                spill
+                    .with_packet(k, |p| ob.sa.seal(now, p))
+                    .map(|s| (s, Sealed::Spill(k)))
+            };
+            match sealed {
+                Ok((status, at)) => {
+                    if status == KeyStatus::Expiring && !self.expiring.contains(&(ti, spi)) {
+                        self.expiring.push((ti, spi));
+                    }
+                    ob.stats.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                    ob.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+                    self.out.push((at, ob.dst, ti));
+                }
+                Err(e) => {
+                    DropCounters::bump(&set[ti].drops.expired_key);
+                    if is_expired(&e) && !self.expired.contains(&(ti, spi)) {
+                        self.expired.push((ti, spi));
                     }
                 }
-                batch.span(first, last)
-            }
-        };
-        let t = Transmit {
-            destination: dst,
-            ecn: None,
-            contents,
-            segment_size: (j - k > 1).then_some(stride),
-            src_ip: None,
-        };
-        if let Err(e) = socket.send_batch(std::slice::from_ref(&t)).await {
-            *errors += 1;
-            if errors.is_power_of_two() {
-                tracing::debug!("{}: udp send to {dst}: {e}", set[ti].name);
             }
         }
-        k = j;
+        self.spare_guards = reuse(guards);
+        for &(ti, spi) in &self.expiring {
+            let _ = set[ti].to_control.try_send(ToControl::KeyExpiring { spi });
+        }
+        for &(ti, spi) in &self.expired {
+            let _ = set[ti].to_control.try_send(ToControl::KeyExpired { spi });
+        }
+        (misfits, wanted)
+    }
+
+    /// Sends the sealed packets in TUN order: runs of full-size packets
+    /// lying back to back in the arena, to one peer through one socket, as
+    /// one UDP GSO send; everything else one datagram at a time.
+    fn send(&mut self, set: &[Arc<Shared>]) {
+        let (batch, spill, out) = (&self.batch, &self.spill, &self.out);
+        let stride = batch.stride();
+        let mut k = 0;
+        while k < out.len() {
+            let (first, dst, ti) = out[k];
+            let socket = &set[ti].natt;
+            let mut j = k + 1;
+            let contents = match first {
+                Sealed::Spill(s) => spill.get(s),
+                Sealed::Arena(first) => {
+                    // One GSO send carries at most 64 KiB of UDP payload (less
+                    // the IPv6 and UDP headers) and what the socket allows.
+                    let max_run = ((u16::MAX as usize - 48) / stride)
+                        .min(socket.max_gso_segments())
+                        .max(1);
+                    let mut last = first;
+                    while j < out.len() && j - k < max_run {
+                        match out[j] {
+                            (Sealed::Arena(i), d, t)
+                                if i == last + 1 && batch.adjacent(last) && d == dst && t == ti =>
+                            {
+                                last = i;
+                                j += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    batch.span(first, last)
+                }
+            };
+            let t = Transmit {
+                destination: dst,
+                ecn: None,
+                contents,
+                segment_size: (j - k > 1).then_some(stride),
+                src_ip: None,
+            };
+            if let Err(e) = socket.send_batch_now(std::slice::from_ref(&t)) {
+                self.errors += 1;
+                if self.errors.is_power_of_two() {
+                    tracing::debug!("{}: udp send to {dst}: {e}", set[ti].name);
+                }
+            }
+            k = j;
+        }
     }
 }
 
@@ -250,128 +301,166 @@ fn count_open_error(shared: &Shared, e: EspOpenError) {
     DropCounters::bump(c);
 }
 
-/// Receives UDP 4500 forever: ESP is opened and written to the TUN device,
-/// IKE goes to the control task, keepalives are ignored.
-pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
-    let socket = shared.natt.clone();
-    let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
-    let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
-    // (buffer, start, end) of each opened packet with room for the virtio
-    // header in front, in buffer order.
-    let mut opened: Vec<(usize, usize, usize)> = Vec::with_capacity(UDP_RECV_MAX_DATAGRAMS);
-    let mut spare_packets: Vec<&'static mut [u8]> = Vec::with_capacity(UDP_RECV_MAX_DATAGRAMS);
-    let mut alive: Vec<SaId> = Vec::new();
-    // when the control task last heard of traffic on each IKE SA
-    let mut noted: Vec<(SaId, Instant)> = Vec::new();
-    let mut expiring: Vec<u32> = Vec::new();
-    let mut expired: Vec<u32> = Vec::new();
-    let mut errors = 0u64;
-    loop {
+/// The inbound half of one tunnel's ESP data path: UDP 4500 → SPI → open
+/// in place → inner-source check → TUN, one receive batch a turn. IKE
+/// goes to the control task, keepalives are ignored.
+pub struct Inbound {
+    udp_bufs: Vec<Vec<u8>>,
+    metas: Vec<RecvMeta>,
+    /// (buffer, start, end) of each opened packet with room for the virtio
+    /// header in front, in buffer order.
+    opened: Vec<(usize, usize, usize)>,
+    alive: Vec<SaId>,
+    /// When the control task last heard of traffic on each IKE SA.
+    noted: Vec<(SaId, Instant)>,
+    expiring: Vec<u32>,
+    expired: Vec<u32>,
+    errors: u64,
+    /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
+    spare_iov: Vec<IoSliceMut<'static>>,
+    spare_packets: Vec<&'static mut [u8]>,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Inbound {
+            udp_bufs: (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect(),
+            metas: vec![RecvMeta::default(); UDP_RECV_BATCH],
+            opened: Vec::with_capacity(UDP_RECV_MAX_DATAGRAMS),
+            alive: Vec::new(),
+            noted: Vec::new(),
+            expiring: Vec::new(),
+            expired: Vec::new(),
+            errors: 0,
+            spare_iov: Vec::with_capacity(UDP_RECV_BATCH),
+            spare_packets: Vec::with_capacity(UDP_RECV_MAX_DATAGRAMS),
+        }
+    }
+}
+
+impl Inbound {
+    /// Receives one batch on `shared`'s UDP 4500 socket, opens it and
+    /// writes it to `tun`; false when nothing was queued.
+    pub fn turn(&mut self, tun: &Tun, shared: &Shared) -> bool {
         let n = {
-            let mut iov: Vec<IoSliceMut<'_>> =
-                udp_bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            match socket.recv_batch(&mut iov, &mut metas).await {
+            let mut iov: Vec<IoSliceMut<'_>> = reuse(std::mem::take(&mut self.spare_iov));
+            iov.extend(self.udp_bufs.iter_mut().map(|b| IoSliceMut::new(b)));
+            let r = shared.natt.recv_batch_now(&mut iov, &mut self.metas);
+            self.spare_iov = reuse(iov);
+            match r {
                 Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
-                    errors += 1;
-                    if errors.is_power_of_two() {
+                    self.errors += 1;
+                    if self.errors.is_power_of_two() {
                         tracing::debug!("{}: udp 4500 receive: {e}", shared.name);
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                    continue;
+                    std::thread::sleep(Duration::from_millis(1));
+                    return true;
                 }
             }
         };
         let now = Instant::now();
-        alive.clear();
-        expiring.clear();
-        expired.clear();
-        opened.clear();
-        {
-            let tables = shared.tables();
-            for (i, m) in metas[..n].iter().enumerate() {
-                let stride = if m.stride == 0 { m.len } else { m.stride };
-                let len = m.len.min(UDP_BUF);
-                let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
-                for start in (0..len).step_by(stride.max(1)) {
-                    let end = (start + stride).min(len);
-                    let d = &udp_bufs[i][start..end];
-                    let spi = match classify_udp4500(d) {
-                        Udp4500::Keepalive => continue,
-                        Udp4500::Malformed => {
-                            DropCounters::bump(&shared.drops.malformed);
-                            continue;
-                        }
-                        Udp4500::Ike(_) => {
-                            let msg = ToControl::Ike {
-                                local_port: polytun_esp::NAT_T_PORT,
-                                src,
-                                data: d.to_vec(),
-                            };
-                            if shared.to_control.try_send(msg).is_err() {
-                                DropCounters::bump(&shared.drops.rate_limited);
-                            }
-                            continue;
-                        }
-                        Udp4500::Esp { spi } => spi,
-                    };
-                    let Some(ib) = tables.inbound.get(&spi) else {
-                        DropCounters::bump(&shared.drops.no_session);
-                        continue;
-                    };
-                    // Opened where it lies: the TUN write gathers the packets
-                    // from the receive buffers.
-                    let mut p = PacketBuf::new(&mut udp_bufs[i][..end], start, end);
-                    let result = match ib.sa.open(now, &mut p) {
-                        Ok(o) => o,
-                        Err(e) => {
-                            if matches!(e, EspOpenError::Open(OpenError::Expired(_)))
-                                && !expired.contains(&spi)
-                            {
-                                expired.push(spi);
-                            }
-                            count_open_error(&shared, e);
-                            continue;
-                        }
-                    };
-                    if result.status == KeyStatus::Expiring {
-                        expiring.push(spi);
-                    }
-                    if !alive.contains(&ib.ike_sa) {
-                        alive.push(ib.ike_sa);
-                    }
-                    if result.is_dummy() {
+        self.open(shared, n, now);
+        crate::datapath::write_opened(
+            tun,
+            &mut self.udp_bufs,
+            &self.opened,
+            MIN_SEND_OFFSET,
+            &mut self.errors,
+            &shared.name,
+            &mut self.spare_packets,
+        );
+        self.notify(shared, now);
+        true
+    }
+
+    /// Opens the `n` received buffers' ESP packets in place.
+    fn open(&mut self, shared: &Shared, n: usize, now: Instant) {
+        self.alive.clear();
+        self.expiring.clear();
+        self.expired.clear();
+        self.opened.clear();
+        let tables = shared.tables();
+        for (i, m) in self.metas[..n].iter().enumerate() {
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let len = m.len.min(UDP_BUF);
+            let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
+            for start in (0..len).step_by(stride.max(1)) {
+                let end = (start + stride).min(len);
+                let d = &self.udp_bufs[i][start..end];
+                let spi = match classify_udp4500(d) {
+                    Udp4500::Keepalive => continue,
+                    Udp4500::Malformed => {
+                        DropCounters::bump(&shared.drops.malformed);
                         continue;
                     }
-                    // the inner source must be inside the peer's selectors
-                    let ok = src_ip(p.as_slice())
-                        .is_some_and(|s| ib.remote_ts.iter().any(|n| n.contains(&s)));
-                    if !ok {
-                        DropCounters::bump(&shared.drops.bad_source);
+                    Udp4500::Ike(_) => {
+                        let msg = ToControl::Ike {
+                            local_port: polytun_esp::NAT_T_PORT,
+                            src,
+                            data: d.to_vec(),
+                        };
+                        if shared.to_control.try_send(msg).is_err() {
+                            DropCounters::bump(&shared.drops.rate_limited);
+                        }
                         continue;
                     }
-                    // Every ESP header is longer than the virtio header the
-                    // writer puts in front of the packet.
-                    debug_assert!(p.start() - start >= MIN_SEND_OFFSET);
-                    opened.push((i, p.start() - MIN_SEND_OFFSET, p.start() + p.len()));
-                    ib.stats
-                        .rx_bytes
-                        .fetch_add(p.len() as u64, Ordering::Relaxed);
-                    ib.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+                    Udp4500::Esp { spi } => spi,
+                };
+                let Some(ib) = tables.inbound.get(&spi) else {
+                    DropCounters::bump(&shared.drops.no_session);
+                    continue;
+                };
+                // Opened where it lies: the TUN write gathers the packets
+                // from the receive buffers.
+                let mut p = PacketBuf::new(&mut self.udp_bufs[i][..end], start, end);
+                let result = match ib.sa.open(now, &mut p) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        if matches!(e, EspOpenError::Open(OpenError::Expired(_)))
+                            && !self.expired.contains(&spi)
+                        {
+                            self.expired.push(spi);
+                        }
+                        count_open_error(shared, e);
+                        continue;
+                    }
+                };
+                if result.status == KeyStatus::Expiring && !self.expiring.contains(&spi) {
+                    self.expiring.push(spi);
                 }
+                if !self.alive.contains(&ib.ike_sa) {
+                    self.alive.push(ib.ike_sa);
+                }
+                if result.is_dummy() {
+                    continue;
+                }
+                // the inner source must be inside the peer's selectors
+                let ok = src_ip(p.as_slice())
+                    .is_some_and(|s| ib.remote_ts.iter().any(|n| n.contains(&s)));
+                if !ok {
+                    DropCounters::bump(&shared.drops.bad_source);
+                    continue;
+                }
+                // Every ESP header is longer than the virtio header the
+                // writer puts in front of the packet.
+                debug_assert!(p.start() - start >= MIN_SEND_OFFSET);
+                self.opened
+                    .push((i, p.start() - MIN_SEND_OFFSET, p.start() + p.len()));
+                ib.stats
+                    .rx_bytes
+                    .fetch_add(p.len() as u64, Ordering::Relaxed);
+                ib.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
             }
         }
-        crate::datapath::write_opened(
-            &tun,
-            &mut udp_bufs,
-            &opened,
-            MIN_SEND_OFFSET,
-            &mut errors,
-            &shared.name,
-            &mut spare_packets,
-        );
-        for &ike_sa in &alive {
-            let due = match noted.iter_mut().find(|n| n.0 == ike_sa) {
+    }
+
+    /// Tells the control task of traffic (at most every
+    /// [`TRAFFIC_NOTE_INTERVAL`] per IKE SA) and of keys past their limits.
+    fn notify(&mut self, shared: &Shared, now: Instant) {
+        for &ike_sa in &self.alive {
+            let due = match self.noted.iter_mut().find(|n| n.0 == ike_sa) {
                 Some(n) if now.duration_since(n.1) < TRAFFIC_NOTE_INTERVAL => false,
                 Some(n) => {
                     n.1 = now;
@@ -379,8 +468,9 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                 }
                 None => {
                     // forget IKE SAs that went quiet (rekeyed away)
-                    noted.retain(|n| now.duration_since(n.1) < 10 * TRAFFIC_NOTE_INTERVAL);
-                    noted.push((ike_sa, now));
+                    self.noted
+                        .retain(|n| now.duration_since(n.1) < 10 * TRAFFIC_NOTE_INTERVAL);
+                    self.noted.push((ike_sa, now));
                     true
                 }
             };
@@ -388,12 +478,50 @@ pub async fn natt_to_tun(tun: Arc<Tun>, shared: Arc<Shared>) {
                 let _ = shared.to_control.try_send(ToControl::Traffic { ike_sa });
             }
         }
-        for &spi in &expiring {
+        for &spi in &self.expiring {
             let _ = shared.to_control.try_send(ToControl::KeyExpiring { spi });
         }
-        for &spi in &expired {
+        for &spi in &self.expired {
             let _ = shared.to_control.try_send(ToControl::KeyExpired { spi });
         }
+    }
+}
+
+/// A tunnel's UDP 4500 socket as the data-path threads know it (the
+/// socket is `natt`).
+pub type Poller = crate::threads::Poller<Arc<Shared>>;
+pub type DataPath = crate::threads::DataPath<Arc<Shared>>;
+
+/// What one ESP data-path thread runs.
+pub struct Turns {
+    outbound: Outbound,
+    /// One receive arena for all tunnels: their turns never overlap.
+    inbound: Option<Inbound>,
+    tunnels: IpsecSet,
+}
+
+impl Turns {
+    /// The threads (`esp-data-N`) of an interface whose tunnels are `tunnels`.
+    pub fn spawn(tun: Arc<Tun>, tunnels: IpsecSet, mtu: usize) -> std::io::Result<DataPath> {
+        DataPath::spawn("esp", tun, move || Turns {
+            outbound: Outbound::new(mtu),
+            inbound: None,
+            tunnels: tunnels.clone(),
+        })
+    }
+}
+
+impl crate::threads::Turns for Turns {
+    type Receiver = Arc<Shared>;
+
+    fn outbound(&mut self, queue: &Tun) {
+        self.outbound.turn(queue, &self.tunnels);
+    }
+
+    fn inbound(&mut self, tun: &Tun, shared: &Arc<Shared>) {
+        self.inbound
+            .get_or_insert_with(Inbound::default)
+            .turn(tun, shared);
     }
 }
 

@@ -11,7 +11,7 @@
 //! reauthentication follow the policy in [`super::rekey`].
 
 use super::config::Ipsec;
-use super::datapath;
+use super::datapath::{self, Poller};
 use super::rekey::{self, Reauth, RekeyWhat};
 use super::state::{ChildStats, Inbound, Outbound, Shared, Tables, ToControl};
 use super::{esp_keymat, esp_transform, ike_algs_name, nets_of, ts_of};
@@ -112,6 +112,8 @@ struct Control {
     next_keepalive: Instant,
     kernel_routes: Vec<IpNet>,
     tasks: Vec<JoinHandle<()>>,
+    /// The data-path thread receiving on UDP 4500.
+    poller: Arc<Poller>,
     stopping: bool,
 }
 
@@ -120,14 +122,21 @@ impl Drop for Control {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        self.poller.deregister(self.shared.natt.raw_fd());
     }
 }
 
-fn bind(local: Option<IpAddr>, port: u16) -> std::io::Result<UdpSocket> {
+/// Binds `port` on `local` (or dual-stack, or IPv4 only); `bind` is
+/// [`UdpSocket::bind`] or [`UdpSocket::bind_for_thread`].
+fn bind(
+    local: Option<IpAddr>,
+    port: u16,
+    bind: fn(SocketAddr) -> std::io::Result<UdpSocket>,
+) -> std::io::Result<UdpSocket> {
     match local {
-        Some(ip) => UdpSocket::bind(SocketAddr::new(ip, port)),
-        None => UdpSocket::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
-            .or_else(|_| UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))),
+        Some(ip) => bind(SocketAddr::new(ip, port)),
+        None => bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
+            .or_else(|_| bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))),
     }
 }
 
@@ -188,7 +197,14 @@ fn ike_config(cfg: &Ipsec) -> polytun_ike::Config {
     c
 }
 
-pub fn spawn(name: &str, cfg: &Ipsec, tun: Arc<Tun>) -> std::io::Result<IpsecHandle> {
+/// Starts the tunnel's control task; its UDP 4500 socket is received on by
+/// `poller`'s data-path thread (UDP 500 carries only IKE: a tokio task).
+pub fn spawn(
+    name: &str,
+    cfg: &Ipsec,
+    tun: Arc<Tun>,
+    poller: Arc<Poller>,
+) -> std::io::Result<IpsecHandle> {
     let err = |port: u16| {
         move |e: std::io::Error| {
             std::io::Error::new(
@@ -197,8 +213,16 @@ pub fn spawn(name: &str, cfg: &Ipsec, tun: Arc<Tun>) -> std::io::Result<IpsecHan
             )
         }
     };
-    let ike = Arc::new(bind(cfg.local_addr, cfg.ike_port).map_err(err(cfg.ike_port))?);
-    let natt = Arc::new(bind(cfg.local_addr, polytun_esp::NAT_T_PORT).map_err(err(4500))?);
+    let ike =
+        Arc::new(bind(cfg.local_addr, cfg.ike_port, UdpSocket::bind).map_err(err(cfg.ike_port))?);
+    let natt = Arc::new(
+        bind(
+            cfg.local_addr,
+            polytun_esp::NAT_T_PORT,
+            UdpSocket::bind_for_thread,
+        )
+        .map_err(err(4500))?,
+    );
     let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
     let shared = Arc::new(Shared {
         name: name.to_string(),
@@ -231,12 +255,18 @@ pub fn spawn(name: &str, cfg: &Ipsec, tun: Arc<Tun>) -> std::io::Result<IpsecHan
         backoff: BACKOFF_MIN,
         next_keepalive: now + KEEPALIVE,
         kernel_routes: Vec::new(),
-        tasks: vec![
-            tokio::spawn(datapath::natt_to_tun(tun.clone(), shared.clone())),
-            tokio::spawn(datapath::ike_to_control(shared.clone())),
-        ],
+        tasks: vec![tokio::spawn(datapath::ike_to_control(shared.clone()))],
+        poller: poller.clone(),
         stopping: false,
     };
+    poller
+        .register(shared.natt.raw_fd(), shared.clone())
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("tunnel {name}: cannot receive on UDP port 4500: {e}"),
+            )
+        })?;
     ctl.add_kernel_routes();
     let (commands, cmd_rx) = mpsc::channel(16);
     let task = tokio::spawn(async move { ctl.run(from_data, cmd_rx).await });

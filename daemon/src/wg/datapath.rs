@@ -1,6 +1,6 @@
 //! The WireGuard data path: TUN → seal → UDP ([`Outbound`]) and UDP →
 //! open → TUN ([`Inbound`]), one batch per turn; the data-path threads of
-//! [`super::threads`] run the turns.
+//! [`crate::threads`] run the turns ([`Turns`]).
 //!
 //! Outbound, the TUN reader writes packets into one arena whose stride is
 //! the sealed size of a full-MTU packet. Sealing in place then leaves
@@ -389,6 +389,44 @@ impl Inbound {
                 }
             }
         }
+    }
+}
+
+/// A tunnel's socket as the data-path threads know it.
+pub type Receiver = (Arc<Shared>, Arc<UdpSocket>);
+pub type Poller = crate::threads::Poller<Receiver>;
+pub type DataPath = crate::threads::DataPath<Receiver>;
+
+/// What one WireGuard data-path thread runs.
+pub struct Turns {
+    outbound: Outbound,
+    /// One receive arena for all tunnels: their turns never overlap.
+    inbound: Option<Inbound>,
+    tunnels: TunnelSet,
+}
+
+impl Turns {
+    /// The threads (`wg-data-N`) of an interface whose tunnels are `tunnels`.
+    pub fn spawn(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) -> std::io::Result<DataPath> {
+        DataPath::spawn("wg", tun, move || Turns {
+            outbound: Outbound::new(mtu),
+            inbound: None,
+            tunnels: tunnels.clone(),
+        })
+    }
+}
+
+impl crate::threads::Turns for Turns {
+    type Receiver = Receiver;
+
+    fn outbound(&mut self, queue: &Tun) {
+        self.outbound.turn(queue, &self.tunnels);
+    }
+
+    fn inbound(&mut self, tun: &Tun, (shared, socket): &Receiver) {
+        self.inbound
+            .get_or_insert_with(Inbound::default)
+            .turn(tun, shared, socket);
     }
 }
 

@@ -1,9 +1,8 @@
 //! WireGuard in the daemon: the tunnel control task ([`tunnel`]), the data
-//! path's turns ([`datapath`]) and the threads that run them ([`threads`]),
-//! and what they share ([`state`], [`activity`]).
+//! path's turns ([`datapath`], run by [`crate::threads`]), and what they
+//! share ([`state`], [`activity`]).
 
 pub mod activity;
 pub mod datapath;
 pub mod state;
-pub mod threads;
 pub mod tunnel;

@@ -3,8 +3,8 @@
 //! it is the only writer of the tables the data path reads.
 
 use super::activity::{self, Seen, NOTE_INTERVAL};
+use super::datapath::Poller;
 use super::state::{routes_of, PeerPath, PeerStats, Shared, Tables, ToControl};
-use super::threads::Poller;
 use crate::control::{PeerShow, TunnelShow};
 use crate::datapath::DropCounters;
 use crate::uapi::{DeviceSet, DeviceState, PeerState, UapiError};
@@ -169,7 +169,7 @@ struct Control {
 impl Drop for Control {
     fn drop(&mut self) {
         if let Some(s) = self.receiving.take() {
-            self.poller.deregister(&s);
+            self.poller.deregister(s.raw_fd());
         }
     }
 }
@@ -481,10 +481,13 @@ impl Control {
     /// (and no longer on the one before).
     fn restart_receiver(&mut self) {
         if let Some(s) = self.receiving.take() {
-            self.poller.deregister(&s);
+            self.poller.deregister(s.raw_fd());
         }
         let socket = self.shared.socket();
-        match self.poller.register(self.shared.clone(), socket.clone()) {
+        match self
+            .poller
+            .register(socket.raw_fd(), (self.shared.clone(), socket.clone()))
+        {
             Ok(()) => self.receiving = Some(socket),
             Err(e) => tracing::error!("tunnel {}: cannot receive: {e}", self.name),
         }

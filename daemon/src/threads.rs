@@ -1,6 +1,7 @@
-//! The WireGuard data path's threads: one per TUN queue, each blocking in
-//! its own `epoll` on its queue and (the first) on every tunnel's UDP
-//! socket, and running the [`Outbound`] and [`Inbound`] turns itself.
+//! The data path's threads: one per TUN queue, each blocking in its own
+//! `epoll` on its queue and (the first) on every tunnel's UDP socket, and
+//! running the protocol's outbound and inbound turns ([`Turns`]) itself.
+//! WireGuard and ESP run here; OpenVPN's data path is still tokio tasks.
 //!
 //! No async runtime sits on the packet path. A packet costs the thread's
 //! wake-up, its syscalls and its crypto; a ping's reply leaves from the
@@ -14,11 +15,9 @@
 //! The descriptors the threads poll must not also be registered with
 //! tokio, or its reactor would wake for every packet too: the TUN device
 //! comes from [`Tun::create_for_thread`] and the sockets from
-//! [`UdpSocket::bind_for_thread`].
+//! [`polytun_io::UdpSocket::bind_for_thread`].
 
-use super::datapath::{Inbound, Outbound, TunnelSet};
-use super::state::Shared;
-use polytun_io::{Tun, UdpSocket};
+use polytun_io::Tun;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -26,22 +25,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+/// One protocol's data path as a thread runs it: a turn per ready
+/// descriptor, each reading one batch and doing everything for it. Made
+/// on the thread that runs it (its per-turn lists may hold lock guards).
+pub trait Turns {
+    /// What a registered socket stands for: the tunnel (and the socket,
+    /// whose descriptor this keeps open while registered).
+    type Receiver: Clone + Send + 'static;
+    /// `queue` (this thread's TUN queue) is readable.
+    fn outbound(&mut self, queue: &Tun);
+    /// `receiver`'s socket is readable; opened packets go to `tun` (the
+    /// device, which picks each flow's queue).
+    fn inbound(&mut self, tun: &Tun, receiver: &Self::Receiver);
+}
+
 const TUN_TOKEN: u64 = u64::MAX - 1;
 const WAKE_TOKEN: u64 = u64::MAX;
 
-/// A registered socket and the tunnel it receives for.
-type Receiver = (Arc<Shared>, Arc<UdpSocket>);
-
 /// One thread's `epoll` set: its TUN queue, the sockets registered with it,
 /// and an `eventfd` that wakes it to stop.
-pub struct Poller {
+pub struct Poller<R> {
     epoll: OwnedFd,
     wake: OwnedFd,
     stop: AtomicBool,
-    /// Registered sockets by descriptor (the `epoll` token), with their
-    /// tunnel. Holding the socket keeps the descriptor open (and so not
+    /// Registered sockets by descriptor (the `epoll` token). The receiver
+    /// holds the socket, which keeps the descriptor open (and so not
     /// reused) until it is deregistered.
-    sockets: Mutex<HashMap<RawFd, Receiver>>,
+    sockets: Mutex<HashMap<RawFd, R>>,
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -52,8 +62,8 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-impl Poller {
-    fn new() -> io::Result<Poller> {
+impl<R> Poller<R> {
+    fn new() -> io::Result<Poller<R>> {
         // SAFETY: plain syscalls; the descriptors are owned from here on.
         let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
         let wake = unsafe {
@@ -85,18 +95,26 @@ impl Poller {
         Ok(())
     }
 
-    /// Starts receiving `shared`'s datagrams on `socket` in this thread.
-    pub fn register(&self, shared: Arc<Shared>, socket: Arc<UdpSocket>) -> io::Result<()> {
-        let fd = socket.raw_fd();
+    fn shut_down(&self) {
+        self.stop.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+impl<R: Clone> Poller<R> {
+    /// Starts receiving on the socket `fd` in this thread, for `receiver`
+    /// (which must keep `fd` open).
+    pub fn register(&self, fd: RawFd, receiver: R) -> io::Result<()> {
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         self.add(fd, fd as u64)?;
-        sockets.insert(fd, (shared, socket));
+        sockets.insert(fd, receiver);
         Ok(())
     }
 
-    /// Stops receiving on `socket` (a no-op if it is not registered).
-    pub fn deregister(&self, socket: &UdpSocket) {
-        let fd = socket.raw_fd();
+    /// Stops receiving on the socket `fd` (a no-op if it is not registered).
+    pub fn deregister(&self, fd: RawFd) {
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = sockets.remove(&fd) {
             // SAFETY: the descriptor is still open (entry holds the socket).
@@ -113,30 +131,27 @@ impl Poller {
         }
     }
 
-    fn registered(&self, fd: RawFd) -> Option<Receiver> {
+    fn registered(&self, fd: RawFd) -> Option<R> {
         let sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         sockets.get(&fd).cloned()
     }
-
-    fn shut_down(&self) {
-        self.stop.store(true, Ordering::Release);
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write to our eventfd.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    }
 }
 
-/// The running threads of one interface's WireGuard data path. Dropping it
-/// stops them.
-pub struct DataPath {
-    pollers: Vec<Arc<Poller>>,
+/// The running threads of one interface's data path. Dropping it stops them.
+pub struct DataPath<R> {
+    pollers: Vec<Arc<Poller<R>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl DataPath {
-    /// One thread per queue of `tun`, sending through the tunnels of
-    /// `tunnels`. Sockets are registered with [`DataPath::poller`].
-    pub fn spawn(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) -> io::Result<DataPath> {
+impl<R: Clone + Send + 'static> DataPath<R> {
+    /// One thread per queue of `tun`, named `{name}-data-{queue}`, each
+    /// running the turns `make` gives it. Sockets are registered with
+    /// [`DataPath::poller`].
+    pub fn spawn<T: Turns<Receiver = R>>(
+        name: &str,
+        tun: Arc<Tun>,
+        make: impl Fn() -> T + Clone + Send + 'static,
+    ) -> io::Result<DataPath<R>> {
         let mut dp = DataPath {
             pollers: Vec::new(),
             threads: Vec::new(),
@@ -150,10 +165,10 @@ impl DataPath {
             };
             let poller = Arc::new(Poller::new()?);
             poller.add(queue.raw_fd(), TUN_TOKEN)?;
-            let (p, tunnels, out) = (poller.clone(), tunnels.clone(), tun.clone());
+            let (p, out, make) = (poller.clone(), tun.clone(), make.clone());
             let thread = std::thread::Builder::new()
-                .name(format!("wg-data-{q}"))
-                .spawn(move || run(&p, &queue, &out, &tunnels, mtu))?;
+                .name(format!("{name}-data-{q}"))
+                .spawn(move || run(&p, &queue, &out, make()))?;
             dp.pollers.push(poller);
             dp.threads.push(thread);
         }
@@ -162,12 +177,12 @@ impl DataPath {
 
     /// Where tunnels register their sockets: the first queue's thread
     /// receives for all of them (the TUN write spreads flows over queues).
-    pub fn poller(&self) -> Arc<Poller> {
+    pub fn poller(&self) -> Arc<Poller<R>> {
         self.pollers[0].clone()
     }
 }
 
-impl Drop for DataPath {
+impl<R> Drop for DataPath<R> {
     fn drop(&mut self) {
         for p in &self.pollers {
             p.shut_down();
@@ -180,10 +195,7 @@ impl Drop for DataPath {
 
 /// A thread's loop: `queue` is the TUN queue it reads, `tun` the device it
 /// writes received packets to (which picks each flow's queue).
-fn run(poller: &Poller, queue: &Tun, tun: &Tun, tunnels: &TunnelSet, mtu: usize) {
-    let mut outbound = Outbound::new(mtu);
-    // One receive arena for all tunnels: their turns never overlap.
-    let mut inbound: Option<Inbound> = None;
+fn run<T: Turns>(poller: &Poller<T::Receiver>, queue: &Tun, tun: &Tun, mut turns: T) {
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
     loop {
         // SAFETY: `events` is valid for its length.
@@ -205,19 +217,15 @@ fn run(poller: &Poller, queue: &Tun, tun: &Tun, tunnels: &TunnelSet, mtu: usize)
         }
         for ev in &events[..n as usize] {
             match ev.u64 {
-                TUN_TOKEN => {
-                    outbound.turn(queue, tunnels);
-                }
+                TUN_TOKEN => turns.outbound(queue),
                 WAKE_TOKEN => {
                     if poller.stop.load(Ordering::Acquire) {
                         return;
                     }
                 }
                 fd => {
-                    if let Some((shared, socket)) = poller.registered(fd as RawFd) {
-                        inbound
-                            .get_or_insert_with(Inbound::default)
-                            .turn(tun, &shared, &socket);
+                    if let Some(r) = poller.registered(fd as RawFd) {
+                        turns.inbound(tun, &r);
                     }
                 }
             }

@@ -1,11 +1,11 @@
-//! The WireGuard data path allocates nothing per packet or per batch
-//! (issue 5: "no per-packet allocation on the data path; prove it with a
-//! counting allocator").
+//! The WireGuard and ESP data paths allocate nothing per packet or per
+//! batch (issue 5: "no per-packet allocation on the data path; prove it
+//! with a counting allocator").
 //!
 //! Side A's polytund runs inside this test process, its threads in A's
 //! namespace, under a global allocator that counts the allocations made on
-//! the data-path threads (`wg-data-*`) and nowhere else; side B is a
-//! polytund process. A warm-up transfer each way lets the per-turn lists
+//! the data-path threads (`wg-data-*`, `esp-data-*`) and nowhere else; side
+//! B is a polytund process. A warm-up transfer each way lets the per-turn lists
 //! reach their working size; then checksummed transfers each way (A's
 //! outbound turns segment and seal TSO super-packets, its inbound turns open
 //! and coalesce them) must leave the count where it was. The record engine
@@ -14,8 +14,9 @@
 //! lookups, GSO sends, batched receives, GRO coalescing and gathered TUN
 //! writes.
 
+use polytun_e2e::ipsec::{gen_psk, polytun_toml, IpsecSide, PolytunIpsec};
 use polytun_e2e::scenario::{PairNet, OL_A, OL_B};
-use polytun_e2e::{bins, wait_ping, xfer, Device, Impl};
+use polytun_e2e::{bins, unique_ifname, veth_pair, wait_ping, xfer, Device, Impl, Netns};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::os::fd::AsRawFd;
@@ -42,7 +43,7 @@ fn on_data_thread() -> bool {
             r.set(1);
             let data = std::thread::current()
                 .name()
-                .is_some_and(|n| n.starts_with("wg-data"));
+                .is_some_and(|n| n.starts_with("wg-data-") || n.starts_with("esp-data-"));
             r.set(if data { 2 } else { 3 });
             data
         }
@@ -104,6 +105,47 @@ fn daemon_in(ns: &str, path: std::path::PathBuf) -> std::thread::JoinHandle<()> 
         .expect("spawning the daemon thread")
 }
 
+/// After warm-up transfers each way, checksummed transfers of 100 MB each
+/// way between `a` (the in-process daemon's namespace, inner address
+/// `in_a`) and `b` (`in_b`) must add no allocation on the data-path threads.
+fn assert_no_allocation(what: &str, a: &Netns, b: &Netns, in_a: &str, in_b: &str) {
+    wait_ping(a, in_b, Duration::from_secs(20));
+    // Warm-up: every per-turn list reaches the size a bulk transfer needs.
+    xfer(b, a, in_b, 5301, 20_000_000);
+    xfer(a, b, in_a, 5302, 20_000_000);
+    let before = DATA_ALLOCS.load(Ordering::Relaxed);
+    assert!(
+        before > 0,
+        "no allocation was ever counted on a data-path thread: is the {what} data path \
+         still on threads named *-data-N? (the count would prove nothing)"
+    );
+
+    let bytes = 100_000_000u64;
+    xfer(b, a, in_b, 5303, bytes);
+    xfer(a, b, in_a, 5304, bytes);
+    let after = DATA_ALLOCS.load(Ordering::Relaxed);
+    // ~1400-byte segments each way: about 145 000 packets, a few thousand
+    // batches. One allocation per batch would show as thousands.
+    let packets = 2 * bytes / 1400;
+    eprintln!(
+        "{what} data-path allocations: {before} while starting and warming up, {} during \
+         {packets} packets",
+        after - before
+    );
+    assert_eq!(
+        after - before,
+        0,
+        "the {what} data path allocated {} times while moving {packets} packets",
+        after - before
+    );
+}
+
+fn stop_in_process(a: &Netns, iface: &str, daemon: std::thread::JoinHandle<()>) {
+    let cli = bins::polytun();
+    a.run_ok(&[cli.to_str().unwrap(), "-i", iface, "down"]);
+    daemon.join().expect("in-process polytund panicked");
+}
+
 #[test]
 fn wireguard_data_path_allocates_nothing_per_batch() {
     let net = PairNet::new("dpalloc", false);
@@ -114,39 +156,43 @@ fn wireguard_data_path_allocates_nothing_per_batch() {
         .a
         .write_file(&format!("{}.toml", cfg_a.iface), &cfg_a.to_polytun_toml());
     let a = daemon_in(net.a.name(), path);
-    wait_ping(&net.a, OL_B, Duration::from_secs(20));
+    assert_no_allocation("WireGuard", &net.a, &net.b, OL_A, OL_B);
+    stop_in_process(&net.a, &cfg_a.iface, a);
+}
 
-    // Warm-up: every per-turn list reaches the size a bulk transfer needs.
-    xfer(&net.b, &net.a, OL_B, 5301, 20_000_000);
-    xfer(&net.a, &net.b, OL_A, 5302, 20_000_000);
-    let before = DATA_ALLOCS.load(Ordering::Relaxed);
-    assert!(
-        before > 0,
-        "no allocation was ever counted on a wg-data thread: is the data path still on \
-         threads named wg-data-*? (the count would prove nothing)"
-    );
-
-    let bytes = 100_000_000u64;
-    xfer(&net.b, &net.a, OL_B, 5303, bytes);
-    xfer(&net.a, &net.b, OL_A, 5304, bytes);
-    let after = DATA_ALLOCS.load(Ordering::Relaxed);
-    // ~1400-byte segments each way: about 145 000 packets, a few thousand
-    // batches. One allocation per batch would show as thousands.
-    let packets = 2 * bytes / 1400;
-    eprintln!(
-        "data-path allocations: {before} while starting and warming up, {} during \
-         {packets} packets",
-        after - before
-    );
-    assert_eq!(
-        after - before,
-        0,
-        "the WireGuard data path allocated {} times while moving {packets} packets",
-        after - before
-    );
-
-    let cli = bins::polytun();
-    net.a
-        .run_ok(&[cli.to_str().unwrap(), "-i", &cfg_a.iface, "down"]);
-    a.join().expect("in-process polytund panicked");
+#[test]
+fn esp_data_path_allocates_nothing_per_batch() {
+    const IN_A: &str = "198.51.100.1";
+    const IN_B: &str = "198.51.100.2";
+    let (na, nb) = (Netns::new("dpesp"), Netns::new("dpesp"));
+    let (_va, _vb) = veth_pair(&na, &nb);
+    let a = IpsecSide {
+        local_addr: "192.0.2.1".into(),
+        remote_addr: "192.0.2.2".into(),
+        local_id: "a.pt.test".into(),
+        remote_id: "b.pt.test".into(),
+        psk_b64: gen_psk(),
+        ike_proposal: "aes256gcm16-prfsha256-x25519".into(),
+        esp_proposals: vec!["aes256gcm16".into()],
+        local_ts: format!("{IN_A}/32"),
+        remote_ts: format!("{IN_B}/32"),
+        initiate: true,
+        ..Default::default()
+    };
+    let b = IpsecSide {
+        local_addr: a.remote_addr.clone(),
+        remote_addr: a.local_addr.clone(),
+        local_id: a.remote_id.clone(),
+        remote_id: a.local_id.clone(),
+        local_ts: a.remote_ts.clone(),
+        remote_ts: a.local_ts.clone(),
+        initiate: false,
+        ..a.clone()
+    };
+    let (ia, ib) = (unique_ifname("dea"), unique_ifname("deb"));
+    let _pb = PolytunIpsec::start(&nb, &ib, &b);
+    let path = na.write_file(&format!("{ia}.toml"), &polytun_toml(&ia, &a));
+    let daemon = daemon_in(na.name(), path);
+    assert_no_allocation("ESP", &na, &nb, IN_A, IN_B);
+    stop_in_process(&na, &ia, daemon);
 }

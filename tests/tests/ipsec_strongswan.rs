@@ -3,7 +3,7 @@
 //! against polytun with the example site-to-site configs. Each test: the tunnel comes up, 10+10
 //! pings without loss, a 50 MB checksummed TCP transfer one way and 5 MB back, SAs and byte
 //! counters on both sides, and `polytun down` deletes the IKE SA at the peer (CT).
-use polytun_e2e::ipsec::{gen_psk, Charon, IpsecSide, PolytunIpsec};
+use polytun_e2e::ipsec::{gen_psk, polytun_toml, Charon, IpsecSide, PolytunIpsec};
 use polytun_e2e::{ping, unique_ifname, veth_pair, wait_ping, wait_until, xfer, Netns, XFER_BYTES};
 use std::time::{Duration, Instant};
 
@@ -165,6 +165,54 @@ fn polytun_initiates_strongswan_psk_aes_cbc_sha256() {
         true,
         "AES_CBC-256/HMAC_SHA2_256_128",
     );
+}
+
+/// SIGHUP with a changed IPsec tunnel restarts it: the old tunnel lets its
+/// sockets go (UDP 4500 is received by a data-path thread, which must stop
+/// polling it), the new one binds them again, brings up a new IKE SA with
+/// strongSwan, and traffic flows through it.
+#[test]
+fn polytun_reload_restarts_a_changed_ipsec_tunnel_with_strongswan() {
+    let a = Netns::new("ssreload");
+    let b = Netns::new("ssreload");
+    let (_va, _vb) = veth_pair(&a, &b);
+    let (mut sa, sb) = sides("aes256gcm16", true);
+    let iface = unique_ifname("ptrl");
+    let c = Charon::start(&b, &sb);
+    let p = PolytunIpsec::start(&a, &iface, &sa);
+    let established = || {
+        p.ike_sas()
+            .iter()
+            .filter(|s| s["state"] == "ESTABLISHED")
+            .filter_map(|s| s["spi_i"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    wait_until("the first IKE SA", Duration::from_secs(20), || {
+        !established().is_empty()
+    });
+    let first = established();
+    wait_ping(&a, IN_B, Duration::from_secs(20));
+
+    sa.polytun_extra = "dpd_delay = \"20s\"\n".into();
+    a.write_file(&format!("{iface}.toml"), &polytun_toml(&iface, &sa));
+    // SAFETY: a signal to the polytund this test started.
+    unsafe { libc::kill(p.pid as i32, libc::SIGHUP) };
+    wait_until(
+        "a new IKE SA after the reload",
+        Duration::from_secs(20),
+        || {
+            let now = established();
+            !now.is_empty() && now.iter().all(|s| !first.contains(s))
+        },
+    );
+    traffic(&a, &b);
+    let log = p.log();
+    assert!(
+        log.contains("restarting it") && !log.contains("cannot listen"),
+        "polytund log:\n{log}"
+    );
+    let list = c.list_sas();
+    assert!(list.contains("ESTABLISHED"), "strongSwan: {list}");
 }
 
 /// polytun ↔ polytun over namespaces, with the example configs of `configs/` (interface names

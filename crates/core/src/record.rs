@@ -26,7 +26,8 @@ pub enum TagPosition {
 
 /// A protocol's record layout.
 pub trait RecordFormat: Send + Sync {
-    /// Bytes of cleartext header before the ciphertext (and the tag, when it leads).
+    /// Bytes of cleartext header before the ciphertext (a leading tag comes
+    /// after them and is not counted here).
     fn header_len(&self) -> usize;
 
     /// Writes the header for the record with this counter.
@@ -149,7 +150,14 @@ impl<F: RecordFormat> SealingKey<F> {
         self.lifetime.check(now)?;
         let header_len = self.format.header_len();
         let trailer_len = self.format.trailer_len(pkt.len());
-        if pkt.headroom() < header_len || pkt.tailroom() < trailer_len + TAG_LEN {
+        // The tag takes room on the side it goes to, and only there: a
+        // leading tag needs no tailroom (so OpenVPN's sealed full packets
+        // fill a slot without tailroom and lie back to back for GSO).
+        let (head_tag, tail_tag) = match self.format.tag_position() {
+            TagPosition::AfterCiphertext => (0, TAG_LEN),
+            TagPosition::AfterHeader => (TAG_LEN, 0),
+        };
+        if pkt.headroom() < header_len + head_tag || pkt.tailroom() < trailer_len + tail_tag {
             return Err(SealError::NoRoom);
         }
         let counter = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -472,5 +480,45 @@ mod tests {
         let mut buf = [0u8; 40];
         let mut p = PacketBuf::new(&mut buf, 4, 20);
         assert_eq!(s.seal(now, &mut p), Err(SealError::NoRoom));
+    }
+
+    /// A leading tag needs its room in front, none behind: refused before
+    /// anything is encrypted or a counter spent when the front is short,
+    /// sealed (and opened) with no tailroom at all.
+    #[test]
+    fn leading_tag_needs_headroom_not_tailroom() {
+        let now = Instant::now();
+        let key = [3u8; 32];
+        let s = SealingKey::new(
+            Aead::new(Algorithm::Aes256Gcm, &key).unwrap(),
+            TestFormat(TagPosition::AfterHeader),
+            Limits::default(),
+            now,
+        );
+        let o = OpeningKey::new(
+            Aead::new(Algorithm::Aes256Gcm, &key).unwrap(),
+            TestFormat(TagPosition::AfterHeader),
+            8192,
+            Limits::default(),
+            now,
+        );
+        let payload = *b"0123456789abcdef";
+        // header (16) but not the tag in front
+        let mut buf = [0u8; 16 + 16];
+        buf[16..].copy_from_slice(&payload);
+        let before = s.next_counter();
+        let mut p = PacketBuf::new(&mut buf, 16, 32);
+        assert_eq!(s.seal(now, &mut p), Err(SealError::NoRoom));
+        assert_eq!(s.next_counter(), before, "a refused seal spent a counter");
+        assert_eq!(buf[16..], payload, "a refused seal encrypted the payload");
+        // header and tag in front, nothing behind
+        let mut buf = [0u8; 16 + 16 + 16];
+        buf[32..].copy_from_slice(&payload);
+        let mut p = PacketBuf::new(&mut buf, 32, 48);
+        s.seal(now, &mut p).unwrap();
+        assert_eq!((p.start(), p.end()), (0, 48));
+        let c = counter_of(p.as_slice());
+        o.open(now, &mut p, c).unwrap();
+        assert_eq!(p.as_slice(), payload);
     }
 }

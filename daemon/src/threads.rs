@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 pub trait Turns {
     /// What a registered socket stands for: the tunnel (and the socket,
     /// whose descriptor this keeps open while registered).
-    type Receiver: Clone + Send + 'static;
+    type Receiver: Send + 'static;
     /// `queue` (this thread's TUN queue) is readable.
     fn outbound(&mut self, queue: &Tun);
     /// `receiver`'s socket is readable; opened packets go to `tun` (the
@@ -101,9 +101,7 @@ impl<R> Poller<R> {
         // SAFETY: an 8-byte write to our eventfd.
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
-}
 
-impl<R: Clone> Poller<R> {
     /// Starts receiving on the socket `fd` in this thread, for `receiver`
     /// (which must keep `fd` open).
     pub fn register(&self, fd: RawFd, receiver: R) -> io::Result<()> {
@@ -113,7 +111,8 @@ impl<R: Clone> Poller<R> {
         Ok(())
     }
 
-    /// Stops receiving on the socket `fd` (a no-op if it is not registered).
+    /// Stops receiving on the socket `fd` (a no-op if it is not registered);
+    /// returns once no turn uses it.
     pub fn deregister(&self, fd: RawFd) {
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = sockets.remove(&fd) {
@@ -131,9 +130,14 @@ impl<R: Clone> Poller<R> {
         }
     }
 
-    fn registered(&self, fd: RawFd) -> Option<R> {
+    /// Runs `f` with the receiver registered for `fd`, if any. The lock is
+    /// held for the turn, so [`Poller::deregister`] returns only once no
+    /// turn uses the socket: the caller may bind its port again at once.
+    fn with_registered(&self, fd: RawFd, f: impl FnOnce(&R)) {
         let sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
-        sockets.get(&fd).cloned()
+        if let Some(r) = sockets.get(&fd) {
+            f(r);
+        }
     }
 }
 
@@ -143,7 +147,7 @@ pub struct DataPath<R> {
     threads: Vec<JoinHandle<()>>,
 }
 
-impl<R: Clone + Send + 'static> DataPath<R> {
+impl<R: Send + 'static> DataPath<R> {
     /// One thread per queue of `tun`, named `{name}-data-{queue}`, each
     /// running the turns `make` gives it. Sockets are registered with
     /// [`DataPath::poller`].
@@ -224,9 +228,7 @@ fn run<T: Turns>(poller: &Poller<T::Receiver>, queue: &Tun, tun: &Tun, mut turns
                     }
                 }
                 fd => {
-                    if let Some(r) = poller.registered(fd as RawFd) {
-                        turns.inbound(tun, &r);
-                    }
+                    poller.with_registered(fd as RawFd, |r| turns.inbound(tun, r));
                 }
             }
         }

@@ -345,6 +345,14 @@ impl Control {
         }
         self.shared.tables_mut().routes = Default::default();
         self.remove_kernel_routes();
+        // Let the sockets go before saying stopped: a reload binds the
+        // same ports again right after (an aborted task is dropped, with
+        // its socket, only when the runtime gets to it).
+        self.poller.deregister(self.shared.natt.raw_fd());
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
         tracing::info!("tunnel {}: stopped", self.name);
     }
 

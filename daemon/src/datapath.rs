@@ -110,6 +110,32 @@ pub fn raised_mtu(tun: &Tun, mtu: usize, overhead: usize) -> Option<usize> {
     }
 }
 
+/// The end of the run of datagrams that starts at `items[start]` and may
+/// leave in one gathered GSO send: `datagram` gives an item's bytes when it
+/// goes where the first goes (None ends the run); every datagram but the
+/// last is as long as the first, the last may be shorter.
+pub fn equal_size_run<'a, T>(
+    items: &[T],
+    start: usize,
+    datagram: impl Fn(&T) -> Option<&'a [u8]>,
+) -> usize {
+    let Some(seg) = items.get(start).and_then(&datagram).map(<[u8]>::len) else {
+        return start + 1;
+    };
+    let mut j = start + 1;
+    while let Some(d) = items.get(j).and_then(&datagram) {
+        j += 1;
+        if d.len() != seg {
+            // shorter: it ends the run; longer: it starts the next one
+            if d.len() > seg {
+                j -= 1;
+            }
+            break;
+        }
+    }
+    j
+}
+
 /// Writes the packets opened in place in the receive buffers `bufs` to the
 /// TUN device, gathered where they lie ([`Tun::send_gathered_now`]; a TUN
 /// write never waits): one `(buffer, start, end)` per packet, in buffer
@@ -214,6 +240,32 @@ pub async fn sleep_until(deadline: Option<std::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs for a gathered GSO send: one destination, every datagram as
+    /// long as the first but the last, which may be shorter.
+    #[test]
+    fn equal_size_runs() {
+        let d = [[0u8; 8]; 1];
+        let b = |n: usize| &d[0][..n];
+        // (length, destination)
+        let runs = |items: &[(usize, u8)]| {
+            let mut ends = Vec::new();
+            let mut k = 0;
+            while k < items.len() {
+                let dst = items[k].1;
+                k = equal_size_run(items, k, |&(n, t)| (t == dst).then(|| b(n)));
+                ends.push(k);
+            }
+            ends
+        };
+        assert_eq!(runs(&[(8, 0), (8, 0), (8, 0)]), [3]);
+        // a shorter one ends its run, a longer one starts the next
+        assert_eq!(runs(&[(8, 0), (8, 0), (3, 0), (8, 0)]), [3, 4]);
+        assert_eq!(runs(&[(5, 0), (5, 0), (8, 0), (8, 0)]), [2, 4]);
+        // another destination starts the next
+        assert_eq!(runs(&[(8, 0), (8, 1), (8, 1), (8, 0)]), [1, 3, 4]);
+        assert_eq!(runs(&[(4, 0)]), [1]);
+    }
 
     #[test]
     fn addresses_of_packets() {

@@ -100,6 +100,94 @@ fn set_force_buf(sock: &Socket, opt: libc::c_int, fallback_opt: libc::c_int, byt
     }
 }
 
+/// Most iovecs one gathered send uses (more than the kernel's
+/// `UDP_MAX_SEGMENTS`, 128 since Linux 6.x, 64 before).
+const MAX_GATHER: usize = 128;
+
+/// One `sendmsg` of `datagrams` to `dst`: with `UDP_SEGMENT` = `seg`
+/// when there is more than one.
+fn send_gso(
+    fd: std::os::fd::RawFd,
+    dst: &socket2::SockAddr,
+    datagrams: &[io::IoSlice<'_>],
+    seg: usize,
+) -> io::Result<()> {
+    // Datagrams lying back to back (full-size packets sealed in an arena
+    // whose stride they fill) go as one iovec: the kernel copies one long
+    // run faster than many short ones (TCP 4 streams measured ~10 % down
+    // with an iovec per datagram).
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_GATHER];
+    let mut n = 0;
+    for d in datagrams {
+        let base = d.as_ptr() as *mut libc::c_void;
+        if n > 0 && iov[n - 1].iov_base.wrapping_byte_add(iov[n - 1].iov_len) == base {
+            iov[n - 1].iov_len += d.len();
+        } else if n < MAX_GATHER {
+            iov[n] = libc::iovec {
+                iov_base: base,
+                iov_len: d.len(),
+            };
+            n += 1;
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "udp send: too many datagrams for one send",
+            ));
+        }
+    }
+    // Room for one cmsghdr and a u16, aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below lives
+    // until sendmsg returns, and the lengths are those of the buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = dst.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = dst.len();
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = n as _;
+    if datagrams.len() > 1 {
+        // SAFETY: the control buffer holds CMSG_SPACE(2) bytes (24 on
+        // 64-bit Linux, within its 32) and is aligned for cmsghdr.
+        unsafe {
+            let space = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
+            debug_assert!(space <= std::mem::size_of_val(&control));
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
+        }
+    }
+    // SAFETY: msg is fully initialised above.
+    let r = unsafe { libc::sendmsg(fd, &msg, 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// [`send_gso`], waiting with `wait` while the socket buffer is full.
+fn send_gso_until_sent(
+    fd: std::os::fd::RawFd,
+    dst: &socket2::SockAddr,
+    datagrams: &[io::IoSlice<'_>],
+    seg: usize,
+    wait: impl Fn() -> io::Result<()>,
+) -> io::Result<()> {
+    loop {
+        match send_gso(fd, dst, datagrams, seg) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait()?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
 impl UdpSocket {
     /// Bind a UDP socket to `addr` (port 0 picks a free port). An unspecified IPv6
     /// address (`[::]:port`) is bound dual-stack (IPv4 peers appear as v4-mapped
@@ -258,6 +346,97 @@ impl UdpSocket {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Sends `datagrams` to `destination` gathered from where they lie:
+    /// one `sendmsg` with an iovec per datagram and `UDP_SEGMENT` (GSO) set
+    /// to the first one's size, as many as one GSO send may carry (the
+    /// socket's segment limit, 64 KiB in all), then the next such send.
+    /// Every datagram but the last must be as long as the first (the last
+    /// may be shorter): a run of sealed packets of one size needs neither
+    /// to lie back to back nor a copy into one buffer. One datagram per
+    /// send without GSO, or when the kernel refuses it. For a data-path
+    /// thread: waits in `poll` for room in the socket buffer.
+    pub fn send_gathered_now(
+        &self,
+        destination: SocketAddr,
+        datagrams: &[io::IoSlice<'_>],
+    ) -> io::Result<()> {
+        let dst = socket2::SockAddr::from(self.map_dst(destination));
+        let fd = self.io.as_raw_fd();
+        let seg = datagrams.first().map_or(0, |d| d.len());
+        if seg == 0 {
+            return Ok(());
+        }
+        debug_assert!(
+            datagrams.iter().rev().skip(1).all(|d| d.len() == seg)
+                && datagrams.last().is_some_and(|d| d.len() <= seg),
+            "send_gathered_now: datagrams of unequal size"
+        );
+        let max = self
+            .state
+            .max_gso_segments()
+            .min((u16::MAX as usize - 48) / seg)
+            .clamp(1, MAX_GATHER);
+        let wait = || crate::tun::wait_fd(fd, libc::POLLOUT);
+        for chunk in datagrams.chunks(max) {
+            let r = send_gso_until_sent(fd, &dst, chunk, seg, wait);
+            match r {
+                Err(e)
+                    if chunk.len() > 1
+                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
+                {
+                    // The kernel refused the segmentation: one at a time.
+                    for d in chunk {
+                        send_gso_until_sent(fd, &dst, std::slice::from_ref(d), seg, wait)
+                            .map_err(|e| ctx(e, &format!("udp send to {destination}")))?;
+                    }
+                }
+                r => r.map_err(|e| ctx(e, &format!("udp send to {destination}")))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// [`UdpSocket::send_gathered_now`] for a socket driven by tokio:
+    /// waits for room in tokio instead of in `poll`.
+    pub async fn send_gathered(
+        &self,
+        destination: SocketAddr,
+        datagrams: &[io::IoSlice<'_>],
+    ) -> io::Result<()> {
+        let io = self.io.tokio()?;
+        let dst = socket2::SockAddr::from(self.map_dst(destination));
+        let fd = self.io.as_raw_fd();
+        let seg = datagrams.first().map_or(0, |d| d.len());
+        if seg == 0 {
+            return Ok(());
+        }
+        let max = self
+            .state
+            .max_gso_segments()
+            .min((u16::MAX as usize - 48) / seg)
+            .clamp(1, MAX_GATHER);
+        for chunk in datagrams.chunks(max) {
+            let mut parts: &[io::IoSlice<'_>] = chunk;
+            let mut one_by_one = false;
+            while !parts.is_empty() {
+                let n = if one_by_one { 1 } else { parts.len() };
+                io.writable().await?;
+                match io.try_io(Interest::WRITABLE, || send_gso(fd, &dst, &parts[..n], seg)) {
+                    Ok(()) => parts = &parts[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e)
+                        if n > 1
+                            && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
+                    {
+                        one_by_one = true
+                    }
+                    Err(e) => return Err(ctx(e, &format!("udp send to {destination}"))),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The socket's file descriptor (for a data-path thread's `epoll`).

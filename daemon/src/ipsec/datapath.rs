@@ -5,15 +5,12 @@
 //! told apart from ESP by [`classify_udp4500`]; IKE goes to the control
 //! task, and UDP 500 (IKE only) is read by a tokio task.
 //!
-//! Outbound, the TUN reader writes packets into one arena laid out for the
-//! transform in use: headroom = the ESP header, stride = the sealed size of
-//! a full-MTU packet ([`outbound_layout`]). Sealing in place then leaves
-//! consecutive full-size ESP packets back to back, and a run of them to one
-//! peer leaves as one UDP GSO `sendmsg`: ESP-in-UDP (RFC 3948) has no
-//! marker in front of ESP, so each segment is exactly one ESP packet. A
-//! packet for an SA of another transform (another tunnel, or right after a
-//! rekey changed it) is copied into a spill batch with room for any
-//! transform and sent alone; the arena follows the transform most packets use.
+//! Outbound, the TUN reader writes packets into one arena with room for
+//! any transform's header and trailer around each, and each is sealed in
+//! place; a run of ESP packets of one size to one peer (the last may be
+//! shorter) leaves as one UDP GSO `sendmsg` gathered from the slots
+//! (`send_gathered_now`): ESP-in-UDP (RFC 3948) has no marker in front of
+//! ESP, so each segment is exactly one ESP packet.
 //!
 //! Inbound, each datagram of a (GRO-coalesced) UDP read is opened in place
 //! in the receive buffer and the TUN writer gathers the packets from there
@@ -23,14 +20,10 @@ use super::state::{IpsecSet, Shared, Tables, ToControl};
 use crate::datapath::DropCounters;
 use crate::datapath::{dst_ip, reuse, src_ip};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf};
-use polytun_esp::{
-    classify_udp4500, EspOpenError, Transform, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN,
-};
+use polytun_esp::{classify_udp4500, EspOpenError, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN};
 use polytun_ike::SaId;
-use polytun_io::{
-    RecvMeta, Transmit, Tun, MIN_SEND_OFFSET, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS,
-};
-use std::io::IoSliceMut;
+use polytun_io::{RecvMeta, Tun, MIN_SEND_OFFSET, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
+use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLockReadGuard};
@@ -41,60 +34,35 @@ const UDP_BUF: usize = 65536;
 /// The control task hears of inbound traffic on an IKE SA (liveness, DPD)
 /// at most this often: one wake-up per batch would cost more than it tells.
 const TRAFFIC_NOTE_INTERVAL: Duration = Duration::from_millis(100);
-/// The arena's transform before the first SA exists (strongSwan's and
-/// polytun's first ESP proposal).
-const DEFAULT_LAYOUT: Transform = Transform::AesGcm256;
 
-/// (headroom, tailroom) around a full-MTU payload sealed with `t`: the ESP
-/// header in front; padding, pad length, next header and ICV behind. An
-/// arena with this layout has a stride of exactly one sealed full packet.
-pub fn outbound_layout(t: Transform, mtu: usize) -> (usize, usize) {
-    let head = t.header_len();
-    (head, t.overhead(mtu) - head)
-}
-
-fn outbound_batch(t: Transform, mtu: usize) -> PacketBatch {
-    let (head, tail) = outbound_layout(t, mtu);
-    PacketBatch::new(TUN_BATCH, head, mtu, tail)
-}
-
-/// Where a sealed packet lies.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Sealed {
-    /// In the arena, slot i (in place: GSO runs possible).
-    Arena(usize),
-    /// In the spill batch, slot i (another transform's layout: sent alone).
-    Spill(usize),
+/// The outbound arena for `mtu`: room for any transform's ESP header in
+/// front of a packet and its padding, trailer and ICV behind.
+fn outbound_batch(mtu: usize) -> PacketBatch {
+    PacketBatch::new(TUN_BATCH, MAX_HEADER_LEN, mtu, MAX_TRAILER_LEN)
 }
 
 /// The outbound half of the ESP data path: TUN → traffic selector → seal
 /// → UDP 4500, one batch a turn.
 pub struct Outbound {
     mtu: usize,
-    /// The transform the arena is laid out for.
-    layout: Transform,
     batch: PacketBatch,
-    /// Room for any transform's header and trailer around a packet of up
-    /// to the MTU.
-    spill: PacketBatch,
     sizes: Vec<usize>,
-    /// (where, destination, tunnel) of each sealed packet, in TUN order.
-    out: Vec<(Sealed, SocketAddr, usize)>,
+    /// (slot, destination, tunnel) of each sealed packet, in TUN order.
+    out: Vec<(usize, SocketAddr, usize)>,
     expiring: Vec<(usize, u32)>,
     expired: Vec<(usize, u32)>,
     errors: u64,
     /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
     spare_bufs: Vec<&'static mut [u8]>,
     spare_guards: Vec<RwLockReadGuard<'static, Tables>>,
+    spare_slices: Vec<IoSlice<'static>>,
 }
 
 impl Outbound {
     pub fn new(mtu: usize) -> Self {
         Outbound {
             mtu,
-            layout: DEFAULT_LAYOUT,
-            batch: outbound_batch(DEFAULT_LAYOUT, mtu),
-            spill: PacketBatch::new(TUN_BATCH, MAX_HEADER_LEN, mtu, MAX_TRAILER_LEN),
+            batch: outbound_batch(mtu),
             sizes: vec![0usize; TUN_BATCH],
             out: Vec::with_capacity(TUN_BATCH),
             expiring: Vec::new(),
@@ -102,6 +70,7 @@ impl Outbound {
             errors: 0,
             spare_bufs: Vec::with_capacity(TUN_BATCH),
             spare_guards: Vec::new(),
+            spare_slices: Vec::with_capacity(TUN_BATCH),
         }
     }
 
@@ -125,9 +94,7 @@ impl Outbound {
                     let overhead = MAX_HEADER_LEN + MAX_TRAILER_LEN;
                     if let Some(m) = crate::datapath::raised_mtu(tun, self.mtu, overhead) {
                         self.mtu = m;
-                        self.batch = outbound_batch(self.layout, m);
-                        self.spill =
-                            PacketBatch::new(TUN_BATCH, MAX_HEADER_LEN, m, MAX_TRAILER_LEN);
+                        self.batch = outbound_batch(m);
                     }
                 } else {
                     std::thread::sleep(Duration::from_millis(10));
@@ -136,35 +103,18 @@ impl Outbound {
             }
         }
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner());
-        let (misfits, wanted) = self.seal(&set);
+        self.seal(&set);
         self.send(&set);
-        // Most packets wanted another layout: follow them from the next read
-        // (a new arena: once per change of transform, not per packet).
-        if misfits * 2 > self.out.len() && wanted != self.layout {
-            tracing::debug!(
-                "ESP outbound arena laid out for {} (was {})",
-                wanted.name(),
-                self.layout.name()
-            );
-            self.layout = wanted;
-            self.batch = outbound_batch(wanted, self.mtu);
-        }
         true
     }
 
-    /// Seals every packet with a CHILD SA in place (or in the spill batch
-    /// when its SA's transform does not fit the arena's layout). Returns
-    /// how many did not fit, and the last transform they wanted.
-    fn seal(&mut self, set: &[Arc<Shared>]) -> (usize, Transform) {
+    /// Seals every packet with a CHILD SA in place.
+    fn seal(&mut self, set: &[Arc<Shared>]) {
         let now = Instant::now();
-        let (batch, spill, mtu) = (&mut self.batch, &mut self.spill, self.mtu);
+        let batch = &mut self.batch;
         self.out.clear();
         self.expiring.clear();
         self.expired.clear();
-        spill.clear();
-        let mut misfits = 0usize;
-        let mut wanted = self.layout;
-        let (head, tail) = outbound_layout(self.layout, mtu);
         let mut guards: Vec<RwLockReadGuard<'_, Tables>> =
             reuse(std::mem::take(&mut self.spare_guards));
         guards.extend(set.iter().map(|s| s.tables()));
@@ -185,31 +135,14 @@ impl Outbound {
                 continue;
             };
             let size = batch.get(i).len();
-            let t = ob.sa.transform();
-            let sealed = if outbound_layout(t, mtu) == (head, tail) {
-                batch
-                    .with_packet(i, |p| ob.sa.seal(now, p))
-                    .map(|s| (s, Sealed::Arena(i)))
-            } else {
-                misfits += 1;
-                wanted = t;
-                let k = spill.len();
-                if !spill.push(batch.get(i)) {
-                    DropCounters::bump(&set[ti].drops.other);
-                    continue;
-                }
-                spill
-                    .with_packet(k, |p| ob.sa.seal(now, p))
-                    .map(|s| (s, Sealed::Spill(k)))
-            };
-            match sealed {
-                Ok((status, at)) => {
+            match batch.with_packet(i, |p| ob.sa.seal(now, p)) {
+                Ok(status) => {
                     if status == KeyStatus::Expiring && !self.expiring.contains(&(ti, spi)) {
                         self.expiring.push((ti, spi));
                     }
                     ob.stats.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
                     ob.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
-                    self.out.push((at, ob.dst, ti));
+                    self.out.push((i, ob.dst, ti));
                 }
                 Err(e) => {
                     DropCounters::bump(&set[ti].drops.expired_key);
@@ -226,51 +159,24 @@ impl Outbound {
         for &(ti, spi) in &self.expired {
             let _ = set[ti].to_control.try_send(ToControl::KeyExpired { spi });
         }
-        (misfits, wanted)
     }
 
-    /// Sends the sealed packets in TUN order: runs of full-size packets
-    /// lying back to back in the arena, to one peer through one socket, as
-    /// one UDP GSO send; everything else one datagram at a time.
+    /// Sends the sealed packets in TUN order: each run of packets of one
+    /// size (the last may be shorter) to one peer through one socket leaves
+    /// gathered from its slots, in GSO sends.
     fn send(&mut self, set: &[Arc<Shared>]) {
-        let (batch, spill, out) = (&self.batch, &self.spill, &self.out);
-        let stride = batch.stride();
+        let (batch, out) = (&self.batch, &self.out);
+        let bytes = |i: usize| batch.get(i);
+        let mut run: Vec<IoSlice<'_>> = reuse(std::mem::take(&mut self.spare_slices));
         let mut k = 0;
         while k < out.len() {
-            let (first, dst, ti) = out[k];
-            let socket = &set[ti].natt;
-            let mut j = k + 1;
-            let contents = match first {
-                Sealed::Spill(s) => spill.get(s),
-                Sealed::Arena(first) => {
-                    // One GSO send carries at most 64 KiB of UDP payload (less
-                    // the IPv6 and UDP headers) and what the socket allows.
-                    let max_run = ((u16::MAX as usize - 48) / stride)
-                        .min(socket.max_gso_segments())
-                        .max(1);
-                    let mut last = first;
-                    while j < out.len() && j - k < max_run {
-                        match out[j] {
-                            (Sealed::Arena(i), d, t)
-                                if i == last + 1 && batch.adjacent(last) && d == dst && t == ti =>
-                            {
-                                last = i;
-                                j += 1;
-                            }
-                            _ => break,
-                        }
-                    }
-                    batch.span(first, last)
-                }
-            };
-            let t = Transmit {
-                destination: dst,
-                ecn: None,
-                contents,
-                segment_size: (j - k > 1).then_some(stride),
-                src_ip: None,
-            };
-            if let Err(e) = socket.send_batch_now(std::slice::from_ref(&t)) {
+            let (_, dst, ti) = out[k];
+            let j = crate::datapath::equal_size_run(out, k, |&(at, d, t)| {
+                (d == dst && t == ti).then(|| bytes(at))
+            });
+            run.clear();
+            run.extend(out[k..j].iter().map(|&(at, _, _)| IoSlice::new(bytes(at))));
+            if let Err(e) = set[ti].natt.send_gathered_now(dst, &run) {
                 self.errors += 1;
                 if self.errors.is_power_of_two() {
                     tracing::debug!("{}: udp send to {dst}: {e}", set[ti].name);
@@ -278,6 +184,7 @@ impl Outbound {
             }
             k = j;
         }
+        self.spare_slices = reuse(run);
     }
 }
 
@@ -566,41 +473,32 @@ pub async fn ike_to_control(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use polytun_esp::{Direction, EspSa, SaParams};
+    use polytun_esp::{Direction, EspSa, SaParams, Transform};
 
     #[test]
-    fn sealed_full_packets_fill_the_arena_stride_for_every_transform() {
+    fn every_transform_seals_in_the_arena() {
         let now = Instant::now();
         for mtu in [1280usize, 1400, 1420, 1421, 1500] {
             for t in Transform::ALL {
-                let (head, tail) = outbound_layout(t, mtu);
-                assert_eq!(head, t.header_len());
-                assert!(head <= MAX_HEADER_LEN && tail <= MAX_TRAILER_LEN);
                 let sa = EspSa::new(
                     SaParams::new(0x1234_5678, Direction::Outbound, t),
                     &vec![1u8; t.keymat_len()],
                     now,
                 )
                 .unwrap();
-                let mut b = outbound_batch(t, mtu);
-                assert_eq!(b.stride(), head + mtu + tail);
-                // three full packets and a short one, as a split TCP super-packet
-                let sizes = [mtu, mtu, mtu, 100];
+                let mut b = outbound_batch(mtu);
+                // full packets and a short one, as a split TCP super-packet
+                let sizes = [mtu, mtu, 100];
+                let head = b.headroom();
                 for slot in b.slot_buffers().take(sizes.len()) {
                     slot[head] = 0x45;
                 }
                 b.set_filled(head, &sizes);
-                for i in 0..sizes.len() {
-                    b.with_packet(i, |p| sa.seal(now, p)).unwrap();
+                for (i, size) in sizes.into_iter().enumerate() {
+                    b.with_packet(i, |p| sa.seal(now, p))
+                        .unwrap_or_else(|e| panic!("{t:?} mtu {mtu}: {e:?}"));
+                    assert_eq!(b.get(i).len(), size + t.overhead(size), "{t:?} mtu {mtu}");
                 }
-                // the full ones lie back to back: one GSO run of stride-sized
-                // segments, the short one as its last segment
-                assert!(
-                    b.adjacent(0) && b.adjacent(1) && b.adjacent(2),
-                    "{t:?} {mtu}"
-                );
-                assert_eq!(b.get(0).len(), b.stride());
-                assert_eq!(b.span(0, 3).len(), 3 * b.stride() + b.get(3).len());
             }
         }
     }

@@ -4,16 +4,16 @@
 //! count as liveness and are never written to the TUN.
 
 use super::state::{Link, Shared, Tables, ToControl, TunnelSet};
-use crate::datapath::dst_ip;
 use crate::datapath::DropCounters;
+use crate::datapath::{dst_ip, reuse};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf, PrefixTable};
-use polytun_io::{RecvMeta, Transmit, Tun, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
+use polytun_io::{RecvMeta, Tun, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
 use polytun_openvpn::data::{
     occ_exit_payload, DataError, Opened, OCC_EXIT, OCC_MAGIC, OVERHEAD, PING_MAGIC,
 };
 use polytun_openvpn::framing::{encode_frame, FrameDecoder};
 use polytun_openvpn::packet::{split_op_byte, Opcode, DATA_TAG_LEN};
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,53 +40,38 @@ fn pick(
     has(&|t| t.routes.lookup(dst).is_some()).or_else(|| has(&|t| t.current.is_some()))
 }
 
-/// Sends already sealed packets of one tunnel (`sealed`: ranges in `buf`).
-async fn send_sealed(shared: &Shared, link: &Link, pkts: &[&[u8]], scratch: &mut Vec<u8>) {
+/// Sends one session's sealed packets (`slots` of `batch`, in order). Over
+/// UDP each run of datagrams of one size (the last may be shorter) leaves
+/// gathered from its slots in GSO sends, without a copy; over TCP they are
+/// framed into one buffer for the connection's writer task.
+async fn send_sealed(
+    shared: &Shared,
+    link: &Link,
+    batch: &PacketBatch,
+    slots: &[(usize, usize)],
+    run: &mut Vec<IoSlice<'static>>,
+) {
     match link {
         Link::Udp(sock) => {
-            // Copy into one contiguous buffer so runs of equal-size datagrams
-            // (the last may be shorter) leave as one GSO send.
-            scratch.clear();
-            let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (start, end, seg)
-            let max_seg = sock.max_gso_segments().max(1);
             let destination = shared.remote();
-            let mut closed = true;
-            for p in pkts {
-                let start = scratch.len();
-                scratch.extend_from_slice(p);
-                let joinable = runs.last().is_some_and(|&(s, e, seg)| {
-                    !closed
-                        && p.len() <= seg
-                        && (e - s) / seg < max_seg
-                        && e - s + p.len() <= u16::MAX as usize - 48
-                });
-                if joinable {
-                    let r = runs.last_mut().expect("checked");
-                    r.1 = scratch.len();
-                    closed = p.len() < r.2;
-                } else {
-                    runs.push((start, scratch.len(), p.len()));
-                    closed = false;
+            let mut slices: Vec<IoSlice<'_>> = reuse(std::mem::take(run));
+            let mut k = 0;
+            while k < slots.len() {
+                let j = crate::datapath::equal_size_run(slots, k, |&(i, _)| Some(batch.get(i)));
+                slices.clear();
+                slices.extend(slots[k..j].iter().map(|&(i, _)| IoSlice::new(batch.get(i))));
+                if let Err(e) = sock.send_gathered(destination, &slices).await {
+                    tracing::debug!("{}: udp send: {e}", shared.name);
                 }
+                k = j;
             }
-            let transmits: Vec<Transmit<'_>> = runs
-                .iter()
-                .map(|&(s, e, seg)| Transmit {
-                    destination,
-                    ecn: None,
-                    contents: &scratch[s..e],
-                    segment_size: (e - s > seg).then_some(seg),
-                    src_ip: None,
-                })
-                .collect();
-            if let Err(e) = sock.send_batch(&transmits).await {
-                tracing::debug!("{}: udp send: {e}", shared.name);
-            }
+            *run = reuse(slices);
         }
         Link::Tcp(tx) => {
-            let mut out = Vec::with_capacity(pkts.iter().map(|p| p.len() + 2).sum());
-            for p in pkts {
-                let _ = encode_frame(p, &mut out);
+            let len = slots.iter().map(|&(i, _)| batch.get(i).len() + 2).sum();
+            let mut out = Vec::with_capacity(len);
+            for &(i, _) in slots {
+                let _ = encode_frame(batch.get(i), &mut out);
             }
             if tx.send(out).await.is_err() {
                 DropCounters::bump(&shared.drops.other);
@@ -166,15 +151,21 @@ pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
     .await
 }
 
+/// The outbound arena: P_DATA_V2's header and its leading AEAD tag
+/// (`OVERHEAD`) in front of each packet, nothing behind.
+fn outbound_batch(mtu: usize) -> PacketBatch {
+    PacketBatch::new(TUN_BATCH, OVERHEAD, mtu, 0)
+}
+
 /// Reads the TUN device forever; `routing()` (called once per batch) says
 /// which session carries each packet. Packets are sealed in place with
 /// that session's current key and sent per session in one batch.
 pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routing>) {
     let mut mtu = mtu;
-    let mut batch = PacketBatch::new(TUN_BATCH, OVERHEAD, mtu, DATA_TAG_LEN);
+    let mut batch = outbound_batch(mtu);
     let mut sizes = vec![0usize; TUN_BATCH];
     let mut sealed: Vec<(usize, usize)> = Vec::with_capacity(TUN_BATCH); // (slot, session)
-    let mut scratch = Vec::with_capacity(TUN_BATCH * (OVERHEAD + mtu));
+    let mut run: Vec<IoSlice<'static>> = Vec::with_capacity(TUN_BATCH);
     let mut errors = 0u64;
     loop {
         if !crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await {
@@ -182,7 +173,7 @@ pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routi
             let overhead = 2 + OVERHEAD;
             if let Some(m) = crate::datapath::raised_mtu(&tun, mtu, overhead) {
                 mtu = m;
-                batch = PacketBatch::new(TUN_BATCH, OVERHEAD, mtu, DATA_TAG_LEN);
+                batch = outbound_batch(mtu);
             }
             continue;
         }
@@ -231,15 +222,14 @@ pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routi
         }
         // stable: each session's packets keep their order
         sealed.sort_by_key(|s| s.1);
-        for run in sealed.chunk_by(|a, b| a.1 == b.1) {
-            let shared = &set[run[0].1];
-            let pkts: Vec<&[u8]> = run.iter().map(|&(i, _)| batch.get(i)).collect();
+        for slots in sealed.chunk_by(|a, b| a.1 == b.1) {
+            let shared = &set[slots[0].1];
             let Some(link) = shared.link() else {
                 DropCounters::bump(&shared.drops.no_session);
                 continue;
             };
             shared.mark_tx(now);
-            send_sealed(shared, &link, &pkts, &mut scratch).await;
+            send_sealed(shared, &link, &batch, slots, &mut run).await;
         }
     }
 }

@@ -2,10 +2,11 @@
 //! open → TUN ([`Inbound`]), one batch per turn; the data-path threads of
 //! [`crate::threads`] run the turns ([`Turns`]).
 //!
-//! Outbound, the TUN reader writes packets into one arena whose stride is
-//! the sealed size of a full-MTU packet. Sealing in place then leaves
-//! consecutive full-size datagrams back to back, so a run of them to one
-//! endpoint goes out as one UDP GSO send without a copy.
+//! Outbound, the TUN reader writes packets into one arena (headroom for
+//! the data header, tailroom for padding and tag) and each is sealed in
+//! place; a run of datagrams of one size to one endpoint (the last may be
+//! shorter) leaves as one UDP GSO `sendmsg` gathered from the slots
+//! ([`UdpSocket::send_gathered_now`]), without a copy.
 //!
 //! Inbound, each datagram of a (GRO-coalesced) UDP read is opened in place
 //! in the receive buffer, and the TUN writer gathers the packets from there:
@@ -17,11 +18,11 @@ use crate::datapath::DropCounters;
 use crate::datapath::{dst_ip, reuse, src_ip};
 use polytun_core::record::OpenError;
 use polytun_core::{KeyStatus, PacketBatch, PacketBuf};
-use polytun_io::{RecvMeta, Transmit, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
+use polytun_io::{RecvMeta, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
 use polytun_wireguard::messages::DATA_HEADER_LEN;
 use polytun_wireguard::transport::TransportError;
 use polytun_wireguard::{classify, Message, PeerId};
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLockReadGuard};
@@ -69,6 +70,7 @@ pub struct Outbound {
     /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
     spare_bufs: Vec<&'static mut [u8]>,
     spare_guards: Vec<RwLockReadGuard<'static, Tables>>,
+    spare_slices: Vec<IoSlice<'static>>,
 }
 
 impl Outbound {
@@ -85,6 +87,7 @@ impl Outbound {
             errors: 0,
             spare_bufs: Vec::with_capacity(TUN_BATCH),
             spare_guards: Vec::new(),
+            spare_slices: Vec::with_capacity(TUN_BATCH),
         }
     }
 
@@ -188,39 +191,25 @@ impl Outbound {
         }
     }
 
-    /// Sends what [`Outbound::seal`] sealed: runs of full-size datagrams
-    /// lying back to back in the arena, to one endpoint through one socket,
-    /// leave as one GSO send.
+    /// Sends what [`Outbound::seal`] sealed: each run of datagrams of one
+    /// size (the last may be shorter) to one endpoint through one socket
+    /// leaves gathered from its slots, in GSO sends.
     fn send(&mut self, set: &[Arc<Shared>]) {
-        let (out, batch, stride) = (&self.out, &self.batch, self.batch.stride());
+        let (out, batch) = (&self.out, &self.batch);
+        let mut run: Vec<IoSlice<'_>> = reuse(std::mem::take(&mut self.spare_slices));
         let mut k = 0;
         while k < out.len() {
-            let (first, dst, ti) = out[k];
-            let socket = set[ti].socket();
-            // One GSO send carries at most 64 KiB of UDP payload (less the
-            // IPv6 and UDP headers) and at most what the socket allows.
-            let max_run = ((u16::MAX as usize - 48) / stride)
-                .min(socket.max_gso_segments())
-                .max(1);
-            let mut j = k + 1;
-            while j < out.len()
-                && j - k < max_run
-                && out[j].0 == out[j - 1].0 + 1
-                && batch.adjacent(out[j - 1].0)
-                && out[j].1 == dst
-                && out[j].2 == ti
-            {
-                j += 1;
-            }
-            let last = out[j - 1].0;
-            let t = Transmit {
-                destination: dst,
-                ecn: None,
-                contents: batch.span(first, last),
-                segment_size: (j - k > 1).then_some(stride),
-                src_ip: None,
-            };
-            if let Err(e) = socket.send_batch_now(std::slice::from_ref(&t)) {
+            let (_, dst, ti) = out[k];
+            let j = crate::datapath::equal_size_run(out, k, |&(i, d, t)| {
+                (d == dst && t == ti).then(|| batch.get(i))
+            });
+            run.clear();
+            run.extend(
+                out[k..j]
+                    .iter()
+                    .map(|&(i, _, _)| IoSlice::new(batch.get(i))),
+            );
+            if let Err(e) = set[ti].socket().send_gathered_now(dst, &run) {
                 self.errors += 1;
                 if self.errors.is_power_of_two() {
                     tracing::debug!("{}: udp send to {dst}: {e}", set[ti].name);
@@ -228,6 +217,7 @@ impl Outbound {
             }
             k = j;
         }
+        self.spare_slices = reuse(run);
         for &(ti, peer) in &self.sent_peers {
             let _ = set[ti].to_control.try_send(ToControl::Sent { peer });
         }

@@ -72,7 +72,7 @@ pub struct TunnelHandle {
     pub task: JoinHandle<()>,
 }
 
-/// The tunnel's socket, polled by the data-path thread (wg::threads).
+/// The tunnel's socket, polled by the data-path thread (crate::threads).
 fn bind(port: u16) -> std::io::Result<UdpSocket> {
     UdpSocket::bind_for_thread(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)).or_else(|_| {
         UdpSocket::bind_for_thread(SocketAddr::new(

@@ -76,6 +76,44 @@ pub struct IpsecSide {
     pub polytun_extra: String,
 }
 
+impl IpsecSide {
+    /// The tests' usual side A: 192.0.2.1 (`a.pt.test`) to 192.0.2.2
+    /// (`b.pt.test`), a fresh PSK, IKE AES-GCM-256/PRF-SHA256/X25519, ESP
+    /// `esp`, inner addresses 198.51.100.1 and .2; and its [`Self::mirrored`] B.
+    pub fn psk_pair(esp: &str, a_initiates: bool) -> (IpsecSide, IpsecSide) {
+        let a = IpsecSide {
+            local_addr: "192.0.2.1".into(),
+            remote_addr: "192.0.2.2".into(),
+            local_id: "a.pt.test".into(),
+            remote_id: "b.pt.test".into(),
+            psk_b64: gen_psk(),
+            ike_proposal: "aes256gcm16-prfsha256-x25519".into(),
+            esp_proposals: vec![esp.into()],
+            local_ts: "198.51.100.1/32".into(),
+            remote_ts: "198.51.100.2/32".into(),
+            initiate: a_initiates,
+            ..Default::default()
+        };
+        let b = a.mirrored();
+        (a, b)
+    }
+
+    /// The other end of this side: addresses, identities and selectors
+    /// swapped, initiating when this one does not; the rest shared.
+    pub fn mirrored(&self) -> IpsecSide {
+        IpsecSide {
+            local_addr: self.remote_addr.clone(),
+            remote_addr: self.local_addr.clone(),
+            local_id: self.remote_id.clone(),
+            remote_id: self.local_id.clone(),
+            local_ts: self.remote_ts.clone(),
+            remote_ts: self.local_ts.clone(),
+            initiate: !self.initiate,
+            ..self.clone()
+        }
+    }
+}
+
 /// The IKE and CHILD SAs one side holds, by SPI (hex as printed).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SaList {

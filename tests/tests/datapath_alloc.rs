@@ -14,7 +14,7 @@
 //! lookups, GSO sends, batched receives, GRO coalescing and gathered TUN
 //! writes.
 
-use polytun_e2e::ipsec::{gen_psk, polytun_toml, IpsecSide, PolytunIpsec};
+use polytun_e2e::ipsec::{polytun_toml, IpsecSide, PolytunIpsec};
 use polytun_e2e::scenario::{PairNet, OL_A, OL_B};
 use polytun_e2e::{bins, unique_ifname, veth_pair, wait_ping, xfer, Device, Impl, Netns};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -166,29 +166,7 @@ fn esp_data_path_allocates_nothing_per_batch() {
     const IN_B: &str = "198.51.100.2";
     let (na, nb) = (Netns::new("dpesp"), Netns::new("dpesp"));
     let (_va, _vb) = veth_pair(&na, &nb);
-    let a = IpsecSide {
-        local_addr: "192.0.2.1".into(),
-        remote_addr: "192.0.2.2".into(),
-        local_id: "a.pt.test".into(),
-        remote_id: "b.pt.test".into(),
-        psk_b64: gen_psk(),
-        ike_proposal: "aes256gcm16-prfsha256-x25519".into(),
-        esp_proposals: vec!["aes256gcm16".into()],
-        local_ts: format!("{IN_A}/32"),
-        remote_ts: format!("{IN_B}/32"),
-        initiate: true,
-        ..Default::default()
-    };
-    let b = IpsecSide {
-        local_addr: a.remote_addr.clone(),
-        remote_addr: a.local_addr.clone(),
-        local_id: a.remote_id.clone(),
-        remote_id: a.local_id.clone(),
-        local_ts: a.remote_ts.clone(),
-        remote_ts: a.local_ts.clone(),
-        initiate: false,
-        ..a.clone()
-    };
+    let (a, b) = IpsecSide::psk_pair("aes256gcm16", true);
     let (ia, ib) = (unique_ifname("dea"), unique_ifname("deb"));
     let _pb = PolytunIpsec::start(&nb, &ib, &b);
     let path = na.write_file(&format!("{ia}.toml"), &polytun_toml(&ia, &a));

@@ -55,16 +55,7 @@ fn sides() -> (IpsecSide, IpsecSide) {
         child_rekey_secs: None,
         ..Default::default()
     };
-    let b = IpsecSide {
-        local_addr: a.remote_addr.clone(),
-        remote_addr: a.local_addr.clone(),
-        local_id: a.remote_id.clone(),
-        remote_id: a.local_id.clone(),
-        local_ts: a.remote_ts.clone(),
-        remote_ts: a.local_ts.clone(),
-        initiate: true,
-        ..a.clone()
-    };
+    let b = a.mirrored();
     (a, b)
 }
 

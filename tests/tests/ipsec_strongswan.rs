@@ -11,31 +11,7 @@ const IN_A: &str = "198.51.100.1";
 const IN_B: &str = "198.51.100.2";
 
 fn sides(esp: &str, a_initiates: bool) -> (IpsecSide, IpsecSide) {
-    let psk = gen_psk();
-    let a = IpsecSide {
-        local_addr: "192.0.2.1".into(),
-        remote_addr: "192.0.2.2".into(),
-        local_id: "a.pt.test".into(),
-        remote_id: "b.pt.test".into(),
-        psk_b64: psk,
-        ike_proposal: "aes256gcm16-prfsha256-x25519".into(),
-        esp_proposals: vec![esp.into()],
-        local_ts: format!("{IN_A}/32"),
-        remote_ts: format!("{IN_B}/32"),
-        initiate: a_initiates,
-        ..Default::default()
-    };
-    let b = IpsecSide {
-        local_addr: a.remote_addr.clone(),
-        remote_addr: a.local_addr.clone(),
-        local_id: a.remote_id.clone(),
-        remote_id: a.local_id.clone(),
-        local_ts: a.remote_ts.clone(),
-        remote_ts: a.local_ts.clone(),
-        initiate: !a_initiates,
-        ..a.clone()
-    };
-    (a, b)
+    IpsecSide::psk_pair(esp, a_initiates)
 }
 
 /// Pings both ways and the checksummed transfers (a → b 50 MB, b → a 5 MB).

@@ -5,7 +5,7 @@
 //! crossed in both directions (polytun's `show` counters and charon's log),
 //! that the tunnel carries ping, and — with strongSwan initiating — that an
 //! IKE SA rekey (its CREATE_CHILD_SA is fragmented too) keeps working.
-use polytun_e2e::ipsec::{gen_psk, polytun_toml, Charon, CharonOpts, IpsecSide, PolytunIpsec};
+use polytun_e2e::ipsec::{polytun_toml, Charon, CharonOpts, IpsecSide, PolytunIpsec};
 use polytun_e2e::{ping, unique_ifname, veth_pair, wait_ping, wait_until, Netns};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -15,31 +15,7 @@ const IN_B: &str = "198.51.100.2";
 const FRAG: usize = 200;
 
 fn sides(a_initiates: bool) -> (IpsecSide, IpsecSide) {
-    let a = IpsecSide {
-        local_addr: "192.0.2.1".into(),
-        remote_addr: "192.0.2.2".into(),
-        local_id: "a.pt.test".into(),
-        remote_id: "b.pt.test".into(),
-        psk_b64: gen_psk(),
-        ike_proposal: "aes256gcm16-prfsha256-x25519".into(),
-        esp_proposals: vec!["aes256gcm16".into()],
-        local_ts: format!("{IN_A}/32"),
-        remote_ts: format!("{IN_B}/32"),
-        initiate: a_initiates,
-        child_rekey_secs: None,
-        ..Default::default()
-    };
-    let b = IpsecSide {
-        local_addr: a.remote_addr.clone(),
-        remote_addr: a.local_addr.clone(),
-        local_id: a.remote_id.clone(),
-        remote_id: a.local_id.clone(),
-        local_ts: a.remote_ts.clone(),
-        remote_ts: a.local_ts.clone(),
-        initiate: !a_initiates,
-        ..a.clone()
-    };
-    (a, b)
+    IpsecSide::psk_pair("aes256gcm16", a_initiates)
 }
 
 fn charon_opts() -> CharonOpts {

@@ -5,40 +5,16 @@
 //! against a peer black-holed with nftables; two CHILD SAs in one IKE SA. Every test ends with
 //! `swanctl --list-sas` and `polytun show --json` agreeing on the IKE and CHILD SA SPIs, with
 //! nothing orphaned on either side.
-use polytun_e2e::ipsec::{gen_psk, wait_sas_agree, Charon, IpsecSide, PolytunIpsec, SaList};
+use polytun_e2e::ipsec::{wait_sas_agree, Charon, IpsecSide, PolytunIpsec, SaList};
 use polytun_e2e::traffic::{ping_result, spawn_ping};
 use polytun_e2e::{ping, unique_ifname, veth_pair, wait_ping, wait_until, Netns};
 use std::time::{Duration, Instant};
 
-const IN_A: &str = "198.51.100.1";
 const IN_B: &str = "198.51.100.2";
 
 /// A (polytun, 192.0.2.1) and B (strongSwan, 192.0.2.2).
 fn sides(esp: &str, polytun_initiates: bool) -> (IpsecSide, IpsecSide) {
-    let a = IpsecSide {
-        local_addr: "192.0.2.1".into(),
-        remote_addr: "192.0.2.2".into(),
-        local_id: "a.pt.test".into(),
-        remote_id: "b.pt.test".into(),
-        psk_b64: gen_psk(),
-        ike_proposal: "aes256gcm16-prfsha256-x25519".into(),
-        esp_proposals: vec![esp.into()],
-        local_ts: format!("{IN_A}/32"),
-        remote_ts: format!("{IN_B}/32"),
-        initiate: polytun_initiates,
-        ..Default::default()
-    };
-    let b = IpsecSide {
-        local_addr: a.remote_addr.clone(),
-        remote_addr: a.local_addr.clone(),
-        local_id: a.remote_id.clone(),
-        remote_id: a.local_id.clone(),
-        local_ts: a.remote_ts.clone(),
-        remote_ts: a.local_ts.clone(),
-        initiate: !polytun_initiates,
-        ..a.clone()
-    };
-    (a, b)
+    IpsecSide::psk_pair(esp, polytun_initiates)
 }
 
 /// Starts both sides (the initiator last) and waits for a working tunnel.

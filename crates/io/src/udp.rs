@@ -349,9 +349,10 @@ impl UdpSocket {
     }
 
     /// Sends `datagrams` to `destination` gathered from where they lie:
-    /// one `sendmsg` with an iovec per datagram and `UDP_SEGMENT` (GSO) set
-    /// to the first one's size, as many as one GSO send may carry (the
-    /// socket's segment limit, 64 KiB in all), then the next such send.
+    /// one `sendmsg` with an iovec per stretch of datagrams lying back to
+    /// back and `UDP_SEGMENT` (GSO) set to the first one's size, as many as
+    /// one GSO send may carry (the socket's segment limit, 64 KiB in all),
+    /// then the next such send.
     /// Every datagram but the last must be as long as the first (the last
     /// may be shorter): a run of sealed packets of one size needs neither
     /// to lie back to back nor a copy into one buffer. One datagram per
@@ -362,22 +363,10 @@ impl UdpSocket {
         destination: SocketAddr,
         datagrams: &[io::IoSlice<'_>],
     ) -> io::Result<()> {
-        let dst = socket2::SockAddr::from(self.map_dst(destination));
-        let fd = self.io.as_raw_fd();
-        let seg = datagrams.first().map_or(0, |d| d.len());
-        if seg == 0 {
+        let Some((dst, seg, max)) = self.gathered_plan(destination, datagrams) else {
             return Ok(());
-        }
-        debug_assert!(
-            datagrams.iter().rev().skip(1).all(|d| d.len() == seg)
-                && datagrams.last().is_some_and(|d| d.len() <= seg),
-            "send_gathered_now: datagrams of unequal size"
-        );
-        let max = self
-            .state
-            .max_gso_segments()
-            .min((u16::MAX as usize - 48) / seg)
-            .clamp(1, MAX_GATHER);
+        };
+        let fd = self.io.as_raw_fd();
         let wait = || crate::tun::wait_fd(fd, libc::POLLOUT);
         for chunk in datagrams.chunks(max) {
             let r = send_gso_until_sent(fd, &dst, chunk, seg, wait);
@@ -406,17 +395,10 @@ impl UdpSocket {
         datagrams: &[io::IoSlice<'_>],
     ) -> io::Result<()> {
         let io = self.io.tokio()?;
-        let dst = socket2::SockAddr::from(self.map_dst(destination));
-        let fd = self.io.as_raw_fd();
-        let seg = datagrams.first().map_or(0, |d| d.len());
-        if seg == 0 {
+        let Some((dst, seg, max)) = self.gathered_plan(destination, datagrams) else {
             return Ok(());
-        }
-        let max = self
-            .state
-            .max_gso_segments()
-            .min((u16::MAX as usize - 48) / seg)
-            .clamp(1, MAX_GATHER);
+        };
+        let fd = self.io.as_raw_fd();
         for chunk in datagrams.chunks(max) {
             let mut parts: &[io::IoSlice<'_>] = chunk;
             let mut one_by_one = false;
@@ -437,6 +419,31 @@ impl UdpSocket {
             }
         }
         Ok(())
+    }
+
+    /// For a gathered send: the (mapped) destination, the segment size (the
+    /// first datagram's) and how many datagrams one `sendmsg` may carry;
+    /// None when there is nothing to send.
+    fn gathered_plan(
+        &self,
+        destination: SocketAddr,
+        datagrams: &[io::IoSlice<'_>],
+    ) -> Option<(socket2::SockAddr, usize, usize)> {
+        let seg = datagrams.first().map_or(0, |d| d.len());
+        if seg == 0 {
+            return None;
+        }
+        debug_assert!(
+            datagrams.iter().rev().skip(1).all(|d| d.len() == seg)
+                && datagrams.last().is_some_and(|d| d.len() <= seg),
+            "gathered send: datagrams of unequal size"
+        );
+        let max = self
+            .state
+            .max_gso_segments()
+            .min((u16::MAX as usize - 48) / seg)
+            .clamp(1, MAX_GATHER);
+        Some((socket2::SockAddr::from(self.map_dst(destination)), seg, max))
     }
 
     /// The socket's file descriptor (for a data-path thread's `epoll`).

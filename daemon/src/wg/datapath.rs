@@ -34,8 +34,10 @@ const TUN_READ_OFFSET: usize = DATA_HEADER_LEN;
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
 const UDP_BUF: usize = 65536;
 
-/// The sealed size of a full-MTU packet: the outbound arena stride. (WireGuard
-/// pads to 16 but never beyond the MTU, so a full packet gets no padding.)
+/// The sealed size of a full-MTU packet: the outbound arena stride, so that
+/// sealed full packets lie back to back and a gathered send passes a run of
+/// them as one iovec. (WireGuard pads to 16 but never beyond the MTU, so a
+/// full packet gets no padding.)
 pub fn outbound_stride(mtu: usize) -> usize {
     DATA_HEADER_LEN + mtu + polytun_wireguard::transport::padding_len(mtu, mtu) + TAG
 }
@@ -440,7 +442,7 @@ mod tests {
         assert_eq!(outbound_stride(1420), 16 + 1420 + 16);
         assert_eq!(outbound_stride(1280), 16 + 1280 + 16);
         // Sealing a full packet in a slot of that stride fills it exactly,
-        // which is what lets runs of them leave as one GSO send.
+        // so runs of them lie back to back and leave as one iovec.
         for mtu in [1280usize, 1420, 1421, 1500] {
             let pad = polytun_wireguard::transport::padding_len(mtu, mtu);
             assert_eq!(DATA_HEADER_LEN + mtu + pad + TAG, outbound_stride(mtu));

@@ -75,6 +75,88 @@ pub async fn read_tun(
     }
 }
 
+/// What one read of a batch from a data-path thread's TUN queue came to.
+pub enum TunRead {
+    /// Packets are in the batch.
+    Packets,
+    /// Nothing was queued.
+    Empty,
+    /// The read failed (logged; after a pause when it was not for want of
+    /// room).
+    Failed,
+    /// A packet did not fit because the interface MTU is now this: lay
+    /// the arena out again.
+    MtuChanged(usize),
+}
+
+/// Reads one batch from `tun` into `batch` without waiting, each packet at
+/// the batch's headroom (`spare` keeps the slot list's allocation; `mtu`
+/// and `overhead` are the arena's, for [`raised_mtu`]).
+pub fn read_tun_now(
+    tun: &Tun,
+    batch: &mut PacketBatch,
+    sizes: &mut [usize],
+    spare: &mut Vec<&'static mut [u8]>,
+    errors: &mut u64,
+    (mtu, overhead): (usize, usize),
+) -> TunRead {
+    let offset = batch.headroom();
+    let r = {
+        let mut bufs: Vec<&mut [u8]> = reuse(std::mem::take(spare));
+        bufs.extend(batch.slot_buffers());
+        let r = tun.recv_batch_now(&mut bufs, sizes, offset);
+        *spare = reuse(bufs);
+        r
+    };
+    match r {
+        Ok(n) => {
+            batch.set_filled(offset, &sizes[..n]);
+            TunRead::Packets
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => TunRead::Empty,
+        Err(e) if read_failed(tun, &e, errors) => {
+            raised_mtu(tun, mtu, overhead).map_or(TunRead::Failed, TunRead::MtuChanged)
+        }
+        Err(_) => {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            TunRead::Failed
+        }
+    }
+}
+
+/// One batched receive on `socket` without waiting, into `bufs` and
+/// `metas` (`spare` keeps the iovec list's allocation): the number of
+/// buffers filled, or None when nothing was queued (`Some(0)` after a
+/// failure, logged for `name` at powers of two of `errors`, then a pause).
+pub fn recv_udp_now(
+    socket: &polytun_io::UdpSocket,
+    bufs: &mut [Vec<u8>],
+    metas: &mut [polytun_io::RecvMeta],
+    spare: &mut Vec<std::io::IoSliceMut<'static>>,
+    errors: &mut u64,
+    name: &str,
+) -> Option<usize> {
+    let mut iov: Vec<std::io::IoSliceMut<'_>> = reuse(std::mem::take(spare));
+    iov.extend(bufs.iter_mut().map(|b| std::io::IoSliceMut::new(b)));
+    let r = socket.recv_batch_now(&mut iov, metas);
+    *spare = reuse(iov);
+    match r {
+        Ok(n) => Some(n),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) => {
+            *errors += 1;
+            if errors.is_power_of_two() {
+                tracing::debug!(
+                    "{name}: udp receive on port {}: {e}",
+                    socket.local_addr().map_or(0, |a| a.port())
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            Some(0)
+        }
+    }
+}
+
 /// Logs a failed TUN read (at powers of two of `errors`); true when a
 /// packet was dropped because it did not fit the batch's slots (the MTU
 /// may have grown: [`raised_mtu`]), false for an error worth a pause

@@ -203,6 +203,34 @@ fn udp_gathered_gso_from_separate_buffers() {
     });
 }
 
+/// Receives on a thread socket (polling it) until `want` datagrams from
+/// `from` arrived.
+fn recv_now_all(sock: &UdpSocket, want: usize, from: SocketAddr) -> Vec<Vec<u8>> {
+    let mut store = vec![vec![0u8; 65536]; UDP_RECV_BATCH];
+    let mut meta = vec![RecvMeta::default(); UDP_RECV_BATCH];
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < want {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        let mut iov: Vec<IoSliceMut<'_>> = store.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let n = match sock.recv_batch_now(&mut iov, &mut meta) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                common::wait_readable(sock.raw_fd(), 1000);
+                continue;
+            }
+            Err(e) => panic!("recv_batch_now: {e}"),
+        };
+        for (m, s) in meta.iter().zip(&store).take(n) {
+            assert_eq!(m.addr, from, "source address");
+            for d in s[..m.len].chunks(m.stride) {
+                got.push(d.to_vec());
+            }
+        }
+    }
+    got
+}
+
 /// Sockets bound for a data-path thread work without a runtime: the `_now`
 /// methods do the batched, offloaded I/O and the caller polls the
 /// descriptor; the async methods refuse.
@@ -247,53 +275,12 @@ fn udp_thread_sockets_poll_themselves() {
         }])
         .unwrap();
         let from = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), a.local_addr().unwrap().port());
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while got.len() < expect.len() {
-            assert!(std::time::Instant::now() < deadline, "timed out");
-            let mut iov: Vec<IoSliceMut<'_>> =
-                store.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            let n = match b.recv_batch_now(&mut iov, &mut meta) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    common::wait_readable(b.raw_fd(), 1000);
-                    continue;
-                }
-                Err(e) => panic!("recv_batch_now: {e}"),
-            };
-            for (m, s) in meta.iter().zip(&store).take(n) {
-                assert_eq!(m.addr, from, "source address");
-                for d in s[..m.len].chunks(m.stride) {
-                    got.push(d.to_vec());
-                }
-            }
-        }
-        assert_eq!(got, expect);
+        assert_eq!(recv_now_all(&b, expect.len(), from), expect);
 
         // The same run gathered from separate buffers.
         let slices: Vec<std::io::IoSlice<'_>> =
             expect.iter().map(|d| std::io::IoSlice::new(d)).collect();
         a.send_gathered_now(ba, &slices).unwrap();
-        let mut again: Vec<Vec<u8>> = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while again.len() < expect.len() {
-            assert!(std::time::Instant::now() < deadline, "timed out");
-            let mut iov: Vec<IoSliceMut<'_>> =
-                store.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            let n = match b.recv_batch_now(&mut iov, &mut meta) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    common::wait_readable(b.raw_fd(), 1000);
-                    continue;
-                }
-                Err(e) => panic!("recv_batch_now: {e}"),
-            };
-            for (m, s) in meta.iter().zip(&store).take(n) {
-                for d in s[..m.len].chunks(m.stride) {
-                    again.push(d.to_vec());
-                }
-            }
-        }
-        assert_eq!(again, expect);
+        assert_eq!(recv_now_all(&b, expect.len(), from), expect);
     });
 }

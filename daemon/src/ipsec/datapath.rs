@@ -18,7 +18,7 @@
 
 use super::state::{IpsecSet, Shared, Tables, ToControl};
 use crate::datapath::DropCounters;
-use crate::datapath::{dst_ip, reuse, src_ip};
+use crate::datapath::{dst_ip, read_tun_now, recv_udp_now, reuse, src_ip, TunRead};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf};
 use polytun_esp::{classify_udp4500, EspOpenError, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN};
 use polytun_ike::SaId;
@@ -78,27 +78,20 @@ impl Outbound {
     /// SA whose remote traffic selector holds its destination; false when
     /// nothing was queued.
     pub fn turn(&mut self, tun: &Tun, tunnels: &IpsecSet) -> bool {
-        let offset = self.batch.headroom();
-        let r = {
-            let mut bufs: Vec<&mut [u8]> = reuse(std::mem::take(&mut self.spare_bufs));
-            bufs.extend(self.batch.slot_buffers());
-            let r = tun.recv_batch_now(&mut bufs, &mut self.sizes, offset);
-            self.spare_bufs = reuse(bufs);
-            r
-        };
-        match r {
-            Ok(n) => self.batch.set_filled(offset, &self.sizes[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(e) => {
-                if crate::datapath::read_failed(tun, &e, &mut self.errors) {
-                    let overhead = MAX_HEADER_LEN + MAX_TRAILER_LEN;
-                    if let Some(m) = crate::datapath::raised_mtu(tun, self.mtu, overhead) {
-                        self.mtu = m;
-                        self.batch = outbound_batch(m);
-                    }
-                } else {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+        match read_tun_now(
+            tun,
+            &mut self.batch,
+            &mut self.sizes,
+            &mut self.spare_bufs,
+            &mut self.errors,
+            (self.mtu, MAX_HEADER_LEN + MAX_TRAILER_LEN),
+        ) {
+            TunRead::Packets => {}
+            TunRead::Empty => return false,
+            TunRead::Failed => return true,
+            TunRead::MtuChanged(m) => {
+                self.mtu = m;
+                self.batch = outbound_batch(m);
                 return true;
             }
         }
@@ -249,23 +242,15 @@ impl Inbound {
     /// Receives one batch on `shared`'s UDP 4500 socket, opens it and
     /// writes it to `tun`; false when nothing was queued.
     pub fn turn(&mut self, tun: &Tun, shared: &Shared) -> bool {
-        let n = {
-            let mut iov: Vec<IoSliceMut<'_>> = reuse(std::mem::take(&mut self.spare_iov));
-            iov.extend(self.udp_bufs.iter_mut().map(|b| IoSliceMut::new(b)));
-            let r = shared.natt.recv_batch_now(&mut iov, &mut self.metas);
-            self.spare_iov = reuse(iov);
-            match r {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-                Err(e) => {
-                    self.errors += 1;
-                    if self.errors.is_power_of_two() {
-                        tracing::debug!("{}: udp 4500 receive: {e}", shared.name);
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                    return true;
-                }
-            }
+        let Some(n) = recv_udp_now(
+            &shared.natt,
+            &mut self.udp_bufs,
+            &mut self.metas,
+            &mut self.spare_iov,
+            &mut self.errors,
+            &shared.name,
+        ) else {
+            return false;
         };
         let now = Instant::now();
         self.open(shared, n, now);

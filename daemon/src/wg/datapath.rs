@@ -15,7 +15,7 @@
 
 use super::state::{Shared, Tables, ToControl};
 use crate::datapath::DropCounters;
-use crate::datapath::{dst_ip, reuse, src_ip};
+use crate::datapath::{dst_ip, read_tun_now, recv_udp_now, reuse, src_ip, TunRead};
 use polytun_core::record::OpenError;
 use polytun_core::{KeyStatus, PacketBatch, PacketBuf};
 use polytun_io::{RecvMeta, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
@@ -95,27 +95,21 @@ impl Outbound {
 
     /// Reads one batch from `tun` and sends it; false when nothing was queued.
     pub fn turn(&mut self, tun: &Tun, tunnels: &TunnelSet) -> bool {
-        let offset = self.batch.headroom();
-        let r = {
-            let mut bufs: Vec<&mut [u8]> = reuse(std::mem::take(&mut self.spare_bufs));
-            bufs.extend(self.batch.slot_buffers());
-            let r = tun.recv_batch_now(&mut bufs, &mut self.sizes, offset);
-            self.spare_bufs = reuse(bufs);
-            r
-        };
-        match r {
-            Ok(n) => self.batch.set_filled(offset, &self.sizes[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(e) => {
-                if crate::datapath::read_failed(tun, &e, &mut self.errors) {
-                    if let Some(m) = crate::datapath::raised_mtu(tun, self.mtu, MAX_OVERHEAD) {
-                        let errors = self.errors;
-                        *self = Outbound::new(m);
-                        self.errors = errors;
-                    }
-                } else {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
+        match read_tun_now(
+            tun,
+            &mut self.batch,
+            &mut self.sizes,
+            &mut self.spare_bufs,
+            &mut self.errors,
+            (self.mtu, MAX_OVERHEAD),
+        ) {
+            TunRead::Packets => {}
+            TunRead::Empty => return false,
+            TunRead::Failed => return true,
+            TunRead::MtuChanged(m) => {
+                let errors = self.errors;
+                *self = Outbound::new(m);
+                self.errors = errors;
                 return true;
             }
         }
@@ -258,23 +252,15 @@ impl Inbound {
     /// Receives one batch from `socket` (the tunnel's), opens it and writes
     /// it to `tun`; false when nothing was queued.
     pub fn turn(&mut self, tun: &Tun, shared: &Shared, socket: &UdpSocket) -> bool {
-        let n = {
-            let mut iov: Vec<IoSliceMut<'_>> = reuse(std::mem::take(&mut self.spare_iov));
-            iov.extend(self.udp_bufs.iter_mut().map(|b| IoSliceMut::new(b)));
-            let r = socket.recv_batch_now(&mut iov, &mut self.metas);
-            self.spare_iov = reuse(iov);
-            match r {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-                Err(e) => {
-                    self.errors += 1;
-                    if self.errors.is_power_of_two() {
-                        tracing::debug!("{}: udp receive: {e}", shared.name);
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                    return true;
-                }
-            }
+        let Some(n) = recv_udp_now(
+            socket,
+            &mut self.udp_bufs,
+            &mut self.metas,
+            &mut self.spare_iov,
+            &mut self.errors,
+            &shared.name,
+        ) else {
+            return false;
         };
         self.open(shared, n);
         crate::datapath::write_opened(

@@ -898,16 +898,6 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
         }
         tunnels.push(Tunnel { name, protocol });
     }
-    if queues > 1
-        && tunnels
-            .iter()
-            .any(|t| matches!(&t.protocol, Protocol::OpenVpn(o) if o.server.is_some()))
-    {
-        return Err(ctx.err(
-            &[Seg::Key("interface"), Seg::Key("queues")],
-            "an OpenVPN server reads one TUN queue; remove `queues`".to_string(),
-        ));
-    }
     Ok(Config {
         path: file.to_path_buf(),
         interface: Interface {

@@ -41,40 +41,6 @@ impl DropCounters {
     }
 }
 
-/// Reads the next batch of packets from `tun` into `batch`, each at the
-/// batch's headroom. Errors are logged (at powers of two, counted in
-/// `errors`) and retried, so a bad read never ends a data path. Returns
-/// false, with nothing read, when a packet was dropped because it did not
-/// fit the batch's slots: the interface MTU may have grown since the batch
-/// was laid out ([`raised_mtu`]).
-pub async fn read_tun(
-    tun: &Tun,
-    batch: &mut PacketBatch,
-    sizes: &mut [usize],
-    errors: &mut u64,
-) -> bool {
-    let offset = batch.headroom();
-    loop {
-        let r = {
-            let mut bufs: Vec<&mut [u8]> = batch.slot_buffers().collect();
-            tun.recv_batch(&mut bufs, sizes, offset).await
-        };
-        match r {
-            Ok(n) => {
-                batch.set_filled(offset, &sizes[..n]);
-                return true;
-            }
-            Err(e) => {
-                if read_failed(tun, &e, errors) {
-                    batch.set_filled(offset, &[]);
-                    return false;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
 /// What one read of a batch from a data-path thread's TUN queue came to.
 pub enum TunRead {
     /// Packets are in the batch.

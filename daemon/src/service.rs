@@ -38,7 +38,11 @@ struct Running {
     ipsec: Vec<IpsecHandle>,
     ipsec_set: IpsecSet,
     ovpn: Vec<openvpn::tunnel::TunnelHandle>,
-    ovpn_set: openvpn::state::TunnelSet,
+    /// The OpenVPN client tunnels' sessions, as the data path routes to them.
+    ovpn_routes: openvpn::datapath::Routes,
+    /// The OpenVPN client tunnels' data-path threads (started with the
+    /// first client; a server starts its own).
+    ovpn_path: Option<openvpn::datapath::DataPath>,
     /// The WireGuard data-path threads (started with the first WireGuard tunnel).
     wg_path: Option<crate::wg::datapath::DataPath>,
     /// The ESP data-path threads (started with the first IPsec tunnel).
@@ -82,18 +86,30 @@ impl Running {
                 return Ok(());
             }
             Protocol::OpenVpn(o) if o.server.is_some() => {
-                // The server reads the TUN device itself (alone on it).
+                // The server starts its own data-path threads (it is alone
+                // on its interface).
                 let mtu = usize::from(self.config.interface.mtu);
                 let h = openvpn::server::spawn(&t.name, o.as_ref().clone(), self.tun.clone(), mtu)?;
                 self.ovpn.push(h);
                 return Ok(());
             }
             Protocol::OpenVpn(o) => {
-                let h = openvpn::tunnel::spawn(&t.name, o.as_ref().clone(), self.tun.clone())?;
-                self.ovpn_set
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(h.shared.clone());
+                let poller = match &self.ovpn_path {
+                    Some(dp) => dp.poller(),
+                    None => {
+                        let mtu = usize::from(self.config.interface.mtu);
+                        let dp = openvpn::datapath::Turns::spawn(
+                            self.tun.clone(),
+                            self.ovpn_routes.clone(),
+                            mtu,
+                        )
+                        .context("starting the OpenVPN data path")?;
+                        self.ovpn_path.insert(dp).poller()
+                    }
+                };
+                let h =
+                    openvpn::tunnel::spawn(&t.name, o.as_ref().clone(), self.tun.clone(), poller)?;
+                openvpn::datapath::add_client(&self.ovpn_routes, h.shared.clone());
                 tracing::info!(
                     "tunnel {} (openvpn client): server {} over {}",
                     t.name,
@@ -161,10 +177,7 @@ impl Running {
         }
         if let Some(pos) = self.ovpn.iter().position(|h| h.name == name) {
             let h = self.ovpn.remove(pos);
-            self.ovpn_set
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|s| !Arc::ptr_eq(s, &h.shared));
+            openvpn::datapath::remove_client(&self.ovpn_routes, &h.shared);
             let _ = h
                 .commands
                 .send(openvpn::tunnel::TunnelCommand::Shutdown)
@@ -459,14 +472,10 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 /// until SIGTERM/SIGINT or `polytun down`.
 pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
     let iface = cfg.interface.clone();
-    // WireGuard's and ESP's data-path threads poll the device themselves;
-    // OpenVPN's readers run on tokio.
-    let create = match cfg.tunnels.first().map(|t| &t.protocol) {
-        Some(Protocol::WireGuard(_) | Protocol::Ipsec(_)) => Tun::create_for_thread,
-        _ => Tun::create,
-    };
+    // Every protocol's data-path threads poll the device themselves
+    // (crate::threads).
     let tun = Arc::new(
-        create(&TunConfig {
+        Tun::create_for_thread(&TunConfig {
             name: iface.name.clone(),
             mtu: iface.mtu,
             offload: iface.offload,
@@ -498,38 +507,13 @@ pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
         ipsec: Vec::new(),
         ipsec_set: Arc::new(std::sync::RwLock::new(Vec::new())),
         ovpn: Vec::new(),
-        ovpn_set: Arc::new(std::sync::RwLock::new(Vec::new())),
+        ovpn_routes: Arc::default(),
+        ovpn_path: None,
         wg_path: None,
         esp_path: None,
     };
     for t in &cfg.tunnels {
         running.spawn_tunnel(t)?;
-    }
-    // One protocol per interface: its TUN reader, one per queue (the kernel
-    // spreads flows over the queues; every queue must be read).
-    let mut readers = Vec::new();
-    for q in 0..iface.queues {
-        let tun = if q == 0 {
-            tun.clone()
-        } else {
-            tun.queue(q)
-                .with_context(|| format!("TUN device {}: no queue {q}", iface.name))?
-        };
-        let mtu = usize::from(iface.mtu);
-        readers.push(match cfg.tunnels.first().map(|t| &t.protocol) {
-            // The server reads queue 0 itself (multi-queue refused by the config).
-            Some(Protocol::OpenVpn(o)) if o.server.is_some() => {
-                tokio::spawn(std::future::pending())
-            }
-            Some(Protocol::OpenVpn(_)) => tokio::spawn(openvpn::datapath::tun_to_net(
-                tun,
-                running.ovpn_set.clone(),
-                mtu,
-            )),
-            // WireGuard's and ESP's data-path threads read every queue
-            // (crate::threads).
-            _ => break,
-        });
     }
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<control::Request>(16);
     let socket_path = iface.control_socket.clone();
@@ -588,9 +572,6 @@ pub async fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
         .collect();
     for n in names {
         running.stop_tunnel(&n).await;
-    }
-    for r in &readers {
-        r.abort();
     }
     server.abort();
     let _ = std::fs::remove_file(&socket_path);

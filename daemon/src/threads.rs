@@ -1,7 +1,8 @@
 //! The data path's threads: one per TUN queue, each blocking in its own
 //! `epoll` on its queue and (the first) on every tunnel's UDP socket, and
 //! running the protocol's outbound and inbound turns ([`Turns`]) itself.
-//! WireGuard and ESP run here; OpenVPN's data path is still tokio tasks.
+//! WireGuard, ESP and OpenVPN run here (OpenVPN's TCP connections keep a
+//! tokio reader and writer task each).
 //!
 //! No async runtime sits on the packet path. A packet costs the thread's
 //! wake-up, its syscalls and its crypto; a ping's reply leaves from the

@@ -1,13 +1,19 @@
 //! The OpenVPN data path: TUN → P_DATA_V2 seal in place (batched) → UDP
 //! (GSO runs) or TCP (16-bit framing); UDP/TCP → classify → control task,
-//! or open in place in 64 KiB TUN slots → TUN write batch. Keepalive pings
-//! count as liveness and are never written to the TUN.
+//! or open in place → TUN write batch. Keepalive pings count as liveness
+//! and are never written to the TUN.
+//!
+//! The TUN queues and the UDP sockets are served by the data-path threads
+//! of [`crate::threads`] ([`Turns`]: an [`Outbound`] turn per readable
+//! queue, an [`Inbound`] turn per readable socket); a TCP connection has a
+//! tokio reader task ([`tcp_to_tun`], [`read_frames`]) and writer task
+//! ([`tcp_writer`]), which the outbound turn hands framed batches to.
 
-use super::state::{Link, Shared, Tables, ToControl, TunnelSet};
+use super::state::{Link, Shared, Tables, ToControl};
 use crate::datapath::DropCounters;
-use crate::datapath::{dst_ip, reuse};
+use crate::datapath::{dst_ip, read_tun_now, recv_udp_now, reuse, TunRead};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf, PrefixTable};
-use polytun_io::{RecvMeta, Tun, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
+use polytun_io::{RecvMeta, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
 use polytun_openvpn::data::{
     occ_exit_payload, DataError, Opened, OCC_EXIT, OCC_MAGIC, OVERHEAD, PING_MAGIC,
 };
@@ -16,9 +22,10 @@ use polytun_openvpn::packet::{split_op_byte, Opcode, DATA_TAG_LEN};
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc::error::TrySendError;
 
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
 pub(super) const UDP_BUF: usize = 65536;
@@ -26,58 +33,21 @@ pub(super) const UDP_BUF: usize = 65536;
 /// decoder (which keeps partial frames) back to back, and written from
 /// here when the next frame might not fit.
 const FRAME_STAGE: usize = 512 * 1024;
+/// How long an outbound turn waits for room in a TCP connection's queue
+/// before it drops the batch (counted). A thread must not block on a
+/// tokio task without a bound: the task may be aborted and wait for the
+/// runtime, whose worker may be waiting for this thread (a shutdown
+/// joining it).
+const TCP_QUEUE_WAIT: Duration = Duration::from_millis(20);
 
 /// Which tunnel of the set carries `dst`: the one whose routes contain
 /// it, else the first with a key (a client's default).
-fn pick(
-    guards: &[Option<std::sync::RwLockReadGuard<'_, Tables>>],
-    dst: std::net::IpAddr,
-) -> Option<usize> {
+fn pick(guards: &[Option<RwLockReadGuard<'_, Tables>>], dst: std::net::IpAddr) -> Option<usize> {
     if guards.len() == 1 {
         return Some(0);
     }
     let has = |f: &dyn Fn(&Tables) -> bool| guards.iter().position(|t| t.as_deref().is_some_and(f));
     has(&|t| t.routes.lookup(dst).is_some()).or_else(|| has(&|t| t.current.is_some()))
-}
-
-/// Sends one session's sealed packets (`slots` of `batch`, in order). Over
-/// UDP each run of datagrams of one size (the last may be shorter) leaves
-/// gathered from its slots in GSO sends, without a copy; over TCP they are
-/// framed into one buffer for the connection's writer task.
-async fn send_sealed(
-    shared: &Shared,
-    link: &Link,
-    batch: &PacketBatch,
-    slots: &[(usize, usize)],
-    run: &mut Vec<IoSlice<'static>>,
-) {
-    match link {
-        Link::Udp(sock) => {
-            let destination = shared.remote();
-            let mut slices: Vec<IoSlice<'_>> = reuse(std::mem::take(run));
-            let mut k = 0;
-            while k < slots.len() {
-                let j = crate::datapath::equal_size_run(slots, k, |&(i, _)| Some(batch.get(i)));
-                slices.clear();
-                slices.extend(slots[k..j].iter().map(|&(i, _)| IoSlice::new(batch.get(i))));
-                if let Err(e) = sock.send_gathered(destination, &slices).await {
-                    tracing::debug!("{}: udp send: {e}", shared.name);
-                }
-                k = j;
-            }
-            *run = reuse(slices);
-        }
-        Link::Tcp(tx) => {
-            let len = slots.iter().map(|&(i, _)| batch.get(i).len() + 2).sum();
-            let mut out = Vec::with_capacity(len);
-            for &(i, _) in slots {
-                let _ = encode_frame(batch.get(i), &mut out);
-            }
-            if tx.send(out).await.is_err() {
-                DropCounters::bump(&shared.drops.other);
-            }
-        }
-    }
 }
 
 /// Tells the control task a key reached a soft limit (reported once per key).
@@ -139,16 +109,35 @@ pub struct Routing {
     pub by_dst: Option<PrefixTable<usize>>,
 }
 
-/// Reads the TUN device forever and sends each packet through the OpenVPN
-/// client tunnel it routes to.
-pub async fn tun_to_net(tun: Arc<Tun>, tunnels: TunnelSet, mtu: usize) {
-    tun_loop(tun, mtu, move || {
-        Arc::new(Routing {
-            sessions: tunnels.read().unwrap_or_else(|e| e.into_inner()).clone(),
-            by_dst: None,
-        })
-    })
-    .await
+/// What the outbound turns route by: replaced as a whole when a session
+/// comes or goes (a turn takes the current one with an `Arc` clone and
+/// holds no lock while it sends).
+pub type Routes = Arc<RwLock<Arc<Routing>>>;
+
+/// Adds a client tunnel's session to an interface's routes.
+pub fn add_client(routes: &Routes, shared: Arc<Shared>) {
+    let mut r = routes.write().unwrap_or_else(|e| e.into_inner());
+    let mut sessions = r.sessions.clone();
+    sessions.push(shared);
+    *r = Arc::new(Routing {
+        sessions,
+        by_dst: None,
+    });
+}
+
+/// Removes a client tunnel's session from an interface's routes.
+pub fn remove_client(routes: &Routes, shared: &Arc<Shared>) {
+    let mut r = routes.write().unwrap_or_else(|e| e.into_inner());
+    let sessions = r
+        .sessions
+        .iter()
+        .filter(|s| !Arc::ptr_eq(s, shared))
+        .cloned()
+        .collect();
+    *r = Arc::new(Routing {
+        sessions,
+        by_dst: None,
+    });
 }
 
 /// The outbound arena: P_DATA_V2's header and its leading AEAD tag
@@ -157,71 +146,118 @@ fn outbound_batch(mtu: usize) -> PacketBatch {
     PacketBatch::new(TUN_BATCH, OVERHEAD, mtu, 0)
 }
 
-/// Reads the TUN device forever; `routing()` (called once per batch) says
-/// which session carries each packet. Packets are sealed in place with
-/// that session's current key and sent per session in one batch.
-pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routing>) {
-    let mut mtu = mtu;
-    let mut batch = outbound_batch(mtu);
-    let mut sizes = vec![0usize; TUN_BATCH];
-    let mut sealed: Vec<(usize, usize)> = Vec::with_capacity(TUN_BATCH); // (slot, session)
-    let mut run: Vec<IoSlice<'static>> = Vec::with_capacity(TUN_BATCH);
-    let mut errors = 0u64;
-    loop {
-        if !crate::datapath::read_tun(&tun, &mut batch, &mut sizes, &mut errors).await {
-            // (OVERHEAD has the tag; 2: the TCP transport's length prefix)
-            let overhead = 2 + OVERHEAD;
-            if let Some(m) = crate::datapath::raised_mtu(&tun, mtu, overhead) {
-                mtu = m;
-                batch = outbound_batch(mtu);
+/// The outbound half of the data path: TUN → session → seal in place →
+/// UDP (gathered GSO sends) or TCP (framed, to the writer task), one batch
+/// a turn.
+pub struct Outbound {
+    mtu: usize,
+    batch: PacketBatch,
+    sizes: Vec<usize>,
+    /// (slot, session) of each sealed packet.
+    sealed: Vec<(usize, usize)>,
+    errors: u64,
+    /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
+    spare_bufs: Vec<&'static mut [u8]>,
+    spare_guards: Vec<Option<RwLockReadGuard<'static, Tables>>>,
+    spare_slices: Vec<IoSlice<'static>>,
+}
+
+impl Outbound {
+    pub fn new(mtu: usize) -> Self {
+        Outbound {
+            mtu,
+            batch: outbound_batch(mtu),
+            sizes: vec![0usize; TUN_BATCH],
+            sealed: Vec::with_capacity(TUN_BATCH),
+            errors: 0,
+            spare_bufs: Vec::with_capacity(TUN_BATCH),
+            spare_guards: Vec::new(),
+            spare_slices: Vec::with_capacity(TUN_BATCH),
+        }
+    }
+
+    /// Reads one batch from `tun` and sends each packet through the
+    /// session `routes` picks; false when nothing was queued.
+    pub fn turn(&mut self, tun: &Tun, routes: &Routes) -> bool {
+        // (OVERHEAD has the tag; 2: the TCP transport's length prefix)
+        let overhead = 2 + OVERHEAD;
+        match read_tun_now(
+            tun,
+            &mut self.batch,
+            &mut self.sizes,
+            &mut self.spare_bufs,
+            &mut self.errors,
+            (self.mtu, overhead),
+        ) {
+            TunRead::Packets => {}
+            TunRead::Empty => return false,
+            TunRead::Failed => return true,
+            TunRead::MtuChanged(m) => {
+                self.mtu = m;
+                self.batch = outbound_batch(m);
+                return true;
             }
-            continue;
+        }
+        let r = routes.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if r.sessions.is_empty() {
+            return true;
         }
         let now = Instant::now();
-        let r = routing();
-        let set = &r.sessions;
-        if set.is_empty() {
-            continue;
+        self.seal(&r, now);
+        self.send(&r.sessions, now);
+        true
+    }
+
+    /// Seals every packet with its session's current key in place.
+    fn seal(&mut self, r: &Routing, now: Instant) {
+        let (batch, set) = (&mut self.batch, &r.sessions);
+        self.sealed.clear();
+        // A server locks only the sessions this batch uses.
+        let mut guards: Vec<Option<RwLockReadGuard<'_, Tables>>> =
+            reuse(std::mem::take(&mut self.spare_guards));
+        match r.by_dst {
+            None => guards.extend(set.iter().map(|s| Some(s.tables()))),
+            Some(_) => guards.extend(set.iter().map(|_| None)),
         }
-        sealed.clear();
-        {
-            // A server locks only the sessions this batch uses.
-            let mut guards: Vec<Option<std::sync::RwLockReadGuard<'_, Tables>>> = match r.by_dst {
-                None => set.iter().map(|s| Some(s.tables())).collect(),
-                Some(_) => set.iter().map(|_| None).collect(),
+        for i in 0..batch.len() {
+            let Some(dst) = dst_ip(batch.get(i)) else {
+                continue;
             };
-            for i in 0..batch.len() {
-                let Some(dst) = dst_ip(batch.get(i)) else {
-                    continue;
-                };
-                let ti = match &r.by_dst {
-                    Some(t) => t.lookup(dst).copied().filter(|&ti| ti < set.len()),
-                    None => pick(&guards, dst),
-                };
-                let Some(ti) = ti else {
-                    continue;
-                };
-                let shared = &set[ti];
-                let tables = guards[ti].get_or_insert_with(|| shared.tables());
-                let Some(key) = tables.current.as_ref() else {
-                    DropCounters::bump(&shared.drops.no_session);
-                    continue;
-                };
-                let size = batch.get(i).len();
-                match batch.with_packet(i, |p| key.seal(now, p)) {
-                    Ok(st) => {
-                        if st == KeyStatus::Expiring {
-                            key_expiring(shared, key.key_id);
-                        }
-                        shared.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
-                        sealed.push((i, ti));
+            let ti = match &r.by_dst {
+                Some(t) => t.lookup(dst).copied().filter(|&ti| ti < set.len()),
+                None => pick(&guards, dst),
+            };
+            let Some(ti) = ti else {
+                continue;
+            };
+            let shared = &set[ti];
+            let tables = guards[ti].get_or_insert_with(|| shared.tables());
+            let Some(key) = tables.current.as_ref() else {
+                DropCounters::bump(&shared.drops.no_session);
+                continue;
+            };
+            let size = batch.get(i).len();
+            match batch.with_packet(i, |p| key.seal(now, p)) {
+                Ok(st) => {
+                    if st == KeyStatus::Expiring {
+                        key_expiring(shared, key.key_id);
                     }
-                    Err(_) => DropCounters::bump(&shared.drops.expired_key),
+                    shared.tx_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                    self.sealed.push((i, ti));
                 }
+                Err(_) => DropCounters::bump(&shared.drops.expired_key),
             }
         }
-        // stable: each session's packets keep their order
-        sealed.sort_by_key(|s| s.1);
+        self.spare_guards = reuse(guards);
+    }
+
+    /// Sends the sealed packets per session, each session's in TUN order.
+    fn send(&mut self, set: &[Arc<Shared>], now: Instant) {
+        // By session, then slot: each session's packets keep their order
+        // (an unstable sort never allocates).
+        self.sealed.sort_unstable_by_key(|&(i, ti)| (ti, i));
+        let (batch, sealed) = (&self.batch, &self.sealed);
+        let mut run: Vec<IoSlice<'_>> = reuse(std::mem::take(&mut self.spare_slices));
         for slots in sealed.chunk_by(|a, b| a.1 == b.1) {
             let shared = &set[slots[0].1];
             let Some(link) = shared.link() else {
@@ -229,7 +265,60 @@ pub async fn tun_loop(tun: Arc<Tun>, mtu: usize, routing: impl Fn() -> Arc<Routi
                 continue;
             };
             shared.mark_tx(now);
-            send_sealed(shared, &link, &batch, slots, &mut run).await;
+            match &*link {
+                Link::Udp(sock) => {
+                    let dst = shared.remote();
+                    // Each run of datagrams of one size (the last may be
+                    // shorter) leaves gathered from its slots in GSO sends.
+                    let mut k = 0;
+                    while k < slots.len() {
+                        let j =
+                            crate::datapath::equal_size_run(slots, k, |&(i, _)| Some(batch.get(i)));
+                        run.clear();
+                        run.extend(slots[k..j].iter().map(|&(i, _)| IoSlice::new(batch.get(i))));
+                        if let Err(e) = sock.send_gathered_now(dst, &run) {
+                            self.errors += 1;
+                            if self.errors.is_power_of_two() {
+                                tracing::debug!("{}: udp send to {dst}: {e}", shared.name);
+                            }
+                        }
+                        k = j;
+                    }
+                }
+                Link::Tcp(tx) => {
+                    let len = slots.iter().map(|&(i, _)| batch.get(i).len() + 2).sum();
+                    let mut out = Vec::with_capacity(len);
+                    for &(i, _) in slots {
+                        let _ = encode_frame(batch.get(i), &mut out);
+                    }
+                    queue_frames(shared, tx, out);
+                }
+            }
+        }
+        self.spare_slices = reuse(run);
+    }
+}
+
+/// Queues framed bytes for a TCP connection's writer task, waiting up to
+/// [`TCP_QUEUE_WAIT`] for room (TCP's back-pressure reaches the TUN reader
+/// this way); past that, or when the connection is gone, the batch is a
+/// counted drop.
+fn queue_frames(shared: &Shared, tx: &tokio::sync::mpsc::Sender<Vec<u8>>, out: Vec<u8>) {
+    let mut out = out;
+    let mut waited = Duration::ZERO;
+    let step = Duration::from_micros(200);
+    loop {
+        match tx.try_send(out) {
+            Ok(()) => return,
+            Err(TrySendError::Full(o)) if waited < TCP_QUEUE_WAIT => {
+                out = o;
+                std::thread::sleep(step);
+                waited += step;
+            }
+            Err(_) => {
+                DropCounters::bump(&shared.drops.other);
+                return;
+            }
         }
     }
 }
@@ -250,7 +339,7 @@ pub(super) enum Rx {
 /// One received P_DATA packet (a UDP datagram or a TCP frame) in the
 /// buffer it was received or staged in, `buf[start..]`, and opened there:
 /// the TUN write takes the plaintext where it lies.
-pub(super) struct Dg<'a> {
+pub struct Dg<'a> {
     buf: &'a mut [u8],
     start: usize,
     /// Which receive buffer `buf` is (for the TUN write).
@@ -270,7 +359,7 @@ impl<'a> Dg<'a> {
 /// Collects the packets opened in place in a batch of receive buffers and
 /// writes them to the TUN device together (`datapath::write_opened`).
 #[derive(Default)]
-pub(super) struct TunWriter {
+pub struct TunWriter {
     /// (buffer, datagram start, plaintext end) of each packet, in buffer
     /// order; the plaintext starts OVERHEAD bytes into its datagram.
     opened: Vec<(usize, usize, usize)>,
@@ -410,78 +499,144 @@ impl TunWriter {
     }
 }
 
-/// The datagrams of one `recv_batch` (GRO runs split at their stride):
-/// (buffer index, start, end, canonical source address).
-fn datagrams(metas: &[RecvMeta]) -> impl Iterator<Item = (usize, usize, usize, SocketAddr)> + '_ {
-    metas.iter().enumerate().flat_map(|(i, m)| {
+/// The datagrams of one batched receive (GRO runs split at their stride),
+/// each in the buffer it was received in, with its (canonical) source.
+pub(super) fn each_datagram(
+    bufs: &mut [Vec<u8>],
+    metas: &[RecvMeta],
+    mut f: impl FnMut(&mut Dg<'_>, SocketAddr),
+) {
+    for (i, m) in metas.iter().enumerate() {
         let stride = if m.stride == 0 { m.len } else { m.stride };
         let len = m.len.min(UDP_BUF);
-        (0..len.div_ceil(stride.max(1))).map(move |s| {
-            let start = s * stride;
-            let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
-            (i, start, (start + stride).min(len), src)
-        })
-    })
+        let src = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
+        for start in (0..len).step_by(stride.max(1)) {
+            let end = (start + stride).min(len);
+            f(&mut Dg::new(&mut bufs[i][..end], start, i), src);
+        }
+    }
 }
 
-/// Receives the tunnel's UDP datagrams forever.
-pub async fn udp_to_tun(tun: Arc<Tun>, shared: Arc<Shared>, sock: Arc<polytun_io::UdpSocket>) {
-    read_datagrams(
-        &sock,
-        &tun,
-        &shared,
-        || (shared.tables(), shared.remote()),
-        |w, (tables, remote), d, src, now| {
-            if src != *remote {
+/// A UDP socket the data-path threads receive on, and whose datagrams
+/// they are: a client tunnel's ([`ClientSocket`]) or a server's.
+pub trait Receive: Send + Sync {
+    fn socket(&self) -> &UdpSocket;
+    /// The tunnel whose name and counters receive errors go to.
+    fn tunnel(&self) -> &Shared;
+    /// Handles the datagrams of one receive ([`each_datagram`]) under one
+    /// lock of the tables, opening data packets in place into `w`.
+    fn datagrams(&self, w: &mut TunWriter, bufs: &mut [Vec<u8>], metas: &[RecvMeta], now: Instant);
+}
+
+/// A registered socket as the data-path threads know it.
+pub type Receiver = Arc<dyn Receive>;
+pub type Poller = crate::threads::Poller<Receiver>;
+pub type DataPath = crate::threads::DataPath<Receiver>;
+
+/// A client tunnel's UDP socket: datagrams from its server only.
+pub struct ClientSocket {
+    pub shared: Arc<Shared>,
+    pub socket: Arc<UdpSocket>,
+}
+
+impl Receive for ClientSocket {
+    fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    fn tunnel(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn datagrams(&self, w: &mut TunWriter, bufs: &mut [Vec<u8>], metas: &[RecvMeta], now: Instant) {
+        let shared = &*self.shared;
+        let (tables, remote) = (shared.tables(), shared.remote());
+        each_datagram(bufs, metas, |d, src| {
+            if src != remote {
                 // A client talks to its server only.
                 DropCounters::bump(&shared.drops.bad_source);
                 return;
             }
-            w.handle(&shared, tables, d, now);
-        },
-    )
-    .await
+            w.handle(shared, &tables, d, now);
+        });
+    }
 }
 
-/// Receives datagrams forever: `each` sees every datagram (GRO runs
-/// split) with its source, under one `lock()` per batch, opening TUN
-/// packets where they lie; the writer writes them once per batch.
-pub(super) async fn read_datagrams<G>(
-    sock: &polytun_io::UdpSocket,
-    tun: &Tun,
-    shared: &Shared,
-    lock: impl Fn() -> G,
-    mut each: impl FnMut(&mut TunWriter, &G, &mut Dg<'_>, SocketAddr, Instant),
-) {
-    let mut udp_bufs: Vec<Vec<u8>> = (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect();
-    let mut metas = vec![RecvMeta::default(); UDP_RECV_BATCH];
-    let mut w = TunWriter::with_capacity(UDP_RECV_MAX_DATAGRAMS);
-    let mut errors = 0u64;
-    loop {
-        let n = {
-            let mut iov: Vec<IoSliceMut<'_>> =
-                udp_bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            match sock.recv_batch(&mut iov, &mut metas).await {
-                Ok(n) => n,
-                Err(e) => {
-                    errors += 1;
-                    if errors.is_power_of_two() {
-                        tracing::debug!("{}: udp receive: {e}", shared.name);
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                    continue;
-                }
-            }
+/// The inbound half of the data path: a UDP socket → classify → open in
+/// place → TUN, one receive batch a turn.
+pub struct Inbound {
+    udp_bufs: Vec<Vec<u8>>,
+    metas: Vec<RecvMeta>,
+    w: TunWriter,
+    errors: u64,
+    /// The allocation of the per-turn iovec list (see `datapath::reuse`).
+    spare_iov: Vec<IoSliceMut<'static>>,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Inbound {
+            udp_bufs: (0..UDP_RECV_BATCH).map(|_| vec![0u8; UDP_BUF]).collect(),
+            metas: vec![RecvMeta::default(); UDP_RECV_BATCH],
+            w: TunWriter::with_capacity(UDP_RECV_MAX_DATAGRAMS),
+            errors: 0,
+            spare_iov: Vec::with_capacity(UDP_RECV_BATCH),
+        }
+    }
+}
+
+impl Inbound {
+    /// Receives one batch on `r`'s socket, handles it and writes what was
+    /// opened to `tun`; false when nothing was queued.
+    pub fn turn(&mut self, tun: &Tun, r: &dyn Receive) -> bool {
+        let shared = r.tunnel();
+        let Some(n) = recv_udp_now(
+            r.socket(),
+            &mut self.udp_bufs,
+            &mut self.metas,
+            &mut self.spare_iov,
+            &mut self.errors,
+            &shared.name,
+        ) else {
+            return false;
         };
         let now = Instant::now();
-        {
-            let g = lock();
-            for (i, start, end, src) in datagrams(&metas[..n]) {
-                let mut d = Dg::new(&mut udp_bufs[i][..end], start, i);
-                each(&mut w, &g, &mut d, src, now);
-            }
-        }
-        w.flush(tun, &mut udp_bufs, shared);
+        r.datagrams(&mut self.w, &mut self.udp_bufs, &self.metas[..n], now);
+        self.w.flush(tun, &mut self.udp_bufs, shared);
+        true
+    }
+}
+
+/// What one OpenVPN data-path thread runs.
+pub struct Turns {
+    outbound: Outbound,
+    /// One receive arena for all sockets: their turns never overlap.
+    inbound: Option<Inbound>,
+    routes: Routes,
+}
+
+impl Turns {
+    /// The threads (`ovpn-data-N`) of an interface whose sessions are `routes`.
+    pub fn spawn(tun: Arc<Tun>, routes: Routes, mtu: usize) -> std::io::Result<DataPath> {
+        DataPath::spawn("ovpn", tun, move || Turns {
+            outbound: Outbound::new(mtu),
+            inbound: None,
+            routes: routes.clone(),
+        })
+    }
+}
+
+impl crate::threads::Turns for Turns {
+    type Receiver = Receiver;
+
+    fn outbound(&mut self, queue: &Tun) {
+        self.outbound.turn(queue, &self.routes);
+    }
+
+    fn inbound(&mut self, tun: &Tun, r: &Receiver) {
+        self.inbound
+            .get_or_insert_with(Inbound::default)
+            .turn(tun, &**r);
     }
 }
 

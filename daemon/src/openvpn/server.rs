@@ -15,7 +15,7 @@
 //! - explicit-exit-notify (CT) removes a client at once; `ping-restart`
 //!   removes silent ones; both free the address and the peer-id.
 
-use super::datapath::{self, Dg, Routing, Rx, TunWriter};
+use super::datapath::{self, Dg, Routes, Routing, Rx, TunWriter};
 use super::settings::{parse_certs, OpenVpn, ServerSettings, Transport};
 use super::state::{Link, Shared, ToControl};
 use super::tunnel::{control_wrap, TunnelCommand, TunnelHandle};
@@ -23,7 +23,7 @@ use crate::control::{Drops, OpenVpnShow, TunnelShow};
 use crate::datapath::DropCounters;
 use ipnet::{IpNet, Ipv4Net};
 use polytun_core::{Limits, PrefixTable};
-use polytun_io::{Tun, UdpSocket};
+use polytun_io::{RecvMeta, Tun, UdpSocket};
 use polytun_openvpn::packet::{split_op_byte, Opcode, SessionId, SESSION_ID_LEN};
 use polytun_openvpn::reliable::ReliableConfig;
 use polytun_openvpn::session::{
@@ -72,12 +72,11 @@ enum Msg {
     LinkDown(u64, String),
 }
 
-/// What the data path reads: clients by peer-id and the TUN routing
-/// (replaced as a whole when a client comes or goes).
+/// What the inbound data path reads: clients by peer-id (replaced as a
+/// whole when a client comes or goes, as the outbound [`Routes`] are).
 #[derive(Default)]
 struct Tables {
     by_peer_id: HashMap<u32, Arc<Shared>>,
-    routing: Arc<Routing>,
 }
 
 type ServerTables = Arc<RwLock<Tables>>;
@@ -100,8 +99,9 @@ fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     Ok(tls::server_config(&id)?)
 }
 
-/// Starts the server: its socket or listener, its TUN reader and its
-/// control task.
+/// Starts the server: its socket or listener, its data-path threads
+/// (`ovpn-data-N`, which read the TUN device: a server is alone on it)
+/// and its control task.
 pub fn spawn(
     name: &str,
     settings: OpenVpn,
@@ -123,6 +123,9 @@ pub fn spawn(
         unused.clone(),
     ));
     let tables: ServerTables = Arc::default();
+    let routes: Routes = Arc::default();
+    let data_path = datapath::Turns::spawn(tun.clone(), routes.clone(), mtu)
+        .map_err(|e| anyhow::anyhow!("tunnel {name}: starting the data path: {e}"))?;
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     let mut tasks = Vec::new();
     let mut udp_link = None;
@@ -130,17 +133,20 @@ pub fn spawn(
     match settings.transport {
         Transport::Udp => {
             let sock = Arc::new(
-                UdpSocket::bind(listen)
+                UdpSocket::bind_for_thread(listen)
                     .map_err(|e| anyhow::anyhow!("tunnel {name}: UDP {listen}: {e}"))?,
             );
             udp_link = Some(Arc::new(Link::Udp(sock.clone())));
-            tasks.push(tokio::spawn(udp_rx(
-                tun.clone(),
-                tunnel.clone(),
-                tables.clone(),
-                sock,
-                tx.clone(),
-            )));
+            let receiver = Arc::new(ServerSocket {
+                tunnel: tunnel.clone(),
+                tables: tables.clone(),
+                socket: sock.clone(),
+                tx: tx.clone(),
+            });
+            data_path
+                .poller()
+                .register(sock.raw_fd(), receiver)
+                .map_err(|e| anyhow::anyhow!("tunnel {name}: UDP {listen}: {e}"))?;
         }
         Transport::Tcp => {
             let std = std::net::TcpListener::bind(listen)
@@ -156,12 +162,6 @@ pub fn spawn(
             )));
         }
     }
-    let t = tables.clone();
-    tasks.push(tokio::spawn(datapath::tun_loop(
-        tun.clone(),
-        mtu,
-        move || read(&t).routing.clone(),
-    )));
     // The server's own address in the pool (topology subnet).
     let gw = first_host(&srv.pool);
     let added_address = match tun.add_address(gw.into(), srv.pool.prefix_len()) {
@@ -181,6 +181,8 @@ pub fn spawn(
         tun,
         tunnel: tunnel.clone(),
         tables,
+        routes,
+        data_path: Some(data_path),
         udp_link,
         unused,
         peers: BTreeMap::new(),
@@ -243,6 +245,10 @@ struct Server {
     /// Tunnel-level drop counters (packets of no client).
     tunnel: Arc<Shared>,
     tables: ServerTables,
+    routes: Routes,
+    /// The threads that read the TUN device and the UDP socket (taken and
+    /// joined when the server stops, so a reload can bind the port again).
+    data_path: Option<datapath::DataPath>,
     udp_link: Option<Arc<Link>>,
     unused: mpsc::Sender<ToControl>,
     /// Checks a first packet without keeping any state.
@@ -738,12 +744,12 @@ impl Server {
                 .iter()
                 .map(|(id, p)| (*id, p.shared.clone()))
                 .collect(),
-            routing: Arc::new(Routing {
-                sessions,
-                by_dst: Some(by_dst),
-            }),
         };
         *self.tables.write().unwrap_or_else(|e| e.into_inner()) = t;
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Routing {
+            sessions,
+            by_dst: Some(by_dst),
+        });
     }
 
     fn on_timer(&mut self) {
@@ -825,6 +831,9 @@ impl Server {
         self.peers.clear();
         self.conns.clear();
         self.publish();
+        // Joins the threads; the socket closes with its registration.
+        self.data_path = None;
+        self.udp_link = None;
         if self.added_address {
             let gw = first_host(&self.srv.pool);
             let _ = self
@@ -992,22 +1001,29 @@ fn handle(
     }
 }
 
-/// Receives the server's UDP datagrams forever.
-async fn udp_rx(
-    tun: Arc<Tun>,
+/// The server's UDP socket as the data-path threads know it.
+struct ServerSocket {
     tunnel: Arc<Shared>,
     tables: ServerTables,
-    sock: Arc<UdpSocket>,
+    socket: Arc<UdpSocket>,
     tx: mpsc::Sender<Msg>,
-) {
-    datapath::read_datagrams(
-        &sock,
-        &tun,
-        &tunnel,
-        || read(&tables),
-        |w, t, d, src, now| handle(w, &tunnel, t, &tx, d, (src, None), now),
-    )
-    .await
+}
+
+impl datapath::Receive for ServerSocket {
+    fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    fn tunnel(&self) -> &Shared {
+        &self.tunnel
+    }
+
+    fn datagrams(&self, w: &mut TunWriter, bufs: &mut [Vec<u8>], metas: &[RecvMeta], now: Instant) {
+        let t = read(&self.tables);
+        datapath::each_datagram(bufs, metas, |d, src| {
+            handle(w, &self.tunnel, &t, &self.tx, d, (src, None), now)
+        });
+    }
 }
 
 /// Accepts TCP connections forever; each gets a reader and a writer task,

@@ -56,9 +56,10 @@ pub struct TunnelHandle {
     pub task: JoinHandle<()>,
 }
 
+/// The client's UDP socket, for the data-path threads.
 fn bind_udp() -> std::io::Result<UdpSocket> {
-    UdpSocket::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0))
-        .or_else(|_| UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)))
+    UdpSocket::bind_for_thread(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0))
+        .or_else(|_| UdpSocket::bind_for_thread(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)))
 }
 
 /// The rustls client configuration of these settings.
@@ -96,21 +97,32 @@ pub(super) fn control_wrap(s: &OpenVpn, is_server: bool) -> ControlWrap {
     }
 }
 
-pub fn spawn(name: &str, settings: OpenVpn, tun: Arc<Tun>) -> anyhow::Result<TunnelHandle> {
+/// Starts a client tunnel: its control task, and over UDP its socket,
+/// registered with the interface's data-path threads (`poller`).
+pub fn spawn(
+    name: &str,
+    settings: OpenVpn,
+    tun: Arc<Tun>,
+    poller: Arc<datapath::Poller>,
+) -> anyhow::Result<TunnelHandle> {
     let tls = tls_config(&settings)
         .map_err(|e| anyhow::anyhow!("tunnel {name}: certificate or key unusable: {e}"))?;
     let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
     let shared = Arc::new(Shared::new(name.to_string(), settings.remote, to_control));
-    let mut link_tasks = Vec::new();
+    let mut registered = None;
     if settings.transport == Transport::Udp {
         let sock =
             Arc::new(bind_udp().map_err(|e| anyhow::anyhow!("tunnel {name}: UDP socket: {e}"))?);
         shared.set_link(Some(Arc::new(Link::Udp(sock.clone()))));
-        link_tasks.push(tokio::spawn(datapath::udp_to_tun(
-            tun.clone(),
-            shared.clone(),
-            sock,
-        )));
+        let fd = sock.raw_fd();
+        let receiver = Arc::new(datapath::ClientSocket {
+            shared: shared.clone(),
+            socket: sock,
+        });
+        poller
+            .register(fd, receiver)
+            .map_err(|e| anyhow::anyhow!("tunnel {name}: UDP socket: {e}"))?;
+        registered = Some(fd);
     }
     let (commands, cmd_rx) = mpsc::channel(16);
     let mut ctl = Control {
@@ -133,7 +145,8 @@ pub fn spawn(name: &str, settings: OpenVpn, tun: Arc<Tun>) -> anyhow::Result<Tun
         tls_version: None,
         connected_since: None,
         last_error: None,
-        link_tasks,
+        poller,
+        registered,
         tcp_tasks: Vec::new(),
     };
     let task = tokio::spawn(async move { ctl.run(from_data, cmd_rx).await });
@@ -174,14 +187,19 @@ struct Control {
     tls_version: Option<String>,
     connected_since: Option<SystemTime>,
     last_error: Option<String>,
-    link_tasks: Vec<JoinHandle<()>>,
+    poller: Arc<datapath::Poller>,
+    /// The UDP socket registered with the data-path threads.
+    registered: Option<std::os::fd::RawFd>,
     tcp_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Control {
     fn drop(&mut self) {
-        for t in self.link_tasks.drain(..).chain(self.tcp_tasks.drain(..)) {
+        for t in self.tcp_tasks.drain(..) {
             t.abort();
+        }
+        if let Some(fd) = self.registered.take() {
+            self.poller.deregister(fd);
         }
     }
 }
@@ -238,6 +256,9 @@ impl Control {
             tracing::info!("tunnel {}: sent explicit-exit-notify ({sent}x)", self.name);
         }
         self.teardown();
+        if let Some(fd) = self.registered.take() {
+            self.poller.deregister(fd);
+        }
         tracing::info!("tunnel {}: stopped", self.name);
     }
 

@@ -1,10 +1,11 @@
-//! The WireGuard and ESP data paths allocate nothing per packet or per
-//! batch (issue 5: "no per-packet allocation on the data path; prove it
-//! with a counting allocator").
+//! The WireGuard, ESP and OpenVPN (UDP) data paths allocate nothing per
+//! packet or per batch (issue 5: "no per-packet allocation on the data
+//! path; prove it with a counting allocator").
 //!
 //! Side A's polytund runs inside this test process, its threads in A's
 //! namespace, under a global allocator that counts the allocations made on
-//! the data-path threads (`wg-data-*`, `esp-data-*`) and nowhere else; side
+//! the data-path threads (`wg-data-*`, `esp-data-*`, `ovpn-data-*`) and
+//! nowhere else; side
 //! B is a polytund process. A warm-up transfer each way lets the per-turn lists
 //! reach their working size; then checksummed transfers each way (A's
 //! outbound turns segment and seal TSO super-packets, its inbound turns open
@@ -15,6 +16,7 @@
 //! writes.
 
 use polytun_e2e::ipsec::{polytun_toml, IpsecSide, PolytunIpsec};
+use polytun_e2e::openvpn::{self as ovpn, Client, KeyMode, Pki, Proto};
 use polytun_e2e::scenario::{PairNet, OL_A, OL_B};
 use polytun_e2e::{bins, unique_ifname, veth_pair, wait_ping, xfer, Device, Impl, Netns};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -41,9 +43,11 @@ fn on_data_thread() -> bool {
             // Looking at the thread's name may allocate itself (state 1
             // keeps that from recursing or being counted).
             r.set(1);
-            let data = std::thread::current()
-                .name()
-                .is_some_and(|n| n.starts_with("wg-data-") || n.starts_with("esp-data-"));
+            let data = std::thread::current().name().is_some_and(|n| {
+                ["wg-data-", "esp-data-", "ovpn-data-"]
+                    .iter()
+                    .any(|p| n.starts_with(p))
+            });
             r.set(if data { 2 } else { 3 });
             data
         }
@@ -173,4 +177,60 @@ fn esp_data_path_allocates_nothing_per_batch() {
     let daemon = daemon_in(na.name(), path);
     assert_no_allocation("ESP", &na, &nb, IN_A, IN_B);
     stop_in_process(&na, &ia, daemon);
+}
+
+/// OpenVPN over UDP, AES-256-GCM, tls-crypt: the server's and the client's
+/// `[[tunnel]]`, the server listening on 192.0.2.1 (the first side of a
+/// `veth_pair`).
+fn openvpn_tunnels(pki: &Pki) -> (String, String) {
+    let server = ovpn::server_tunnel_toml(
+        pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        &["AES-256-GCM"],
+    );
+    let client = ovpn::client_tunnel_toml(
+        pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        &["AES-256-GCM"],
+        &pki.path("ta.key"),
+    );
+    (server, client)
+}
+
+/// The server in this process, with two TUN queues (two `ovpn-data-*`
+/// threads, each reading one; the socket's turns run on the first), a
+/// polytund client process on the other side.
+#[test]
+fn openvpn_server_data_path_allocates_nothing_per_batch() {
+    let (s, c) = (Netns::new("dpovs"), Netns::new("dpovc"));
+    let (_vs, _vc) = veth_pair(&s, &c);
+    let pki = Pki::new(&s);
+    let (server, client) = openvpn_tunnels(&pki);
+    let iface = unique_ifname("dos");
+    let conf = format!("[interface]\nname = \"{iface}\"\nqueues = 2\n\n{server}");
+    let path = s.write_file(&format!("{iface}.toml"), &conf);
+    let daemon = daemon_in(s.name(), path);
+    let _client = Client::start(&c, &client);
+    assert_no_allocation("OpenVPN server", &s, &c, ovpn::SERVER_TUN, ovpn::CLIENT_TUN);
+    stop_in_process(&s, &iface, daemon);
+}
+
+/// The client in this process, a polytund server process on the other side.
+#[test]
+fn openvpn_client_data_path_allocates_nothing_per_batch() {
+    let (s, c) = (Netns::new("dpocs"), Netns::new("dpocc"));
+    let (_vs, _vc) = veth_pair(&s, &c);
+    let pki = Pki::new(&s);
+    let (server, client) = openvpn_tunnels(&pki);
+    let _server = Client::start(&s, &server);
+    let iface = unique_ifname("doc");
+    let conf = format!("[interface]\nname = \"{iface}\"\n\n{client}");
+    let path = c.write_file(&format!("{iface}.toml"), &conf);
+    let daemon = daemon_in(c.name(), path);
+    assert_no_allocation("OpenVPN client", &c, &s, ovpn::CLIENT_TUN, ovpn::SERVER_TUN);
+    stop_in_process(&c, &iface, daemon);
 }

@@ -38,6 +38,9 @@ pub trait Turns {
     /// `receiver`'s socket is readable; opened packets go to `tun` (the
     /// device, which picks each flow's queue).
     fn inbound(&mut self, tun: &Tun, receiver: &Self::Receiver);
+    /// `receiver`'s socket is writable, after [`Poller::want_write`] (a
+    /// stream with bytes it could not take at once).
+    fn writable(&mut self, _receiver: &Self::Receiver) {}
 }
 
 const TUN_TOKEN: u64 = u64::MAX - 1;
@@ -129,6 +132,35 @@ impl<R> Poller<R> {
             drop(sockets);
             drop(entry);
         }
+    }
+
+    /// Asks for `fd`'s writability too, or stops asking. Takes no lock (a
+    /// turn may call it for its own socket, a control task while a turn
+    /// runs); callers serialize calls for one socket themselves.
+    pub fn want_write(&self, fd: RawFd, on: bool) {
+        let out = if on { libc::EPOLLOUT as u32 } else { 0 };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32 | out,
+            u64: fd as u64,
+        };
+        // SAFETY: valid event; a descriptor no longer in the set only
+        // makes the call fail (ENOENT).
+        unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut ev) };
+    }
+
+    /// Stops polling `fd` (a stream that ended, which would stay readable)
+    /// without forgetting its receiver: that is [`Poller::deregister`]'s.
+    /// Takes no lock, so a turn may call it for its own socket.
+    pub fn mute(&self, fd: RawFd) {
+        // SAFETY: as in `want_write`.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
     }
 
     /// Runs `f` with the receiver registered for `fd`, if any. The lock is
@@ -229,7 +261,16 @@ fn run<T: Turns>(poller: &Poller<T::Receiver>, queue: &Tun, tun: &Tun, mut turns
                     }
                 }
                 fd => {
-                    poller.with_registered(fd as RawFd, |r| turns.inbound(tun, r));
+                    let (events, out) = (ev.events, libc::EPOLLOUT as u32);
+                    poller.with_registered(fd as RawFd, |r| {
+                        if events & out != 0 {
+                            turns.writable(r);
+                        }
+                        // readable, or hung up / failed (the read says which)
+                        if events & !out != 0 {
+                            turns.inbound(tun, r);
+                        }
+                    });
                 }
             }
         }

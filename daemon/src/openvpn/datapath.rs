@@ -3,13 +3,13 @@
 //! or open in place → TUN write batch. Keepalive pings count as liveness
 //! and are never written to the TUN.
 //!
-//! The TUN queues and the UDP sockets are served by the data-path threads
-//! of [`crate::threads`] ([`Turns`]: an [`Outbound`] turn per readable
-//! queue, an [`Inbound`] turn per readable socket); a TCP connection has a
-//! tokio reader task ([`tcp_to_tun`], [`read_frames`]) and writer task
-//! ([`tcp_writer`]), which the outbound turn hands framed batches to.
+//! The TUN queues, the UDP sockets and the TCP connections
+//! ([`super::tcp`]) are served by the data-path threads of
+//! [`crate::threads`] ([`Turns`]: an [`Outbound`] turn per readable
+//! queue, an inbound turn per readable socket).
 
 use super::state::{Link, Shared, Tables, ToControl};
+use super::tcp::{TcpBuffers, TcpLink};
 use crate::datapath::DropCounters;
 use crate::datapath::{dst_ip, read_tun_now, recv_udp_now, reuse, TunRead};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf, PrefixTable};
@@ -17,29 +17,16 @@ use polytun_io::{RecvMeta, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAM
 use polytun_openvpn::data::{
     occ_exit_payload, DataError, Opened, OCC_EXIT, OCC_MAGIC, OVERHEAD, PING_MAGIC,
 };
-use polytun_openvpn::framing::{encode_frame, FrameDecoder};
+use polytun_openvpn::framing::encode_frame;
 use polytun_openvpn::packet::{split_op_byte, Opcode, DATA_TAG_LEN};
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc::error::TrySendError;
+use std::time::Instant;
 
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
 pub(super) const UDP_BUF: usize = 65536;
-/// Where TCP frames are opened: they are copied out of the stream's
-/// decoder (which keeps partial frames) back to back, and written from
-/// here when the next frame might not fit.
-const FRAME_STAGE: usize = 512 * 1024;
-/// How long an outbound turn waits for room in a TCP connection's queue
-/// before it drops the batch (counted). A thread must not block on a
-/// tokio task without a bound: the task may be aborted and wait for the
-/// runtime, whose worker may be waiting for this thread (a shutdown
-/// joining it).
-const TCP_QUEUE_WAIT: Duration = Duration::from_millis(20);
-
 /// Which tunnel of the set carries `dst`: the one whose routes contain
 /// it, else the first with a key (a client's default).
 fn pick(guards: &[Option<RwLockReadGuard<'_, Tables>>], dst: std::net::IpAddr) -> Option<usize> {
@@ -65,9 +52,9 @@ fn key_expiring(shared: &Shared, key_id: u8) {
 pub fn send_now(shared: &Shared, packet: &[u8]) -> bool {
     match shared.link().as_deref() {
         Some(Link::Udp(sock)) => sock.try_send_to(packet, shared.remote()).is_ok(),
-        Some(Link::Tcp(tx)) => {
+        Some(Link::Tcp(t)) => {
             let mut out = Vec::with_capacity(packet.len() + 2);
-            encode_frame(packet, &mut out).is_ok() && tx.try_send(out).is_ok()
+            encode_frame(packet, &mut out).is_ok() && t.send(&out)
         }
         None => false,
     }
@@ -147,8 +134,8 @@ fn outbound_batch(mtu: usize) -> PacketBatch {
 }
 
 /// The outbound half of the data path: TUN → session → seal in place →
-/// UDP (gathered GSO sends) or TCP (framed, to the writer task), one batch
-/// a turn.
+/// UDP (gathered GSO sends) or TCP (framed into one write), one batch a
+/// turn.
 pub struct Outbound {
     mtu: usize,
     batch: PacketBatch,
@@ -160,6 +147,8 @@ pub struct Outbound {
     spare_bufs: Vec<&'static mut [u8]>,
     spare_guards: Vec<Option<RwLockReadGuard<'static, Tables>>>,
     spare_slices: Vec<IoSlice<'static>>,
+    /// A batch framed for a TCP connection.
+    frames: Vec<u8>,
 }
 
 impl Outbound {
@@ -173,6 +162,7 @@ impl Outbound {
             spare_bufs: Vec::with_capacity(TUN_BATCH),
             spare_guards: Vec::new(),
             spare_slices: Vec::with_capacity(TUN_BATCH),
+            frames: Vec::new(),
         }
     }
 
@@ -285,41 +275,18 @@ impl Outbound {
                         k = j;
                     }
                 }
-                Link::Tcp(tx) => {
-                    let len = slots.iter().map(|&(i, _)| batch.get(i).len() + 2).sum();
-                    let mut out = Vec::with_capacity(len);
+                Link::Tcp(t) => {
+                    self.frames.clear();
                     for &(i, _) in slots {
-                        let _ = encode_frame(batch.get(i), &mut out);
+                        let _ = encode_frame(batch.get(i), &mut self.frames);
                     }
-                    queue_frames(shared, tx, out);
+                    if !t.send(&self.frames) {
+                        DropCounters::bump(&shared.drops.other);
+                    }
                 }
             }
         }
         self.spare_slices = reuse(run);
-    }
-}
-
-/// Queues framed bytes for a TCP connection's writer task, waiting up to
-/// [`TCP_QUEUE_WAIT`] for room (TCP's back-pressure reaches the TUN reader
-/// this way); past that, or when the connection is gone, the batch is a
-/// counted drop.
-fn queue_frames(shared: &Shared, tx: &tokio::sync::mpsc::Sender<Vec<u8>>, out: Vec<u8>) {
-    let mut out = out;
-    let mut waited = Duration::ZERO;
-    let step = Duration::from_micros(200);
-    loop {
-        match tx.try_send(out) {
-            Ok(()) => return,
-            Err(TrySendError::Full(o)) if waited < TCP_QUEUE_WAIT => {
-                out = o;
-                std::thread::sleep(step);
-                waited += step;
-            }
-            Err(_) => {
-                DropCounters::bump(&shared.drops.other);
-                return;
-            }
-        }
     }
 }
 
@@ -517,15 +484,15 @@ pub(super) fn each_datagram(
     }
 }
 
-/// A UDP socket the data-path threads receive on, and whose datagrams
-/// they are: a client tunnel's ([`ClientSocket`]) or a server's.
+/// A socket the data-path threads receive on, and whose packets they are:
+/// a client tunnel's UDP socket ([`ClientSocket`]) or TCP connection
+/// ([`ClientTcp`]), a server's socket or one of its connections.
 pub trait Receive: Send + Sync {
-    fn socket(&self) -> &UdpSocket;
-    /// The tunnel whose name and counters receive errors go to.
-    fn tunnel(&self) -> &Shared;
-    /// Handles the datagrams of one receive ([`each_datagram`]) under one
-    /// lock of the tables, opening data packets in place into `w`.
-    fn datagrams(&self, w: &mut TunWriter, bufs: &mut [Vec<u8>], metas: &[RecvMeta], now: Instant);
+    /// One inbound turn: receive one batch, hand it on, write what was
+    /// opened to `tun`.
+    fn receive(&self, inbound: &mut Inbound, tun: &Tun);
+    /// The socket is writable again (a TCP connection with bytes queued).
+    fn writable(&self) {}
 }
 
 /// A registered socket as the data-path threads know it.
@@ -540,30 +507,50 @@ pub struct ClientSocket {
 }
 
 impl Receive for ClientSocket {
-    fn socket(&self) -> &UdpSocket {
-        &self.socket
-    }
-
-    fn tunnel(&self) -> &Shared {
-        &self.shared
-    }
-
-    fn datagrams(&self, w: &mut TunWriter, bufs: &mut [Vec<u8>], metas: &[RecvMeta], now: Instant) {
+    fn receive(&self, inbound: &mut Inbound, tun: &Tun) {
         let shared = &*self.shared;
-        let (tables, remote) = (shared.tables(), shared.remote());
-        each_datagram(bufs, metas, |d, src| {
-            if src != remote {
-                // A client talks to its server only.
-                DropCounters::bump(&shared.drops.bad_source);
-                return;
-            }
-            w.handle(shared, &tables, d, now);
+        inbound.udp(tun, &self.socket, shared, |w, bufs, metas, now| {
+            let (tables, remote) = (shared.tables(), shared.remote());
+            each_datagram(bufs, metas, |d, src| {
+                if src != remote {
+                    // A client talks to its server only.
+                    DropCounters::bump(&shared.drops.bad_source);
+                    return;
+                }
+                w.handle(shared, &tables, d, now);
+            });
         });
     }
 }
 
-/// The inbound half of the data path: a UDP socket → classify → open in
-/// place → TUN, one receive batch a turn.
+/// A client tunnel's TCP connection (number `conn`, the attempt that made it).
+pub struct ClientTcp {
+    pub shared: Arc<Shared>,
+    pub link: Arc<TcpLink>,
+    pub conn: u64,
+}
+
+impl Receive for ClientTcp {
+    fn receive(&self, inbound: &mut Inbound, tun: &Tun) {
+        let shared = &*self.shared;
+        let r = inbound.tcp(tun, &self.link, shared, "the server", |w, d, now| {
+            w.handle(shared, &shared.tables(), d, now)
+        });
+        if let Err(why) = r {
+            let _ = shared
+                .to_control
+                .try_send(ToControl::LinkDown(self.conn, why));
+        }
+    }
+
+    fn writable(&self) {
+        self.link.writable();
+    }
+}
+
+/// The inbound half of the data path: a socket → classify → open in
+/// place → TUN, one receive batch a turn. One per thread, for all its
+/// sockets (their turns never overlap).
 pub struct Inbound {
     udp_bufs: Vec<Vec<u8>>,
     metas: Vec<RecvMeta>,
@@ -571,6 +558,8 @@ pub struct Inbound {
     errors: u64,
     /// The allocation of the per-turn iovec list (see `datapath::reuse`).
     spare_iov: Vec<IoSliceMut<'static>>,
+    /// Made with the first TCP connection's turn.
+    tcp: Option<TcpBuffers>,
 }
 
 impl Default for Inbound {
@@ -581,29 +570,49 @@ impl Default for Inbound {
             w: TunWriter::with_capacity(UDP_RECV_MAX_DATAGRAMS),
             errors: 0,
             spare_iov: Vec::with_capacity(UDP_RECV_BATCH),
+            tcp: None,
         }
     }
 }
 
 impl Inbound {
-    /// Receives one batch on `r`'s socket, handles it and writes what was
-    /// opened to `tun`; false when nothing was queued.
-    pub fn turn(&mut self, tun: &Tun, r: &dyn Receive) -> bool {
-        let shared = r.tunnel();
+    /// Receives one batch on `socket` (of `shared`'s tunnel), hands it to
+    /// `handle` and writes what was opened to `tun`.
+    pub fn udp(
+        &mut self,
+        tun: &Tun,
+        socket: &UdpSocket,
+        shared: &Shared,
+        handle: impl FnOnce(&mut TunWriter, &mut [Vec<u8>], &[RecvMeta], Instant),
+    ) {
         let Some(n) = recv_udp_now(
-            r.socket(),
+            socket,
             &mut self.udp_bufs,
             &mut self.metas,
             &mut self.spare_iov,
             &mut self.errors,
             &shared.name,
         ) else {
-            return false;
+            return;
         };
         let now = Instant::now();
-        r.datagrams(&mut self.w, &mut self.udp_bufs, &self.metas[..n], now);
+        handle(&mut self.w, &mut self.udp_bufs, &self.metas[..n], now);
         self.w.flush(tun, &mut self.udp_bufs, shared);
-        true
+    }
+
+    /// One read of `link` (of `shared`'s tunnel, `peer` at the other end):
+    /// each complete frame goes to `each`, what was opened to `tun`.
+    /// `Err(why)` when the connection ended.
+    pub fn tcp(
+        &mut self,
+        tun: &Tun,
+        link: &TcpLink,
+        shared: &Shared,
+        peer: &str,
+        each: impl FnMut(&mut TunWriter, &mut Dg<'_>, Instant),
+    ) -> Result<(), String> {
+        let bufs = self.tcp.get_or_insert_with(TcpBuffers::default);
+        super::tcp::receive(link, bufs, &mut self.w, tun, shared, peer, each)
     }
 }
 
@@ -634,118 +643,10 @@ impl crate::threads::Turns for Turns {
     }
 
     fn inbound(&mut self, tun: &Tun, r: &Receiver) {
-        self.inbound
-            .get_or_insert_with(Inbound::default)
-            .turn(tun, &**r);
+        r.receive(self.inbound.get_or_insert_with(Inbound::default), tun);
     }
-}
 
-/// Reads the tunnel's TCP connection until it closes; tells the control
-/// task why it ended.
-pub async fn tcp_to_tun(
-    tun: Arc<Tun>,
-    shared: Arc<Shared>,
-    mut rd: tokio::net::tcp::OwnedReadHalf,
-    conn: u64,
-) {
-    let why = read_frames(
-        &mut rd,
-        &tun,
-        &shared,
-        "the server",
-        || shared.tables(),
-        |w, tables, f, now| w.handle(&shared, tables, f, now),
-    )
-    .await;
-    let _ = shared.to_control.send(ToControl::LinkDown(conn, why)).await;
-}
-
-/// Reads OpenVPN's framed packets from a TCP connection until it ends
-/// and returns why; `each` sees every frame under one `lock()` per run,
-/// opening TUN packets in the staging buffer they were copied to; the
-/// writer writes them when the stream has no more or the stage is full.
-pub(super) async fn read_frames<G>(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
-    tun: &Tun,
-    shared: &Shared,
-    peer: &str,
-    lock: impl Fn() -> G,
-    mut each: impl FnMut(&mut TunWriter, &G, &mut Dg<'_>, Instant),
-) -> String {
-    let mut dec = FrameDecoder::default();
-    let mut buf = vec![0u8; UDP_BUF];
-    let mut stage = vec![vec![0u8; FRAME_STAGE]];
-    let mut w = TunWriter::default();
-    loop {
-        let n = match rd.read(&mut buf).await {
-            Ok(0) => return format!("{peer} closed the TCP connection"),
-            Ok(n) => n,
-            Err(e) => return format!("TCP receive: {e}"),
-        };
-        dec.push(&buf[..n]);
-        let now = Instant::now();
-        let mut failed = None;
-        loop {
-            let mut fill = 0;
-            let mut full = false;
-            {
-                let g = lock();
-                loop {
-                    match dec.next_frame() {
-                        Ok(Some(f)) => {
-                            let end = fill + f.len();
-                            stage[0][fill..end].copy_from_slice(f);
-                            let mut d = Dg::new(&mut stage[0][..end], fill, 0);
-                            each(&mut w, &g, &mut d, now);
-                            fill = end;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            failed = Some(e.to_string());
-                            break;
-                        }
-                    }
-                    // a frame is at most 65535 bytes
-                    if fill + 65535 > FRAME_STAGE {
-                        full = true;
-                        break;
-                    }
-                }
-            }
-            w.flush(tun, &mut stage, shared);
-            if !full || failed.is_some() {
-                break;
-            }
-        }
-        if let Some(f) = failed {
-            return format!("TCP framing: {f}");
-        }
+    fn writable(&mut self, r: &Receiver) {
+        r.writable();
     }
-}
-
-/// Writes framed bytes to the TCP connection until the queue closes.
-pub async fn tcp_writer(
-    shared: Arc<Shared>,
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    conn: u64,
-) {
-    if let Some(e) = write_frames(&mut wr, &mut rx).await {
-        let _ = shared.to_control.send(ToControl::LinkDown(conn, e)).await;
-    }
-}
-
-/// Writes queued (framed) bytes until the queue closes or a write fails
-/// (returns the error).
-pub(super) async fn write_frames(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
-) -> Option<String> {
-    use tokio::io::AsyncWriteExt;
-    while let Some(b) = rx.recv().await {
-        if let Err(e) = wr.write_all(&b).await {
-            return Some(format!("TCP send: {e}"));
-        }
-    }
-    None
 }

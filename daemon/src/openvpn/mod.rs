@@ -7,4 +7,5 @@ pub mod datapath;
 pub mod server;
 pub mod settings;
 pub mod state;
+pub mod tcp;
 pub mod tunnel;

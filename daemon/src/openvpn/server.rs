@@ -18,12 +18,13 @@
 use super::datapath::{self, Dg, Routes, Routing, Rx, TunWriter};
 use super::settings::{parse_certs, OpenVpn, ServerSettings, Transport};
 use super::state::{Link, Shared, ToControl};
+use super::tcp::TcpLink;
 use super::tunnel::{control_wrap, TunnelCommand, TunnelHandle};
 use crate::control::{Drops, OpenVpnShow, TunnelShow};
 use crate::datapath::DropCounters;
 use ipnet::{IpNet, Ipv4Net};
 use polytun_core::{Limits, PrefixTable};
-use polytun_io::{RecvMeta, Tun, UdpSocket};
+use polytun_io::{Tun, UdpSocket};
 use polytun_openvpn::packet::{split_op_byte, Opcode, SessionId, SESSION_ID_LEN};
 use polytun_openvpn::reliable::ReliableConfig;
 use polytun_openvpn::session::{
@@ -42,7 +43,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 const CONTROL_QUEUE: usize = 4096;
-const TCP_QUEUE: usize = 256;
 const TICK: Duration = Duration::from_secs(1);
 /// `keepalive 10 60` when the config sets none: a server must notice
 /// clients that vanish without an exit notification.
@@ -63,11 +63,11 @@ enum Msg {
     Exit(u32),
     /// An authenticated data packet of this peer-id came from a new address.
     Float(u32, SocketAddr),
+    /// TCP connection number `conn` from `addr`, not yet polled.
     Accepted {
         conn: u64,
         addr: SocketAddr,
-        link: Arc<Link>,
-        tasks: Vec<JoinHandle<()>>,
+        tcp: Arc<TcpLink>,
     },
     LinkDown(u64, String),
 }
@@ -155,9 +155,8 @@ pub fn spawn(
             let listener = tokio::net::TcpListener::from_std(std)?;
             tasks.push(tokio::spawn(tcp_accept(
                 listener,
-                tun.clone(),
                 tunnel.clone(),
-                tables.clone(),
+                data_path.poller(),
                 tx.clone(),
             )));
         }
@@ -182,7 +181,9 @@ pub fn spawn(
         tunnel: tunnel.clone(),
         tables,
         routes,
+        poller: data_path.poller(),
         data_path: Some(data_path),
+        tx: tx.clone(),
         udp_link,
         unused,
         peers: BTreeMap::new(),
@@ -223,16 +224,15 @@ struct Peer {
 
 struct Conn {
     link: Arc<Link>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Where it is polled (deregistered, and so closed, when dropped).
+    registration: (Arc<datapath::Poller>, std::os::fd::RawFd),
     since: Instant,
     peer: Option<u32>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        for t in self.tasks.drain(..) {
-            t.abort();
-        }
+        self.registration.0.deregister(self.registration.1);
     }
 }
 
@@ -246,6 +246,11 @@ struct Server {
     tunnel: Arc<Shared>,
     tables: ServerTables,
     routes: Routes,
+    /// The data-path threads' poll set for sockets (the UDP socket, TCP
+    /// connections).
+    poller: Arc<datapath::Poller>,
+    /// What the data path reports through (for connections registered here).
+    tx: mpsc::Sender<Msg>,
     /// The threads that read the TUN device and the UDP socket (taken and
     /// joined when the server stops, so a reload can bind the port again).
     data_path: Option<datapath::DataPath>,
@@ -327,25 +332,39 @@ impl Server {
                 self.remove(pid, "the client sent explicit-exit-notify");
             }
             Msg::Float(pid, to) => self.floated(pid, to),
-            Msg::Accepted {
-                conn,
-                addr,
-                link,
-                tasks,
-            } => {
-                let c = Conn {
-                    link,
-                    tasks,
-                    since: now,
-                    peer: None,
-                };
+            Msg::Accepted { conn, addr, tcp } => {
                 if self.conns.len() >= self.srv.max_clients + SPARE_CONNECTIONS {
                     self.refuse(format!(
                         "TCP connection from {addr} closed: too many connections"
                     ));
-                    return; // dropping `c` closes it
+                    return; // dropping `tcp` closes it
+                }
+                let link = Arc::new(Link::Tcp(tcp.clone()));
+                let fd = tcp.fd();
+                // Polled only from here: a HARD_RESET read before the
+                // control task knew the connection would find no link to
+                // answer on (the client's retransmission then opened a
+                // second session).
+                let receiver = Arc::new(ServerTcp {
+                    tunnel: self.tunnel.clone(),
+                    tables: self.tables.clone(),
+                    tx: self.tx.clone(),
+                    tcp,
+                    link: link.clone(),
+                    conn,
+                    addr,
+                });
+                if let Err(e) = self.poller.register(fd, receiver) {
+                    tracing::warn!("tunnel {}: TCP connection from {addr}: {e}", self.name);
+                    return;
                 }
                 tracing::debug!("tunnel {}: TCP connection {conn} from {addr}", self.name);
+                let c = Conn {
+                    link,
+                    registration: (self.poller.clone(), fd),
+                    since: now,
+                    peer: None,
+                };
                 self.conns.insert(conn, c);
             }
             Msg::LinkDown(conn, why) => {
@@ -1010,29 +1029,22 @@ struct ServerSocket {
 }
 
 impl datapath::Receive for ServerSocket {
-    fn socket(&self) -> &UdpSocket {
-        &self.socket
-    }
-
-    fn tunnel(&self) -> &Shared {
-        &self.tunnel
-    }
-
-    fn datagrams(&self, w: &mut TunWriter, bufs: &mut [Vec<u8>], metas: &[RecvMeta], now: Instant) {
-        let t = read(&self.tables);
-        datapath::each_datagram(bufs, metas, |d, src| {
-            handle(w, &self.tunnel, &t, &self.tx, d, (src, None), now)
+    fn receive(&self, inbound: &mut datapath::Inbound, tun: &Tun) {
+        inbound.udp(tun, &self.socket, &self.tunnel, |w, bufs, metas, now| {
+            let t = read(&self.tables);
+            datapath::each_datagram(bufs, metas, |d, src| {
+                handle(w, &self.tunnel, &t, &self.tx, d, (src, None), now)
+            });
         });
     }
 }
 
-/// Accepts TCP connections forever; each gets a reader and a writer task,
-/// owned by the control task.
+/// Accepts TCP connections forever; each goes to the control task, which
+/// registers it with the data-path threads (`poller`) if it keeps it.
 async fn tcp_accept(
     listener: tokio::net::TcpListener,
-    tun: Arc<Tun>,
     tunnel: Arc<Shared>,
-    tables: ServerTables,
+    poller: Arc<datapath::Poller>,
     tx: mpsc::Sender<Msg>,
 ) {
     let mut conn = 0u64;
@@ -1047,71 +1059,44 @@ async fn tcp_accept(
         };
         conn += 1;
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        let (wtx, wrx) = mpsc::channel(TCP_QUEUE);
-        let link = Arc::new(Link::Tcp(wtx));
-        // The reader must not hand the control task a packet of this
-        // connection before `Accepted` is in the queue: a HARD_RESET that
-        // overtook it found no connection, so its session had no link to
-        // answer on and the client's retransmission opened a second one.
-        let (go, ready) = tokio::sync::oneshot::channel::<()>();
-        let tasks = vec![
-            tokio::spawn(tcp_rx(
-                tun.clone(),
-                tunnel.clone(),
-                tables.clone(),
-                rd,
-                (conn, addr, link.clone()),
-                (tx.clone(), ready),
-            )),
-            tokio::spawn(tcp_write(wr, wrx, conn, tx.clone())),
-        ];
-        let msg = Msg::Accepted {
-            conn,
-            addr,
-            link,
-            tasks,
+        let tcp = match stream.into_std().and_then(|s| TcpLink::new(s, &poller)) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                tracing::debug!("{}: TCP connection from {addr}: {e}", tunnel.name);
+                continue;
+            }
         };
-        if tx.send(msg).await.is_err() {
+        if tx.send(Msg::Accepted { conn, addr, tcp }).await.is_err() {
             return;
         }
-        let _ = go.send(());
     }
 }
 
-/// Reads one client's TCP connection until it closes.
-async fn tcp_rx(
-    tun: Arc<Tun>,
+/// One client's TCP connection as the data-path threads know it.
+struct ServerTcp {
     tunnel: Arc<Shared>,
     tables: ServerTables,
-    mut rd: tokio::net::tcp::OwnedReadHalf,
-    (conn, addr, link): (u64, SocketAddr, Arc<Link>),
-    (tx, ready): (mpsc::Sender<Msg>, tokio::sync::oneshot::Receiver<()>),
-) {
-    if ready.await.is_err() {
-        return; // refused before it was registered
-    }
-    let why = datapath::read_frames(
-        &mut rd,
-        &tun,
-        &tunnel,
-        "the client",
-        || read(&tables),
-        |w, t, f, now| handle(w, &tunnel, t, &tx, f, (addr, Some((conn, &link))), now),
-    )
-    .await;
-    let _ = tx.send(Msg::LinkDown(conn, why)).await;
+    tx: mpsc::Sender<Msg>,
+    tcp: Arc<TcpLink>,
+    /// The same connection as the clients' sessions hold it.
+    link: Arc<Link>,
+    conn: u64,
+    addr: SocketAddr,
 }
 
-/// Writes framed bytes to one client's TCP connection.
-async fn tcp_write(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    conn: u64,
-    tx: mpsc::Sender<Msg>,
-) {
-    if let Some(e) = datapath::write_frames(&mut wr, &mut rx).await {
-        let _ = tx.send(Msg::LinkDown(conn, e)).await;
+impl datapath::Receive for ServerTcp {
+    fn receive(&self, inbound: &mut datapath::Inbound, tun: &Tun) {
+        let t = read(&self.tables);
+        let origin = (self.addr, Some((self.conn, &self.link)));
+        let r = inbound.tcp(tun, &self.tcp, &self.tunnel, "the client", |w, d, now| {
+            handle(w, &self.tunnel, &t, &self.tx, d, origin, now)
+        });
+        if let Err(why) = r {
+            let _ = self.tx.try_send(Msg::LinkDown(self.conn, why));
+        }
+    }
+
+    fn writable(&self) {
+        self.tcp.writable();
     }
 }

@@ -49,11 +49,10 @@ impl Tables {
     }
 }
 
-/// How outbound packets leave: a UDP socket, or the TCP connection's
-/// writer queue (already framed bytes).
+/// How outbound packets leave: a UDP socket, or a TCP connection (framed).
 pub enum Link {
     Udp(Arc<UdpSocket>),
-    Tcp(mpsc::Sender<Vec<u8>>),
+    Tcp(Arc<super::tcp::TcpLink>),
 }
 
 /// What the data path tells the control task.

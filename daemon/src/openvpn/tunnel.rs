@@ -6,6 +6,7 @@
 use super::datapath;
 use super::settings::{parse_certs, KeyMode, OpenVpn, Transport};
 use super::state::{Link, Shared, ToControl};
+use super::tcp::TcpLink;
 use crate::control::{OpenVpnShow, TunnelShow};
 use ipnet::IpNet;
 use polytun_core::Limits;
@@ -27,7 +28,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 const CONTROL_QUEUE: usize = 1024;
-const TCP_QUEUE: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,7 +147,7 @@ pub fn spawn(
         last_error: None,
         poller,
         registered,
-        tcp_tasks: Vec::new(),
+        tcp_registered: None,
     };
     let task = tokio::spawn(async move { ctl.run(from_data, cmd_rx).await });
     Ok(TunnelHandle {
@@ -190,15 +190,16 @@ struct Control {
     poller: Arc<datapath::Poller>,
     /// The UDP socket registered with the data-path threads.
     registered: Option<std::os::fd::RawFd>,
-    tcp_tasks: Vec<JoinHandle<()>>,
+    /// The TCP connection registered with them.
+    tcp_registered: Option<std::os::fd::RawFd>,
 }
 
 impl Drop for Control {
     fn drop(&mut self) {
-        for t in self.tcp_tasks.drain(..) {
-            t.abort();
-        }
-        if let Some(fd) = self.registered.take() {
+        for fd in [self.registered.take(), self.tcp_registered.take()]
+            .into_iter()
+            .flatten()
+        {
             self.poller.deregister(fd);
         }
     }
@@ -343,22 +344,27 @@ impl Control {
                 .await
             {
                 Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (rd, wr) = stream.into_split();
-                    let (tx, rx) = mpsc::channel(TCP_QUEUE);
-                    self.shared.set_link(Some(Arc::new(Link::Tcp(tx))));
-                    self.tcp_tasks.push(tokio::spawn(datapath::tcp_to_tun(
-                        self.tun.clone(),
-                        self.shared.clone(),
-                        rd,
-                        self.attempts,
-                    )));
-                    self.tcp_tasks.push(tokio::spawn(datapath::tcp_writer(
-                        self.shared.clone(),
-                        wr,
-                        rx,
-                        self.attempts,
-                    )));
+                    // The connection is the data-path threads' from here on.
+                    let link = match stream
+                        .into_std()
+                        .and_then(|s| TcpLink::new(s, &self.poller))
+                    {
+                        Ok(l) => Arc::new(l),
+                        Err(e) => return self.failed(format!("TCP connection to {remote}: {e}")),
+                    };
+                    let fd = link.fd();
+                    self.shared
+                        .set_link(Some(Arc::new(Link::Tcp(link.clone()))));
+                    let receiver = Arc::new(datapath::ClientTcp {
+                        shared: self.shared.clone(),
+                        link,
+                        conn: self.attempts,
+                    });
+                    if let Err(e) = self.poller.register(fd, receiver) {
+                        self.shared.set_link(None);
+                        return self.failed(format!("TCP connection to {remote}: {e}"));
+                    }
+                    self.tcp_registered = Some(fd);
                 }
                 Ok(Err(e)) => return self.failed(format!("TCP connect to {remote}: {e}")),
                 Err(_) => return self.failed(format!("TCP connect to {remote}: timed out")),
@@ -610,8 +616,9 @@ impl Control {
         self.unapply();
         if self.settings.transport == Transport::Tcp {
             self.shared.set_link(None);
-            for t in self.tcp_tasks.drain(..) {
-                t.abort();
+            // (closes the connection: the registration holds its last reference)
+            if let Some(fd) = self.tcp_registered.take() {
+                self.poller.deregister(fd);
             }
         }
     }

@@ -67,7 +67,7 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 impl<R> Poller<R> {
-    fn new() -> io::Result<Poller<R>> {
+    pub(crate) fn new() -> io::Result<Poller<R>> {
         // SAFETY: plain syscalls; the descriptors are owned from here on.
         let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
         let wake = unsafe {
@@ -161,6 +161,18 @@ impl<R> Poller<R> {
                 std::ptr::null_mut(),
             )
         };
+    }
+
+    /// The events ready now, as (token, events) (tests look at the interest).
+    #[cfg(test)]
+    pub(crate) fn ready_now(&self) -> Vec<(u64, u32)> {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
+        // SAFETY: `events` is valid for its length.
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 8, 0) };
+        events[..n.max(0) as usize]
+            .iter()
+            .map(|e| (e.u64, e.events))
+            .collect()
     }
 
     /// Runs `f` with the receiver registered for `fd`, if any. The lock is

@@ -76,9 +76,13 @@ impl TcpLink {
             // (only whole batches are dropped: nothing of these was sent)
             return false;
         }
+        let was_empty = queued.is_empty();
         queued.extend_from_slice(rest);
-        // Under the queue's lock, so the interest always matches the queue.
-        self.want_write(true);
+        if was_empty {
+            // Under the queue's lock: write interest is on exactly while
+            // bytes are queued.
+            self.want_write(true);
+        }
         true
     }
 
@@ -199,5 +203,113 @@ pub fn receive(
         if !full {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openvpn::datapath::{Inbound, Receive};
+    use polytun_openvpn::framing::encode_frame;
+    use std::net::TcpListener;
+
+    struct Nobody;
+    impl Receive for Nobody {
+        fn receive(&self, _: &mut Inbound, _: &Tun) {}
+    }
+
+    fn write_interest(p: &Poller, fd: RawFd) -> bool {
+        p.ready_now()
+            .iter()
+            .any(|&(t, e)| t == fd as u64 && e & libc::EPOLLOUT as u32 != 0)
+    }
+
+    /// A peer that does not read: what the socket cannot take is queued
+    /// (write interest on), batches beyond the bound are dropped whole;
+    /// once the peer reads, writability drains the queue (interest off),
+    /// batches sent meanwhile wait behind it, and the stream holds exactly
+    /// the accepted frames, in order.
+    #[test]
+    fn a_congested_connection_queues_in_order_and_drops_whole_batches() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let poller: Arc<Poller> = Arc::new(Poller::new().unwrap());
+        let link = TcpLink::new(client, &poller).unwrap();
+        poller.register(link.fd(), Arc::new(Nobody)).unwrap();
+        assert!(!write_interest(&poller, link.fd()));
+
+        // Batches of 40 frames of 1400 bytes, numbered.
+        let batch = |n: u32| {
+            let mut out = Vec::new();
+            for k in 0..40u32 {
+                let mut p = vec![0u8; 1400];
+                p[..4].copy_from_slice(&(n * 40 + k).to_be_bytes());
+                encode_frame(&p, &mut out).unwrap();
+            }
+            out
+        };
+        let (mut accepted, mut dropped) = (Vec::new(), 0);
+        let mut n = 0;
+        while dropped < 3 {
+            if link.send(&batch(n)) {
+                accepted.push(n);
+            } else {
+                dropped += 1;
+            }
+            n += 1;
+        }
+        let queued = link.queued.lock().unwrap().len();
+        assert!(queued > 0 && queued <= MAX_QUEUED + 40 * 1402, "{queued}");
+
+        // Once the peer reads, the socket is writable and the thread hears it.
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            server.read_to_end(&mut all).unwrap();
+            all
+        });
+        let t0 = Instant::now();
+        while !write_interest(&poller, link.fd()) {
+            assert!(
+                t0.elapsed().as_secs() < 5,
+                "bytes queued, socket writable, no EPOLLOUT"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Batches keep coming while the queue drains: they must wait
+        // behind it, not overtake it.
+        let more = n + 50;
+        while n < more || !link.queued.lock().unwrap().is_empty() {
+            link.writable();
+            if n < more {
+                if link.send(&batch(n)) {
+                    accepted.push(n);
+                }
+                n += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(
+            !write_interest(&poller, link.fd()),
+            "write interest left on"
+        );
+        poller.deregister(link.fd());
+        drop(link);
+        let all = reader.join().unwrap();
+
+        let mut dec = FrameDecoder::default();
+        dec.push(&all);
+        let mut seen = Vec::new();
+        while let Some(f) = dec.next_frame().unwrap() {
+            assert_eq!(f.len(), 1400);
+            seen.push(u32::from_be_bytes(f[..4].try_into().unwrap()));
+        }
+        assert_eq!(dec.buffered(), 0, "a frame was cut");
+        let want: Vec<u32> = accepted
+            .iter()
+            .flat_map(|&b| (0..40).map(move |k| b * 40 + k))
+            .collect();
+        assert_eq!(seen, want);
+        assert!(accepted.len() < n as usize, "nothing was dropped");
     }
 }

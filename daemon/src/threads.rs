@@ -1,8 +1,7 @@
 //! The data path's threads: one per TUN queue, each blocking in its own
 //! `epoll` on its queue and (the first) on every tunnel's UDP socket, and
 //! running the protocol's outbound and inbound turns ([`Turns`]) itself.
-//! WireGuard, ESP and OpenVPN run here (OpenVPN's TCP connections keep a
-//! tokio reader and writer task each).
+//! WireGuard, ESP and OpenVPN (over UDP and TCP) run here.
 //!
 //! No async runtime sits on the packet path. A packet costs the thread's
 //! wake-up, its syscalls and its crypto; a ping's reply leaves from the

@@ -119,15 +119,8 @@ impl<R> Poller<R> {
     pub fn deregister(&self, fd: RawFd) {
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = sockets.remove(&fd) {
-            // SAFETY: the descriptor is still open (entry holds the socket).
-            unsafe {
-                libc::epoll_ctl(
-                    self.epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_DEL,
-                    fd,
-                    std::ptr::null_mut(),
-                )
-            };
+            // (the descriptor is still open: entry holds the socket)
+            self.mute(fd);
             drop(sockets);
             drop(entry);
         }
@@ -151,7 +144,8 @@ impl<R> Poller<R> {
     /// without forgetting its receiver: that is [`Poller::deregister`]'s.
     /// Takes no lock, so a turn may call it for its own socket.
     pub fn mute(&self, fd: RawFd) {
-        // SAFETY: as in `want_write`.
+        // SAFETY: no event is passed; a descriptor no longer in the set
+        // only makes the call fail (ENOENT).
         unsafe {
             libc::epoll_ctl(
                 self.epoll.as_raw_fd(),

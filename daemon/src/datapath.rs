@@ -47,45 +47,68 @@ pub enum TunRead {
     Packets,
     /// Nothing was queued.
     Empty,
-    /// The read failed (logged; after a pause when it was not for want of
-    /// room).
-    Failed,
-    /// A packet did not fit because the interface MTU is now this: lay
-    /// the arena out again.
-    MtuChanged(usize),
+    /// Nothing to send: the read failed (logged; after a pause when it was
+    /// not for want of room), or the arena was laid out for a larger MTU.
+    Retry,
 }
 
-/// Reads one batch from `tun` into `batch` without waiting, each packet at
-/// the batch's headroom (`spare` keeps the slot list's allocation; `mtu`
-/// and `overhead` are the arena's, for [`raised_mtu`]).
-pub fn read_tun_now(
-    tun: &Tun,
-    batch: &mut PacketBatch,
-    sizes: &mut [usize],
-    spare: &mut Vec<&'static mut [u8]>,
-    errors: &mut u64,
-    (mtu, overhead): (usize, usize),
-) -> TunRead {
-    let offset = batch.headroom();
-    let r = {
-        let mut bufs: Vec<&mut [u8]> = reuse(std::mem::take(spare));
-        bufs.extend(batch.slot_buffers());
-        let r = tun.recv_batch_now(&mut bufs, sizes, offset);
-        *spare = reuse(bufs);
-        r
-    };
-    match r {
-        Ok(n) => {
-            batch.set_filled(offset, &sizes[..n]);
-            TunRead::Packets
+/// The arena a data-path thread reads its TUN queue into: the protocol's
+/// batch layout for the MTU (`layout`; `overhead` is what the protocol
+/// adds to a packet, for [`raised_mtu`]), laid out again when the MTU grows.
+pub struct TunArena {
+    pub batch: PacketBatch,
+    mtu: usize,
+    overhead: usize,
+    layout: fn(usize) -> PacketBatch,
+    sizes: Vec<usize>,
+    /// The allocation of the slot list (see [`reuse`]).
+    spare: Vec<&'static mut [u8]>,
+    errors: u64,
+}
+
+impl TunArena {
+    pub fn new(mtu: usize, overhead: usize, layout: fn(usize) -> PacketBatch) -> TunArena {
+        let n = polytun_io::IDEAL_BATCH_SIZE;
+        TunArena {
+            batch: layout(mtu),
+            mtu,
+            overhead,
+            layout,
+            sizes: vec![0usize; n],
+            spare: Vec::with_capacity(n),
+            errors: 0,
         }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => TunRead::Empty,
-        Err(e) if read_failed(tun, &e, errors) => {
-            raised_mtu(tun, mtu, overhead).map_or(TunRead::Failed, TunRead::MtuChanged)
-        }
-        Err(_) => {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            TunRead::Failed
+    }
+
+    /// Reads one batch from `tun` without waiting, each packet at the
+    /// batch's headroom.
+    pub fn read(&mut self, tun: &Tun) -> TunRead {
+        let batch = &mut self.batch;
+        let offset = batch.headroom();
+        let r = {
+            let mut bufs: Vec<&mut [u8]> = reuse(std::mem::take(&mut self.spare));
+            bufs.extend(batch.slot_buffers());
+            let r = tun.recv_batch_now(&mut bufs, &mut self.sizes, offset);
+            self.spare = reuse(bufs);
+            r
+        };
+        match r {
+            Ok(n) => {
+                batch.set_filled(offset, &self.sizes[..n]);
+                TunRead::Packets
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => TunRead::Empty,
+            Err(e) if read_failed(tun, &e, &mut self.errors) => {
+                if let Some(m) = raised_mtu(tun, self.mtu, self.overhead) {
+                    self.mtu = m;
+                    self.batch = (self.layout)(m);
+                }
+                TunRead::Retry
+            }
+            Err(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                TunRead::Retry
+            }
         }
     }
 }

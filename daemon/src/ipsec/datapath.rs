@@ -18,7 +18,7 @@
 
 use super::state::{IpsecSet, Shared, Tables, ToControl};
 use crate::datapath::DropCounters;
-use crate::datapath::{dst_ip, read_tun_now, recv_udp_now, reuse, src_ip, TunRead};
+use crate::datapath::{dst_ip, recv_udp_now, reuse, src_ip, TunArena, TunRead};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf};
 use polytun_esp::{classify_udp4500, EspOpenError, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN};
 use polytun_ike::SaId;
@@ -44,16 +44,13 @@ fn outbound_batch(mtu: usize) -> PacketBatch {
 /// The outbound half of the ESP data path: TUN → traffic selector → seal
 /// → UDP 4500, one batch a turn.
 pub struct Outbound {
-    mtu: usize,
-    batch: PacketBatch,
-    sizes: Vec<usize>,
+    arena: TunArena,
     /// (slot, destination, tunnel) of each sealed packet, in TUN order.
     out: Vec<(usize, SocketAddr, usize)>,
     expiring: Vec<(usize, u32)>,
     expired: Vec<(usize, u32)>,
     errors: u64,
     /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
-    spare_bufs: Vec<&'static mut [u8]>,
     spare_guards: Vec<RwLockReadGuard<'static, Tables>>,
     spare_slices: Vec<IoSlice<'static>>,
 }
@@ -61,14 +58,11 @@ pub struct Outbound {
 impl Outbound {
     pub fn new(mtu: usize) -> Self {
         Outbound {
-            mtu,
-            batch: outbound_batch(mtu),
-            sizes: vec![0usize; TUN_BATCH],
+            arena: TunArena::new(mtu, MAX_HEADER_LEN + MAX_TRAILER_LEN, outbound_batch),
             out: Vec::with_capacity(TUN_BATCH),
             expiring: Vec::new(),
             expired: Vec::new(),
             errors: 0,
-            spare_bufs: Vec::with_capacity(TUN_BATCH),
             spare_guards: Vec::new(),
             spare_slices: Vec::with_capacity(TUN_BATCH),
         }
@@ -78,22 +72,10 @@ impl Outbound {
     /// SA whose remote traffic selector holds its destination; false when
     /// nothing was queued.
     pub fn turn(&mut self, tun: &Tun, tunnels: &IpsecSet) -> bool {
-        match read_tun_now(
-            tun,
-            &mut self.batch,
-            &mut self.sizes,
-            &mut self.spare_bufs,
-            &mut self.errors,
-            (self.mtu, MAX_HEADER_LEN + MAX_TRAILER_LEN),
-        ) {
+        match self.arena.read(tun) {
             TunRead::Packets => {}
             TunRead::Empty => return false,
-            TunRead::Failed => return true,
-            TunRead::MtuChanged(m) => {
-                self.mtu = m;
-                self.batch = outbound_batch(m);
-                return true;
-            }
+            TunRead::Retry => return true,
         }
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner());
         self.seal(&set);
@@ -104,7 +86,7 @@ impl Outbound {
     /// Seals every packet with a CHILD SA in place.
     fn seal(&mut self, set: &[Arc<Shared>]) {
         let now = Instant::now();
-        let batch = &mut self.batch;
+        let batch = &mut self.arena.batch;
         self.out.clear();
         self.expiring.clear();
         self.expired.clear();
@@ -158,7 +140,7 @@ impl Outbound {
     /// size (the last may be shorter) to one peer through one socket leaves
     /// gathered from its slots, in GSO sends.
     fn send(&mut self, set: &[Arc<Shared>]) {
-        let (batch, out) = (&self.batch, &self.out);
+        let (batch, out) = (&self.arena.batch, &self.out);
         let bytes = |i: usize| batch.get(i);
         let mut run: Vec<IoSlice<'_>> = reuse(std::mem::take(&mut self.spare_slices));
         let mut k = 0;

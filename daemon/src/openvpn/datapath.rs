@@ -11,7 +11,7 @@
 use super::state::{Link, Shared, Tables, ToControl};
 use super::tcp::{TcpBuffers, TcpLink};
 use crate::datapath::DropCounters;
-use crate::datapath::{dst_ip, read_tun_now, recv_udp_now, reuse, TunRead};
+use crate::datapath::{dst_ip, recv_udp_now, reuse, TunArena, TunRead};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf, PrefixTable};
 use polytun_io::{RecvMeta, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
 use polytun_openvpn::data::{
@@ -137,14 +137,11 @@ fn outbound_batch(mtu: usize) -> PacketBatch {
 /// UDP (gathered GSO sends) or TCP (framed into one write), one batch a
 /// turn.
 pub struct Outbound {
-    mtu: usize,
-    batch: PacketBatch,
-    sizes: Vec<usize>,
+    arena: TunArena,
     /// (slot, session) of each sealed packet.
     sealed: Vec<(usize, usize)>,
     errors: u64,
     /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
-    spare_bufs: Vec<&'static mut [u8]>,
     spare_guards: Vec<Option<RwLockReadGuard<'static, Tables>>>,
     spare_slices: Vec<IoSlice<'static>>,
     /// A batch framed for a TCP connection.
@@ -154,12 +151,10 @@ pub struct Outbound {
 impl Outbound {
     pub fn new(mtu: usize) -> Self {
         Outbound {
-            mtu,
-            batch: outbound_batch(mtu),
-            sizes: vec![0usize; TUN_BATCH],
+            // (OVERHEAD has the tag; 2: the TCP transport's length prefix)
+            arena: TunArena::new(mtu, 2 + OVERHEAD, outbound_batch),
             sealed: Vec::with_capacity(TUN_BATCH),
             errors: 0,
-            spare_bufs: Vec::with_capacity(TUN_BATCH),
             spare_guards: Vec::new(),
             spare_slices: Vec::with_capacity(TUN_BATCH),
             frames: Vec::new(),
@@ -169,24 +164,10 @@ impl Outbound {
     /// Reads one batch from `tun` and sends each packet through the
     /// session `routes` picks; false when nothing was queued.
     pub fn turn(&mut self, tun: &Tun, routes: &Routes) -> bool {
-        // (OVERHEAD has the tag; 2: the TCP transport's length prefix)
-        let overhead = 2 + OVERHEAD;
-        match read_tun_now(
-            tun,
-            &mut self.batch,
-            &mut self.sizes,
-            &mut self.spare_bufs,
-            &mut self.errors,
-            (self.mtu, overhead),
-        ) {
+        match self.arena.read(tun) {
             TunRead::Packets => {}
             TunRead::Empty => return false,
-            TunRead::Failed => return true,
-            TunRead::MtuChanged(m) => {
-                self.mtu = m;
-                self.batch = outbound_batch(m);
-                return true;
-            }
+            TunRead::Retry => return true,
         }
         let r = routes.read().unwrap_or_else(|e| e.into_inner()).clone();
         if r.sessions.is_empty() {
@@ -200,7 +181,7 @@ impl Outbound {
 
     /// Seals every packet with its session's current key in place.
     fn seal(&mut self, r: &Routing, now: Instant) {
-        let (batch, set) = (&mut self.batch, &r.sessions);
+        let (batch, set) = (&mut self.arena.batch, &r.sessions);
         self.sealed.clear();
         // A server locks only the sessions this batch uses.
         let mut guards: Vec<Option<RwLockReadGuard<'_, Tables>>> =
@@ -246,7 +227,7 @@ impl Outbound {
         // By session, then slot: each session's packets keep their order
         // (an unstable sort never allocates).
         self.sealed.sort_unstable_by_key(|&(i, ti)| (ti, i));
-        let (batch, sealed) = (&self.batch, &self.sealed);
+        let (batch, sealed) = (&self.arena.batch, &self.sealed);
         let mut run: Vec<IoSlice<'_>> = reuse(std::mem::take(&mut self.spare_slices));
         for slots in sealed.chunk_by(|a, b| a.1 == b.1) {
             let shared = &set[slots[0].1];

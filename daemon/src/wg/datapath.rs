@@ -15,7 +15,7 @@
 
 use super::state::{Shared, Tables, ToControl};
 use crate::datapath::DropCounters;
-use crate::datapath::{dst_ip, read_tun_now, recv_udp_now, reuse, src_ip, TunRead};
+use crate::datapath::{dst_ip, recv_udp_now, reuse, src_ip, TunArena, TunRead};
 use polytun_core::record::OpenError;
 use polytun_core::{KeyStatus, PacketBatch, PacketBuf};
 use polytun_io::{RecvMeta, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
@@ -61,33 +61,27 @@ pub type TunnelSet = Arc<std::sync::RwLock<Vec<Arc<Shared>>>>;
 
 /// The outbound half of the data path: TUN → seal → UDP, one batch a turn.
 pub struct Outbound {
-    batch: PacketBatch,
-    mtu: usize,
-    sizes: Vec<usize>,
+    arena: TunArena,
     /// (slot, destination, tunnel) of each sealed packet, in slot order.
     out: Vec<(usize, SocketAddr, usize)>,
     sent_peers: Vec<(usize, PeerId)>,
     expiring: Vec<(usize, PeerId)>,
     errors: u64,
     /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
-    spare_bufs: Vec<&'static mut [u8]>,
     spare_guards: Vec<RwLockReadGuard<'static, Tables>>,
     spare_slices: Vec<IoSlice<'static>>,
 }
 
 impl Outbound {
     pub fn new(mtu: usize) -> Self {
-        let batch = outbound_batch(mtu);
-        debug_assert_eq!(batch.stride(), outbound_stride(mtu));
+        let arena = TunArena::new(mtu, MAX_OVERHEAD, outbound_batch);
+        debug_assert_eq!(arena.batch.stride(), outbound_stride(mtu));
         Outbound {
-            batch,
-            mtu,
-            sizes: vec![0usize; TUN_BATCH],
+            arena,
             out: Vec::with_capacity(TUN_BATCH),
             sent_peers: Vec::new(),
             expiring: Vec::new(),
             errors: 0,
-            spare_bufs: Vec::with_capacity(TUN_BATCH),
             spare_guards: Vec::new(),
             spare_slices: Vec::with_capacity(TUN_BATCH),
         }
@@ -95,23 +89,10 @@ impl Outbound {
 
     /// Reads one batch from `tun` and sends it; false when nothing was queued.
     pub fn turn(&mut self, tun: &Tun, tunnels: &TunnelSet) -> bool {
-        match read_tun_now(
-            tun,
-            &mut self.batch,
-            &mut self.sizes,
-            &mut self.spare_bufs,
-            &mut self.errors,
-            (self.mtu, MAX_OVERHEAD),
-        ) {
+        match self.arena.read(tun) {
             TunRead::Packets => {}
             TunRead::Empty => return false,
-            TunRead::Failed => return true,
-            TunRead::MtuChanged(m) => {
-                let errors = self.errors;
-                *self = Outbound::new(m);
-                self.errors = errors;
-                return true;
-            }
+            TunRead::Retry => return true,
         }
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner());
         self.seal(&set);
@@ -122,7 +103,7 @@ impl Outbound {
     /// Seals every routable packet of the batch in place.
     fn seal(&mut self, set: &[Arc<Shared>]) {
         let now = Instant::now();
-        let batch = &mut self.batch;
+        let batch = &mut self.arena.batch;
         self.out.clear();
         self.sent_peers.clear();
         self.expiring.clear();
@@ -191,7 +172,7 @@ impl Outbound {
     /// size (the last may be shorter) to one endpoint through one socket
     /// leaves gathered from its slots, in GSO sends.
     fn send(&mut self, set: &[Arc<Shared>]) {
-        let (out, batch) = (&self.out, &self.batch);
+        let (out, batch) = (&self.out, &self.arena.batch);
         let mut run: Vec<IoSlice<'_>> = reuse(std::mem::take(&mut self.spare_slices));
         let mut k = 0;
         while k < out.len() {

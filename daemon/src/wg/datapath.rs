@@ -110,20 +110,32 @@ impl Outbound {
         let mut guards: Vec<RwLockReadGuard<'_, Tables>> =
             reuse(std::mem::take(&mut self.spare_guards));
         guards.extend(set.iter().map(|s| s.tables()));
+        // The previous packet's destination and what it led to: a batch
+        // (a super-packet's segments above all) is mostly one flow's.
+        let mut last = None;
         for i in 0..batch.len() {
             let Some(dst) = dst_ip(batch.get(i)) else {
                 continue;
             };
-            let Some((ti, peer)) = guards
-                .iter()
-                .enumerate()
-                .find_map(|(ti, t)| t.routes.lookup(dst).map(|p| (ti, *p)))
-            else {
-                // No peer for this destination: like wg, drop silently.
-                continue;
+            let (ti, peer, path, since) = match last {
+                Some((d, ti, peer, path, since)) if d == dst => (ti, peer, path, since),
+                _ => {
+                    let Some((ti, peer)) = guards
+                        .iter()
+                        .enumerate()
+                        .find_map(|(ti, t)| t.routes.lookup(dst).map(|p| (ti, *p)))
+                    else {
+                        // No peer for this destination: like wg, drop silently.
+                        continue;
+                    };
+                    let path = guards[ti].peers.get(&peer);
+                    let since = set[ti].since_epoch(now);
+                    last = Some((dst, ti, peer, path, since));
+                    (ti, peer, path, since)
+                }
             };
             let shared = &set[ti];
-            let Some(path) = guards[ti].peers.get(&peer) else {
+            let Some(path) = path else {
                 continue;
             };
             let (Some(kp), Some(endpoint)) = (path.sending.as_ref(), path.endpoint) else {
@@ -144,9 +156,7 @@ impl Outbound {
                     path.stats
                         .tx_bytes
                         .fetch_add(size as u64, Ordering::Relaxed);
-                    if !self.sent_peers.contains(&(ti, peer))
-                        && path.stats.activity.sent(shared.since_epoch(now))
-                    {
+                    if !self.sent_peers.contains(&(ti, peer)) && path.stats.activity.sent(since) {
                         self.sent_peers.push((ti, peer));
                     }
                 }
@@ -270,6 +280,10 @@ impl Inbound {
         self.received.clear();
         self.opened.clear();
         let tables = shared.tables();
+        // The previous datagram's receiver index and what it led to: a
+        // batch is mostly one peer's, so most datagrams skip both lookups.
+        let mut last = None;
+        let mut last_source = None;
         for (i, m) in self.metas[..n].iter().enumerate() {
             let stride = if m.stride == 0 { m.len } else { m.stride };
             let len = m.len.min(UDP_BUF);
@@ -296,9 +310,17 @@ impl Inbound {
                         continue;
                     }
                 };
-                let Some((peer, kp)) = tables.receivers.get(&receiver) else {
-                    DropCounters::bump(&shared.drops.no_session);
-                    continue;
+                let (peer, kp, path) = match last {
+                    Some((r, peer, kp, path)) if r == receiver => (peer, kp, path),
+                    _ => {
+                        let Some((peer, kp)) = tables.receivers.get(&receiver) else {
+                            DropCounters::bump(&shared.drops.no_session);
+                            continue;
+                        };
+                        let path = tables.peers.get(peer);
+                        last = Some((receiver, *peer, kp, path));
+                        (*peer, kp, path)
+                    }
                 };
                 // Opened where it lies: the TUN write gathers the packets
                 // from the receive buffers.
@@ -311,16 +333,21 @@ impl Inbound {
                 if !keepalive {
                     // Cryptokey routing: the inner source must be one of
                     // this peer's allowed IPs.
-                    let ok = src_ip(p.as_slice())
-                        .and_then(|s| tables.routes.lookup(s))
-                        .is_some_and(|owner| owner == peer);
+                    let ok = match src_ip(p.as_slice()) {
+                        Some(s) if last_source == Some((s, peer)) => true,
+                        Some(s) if tables.routes.lookup(s) == Some(&peer) => {
+                            last_source = Some((s, peer));
+                            true
+                        }
+                        _ => false,
+                    };
                     if !ok {
                         DropCounters::bump(&shared.drops.bad_source);
                         continue;
                     }
                     debug_assert_eq!(p.start(), start + DATA_HEADER_LEN);
                     self.opened.push((i, start, p.start() + p.len()));
-                    if let Some(path) = tables.peers.get(peer) {
+                    if let Some(path) = path {
                         path.stats
                             .rx_bytes
                             .fetch_add(p.len() as u64, Ordering::Relaxed);
@@ -328,7 +355,7 @@ impl Inbound {
                 }
                 // Roaming and a keypair's first packet are told at once;
                 // plain traffic at most every activity::NOTE_INTERVAL.
-                let note = match tables.peers.get(peer) {
+                let note = match path {
                     Some(path) => {
                         let due = path
                             .stats
@@ -403,6 +430,170 @@ fn drop_counter(shared: &Shared, e: TransportError) -> &std::sync::atomic::Atomi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wg::state::PeerPath;
+    use polytun_wireguard::noise::SessionKeys;
+    use polytun_wireguard::transport::Keypair;
+    use std::collections::HashMap;
+    use std::net::Ipv4Addr;
+    use std::sync::{Mutex, RwLock};
+
+    const MTU: usize = 1420;
+
+    /// Our keypair with peer `n` and the peer's half of it.
+    fn keypairs(n: u8, now: Instant) -> (Arc<Keypair>, Keypair) {
+        let (a, b) = ([n; 32], [n + 100; 32]);
+        let ours = SessionKeys { send: a, recv: b };
+        let theirs = SessionKeys { send: b, recv: a };
+        let local = 100 + u32::from(n);
+        let remote = 200 + u32::from(n);
+        let ours = Keypair::new(&ours, local, remote, false, now, MTU);
+        (
+            Arc::new(ours),
+            Keypair::new(&theirs, remote, local, true, now, MTU),
+        )
+    }
+
+    /// An IPv4 packet from 198.51.100.`src` of 100 bytes, sealed by `kp`.
+    fn sealed(kp: &Keypair, src: u8, now: Instant) -> Vec<u8> {
+        let mut buf = vec![0u8; DATA_HEADER_LEN + 100 + 32];
+        let ip = &mut buf[DATA_HEADER_LEN..DATA_HEADER_LEN + 100];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&100u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&[198, 51, 100, src]);
+        ip[16..20].copy_from_slice(&[198, 51, 100, 9]);
+        let mut p = PacketBuf::new(&mut buf, DATA_HEADER_LEN, DATA_HEADER_LEN + 100);
+        kp.seal(now, &mut p).unwrap();
+        let (start, end) = (p.start(), p.end());
+        buf[start..end].to_vec()
+    }
+
+    fn shared(tables: Tables, epoch: Instant) -> Shared {
+        // (the control side's queue is never read: try_send fails quietly)
+        let (to_control, _) = tokio::sync::mpsc::channel(64);
+        let socket = UdpSocket::bind_for_thread("127.0.0.1:0".parse().unwrap()).unwrap();
+        Shared {
+            name: "t".into(),
+            tables: RwLock::new(tables),
+            socket: RwLock::new(Arc::new(socket)),
+            drops: DropCounters::default(),
+            to_control,
+            staged: Mutex::new(HashMap::new()),
+            mtu: MTU,
+            epoch,
+        }
+    }
+
+    /// The per-turn memo of the last destination must never send one
+    /// peer's packet under another's key or to another's endpoint:
+    /// destinations of two peers interleaved, and one with no peer.
+    #[test]
+    fn interleaved_destinations_are_each_sealed_for_their_own_peer() {
+        let now = Instant::now();
+        let (ours1, theirs1) = keypairs(1, now);
+        let (ours2, theirs2) = keypairs(2, now);
+        let endpoint = |n: u8| SocketAddr::from((Ipv4Addr::new(192, 0, 2, n), 51820));
+        let mut tables = Tables::default();
+        for (peer, kp) in [(1, &ours1), (2, &ours2)] {
+            let net = format!("198.51.100.{peer}/32").parse().unwrap();
+            tables.routes.insert(net, peer);
+            let path = PeerPath {
+                sending: Some(kp.clone()),
+                endpoint: Some(endpoint(peer as u8)),
+                stats: Default::default(),
+            };
+            tables.peers.insert(peer, path);
+        }
+        let set = [Arc::new(shared(tables, now))];
+        let mut outbound = Outbound::new(MTU);
+        let dsts = [1u8, 1, 2, 1, 7, 2, 2, 1];
+        for &d in &dsts {
+            let mut ip = [0u8; 100];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&100u16.to_be_bytes());
+            ip[12..16].copy_from_slice(&[198, 51, 100, 9]);
+            ip[16..20].copy_from_slice(&[198, 51, 100, d]);
+            assert!(outbound.arena.batch.push(&ip));
+        }
+        outbound.seal(&set);
+        let expected: Vec<_> = (dsts.iter().enumerate())
+            .filter(|&(_, &d)| d != 7)
+            .map(|(i, &d)| (i, endpoint(d), 0))
+            .collect();
+        assert_eq!(outbound.out, expected);
+        // each opens with its own peer's key, to the packet that was sealed
+        for &(i, _, _) in &outbound.out {
+            let theirs = if dsts[i] == 1 { &theirs1 } else { &theirs2 };
+            let mut d = outbound.arena.batch.get(i).to_vec();
+            let len = d.len();
+            let mut p = PacketBuf::new(&mut d, 0, len);
+            theirs.open(now, &mut p).unwrap();
+            assert_eq!(p.as_slice()[19], dsts[i]);
+        }
+    }
+
+    /// The per-turn memos (the last receiver index, the last source
+    /// checked) must never let one peer's packet pass on what was looked up
+    /// for another: datagrams of two peers interleaved, each spoofing the
+    /// other's address right after a genuine packet from that address.
+    #[test]
+    fn interleaved_peers_are_each_checked_against_their_own_allowed_ips() {
+        let now = Instant::now();
+        let (ours1, theirs1) = keypairs(1, now);
+        let (ours2, theirs2) = keypairs(2, now);
+        let mut tables = Tables::default();
+        for (peer, kp) in [(1, &ours1), (2, &ours2)] {
+            let net = format!("198.51.100.{peer}/32").parse().unwrap();
+            tables.routes.insert(net, peer);
+            tables.receivers.insert(kp.local_index, (peer, kp.clone()));
+            let path = PeerPath {
+                sending: None,
+                endpoint: None,
+                stats: Default::default(),
+            };
+            tables.peers.insert(peer, path);
+        }
+        let shared = shared(tables, now);
+        let mut bad_mac = sealed(&theirs1, 1, now);
+        *bad_mac.last_mut().unwrap() ^= 1;
+        // (datagrams, whether each is delivered)
+        let bufs: Vec<(Vec<Vec<u8>>, Vec<bool>)> = vec![
+            (vec![sealed(&theirs1, 1, now)], vec![true]),
+            (vec![sealed(&theirs1, 1, now)], vec![true]),
+            (vec![sealed(&theirs2, 2, now)], vec![true]),
+            (vec![sealed(&theirs1, 2, now)], vec![false]),
+            // one GRO buffer: peer 2 spoofing peer 1, then genuine
+            (
+                vec![sealed(&theirs2, 1, now), sealed(&theirs2, 2, now)],
+                vec![false, true],
+            ),
+            (vec![bad_mac], vec![false]),
+            (vec![sealed(&theirs1, 1, now)], vec![true]),
+        ];
+        let mut inbound = Inbound::default();
+        let mut expected = Vec::new();
+        for (i, (datagrams, delivered)) in bufs.iter().enumerate() {
+            let mut len = 0;
+            for (d, &ok) in datagrams.iter().zip(delivered) {
+                inbound.udp_bufs[i][len..len + d.len()].copy_from_slice(d);
+                if ok {
+                    expected.push((i, len, len + DATA_HEADER_LEN + 100));
+                }
+                len += d.len();
+            }
+            let mut m = RecvMeta::default();
+            m.addr = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 2), 51820));
+            m.len = len;
+            m.stride = datagrams[0].len();
+            inbound.metas[i] = m;
+        }
+        inbound.open(&shared, bufs.len());
+        assert_eq!(inbound.opened, expected);
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(count(&shared.drops.bad_source), 2);
+        assert_eq!(count(&shared.drops.bad_mac), 1);
+    }
 
     #[test]
     fn stride_fits_a_sealed_full_packet() {

@@ -9,7 +9,7 @@
 //! queue, an inbound turn per readable socket).
 
 use super::state::{Link, Shared, Tables, ToControl};
-use super::tcp::{TcpBuffers, TcpLink};
+use super::tcp::{Ended, TcpBuffers, TcpLink};
 use crate::datapath::DropCounters;
 use crate::datapath::{dst_ip, recv_udp_now, reuse, TunArena, TunRead};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf, PrefixTable};
@@ -509,6 +509,7 @@ pub struct ClientTcp {
     pub shared: Arc<Shared>,
     pub link: Arc<TcpLink>,
     pub conn: u64,
+    pub ended: Ended,
 }
 
 impl Receive for ClientTcp {
@@ -518,9 +519,7 @@ impl Receive for ClientTcp {
             w.handle(shared, &shared.tables(), d, now)
         });
         if let Err(why) = r {
-            let _ = shared
-                .to_control
-                .try_send(ToControl::LinkDown(self.conn, why));
+            let _ = self.ended.send((self.conn, why));
         }
     }
 
@@ -629,5 +628,75 @@ impl crate::threads::Turns for Turns {
 
     fn writable(&mut self, r: &Receiver) {
         r.writable();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polytun_io::TunConfig;
+    use std::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+
+    /// Runs `f` on a thread of its own in a network namespace of its own
+    /// (a TUN device made there vanishes with it).
+    fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            // SAFETY: unshare affects this thread's network namespace only.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// A control queue filled by a flood of control packets must not
+    /// swallow the end of the TCP connection: the session would stay on a
+    /// dead connection until its ping-restart.
+    #[test]
+    fn a_connection_end_is_reported_even_with_the_control_queue_full() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let remote = listener.local_addr().unwrap();
+        let client = TcpStream::connect(remote).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        in_private_netns(move || {
+            let tun = Tun::create_for_thread(&TunConfig {
+                name: "ptend0".into(),
+                mtu: 1420,
+                offload: false,
+                up: false,
+                queues: 1,
+            })
+            .unwrap();
+            let poller = Arc::new(Poller::new().unwrap());
+            let link = Arc::new(TcpLink::new(client, &poller).unwrap());
+            let (to_control, _from_data) = mpsc::channel(1);
+            to_control.try_send(ToControl::ServerExit).unwrap();
+            let shared = Arc::new(Shared::new("t".into(), remote, to_control));
+            let (ended, mut reports) = mpsc::unbounded_channel();
+            let receiver = ClientTcp {
+                shared,
+                link,
+                conn: 7,
+                ended,
+            };
+            drop(server);
+            let mut inbound = Inbound::default();
+            let deadline = Instant::now() + std::time::Duration::from_secs(5);
+            let (conn, why) = loop {
+                receiver.receive(&mut inbound, &tun);
+                if let Ok(r) = reports.try_recv() {
+                    break r;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the connection's end was never reported"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
+            assert_eq!(conn, 7);
+            assert!(why.contains("closed the TCP connection"), "{why}");
+        });
     }
 }

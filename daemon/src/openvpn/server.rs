@@ -18,7 +18,7 @@
 use super::datapath::{self, Dg, Routes, Routing, Rx, TunWriter};
 use super::settings::{parse_certs, OpenVpn, ServerSettings, Transport};
 use super::state::{Link, Shared, ToControl};
-use super::tcp::TcpLink;
+use super::tcp::{Ended, TcpLink};
 use super::tunnel::{control_wrap, TunnelCommand, TunnelHandle};
 use crate::control::{Drops, OpenVpnShow, TunnelShow};
 use crate::datapath::DropCounters;
@@ -69,7 +69,6 @@ enum Msg {
         addr: SocketAddr,
         tcp: Arc<TcpLink>,
     },
-    LinkDown(u64, String),
 }
 
 /// What the inbound data path reads: clients by peer-id (replaced as a
@@ -171,6 +170,7 @@ pub fn spawn(
     let ping = settings.ping.unwrap_or(DEFAULT_PING);
     let ping_restart = settings.ping_restart.unwrap_or(DEFAULT_PING_RESTART);
     let (commands, cmd_rx) = mpsc::channel(16);
+    let (ended, ended_rx) = mpsc::unbounded_channel();
     let mut ctl = Server {
         name: name.to_string(),
         check: control_wrap(&settings, true),
@@ -184,6 +184,7 @@ pub fn spawn(
         poller: data_path.poller(),
         data_path: Some(data_path),
         tx: tx.clone(),
+        ended,
         udp_link,
         unused,
         peers: BTreeMap::new(),
@@ -196,7 +197,7 @@ pub fn spawn(
         refused: 0,
         tasks,
     };
-    let task = tokio::spawn(async move { ctl.run(rx, cmd_rx).await });
+    let task = tokio::spawn(async move { ctl.run(rx, ended_rx, cmd_rx).await });
     Ok(TunnelHandle {
         name: name.to_string(),
         shared: tunnel,
@@ -251,6 +252,8 @@ struct Server {
     poller: Arc<datapath::Poller>,
     /// What the data path reports through (for connections registered here).
     tx: mpsc::Sender<Msg>,
+    /// Where its connections' receivers report their end.
+    ended: Ended,
     /// The threads that read the TUN device and the UDP socket (taken and
     /// joined when the server stops, so a reload can bind the port again).
     data_path: Option<datapath::DataPath>,
@@ -283,6 +286,7 @@ impl Server {
     async fn run(
         &mut self,
         mut from_data: mpsc::Receiver<Msg>,
+        mut ended: mpsc::UnboundedReceiver<(u64, String)>,
         mut commands: mpsc::Receiver<TunnelCommand>,
     ) {
         tracing::info!(
@@ -310,6 +314,7 @@ impl Server {
                         self.on_msg(msg);
                     }
                 }
+                Some((conn, why)) = ended.recv() => self.link_down(conn, why),
                 cmd = commands.recv() => match cmd {
                     None | Some(TunnelCommand::Shutdown) => break,
                     Some(TunnelCommand::Show(tx)) => { let _ = tx.send(self.show()); }
@@ -349,6 +354,7 @@ impl Server {
                     tunnel: self.tunnel.clone(),
                     tables: self.tables.clone(),
                     tx: self.tx.clone(),
+                    ended: self.ended.clone(),
                     tcp,
                     link: link.clone(),
                     conn,
@@ -367,15 +373,14 @@ impl Server {
                 };
                 self.conns.insert(conn, c);
             }
-            Msg::LinkDown(conn, why) => {
-                if let Some(c) = self.conns.remove(&conn) {
-                    match c.peer {
-                        Some(pid) => self.remove(pid, &why),
-                        None => {
-                            tracing::debug!("tunnel {}: TCP connection {conn}: {why}", self.name)
-                        }
-                    }
-                }
+        }
+    }
+
+    fn link_down(&mut self, conn: u64, why: String) {
+        if let Some(c) = self.conns.remove(&conn) {
+            match c.peer {
+                Some(pid) => self.remove(pid, &why),
+                None => tracing::debug!("tunnel {}: TCP connection {conn}: {why}", self.name),
             }
         }
     }
@@ -1077,6 +1082,7 @@ struct ServerTcp {
     tunnel: Arc<Shared>,
     tables: ServerTables,
     tx: mpsc::Sender<Msg>,
+    ended: Ended,
     tcp: Arc<TcpLink>,
     /// The same connection as the clients' sessions hold it.
     link: Arc<Link>,
@@ -1092,7 +1098,7 @@ impl datapath::Receive for ServerTcp {
             handle(w, &self.tunnel, &t, &self.tx, d, origin, now)
         });
         if let Err(why) = r {
-            let _ = self.tx.try_send(Msg::LinkDown(self.conn, why));
+            let _ = self.ended.send((self.conn, why));
         }
     }
 

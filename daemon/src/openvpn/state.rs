@@ -62,8 +62,6 @@ pub enum ToControl {
     Control(Vec<u8>),
     /// The server sent OCC_EXIT (its explicit-exit-notify).
     ServerExit,
-    /// TCP connection number `.0` closed or failed.
-    LinkDown(u64, String),
     /// The record engine reported a soft limit (reneg-bytes / reneg-pkts /
     /// packet-id wrap) for this key-id.
     KeyExpiring(u8),

@@ -19,6 +19,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+/// How a connection's end reaches its control task: (connection number,
+/// why). Unbounded on purpose: a connection reports at most once (its
+/// socket is muted then), so this never holds more than there are
+/// connections, and the report cannot be lost to a control queue that a
+/// flood of control packets has filled (the session would hang on a dead
+/// connection until its ping-restart).
+pub type Ended = tokio::sync::mpsc::UnboundedSender<(u64, String)>;
+
 /// At most this many bytes wait for a congested connection; a batch that
 /// would go beyond is dropped (counted), as a full UDP socket buffer would.
 const MAX_QUEUED: usize = 4 << 20;

@@ -6,7 +6,7 @@
 use super::datapath;
 use super::settings::{parse_certs, KeyMode, OpenVpn, Transport};
 use super::state::{Link, Shared, ToControl};
-use super::tcp::TcpLink;
+use super::tcp::{Ended, TcpLink};
 use crate::control::{OpenVpnShow, TunnelShow};
 use ipnet::IpNet;
 use polytun_core::Limits;
@@ -125,6 +125,7 @@ pub fn spawn(
         registered = Some(fd);
     }
     let (commands, cmd_rx) = mpsc::channel(16);
+    let (ended, ended_rx) = mpsc::unbounded_channel();
     let mut ctl = Control {
         name: name.to_string(),
         settings,
@@ -148,8 +149,9 @@ pub fn spawn(
         poller,
         registered,
         tcp_registered: None,
+        ended,
     };
-    let task = tokio::spawn(async move { ctl.run(from_data, cmd_rx).await });
+    let task = tokio::spawn(async move { ctl.run(from_data, ended_rx, cmd_rx).await });
     Ok(TunnelHandle {
         name: name.to_string(),
         shared,
@@ -192,6 +194,8 @@ struct Control {
     registered: Option<std::os::fd::RawFd>,
     /// The TCP connection registered with them.
     tcp_registered: Option<std::os::fd::RawFd>,
+    /// Where its receiver reports the connection's end.
+    ended: Ended,
 }
 
 impl Drop for Control {
@@ -213,6 +217,7 @@ impl Control {
     async fn run(
         &mut self,
         mut from_data: mpsc::Receiver<ToControl>,
+        mut ended: mpsc::UnboundedReceiver<(u64, String)>,
         mut commands: mpsc::Receiver<TunnelCommand>,
     ) {
         loop {
@@ -234,6 +239,7 @@ impl Control {
                         self.process_outputs();
                     }
                 }
+                Some((conn, why)) = ended.recv() => self.link_down(conn, why),
                 cmd = commands.recv() => match cmd {
                     None | Some(TunnelCommand::Shutdown) => break,
                     Some(TunnelCommand::Show(tx)) => { let _ = tx.send(self.show()); }
@@ -359,6 +365,7 @@ impl Control {
                         shared: self.shared.clone(),
                         link,
                         conn: self.attempts,
+                        ended: self.ended.clone(),
                     });
                     if let Err(e) = self.poller.register(fd, receiver) {
                         self.shared.set_link(None);
@@ -435,12 +442,14 @@ impl Control {
                     s.key_expiring(Instant::now(), key_id);
                 }
             }
-            ToControl::LinkDown(conn, why) => {
-                // (a late report from an earlier connection is stale)
-                if conn == self.attempts && self.state != State::Idle {
-                    self.restart(why, BACKOFF_MIN);
-                }
-            }
+        }
+    }
+
+    /// TCP connection number `conn` closed or failed.
+    fn link_down(&mut self, conn: u64, why: String) {
+        // (a late report from an earlier connection is stale)
+        if conn == self.attempts && self.state != State::Idle {
+            self.restart(why, BACKOFF_MIN);
         }
     }
 

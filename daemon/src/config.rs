@@ -19,15 +19,17 @@ pub const DEFAULT_QUEUES: usize = 1;
 pub const MAX_QUEUES: usize = 16;
 pub const MAX_WORKERS: usize = 64;
 
-/// One worker per two cores, at least one and at least one per TUN queue.
+/// One worker per two cores, at least one. (It once had to be at least one
+/// per TUN queue, when the queues' readers were tokio tasks; every data
+/// path now has its own threads, and tokio runs only control work.)
 /// Per byte, the kernel's share of a tunnel (TCP, UDP, the NIC or veth,
 /// the TUN copies) is as large as polytund's, and a worker that has to wake
 /// another for each burst costs more than it gains: on 2 cores one worker
 /// is measured faster in both directions and for ping (docs/fast-path.md
 /// "Threads").
-pub fn default_workers(queues: usize) -> usize {
+pub fn default_workers() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / 2).max(queues).clamp(1, MAX_WORKERS)
+    (cores / 2).clamp(1, MAX_WORKERS)
 }
 pub const CONTROL_DIR: &str = "/run/polytun";
 
@@ -570,7 +572,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
             format!("{queues} is outside 1..={MAX_QUEUES}"),
         ));
     }
-    let workers = iface.workers.unwrap_or_else(|| default_workers(queues));
+    let workers = iface.workers.unwrap_or_else(default_workers);
     if !(1..=MAX_WORKERS).contains(&workers) {
         return Err(ctx.err(
             &[Seg::Key("interface"), Seg::Key("workers")],

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     }
     polytun_daemon::logging::init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(polytun_daemon::config::default_workers(1))
+        .worker_threads(polytun_daemon::config::default_workers())
         .enable_all()
         .build()
     {

@@ -93,19 +93,30 @@ impl Outbound {
         let mut guards: Vec<RwLockReadGuard<'_, Tables>> =
             reuse(std::mem::take(&mut self.spare_guards));
         guards.extend(set.iter().map(|s| s.tables()));
+        // The previous packet's destination and what it led to: a batch
+        // (a super-packet's segments above all) is mostly one flow's.
+        let mut last = None;
         for i in 0..batch.len() {
             let Some(dst) = dst_ip(batch.get(i)) else {
                 continue;
             };
-            let Some((ti, spi)) = guards
-                .iter()
-                .enumerate()
-                .find_map(|(ti, t)| t.routes.lookup(dst).map(|s| (ti, *s)))
-            else {
-                // no CHILD SA (yet) for this destination
-                continue;
+            let (ti, spi, ob) = match last {
+                Some((d, ti, spi, ob)) if d == dst => (ti, spi, ob),
+                _ => {
+                    let Some((ti, spi)) = guards
+                        .iter()
+                        .enumerate()
+                        .find_map(|(ti, t)| t.routes.lookup(dst).map(|s| (ti, *s)))
+                    else {
+                        // no CHILD SA (yet) for this destination
+                        continue;
+                    };
+                    let ob = guards[ti].outbound.get(&spi);
+                    last = Some((dst, ti, spi, ob));
+                    (ti, spi, ob)
+                }
             };
-            let Some(ob) = guards[ti].outbound.get(&spi) else {
+            let Some(ob) = ob else {
                 DropCounters::bump(&set[ti].drops.no_session);
                 continue;
             };
@@ -256,6 +267,8 @@ impl Inbound {
         self.expired.clear();
         self.opened.clear();
         let tables = shared.tables();
+        // The previous packet's SPI and its SA: a batch is mostly one SA's.
+        let mut last = None;
         for (i, m) in self.metas[..n].iter().enumerate() {
             let stride = if m.stride == 0 { m.len } else { m.stride };
             let len = m.len.min(UDP_BUF);
@@ -282,9 +295,16 @@ impl Inbound {
                     }
                     Udp4500::Esp { spi } => spi,
                 };
-                let Some(ib) = tables.inbound.get(&spi) else {
-                    DropCounters::bump(&shared.drops.no_session);
-                    continue;
+                let ib = match last {
+                    Some((s, ib)) if s == spi => ib,
+                    _ => {
+                        let Some(ib) = tables.inbound.get(&spi) else {
+                            DropCounters::bump(&shared.drops.no_session);
+                            continue;
+                        };
+                        last = Some((spi, ib));
+                        ib
+                    }
                 };
                 // Opened where it lies: the TUN write gathers the packets
                 // from the receive buffers.
@@ -440,7 +460,140 @@ pub async fn ike_to_control(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipsec::state::{self, ChildStats};
     use polytun_esp::{Direction, EspSa, SaParams, Transform};
+    use polytun_io::UdpSocket;
+    use std::net::Ipv4Addr;
+    use std::sync::RwLock;
+
+    const T: Transform = Transform::ALL[0];
+
+    fn sa(spi: u32, direction: Direction, now: Instant) -> Arc<EspSa> {
+        let keymat = vec![spi as u8; T.keymat_len()];
+        Arc::new(EspSa::new(SaParams::new(spi, direction, T), &keymat, now).unwrap())
+    }
+
+    fn shared(tables: Tables) -> Shared {
+        // (the control side's queue is never read: try_send fails quietly)
+        let (to_control, _) = tokio::sync::mpsc::channel(64);
+        let udp = || Arc::new(UdpSocket::bind_for_thread("127.0.0.1:0".parse().unwrap()).unwrap());
+        Shared {
+            name: "t".into(),
+            tables: RwLock::new(tables),
+            ike: udp(),
+            natt: udp(),
+            drops: DropCounters::default(),
+            to_control,
+        }
+    }
+
+    /// A 100-byte IPv4 packet 198.51.100.`src` → 198.51.100.`dst`.
+    fn ipv4(src: u8, dst: u8) -> [u8; 100] {
+        let mut ip = [0u8; 100];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&100u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&[198, 51, 100, src]);
+        ip[16..20].copy_from_slice(&[198, 51, 100, dst]);
+        ip
+    }
+
+    /// The per-turn memo of the last destination must never seal one
+    /// CHILD SA's packet under another's or send it to another's peer.
+    #[test]
+    fn interleaved_destinations_are_each_sealed_with_their_own_sa() {
+        let now = Instant::now();
+        let peer = |n: u8| SocketAddr::from((Ipv4Addr::new(192, 0, 2, n), 4500));
+        let mut tables = Tables::default();
+        for n in [1u8, 2] {
+            let spi = 0x1000 + u32::from(n);
+            let net = format!("198.51.100.{n}/32").parse().unwrap();
+            tables.routes.insert(net, spi);
+            let ob = state::Outbound {
+                sa: sa(spi, Direction::Outbound, now),
+                dst: peer(n),
+                stats: Arc::new(ChildStats::default()),
+            };
+            tables.outbound.insert(spi, ob);
+        }
+        let set = [Arc::new(shared(tables))];
+        let mut outbound = Outbound::new(1400);
+        let dsts = [1u8, 1, 2, 1, 7, 2, 2, 1];
+        for &d in &dsts {
+            assert!(outbound.arena.batch.push(&ipv4(9, d)));
+        }
+        outbound.seal(&set);
+        let expected: Vec<_> = (dsts.iter().enumerate())
+            .filter(|&(_, &d)| d != 7)
+            .map(|(i, &d)| (i, peer(d), 0))
+            .collect();
+        assert_eq!(outbound.out, expected);
+        for &(i, _, _) in &outbound.out {
+            let opener = sa(0x1000 + u32::from(dsts[i]), Direction::Inbound, now);
+            let mut d = outbound.arena.batch.get(i).to_vec();
+            let len = d.len();
+            let mut p = PacketBuf::new(&mut d, 0, len);
+            opener.open(now, &mut p).unwrap();
+            assert_eq!(p.as_slice()[19], dsts[i]);
+        }
+    }
+
+    /// The per-turn memo of the last SPI must never check one SA's packet
+    /// against another's traffic selectors: two SAs interleaved, each
+    /// spoofing the other's address right after a genuine packet from it.
+    #[test]
+    fn interleaved_sas_are_each_checked_against_their_own_selectors() {
+        let now = Instant::now();
+        let mut tables = Tables::default();
+        for n in [1u8, 2] {
+            let spi = 0x2000 + u32::from(n);
+            let ib = state::Inbound {
+                sa: sa(spi, Direction::Inbound, now),
+                ike_sa: Default::default(),
+                remote_ts: vec![format!("198.51.100.{n}/32").parse().unwrap()],
+                stats: Arc::new(ChildStats::default()),
+            };
+            tables.inbound.insert(spi, ib);
+        }
+        let shared = shared(tables);
+        let sealers = [
+            sa(0x2001, Direction::Outbound, now),
+            sa(0x2002, Direction::Outbound, now),
+        ];
+        // (SA, inner source, delivered)
+        let packets = [
+            (0, 1, true),
+            (0, 1, true),
+            (1, 2, true),
+            (0, 2, false),
+            (1, 1, false),
+            (1, 2, true),
+            (0, 1, true),
+        ];
+        let mut inbound = Inbound::default();
+        let mut delivered = Vec::new();
+        for (i, &(k, src, ok)) in packets.iter().enumerate() {
+            let mut buf = vec![0u8; 512];
+            buf[64..164].copy_from_slice(&ipv4(src, 9));
+            let mut p = PacketBuf::new(&mut buf, 64, 164);
+            sealers[k].seal(now, &mut p).unwrap();
+            let d = p.as_slice().to_vec();
+            inbound.udp_bufs[i][..d.len()].copy_from_slice(&d);
+            let mut m = RecvMeta::default();
+            m.addr = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 2), 4500));
+            m.len = d.len();
+            m.stride = d.len();
+            inbound.metas[i] = m;
+            if ok {
+                delivered.push(i);
+            }
+        }
+        inbound.open(&shared, packets.len(), now);
+        let opened: Vec<usize> = inbound.opened.iter().map(|&(i, _, _)| i).collect();
+        assert_eq!(opened, delivered);
+        assert_eq!(shared.drops.bad_source.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn every_transform_seals_in_the_arena() {

@@ -515,9 +515,12 @@ pub struct ClientTcp {
 impl Receive for ClientTcp {
     fn receive(&self, inbound: &mut Inbound, tun: &Tun) {
         let shared = &*self.shared;
+        // (once per turn, as over UDP and on the server)
+        let tables = shared.tables();
         let r = inbound.tcp(tun, &self.link, shared, "the server", |w, d, now| {
-            w.handle(shared, &shared.tables(), d, now)
+            w.handle(shared, &tables, d, now)
         });
+        drop(tables);
         if let Err(why) = r {
             let _ = self.ended.send((self.conn, why));
         }

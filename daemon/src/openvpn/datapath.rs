@@ -190,13 +190,23 @@ impl Outbound {
             None => guards.extend(set.iter().map(|s| Some(s.tables()))),
             Some(_) => guards.extend(set.iter().map(|_| None)),
         }
+        // The previous packet's destination and its session: a batch (a
+        // super-packet's segments above all) is mostly one flow's.
+        let mut last = None;
         for i in 0..batch.len() {
             let Some(dst) = dst_ip(batch.get(i)) else {
                 continue;
             };
-            let ti = match &r.by_dst {
-                Some(t) => t.lookup(dst).copied().filter(|&ti| ti < set.len()),
-                None => pick(&guards, dst),
+            let ti = match last {
+                Some((d, ti)) if d == dst => ti,
+                _ => {
+                    let ti = match &r.by_dst {
+                        Some(t) => t.lookup(dst).copied().filter(|&ti| ti < set.len()),
+                        None => pick(&guards, dst),
+                    };
+                    last = Some((dst, ti));
+                    ti
+                }
             };
             let Some(ti) = ti else {
                 continue;
@@ -652,6 +662,67 @@ mod tests {
         })
         .join()
         .unwrap()
+    }
+
+    /// The per-turn memo of the last destination must never seal one
+    /// client's packet with another's key: a server's routes, destinations
+    /// of two clients interleaved, and one with no client.
+    #[test]
+    fn interleaved_destinations_are_each_sealed_for_their_own_client() {
+        use polytun_openvpn::data::{Cipher, DataChannelKey, DataKeys};
+        let now = Instant::now();
+        let remote: SocketAddr = "192.0.2.1:1194".parse().unwrap();
+        let mut by_dst = polytun_core::PrefixTable::new();
+        let mut sessions = Vec::new();
+        for n in [1u8, 2] {
+            let (to_control, _) = mpsc::channel(8);
+            let shared = Arc::new(Shared::new(format!("c{n}"), remote, to_control));
+            let mut ekm = [n; polytun_openvpn::tls::EKM_LEN];
+            ekm[0] ^= 0x55;
+            let keys = DataKeys::from_ekm(&ekm, true);
+            let key = DataChannelKey::new(
+                &keys,
+                Cipher::Aes256Gcm,
+                0,
+                u32::from(n) * 7,
+                Default::default(),
+                now,
+            );
+            let mut t = shared.tables_mut();
+            t.install(Arc::new(key));
+            t.send_with(0);
+            drop(t);
+            by_dst.insert(
+                format!("198.51.100.{n}/32").parse().unwrap(),
+                sessions.len(),
+            );
+            sessions.push(shared);
+        }
+        let routing = Routing {
+            sessions,
+            by_dst: Some(by_dst),
+        };
+        let mut outbound = Outbound::new(1400);
+        let dsts = [1u8, 1, 2, 1, 7, 2, 2, 1];
+        for &d in &dsts {
+            let mut ip = [0u8; 100];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&100u16.to_be_bytes());
+            ip[16..20].copy_from_slice(&[198, 51, 100, d]);
+            assert!(outbound.arena.batch.push(&ip));
+        }
+        outbound.seal(&routing, now);
+        let expected: Vec<_> = (dsts.iter().enumerate())
+            .filter(|&(_, &d)| d != 7)
+            .map(|(i, &d)| (i, usize::from(d) - 1))
+            .collect();
+        assert_eq!(outbound.sealed, expected);
+        // P_DATA_V2 carries the client's peer-id in bytes 1..4
+        for &(i, ti) in &outbound.sealed {
+            let b = outbound.arena.batch.get(i);
+            let peer_id = u32::from_be_bytes([0, b[1], b[2], b[3]]);
+            assert_eq!(peer_id, (ti as u32 + 1) * 7, "slot {i}");
+        }
     }
 
     /// A control queue filled by a flood of control packets must not

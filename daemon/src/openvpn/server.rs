@@ -314,7 +314,14 @@ impl Server {
                         self.on_msg(msg);
                     }
                 }
-                Some((conn, why)) = ended.recv() => self.link_down(conn, why),
+                Some((conn, why)) = ended.recv() => {
+                    // What the connection carried before it ended goes
+                    // first, as on one shared queue.
+                    while let Ok(msg) = from_data.try_recv() {
+                        self.on_msg(msg);
+                    }
+                    self.link_down(conn, why);
+                }
                 cmd = commands.recv() => match cmd {
                     None | Some(TunnelCommand::Shutdown) => break,
                     Some(TunnelCommand::Show(tx)) => { let _ = tx.send(self.show()); }

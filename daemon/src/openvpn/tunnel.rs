@@ -239,7 +239,15 @@ impl Control {
                         self.process_outputs();
                     }
                 }
-                Some((conn, why)) = ended.recv() => self.link_down(conn, why),
+                Some((conn, why)) = ended.recv() => {
+                    // What the connection carried before it ended goes
+                    // first (a TLS alert, say), as on one shared queue.
+                    while let Ok(msg) = from_data.try_recv() {
+                        self.on_data(msg);
+                        self.process_outputs();
+                    }
+                    self.link_down(conn, why);
+                }
                 cmd = commands.recv() => match cmd {
                     None | Some(TunnelCommand::Shutdown) => break,
                     Some(TunnelCommand::Show(tx)) => { let _ = tx.send(self.show()); }

@@ -308,6 +308,20 @@ pub async fn sleep_until(deadline: Option<std::time::Instant>) {
     }
 }
 
+/// A 100-byte IPv4/UDP packet 198.51.100.`src` → 198.51.100.`dst`, for
+/// the protocols' data-path tests.
+#[cfg(test)]
+pub fn test_ipv4(src: u8, dst: u8) -> [u8; 100] {
+    let mut ip = [0u8; 100];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&100u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[198, 51, 100, src]);
+    ip[16..20].copy_from_slice(&[198, 51, 100, dst]);
+    ip
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

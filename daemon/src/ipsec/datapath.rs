@@ -460,6 +460,7 @@ pub async fn ike_to_control(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::test_ipv4;
     use crate::ipsec::state::{self, ChildStats};
     use polytun_esp::{Direction, EspSa, SaParams, Transform};
     use polytun_io::UdpSocket;
@@ -487,18 +488,6 @@ mod tests {
         }
     }
 
-    /// A 100-byte IPv4 packet 198.51.100.`src` → 198.51.100.`dst`.
-    fn ipv4(src: u8, dst: u8) -> [u8; 100] {
-        let mut ip = [0u8; 100];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&100u16.to_be_bytes());
-        ip[8] = 64;
-        ip[9] = 17;
-        ip[12..16].copy_from_slice(&[198, 51, 100, src]);
-        ip[16..20].copy_from_slice(&[198, 51, 100, dst]);
-        ip
-    }
-
     /// The per-turn memo of the last destination must never seal one
     /// CHILD SA's packet under another's or send it to another's peer.
     #[test]
@@ -521,7 +510,7 @@ mod tests {
         let mut outbound = Outbound::new(1400);
         let dsts = [1u8, 1, 2, 1, 7, 2, 2, 1];
         for &d in &dsts {
-            assert!(outbound.arena.batch.push(&ipv4(9, d)));
+            assert!(outbound.arena.batch.push(&test_ipv4(9, d)));
         }
         outbound.seal(&set);
         let expected: Vec<_> = (dsts.iter().enumerate())
@@ -575,7 +564,7 @@ mod tests {
         let mut delivered = Vec::new();
         for (i, &(k, src, ok)) in packets.iter().enumerate() {
             let mut buf = vec![0u8; 512];
-            buf[64..164].copy_from_slice(&ipv4(src, 9));
+            buf[64..164].copy_from_slice(&test_ipv4(src, 9));
             let mut p = PacketBuf::new(&mut buf, 64, 164);
             sealers[k].seal(now, &mut p).unwrap();
             let d = p.as_slice().to_vec();

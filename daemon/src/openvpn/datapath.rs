@@ -647,6 +647,7 @@ impl crate::threads::Turns for Turns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::test_ipv4;
     use polytun_io::TunConfig;
     use std::net::{TcpListener, TcpStream};
     use tokio::sync::mpsc;
@@ -705,11 +706,7 @@ mod tests {
         let mut outbound = Outbound::new(1400);
         let dsts = [1u8, 1, 2, 1, 7, 2, 2, 1];
         for &d in &dsts {
-            let mut ip = [0u8; 100];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&100u16.to_be_bytes());
-            ip[16..20].copy_from_slice(&[198, 51, 100, d]);
-            assert!(outbound.arena.batch.push(&ip));
+            assert!(outbound.arena.batch.push(&test_ipv4(9, d)));
         }
         outbound.seal(&routing, now);
         let expected: Vec<_> = (dsts.iter().enumerate())

@@ -430,6 +430,7 @@ fn drop_counter(shared: &Shared, e: TransportError) -> &std::sync::atomic::Atomi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::test_ipv4;
     use crate::wg::state::PeerPath;
     use polytun_wireguard::noise::SessionKeys;
     use polytun_wireguard::transport::Keypair;
@@ -456,13 +457,7 @@ mod tests {
     /// An IPv4 packet from 198.51.100.`src` of 100 bytes, sealed by `kp`.
     fn sealed(kp: &Keypair, src: u8, now: Instant) -> Vec<u8> {
         let mut buf = vec![0u8; DATA_HEADER_LEN + 100 + 32];
-        let ip = &mut buf[DATA_HEADER_LEN..DATA_HEADER_LEN + 100];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&100u16.to_be_bytes());
-        ip[8] = 64;
-        ip[9] = 17;
-        ip[12..16].copy_from_slice(&[198, 51, 100, src]);
-        ip[16..20].copy_from_slice(&[198, 51, 100, 9]);
+        buf[DATA_HEADER_LEN..DATA_HEADER_LEN + 100].copy_from_slice(&test_ipv4(src, 9));
         let mut p = PacketBuf::new(&mut buf, DATA_HEADER_LEN, DATA_HEADER_LEN + 100);
         kp.seal(now, &mut p).unwrap();
         let (start, end) = (p.start(), p.end());
@@ -509,12 +504,7 @@ mod tests {
         let mut outbound = Outbound::new(MTU);
         let dsts = [1u8, 1, 2, 1, 7, 2, 2, 1];
         for &d in &dsts {
-            let mut ip = [0u8; 100];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&100u16.to_be_bytes());
-            ip[12..16].copy_from_slice(&[198, 51, 100, 9]);
-            ip[16..20].copy_from_slice(&[198, 51, 100, d]);
-            assert!(outbound.arena.batch.push(&ip));
+            assert!(outbound.arena.batch.push(&test_ipv4(9, d)));
         }
         outbound.seal(&set);
         let expected: Vec<_> = (dsts.iter().enumerate())

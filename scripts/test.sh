@@ -3,8 +3,10 @@
 #   1. installs what the tests need (scripts/install-test-deps.sh)
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings
 #   3. cargo build --release (polytund, polytun, polytun-wg)
-#   4. cargo nextest run --workspace --release (unit tests + end-to-end tests in network
-#      namespaces against wireguard-go, boringtun-cli, wg-quick; profile in .config/nextest.toml)
+#   4. cargo nextest run --workspace (unit tests + end-to-end tests in network namespaces
+#      against wireguard-go, boringtun-cli, wg-quick; profile in .config/nextest.toml), the test
+#      binaries built with Cargo.toml's ci-test profile (release without LTO), the daemon they
+#      run being step 3's
 #   5. builds the cargo-fuzz targets (if fuzz/ exists)
 # Needs root: network namespaces, TUN devices. Env: NEXTEST_PROFILE (default "ci"),
 # SKIP_DEPS=1 (skip step 1), extra args are passed to nextest (e.g. a test filter).
@@ -31,8 +33,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build --release"
 cargo build --workspace --release --locked
 
-step "cargo nextest run --workspace --release"
-cargo nextest run --workspace --release --locked --profile "${NEXTEST_PROFILE:-ci}" "$@"
+step "cargo nextest run --workspace --cargo-profile ci-test"
+cargo nextest run --workspace --cargo-profile ci-test --locked --profile "${NEXTEST_PROFILE:-ci}" "$@"
 
 if [[ -f fuzz/Cargo.toml ]]; then
   step "building fuzz targets (cargo +nightly fuzz build)"

@@ -214,6 +214,107 @@ measure_bare_veth() {
   netns_del
 }
 
+# measure_turns IMPL DST PID_A PID_B: what the daemons' turns that start from idle cost (TURNS=1
+# in the scripts that call it). `perf record` of scheduler, network and syscall tracepoints on the
+# whole machine while A pings DST 60 times at 5/s; per ping: A's turn from the request reaching
+# A's tunnel device (net_dev_queue) to A's datagram leaving A's veth, and B's from that datagram
+# reaching B's veth to B's write of the request to its tunnel device, each cut at its wake-up,
+# the end of epoll_wait, its first read and its send or write. Medians in µs as "turn_<name>"
+# results; "user" parts are the daemon's own code between two syscalls. Works for any daemon
+# that waits in epoll and reads and writes with plain syscalls (polytund, boringtun).
+measure_turns() {
+  local impl=$1 dst=$2 pa=$3 pb=$4 tids t filter
+  command -v perf >/dev/null || die "missing perf: sudo apt-get install linux-perf"
+  [[ -e /sys/kernel/tracing/events ]] || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+  [[ -e /sys/kernel/tracing/events/syscalls ]] || die "no syscall tracepoints (tracefs not mounted?)"
+  tids=$(ls "/proc/$pa/task" "/proc/$pb/task" 2>/dev/null | grep -E '^[0-9]+$' | sort -u)
+  [[ -n $tids ]] || die "measure_turns: no threads for pids $pa $pb"
+  filter=$(for t in $tids; do printf 'common_pid == %s || ' "$t"; done); filter=${filter% || }
+  local sc=() e
+  for e in sys_exit_epoll_wait sys_exit_epoll_pwait sys_enter_read sys_exit_read sys_enter_recvmmsg \
+    sys_exit_recvmmsg sys_enter_recvfrom sys_exit_recvfrom sys_enter_recvmsg sys_exit_recvmsg \
+    sys_enter_write sys_enter_writev sys_enter_sendmsg sys_enter_sendto sys_enter_sendmmsg; do
+    sc+=(-e "syscalls:$e" --filter "$filter")
+  done
+  ip netns exec "$NS_A" ping -c 5 -i 0.2 -q "$dst" >/dev/null 9>&- || true
+  perf record -q -a -o "$OUT_DIR/$impl-turns.data" -e sched:sched_wakeup -e sched:sched_switch \
+    -e net:net_dev_queue -e net:net_dev_xmit -e net:netif_receive_skb "${sc[@]}" -- \
+    ip netns exec "$NS_A" ping -c 60 -i 0.2 -q "$dst" >/dev/null 2>&1 9>&- </dev/null || true
+  perf script -i "$OUT_DIR/$impl-turns.data" -F pid,tid,cpu,time,event,trace >"$OUT_DIR/$impl-turns.txt" 2>/dev/null
+  rm -f "$OUT_DIR/$impl-turns.data"
+  python3 - "$OUT_DIR/$impl-turns.txt" "$impl" "$pa" "$pb" "$TUN_A" "$VETH_A" "$VETH_B" \
+    >>"$OUT_DIR/results.txt" <<'PY'
+import bisect, re, statistics, sys
+path, impl, pa, pb, tun_a, veth_a, veth_b = sys.argv[1:]
+line = re.compile(r"^\s*(\d+)/(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$")
+ev = []
+for l in open(path):
+    m = line.match(l)
+    if m:
+        pid, tid, _, t, e, rest = m.groups()
+        ev.append((float(t) * 1e6, int(pid), int(tid), e, rest))
+tids = {side: {x[2] for x in ev if x[1] == int(p)} for side, p in (("a", pa), ("b", pb))}
+kind = {"sys_exit_epoll_wait": "ew", "sys_exit_epoll_pwait": "ew",
+        "sys_enter_read": "r0", "sys_enter_recvmmsg": "r0", "sys_enter_recvfrom": "r0", "sys_enter_recvmsg": "r0",
+        "sys_exit_read": "r1", "sys_exit_recvmmsg": "r1", "sys_exit_recvfrom": "r1", "sys_exit_recvmsg": "r1",
+        "sys_enter_write": "w", "sys_enter_writev": "w", "sys_enter_sendmsg": "w", "sys_enter_sendto": "w",
+        "sys_enter_sendmmsg": "w"}
+starts, last = [], -1e12
+for t, _, _, e, rest in ev:
+    if e == "net:net_dev_queue" and f"dev={tun_a} " in rest + " ":
+        if t - last > 50000:
+            starts.append(t)
+        last = t
+times = [x[0] for x in ev]
+parts = {}
+def add(k, v):
+    parts.setdefault(k, []).append(v)
+for s in starts:
+    i = bisect.bisect_left(times, s)
+    d, th = {}, {"a": None, "b": None}
+    while i < len(ev) and ev[i][0] <= s + 1000:
+        t, _, tid, e, rest = ev[i]
+        i += 1
+        if e == "net:net_dev_xmit" and f"dev={veth_a} " in rest + " " and "a.out" not in d:
+            d["a.out"] = t
+        elif e == "net:netif_receive_skb" and f"dev={veth_b} " in rest + " " and "a.out" in d and "b.in" not in d:
+            d["b.in"] = t
+        elif e == "sched:sched_wakeup":
+            m = re.search(r"pid=(\d+)", rest)
+            w = int(m.group(1)) if m else -1
+            if th["a"] is None and w in tids["a"]:
+                th["a"], d["a.wake"] = w, t
+            elif th["b"] is None and "b.in" in d and w in tids["b"]:
+                th["b"], d["b.wake"] = w, t
+        elif e == "sched:sched_switch":
+            for side in "ab":
+                if th[side] is not None and re.search(rf"next_pid={th[side]}\b", rest) and side + ".run" not in d:
+                    d[side + ".run"] = t
+        elif e.startswith("syscalls:"):
+            for side in "ab":
+                k = kind.get(e.split(":")[1])
+                if k and tid == th[side] and side + ".run" in d and side + "." + k not in d:
+                    if k in ("r0", "r1", "w") and side + ".ew" not in d:
+                        continue
+                    if k == "r1" and side + ".r0" not in d:
+                        continue
+                    d[side + "." + k] = t
+    cuts = [("a_wake", "start", "a.wake"), ("a_sched", "a.wake", "a.run"), ("a_epoll", "a.run", "a.ew"),
+            ("a_user_to_read", "a.ew", "a.r0"), ("a_read", "a.r0", "a.r1"), ("a_user_seal", "a.r1", "a.w"),
+            ("a_send", "a.w", "a.out"), ("a_turn", "start", "a.out"),
+            ("b_rx_to_wake", "b.in", "b.wake"), ("b_sched", "b.wake", "b.run"), ("b_epoll", "b.run", "b.ew"),
+            ("b_user_to_recv", "b.ew", "b.r0"), ("b_recv", "b.r0", "b.r1"), ("b_user_open", "b.r1", "b.w"),
+            ("b_turn", "b.in", "b.w")]
+    d["start"] = s
+    for name, x, y in cuts:
+        if x in d and y in d:
+            add(name, d[y] - d[x])
+for name, v in parts.items():
+    if len(v) >= 10:
+        print(impl, "turn_" + name, "%.1f" % statistics.median(v))
+PY
+}
+
 # measure_hops IMPL DST: where a ping's round trip goes (HOPS=1 in the scripts that call it).
 # tcpdump with nanosecond stamps on the four interfaces ($TUN_A, $VETH_A in A; $VETH_B, $TUN_B
 # in B) while A pings DST 60 times at 10/s; per ping, the time from the request on A's tunnel

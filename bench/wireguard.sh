@@ -17,7 +17,8 @@
 #
 # Usage: sudo bench/wireguard.sh            (after cargo build --release)
 # Env: IMPLS="bare-veth polytun wireguard-go boringtun" (also: polytun-wg), DURATION=10, REPEAT=3,
-#      PING_COUNT=20, HOPS=1 (also time each hop of a ping: bench/lib.sh measure_hops), OUT_DIR=..., LOCK=/tmp/peers-bench.lock (shared with the reference peer
+#      PING_COUNT=20, HOPS=1 (also time each hop of a ping: bench/lib.sh measure_hops), TURNS=1 (also
+#      time the daemons' turns that start from idle, syscall by syscall: bench/lib.sh measure_turns), OUT_DIR=..., LOCK=/tmp/peers-bench.lock (shared with the reference peer
 #      benchmarks so no two benchmarks ever overlap), LOCK_WAIT=3600, POLYTUN_BIN_DIR=...
 # Only processes started here are killed (by PID); namespaces are deleted on exit.
 set -euo pipefail
@@ -105,6 +106,7 @@ measure() {   # impl
   if [[ $1 == bare-veth ]]; then teardown; measure_bare_veth; return; fi
   setup_impl "$1"
   [[ ${HOPS:-0} == 1 ]] && measure_hops "$1" 198.51.100.2
+  [[ ${TURNS:-0} == 1 ]] && measure_turns "$1" 198.51.100.2 "${DAEMON_PIDS[0]}" "${DAEMON_PIDS[1]}"
   measure_traffic "$1" 198.51.100.2
   teardown
 }
@@ -159,6 +161,23 @@ if me:
         print("issue-5 bar: tcp1 >= 30%% of the bare veth: %s (%.1f%% of %.3f Gbit/s)" % (
             "PASS" if t1 >= 0.3 * bare else "FAIL", 100 * t1 / bare, bare))
 PY
+if [[ ${TURNS:-0} == 1 ]]; then
+  python3 - "$OUT_DIR/results.txt" "$IMPLS" <<'PY'
+import sys
+res = {}
+for line in open(sys.argv[1]):
+    impl, key, val = line.split()
+    res.setdefault(impl, {})[key] = float(val)
+impls = [i for i in sys.argv[2].split() if any(k.startswith("turn_") for k in res.get(i, {}))]
+cuts = ["a_wake", "a_sched", "a_epoll", "a_user_to_read", "a_read", "a_user_seal", "a_send", "a_turn",
+        "b_rx_to_wake", "b_sched", "b_epoll", "b_user_to_recv", "b_recv", "b_user_open", "b_turn"]
+print()
+print("turns from idle, median µs (perf tracepoints; a_*: A's outbound turn, b_*: B's inbound turn)")
+print("%-16s" % "" + "".join("%10s" % i for i in impls))
+for c in cuts:
+    print("%-16s" % c + "".join("%10.1f" % res[i].get("turn_" + c, float("nan")) for i in impls))
+PY
+fi
 if [[ ${HOPS:-0} == 1 ]]; then
   python3 - "$OUT_DIR/results.txt" "$IMPLS" <<'PY'
 import sys

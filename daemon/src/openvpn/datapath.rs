@@ -329,7 +329,7 @@ pub struct TunWriter {
 impl TunWriter {
     /// A writer whose lists hold `packets` packets without growing (a
     /// batched UDP receive: [`UDP_RECV_MAX_DATAGRAMS`]).
-    fn with_capacity(packets: usize) -> Self {
+    pub(super) fn with_capacity(packets: usize) -> Self {
         TunWriter {
             opened: Vec::with_capacity(packets),
             errors: 0,

@@ -957,13 +957,31 @@ fn add_drops(a: &mut Drops, b: &Drops) {
 /// client may only use its own link).
 type Origin<'a> = (SocketAddr, Option<(u64, &'a Arc<Link>)>);
 
+/// What the previous data packet of a turn led to: a batch is mostly one
+/// client's, so most packets skip the peer-id lookup, the client's table
+/// lock, the origin check and the source lookup. Valid for one turn, under
+/// one read of the server's [`Tables`].
+struct Last<'t> {
+    pid: u32,
+    client: &'t Arc<Shared>,
+    tables: std::sync::RwLockReadGuard<'t, super::state::Tables>,
+    /// The origin an authenticated packet of this client came from (UDP:
+    /// its remote is that; TCP: the connection is its link).
+    origin: Option<SocketAddr>,
+    /// The inner source the previous packet had, one of the client's own.
+    source: Option<IpAddr>,
+}
+
 /// One packet from a client: data is opened with the key of the peer-id it
 /// names (after which the inner source must be that client's address),
-/// control packets go to the control task.
-fn handle(
+/// control packets go to the control task. `last` carries what the turn's
+/// previous data packet looked up.
+#[allow(clippy::too_many_arguments)]
+fn handle<'t>(
     w: &mut TunWriter,
     tunnel: &Shared,
-    t: &Tables,
+    t: &'t Tables,
+    last: &mut Option<Last<'t>>,
     tx: &mpsc::Sender<Msg>,
     d: &mut Dg<'_>,
     (from, conn): Origin<'_>,
@@ -981,38 +999,58 @@ fn handle(
                 return;
             };
             let pid = u32::from_be_bytes([0, id[0], id[1], id[2]]);
-            let Some(client) = t.by_peer_id.get(&pid) else {
-                DropCounters::bump(&drops.no_session);
-                return;
+            let l = match last {
+                Some(l) if l.pid == pid => l,
+                _ => {
+                    let Some(client) = t.by_peer_id.get(&pid) else {
+                        DropCounters::bump(&drops.no_session);
+                        return;
+                    };
+                    last.insert(Last {
+                        pid,
+                        client,
+                        tables: client.tables(),
+                        origin: None,
+                        source: None,
+                    })
+                }
             };
+            let client = l.client;
             if let Some((_, link)) = conn {
-                if !client.link().is_some_and(|l| Arc::ptr_eq(&l, link)) {
-                    DropCounters::bump(&client.drops.bad_source);
-                    return;
+                if l.origin != Some(from) {
+                    if !client.link().is_some_and(|l| Arc::ptr_eq(&l, link)) {
+                        DropCounters::bump(&client.drops.bad_source);
+                        return;
+                    }
+                    l.origin = Some(from);
                 }
             }
-            let r = {
-                let tables = client.tables();
-                let r = w.open(client, &tables, key_id, d, now);
-                let own = |s: IpAddr| tables.routes.lookup(s).is_some();
-                let spoofed = r == Rx::Queued
-                    && w.last(d)
-                        .and_then(crate::datapath::src_ip)
-                        .is_none_or(|s| !own(s));
-                if spoofed {
+            let r = w.open(client, &l.tables, key_id, d, now);
+            if r == Rx::Queued {
+                let own = match w.last(d).and_then(crate::datapath::src_ip) {
+                    Some(s) if l.source == Some(s) => true,
+                    Some(s) if l.tables.routes.lookup(s).is_some() => {
+                        l.source = Some(s);
+                        true
+                    }
+                    _ => false,
+                };
+                if !own {
                     // not its own address: no client speaks for another
                     w.unqueue();
                     DropCounters::bump(&client.drops.bad_source);
                     return;
                 }
-                r
-            };
+            }
             if r == Rx::Dropped {
                 return;
             }
-            if conn.is_none() && client.remote() != from {
-                client.set_remote(from);
-                let _ = tx.try_send(Msg::Float(pid, from));
+            if conn.is_none() && l.origin != Some(from) {
+                if client.remote() != from {
+                    client.set_remote(from);
+                    let _ = tx.try_send(Msg::Float(pid, from));
+                }
+                l.origin = Some(from);
             }
             if r == Rx::Exit {
                 let _ = tx.try_send(Msg::Exit(pid));
@@ -1044,8 +1082,18 @@ impl datapath::Receive for ServerSocket {
     fn receive(&self, inbound: &mut datapath::Inbound, tun: &Tun) {
         inbound.udp(tun, &self.socket, &self.tunnel, |w, bufs, metas, now| {
             let t = read(&self.tables);
+            let mut last = None;
             datapath::each_datagram(bufs, metas, |d, src| {
-                handle(w, &self.tunnel, &t, &self.tx, d, (src, None), now)
+                handle(
+                    w,
+                    &self.tunnel,
+                    &t,
+                    &mut last,
+                    &self.tx,
+                    d,
+                    (src, None),
+                    now,
+                )
             });
         });
     }
@@ -1100,9 +1148,10 @@ struct ServerTcp {
 impl datapath::Receive for ServerTcp {
     fn receive(&self, inbound: &mut datapath::Inbound, tun: &Tun) {
         let t = read(&self.tables);
+        let mut last = None;
         let origin = (self.addr, Some((self.conn, &self.link)));
         let r = inbound.tcp(tun, &self.tcp, &self.tunnel, "the client", |w, d, now| {
-            handle(w, &self.tunnel, &t, &self.tx, d, origin, now)
+            handle(w, &self.tunnel, &t, &mut last, &self.tx, d, origin, now)
         });
         if let Err(why) = r {
             let _ = self.ended.send((self.conn, why));
@@ -1111,5 +1160,116 @@ impl datapath::Receive for ServerTcp {
 
     fn writable(&self) {
         self.tcp.writable();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::test_ipv4;
+    use polytun_core::PacketBuf;
+    use polytun_openvpn::data::{Cipher, DataChannelKey, DataKeys, OVERHEAD};
+    use polytun_openvpn::packet::DATA_TAG_LEN;
+
+    /// Client `n`'s peer-id, address and the server's session for it (key
+    /// installed, its virtual address 198.51.100.`n` as its route), with
+    /// the client's own key to seal with.
+    fn client(n: u8, now: Instant) -> (u32, SocketAddr, Arc<Shared>, DataChannelKey) {
+        let pid = u32::from(n) * 7;
+        let addr: SocketAddr = format!("192.0.2.{n}:1194").parse().unwrap();
+        let mut ekm = [n; polytun_openvpn::tls::EKM_LEN];
+        ekm[0] ^= 0x55;
+        let key = |server| {
+            let keys = DataKeys::from_ekm(&ekm, server);
+            DataChannelKey::new(&keys, Cipher::Aes256Gcm, 0, pid, Default::default(), now)
+        };
+        let (to_control, _) = mpsc::channel(8);
+        let shared = Arc::new(Shared::new(format!("c{n}"), addr, to_control));
+        let mut t = shared.tables_mut();
+        t.install(Arc::new(key(true)));
+        t.routes
+            .insert(format!("198.51.100.{n}/32").parse().unwrap(), ());
+        drop(t);
+        (pid, addr, shared, key(false))
+    }
+
+    /// A P_DATA_V2 datagram sealed with `key`, inner source 198.51.100.`src`.
+    fn sealed(key: &DataChannelKey, src: u8, now: Instant) -> Vec<u8> {
+        let ip = test_ipv4(src, 9);
+        let mut buf = vec![0u8; OVERHEAD + ip.len() + DATA_TAG_LEN];
+        buf[OVERHEAD..OVERHEAD + ip.len()].copy_from_slice(&ip);
+        let mut p = PacketBuf::new(&mut buf, OVERHEAD, OVERHEAD + ip.len());
+        key.seal(now, &mut p).unwrap();
+        p.as_slice().to_vec()
+    }
+
+    /// The per-turn memo of the last peer-id must never open one client's
+    /// packet as another's, nor let a client speak for another's address
+    /// right after a genuine packet, nor skip the floating of a client that
+    /// moved: two clients' datagrams interleaved in one turn.
+    #[test]
+    fn interleaved_clients_are_each_checked_as_themselves() {
+        let now = Instant::now();
+        let (p1, a1, c1, k1) = client(1, now);
+        let (p2, a2, c2, k2) = client(2, now);
+        let tables = Tables {
+            by_peer_id: HashMap::from([(p1, c1.clone()), (p2, c2.clone())]),
+        };
+        let moved: SocketAddr = "192.0.2.77:40000".parse().unwrap();
+        let mut forged = sealed(&k2, 2, now);
+        forged[1..4].copy_from_slice(&p1.to_be_bytes()[1..]);
+        let mut corrupt = sealed(&k1, 1, now);
+        *corrupt.last_mut().unwrap() ^= 1;
+        let mut unknown = sealed(&k1, 1, now);
+        unknown[1..4].copy_from_slice(&[0, 0, 99]);
+        // (datagram, where it came from, whether it reaches the TUN)
+        let turn = [
+            (sealed(&k1, 1, now), a1, true),
+            (sealed(&k2, 2, now), a2, true),
+            (sealed(&k2, 1, now), a2, false), // client 2 as client 1's address
+            (sealed(&k1, 1, now), a1, true),
+            (sealed(&k1, 2, now), a1, false), // client 1 as client 2's address
+            (forged, a2, false),              // client 2's packet under client 1's peer-id
+            (corrupt, a1, false),
+            (unknown, a1, false),
+            (sealed(&k2, 2, now), a2, true),
+            (sealed(&k1, 1, now), a1, true),
+            (sealed(&k1, 1, now), moved, true), // client 1 floats
+            (sealed(&k1, 1, now), moved, true),
+        ];
+        let tunnel = Shared::new("server".into(), a1, mpsc::channel(8).0);
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut w = TunWriter::with_capacity(16);
+        let mut last = None;
+        for (i, (dg, from, reaches)) in turn.into_iter().enumerate() {
+            let mut buf = dg;
+            let mut d = Dg::new(&mut buf, 0, i);
+            handle(
+                &mut w,
+                &tunnel,
+                &tables,
+                &mut last,
+                &tx,
+                &mut d,
+                (from, None),
+                now,
+            );
+            assert_eq!(w.last(&d).is_some(), reaches, "datagram {i}");
+        }
+        drop(last);
+        let bad = |c: &Shared| c.drops.bad_source.load(Ordering::Relaxed);
+        assert_eq!((bad(&c1), bad(&c2)), (1, 1));
+        // the forged packet and the corrupted one
+        assert_eq!(c1.drops.bad_mac.load(Ordering::Relaxed), 2);
+        assert_eq!(tunnel.drops.no_session.load(Ordering::Relaxed), 1);
+        assert_eq!(c1.remote(), moved);
+        assert_eq!(c2.remote(), a2);
+        let floats: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|m| match m {
+                Msg::Float(pid, a) => Some((pid, a)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(floats, [(p1, moved)]);
     }
 }

@@ -1272,4 +1272,53 @@ mod tests {
             .collect();
         assert_eq!(floats, [(p1, moved)]);
     }
+
+    /// Over TCP a client's packets must come over its own connection: the
+    /// memo checks the link once per run of one client's packets, never
+    /// once for all, and never before a failed check.
+    #[test]
+    fn a_client_speaks_only_over_its_own_connection() {
+        let now = Instant::now();
+        let (p1, a1, c1, k1) = client(1, now);
+        let (p2, _, c2, k2) = client(2, now);
+        let tables = Tables {
+            by_peer_id: HashMap::from([(p1, c1.clone()), (p2, c2.clone())]),
+        };
+        let poller = Arc::new(datapath::Poller::new().unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut links = Vec::new();
+        let mut ends = Vec::new();
+        for c in [&c1, &c2] {
+            let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            ends.push(listener.accept().unwrap().0);
+            let link = Arc::new(Link::Tcp(Arc::new(TcpLink::new(stream, &poller).unwrap())));
+            c.set_link(Some(link.clone()));
+            links.push(link);
+        }
+        // all over client 1's connection: (sealed by, reaches the TUN)
+        let turn = [
+            (&k1, true),
+            (&k2, false),
+            (&k2, false),
+            (&k1, true),
+            (&k2, false),
+        ];
+        let tunnel = Shared::new("server".into(), a1, mpsc::channel(8).0);
+        let (tx, _rx) = mpsc::channel(16);
+        let mut w = TunWriter::with_capacity(16);
+        let mut last = None;
+        let origin = (a1, Some((1, &links[0])));
+        for (i, (key, reaches)) in turn.into_iter().enumerate() {
+            let src = if std::ptr::eq(key, &k1) { 1 } else { 2 };
+            let mut buf = sealed(key, src, now);
+            let mut d = Dg::new(&mut buf, 0, i);
+            handle(
+                &mut w, &tunnel, &tables, &mut last, &tx, &mut d, origin, now,
+            );
+            assert_eq!(w.last(&d).is_some(), reaches, "packet {i}");
+        }
+        drop(last);
+        let bad = |c: &Shared| c.drops.bad_source.load(Ordering::Relaxed);
+        assert_eq!((bad(&c1), bad(&c2)), (0, 3));
+    }
 }

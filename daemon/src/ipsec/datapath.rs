@@ -32,8 +32,12 @@ use std::time::{Duration, Instant};
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
 const UDP_BUF: usize = 65536;
 /// The control task hears of inbound traffic on an IKE SA (liveness, DPD)
-/// at most this often: one wake-up per batch would cost more than it tells.
-const TRAFFIC_NOTE_INTERVAL: Duration = Duration::from_millis(100);
+/// at most this often: one wake-up per batch would cost more than it tells,
+/// and at 100 ms every ping of a `ping` (5–10/s) woke it, which costs a
+/// round trip 20–35 µs (measured for WireGuard, docs/fast-path.md
+/// "Latency"). DPD waits seconds (`dpd_delay`), so liveness a second old
+/// only makes a probe come up to a second early.
+const TRAFFIC_NOTE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The outbound arena for `mtu`: room for any transform's ESP header in
 /// front of a packet and its padding, trailer and ICV behind.

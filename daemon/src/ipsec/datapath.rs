@@ -492,6 +492,38 @@ mod tests {
         }
     }
 
+    /// Inbound traffic wakes the control task at most once a second per IKE
+    /// SA: a ping at 5/s must not wake it for every packet (each wake-up
+    /// lengthens the round trip), and each IKE SA still hears of its own.
+    #[test]
+    fn traffic_notes_come_at_most_once_a_second_per_ike_sa() {
+        let t0 = Instant::now();
+        let (to_control, mut notes) = tokio::sync::mpsc::channel(64);
+        let shared = Shared {
+            to_control,
+            ..shared(Tables::default())
+        };
+        let mut inbound = Inbound::default();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // a ping every 200 ms on IKE SA 1; IKE SA 2 joins at 400 ms
+        for t in [0, 200, 400, 600, 800, 1000, 1200] {
+            inbound.alive.clear();
+            inbound.alive.push(1);
+            if t >= 400 {
+                inbound.alive.push(2);
+            }
+            inbound.notify(&shared, ms(t));
+        }
+        let heard: Vec<_> = std::iter::from_fn(|| notes.try_recv().ok())
+            .map(|m| match m {
+                ToControl::Traffic { ike_sa } => ike_sa,
+                _ => panic!("only traffic notes expected"),
+            })
+            .collect();
+        // SA 1 at 0 and 1000 ms, SA 2 at 400 ms
+        assert_eq!(heard, [1, 2, 1]);
+    }
+
     /// The per-turn memo of the last destination must never seal one
     /// CHILD SA's packet under another's or send it to another's peer.
     #[test]

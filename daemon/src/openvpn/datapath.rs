@@ -25,6 +25,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
+/// Tunnels (sessions) whose tables a turn can hold without allocating.
+const GUARDS: usize = 16;
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
 pub(super) const UDP_BUF: usize = 65536;
 /// Which tunnel of the set carries `dst`: the one whose routes contain
@@ -155,7 +157,10 @@ impl Outbound {
             arena: TunArena::new(mtu, 2 + OVERHEAD, outbound_batch),
             sealed: Vec::with_capacity(TUN_BATCH),
             errors: 0,
-            spare_guards: Vec::new(),
+            // Room for the tables of this many tunnels (sessions) from the
+            // start: a queue's thread whose first turn comes mid-transfer
+            // must not allocate then (datapath_alloc with two queues).
+            spare_guards: Vec::with_capacity(GUARDS),
             spare_slices: Vec::with_capacity(TUN_BATCH),
             frames: Vec::new(),
         }

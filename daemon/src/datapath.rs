@@ -64,6 +64,29 @@ pub struct TunArena {
     /// The allocation of the slot list (see [`reuse`]).
     spare: Vec<&'static mut [u8]>,
     errors: u64,
+    /// Reads left that take one packet and stop (see [`QUICK_READS`]).
+    quick: u8,
+}
+
+/// After a read that found one packet and then an empty queue, the next
+/// reads take their first packet and stop, so that a lone packet (a
+/// ping's) is sealed and sent before anything else happens: finding the
+/// queue empty cost a cold read syscall (3–4 µs) on every ping's way out
+/// (boringtun sends first and reads again after). If more is queued,
+/// `epoll` returns at once for it. Then one read in full again, which also
+/// says whether the queue is still quiet: a burst after a quiet spell
+/// loses batching for at most this many reads.
+const QUICK_READS: u8 = 4;
+
+/// The quick reads left after a read (`once` or in full) of `n` packets
+/// with `quick` left before it.
+fn next_quick(quick: u8, once: bool, n: usize) -> u8 {
+    match (once, n) {
+        (true, _) => quick.saturating_sub(1),
+        // One packet, then an empty queue (or a failed read).
+        (false, 1) => QUICK_READS,
+        (false, _) => 0,
+    }
 }
 
 impl TunArena {
@@ -77,6 +100,7 @@ impl TunArena {
             sizes: vec![0usize; n],
             spare: Vec::with_capacity(n),
             errors: 0,
+            quick: 0,
         }
     }
 
@@ -87,14 +111,21 @@ impl TunArena {
         let offset = batch.headroom();
         let r = {
             let mut bufs: Vec<&mut [u8]> = reuse(std::mem::take(&mut self.spare));
-            bufs.extend(batch.slot_buffers());
-            let r = tun.recv_batch_now(&mut bufs, &mut self.sizes, offset);
+            let once = self.quick > 0;
+            let r = tun.recv_batch_now_lazy(
+                batch.slot_buffers(),
+                &mut bufs,
+                &mut self.sizes,
+                offset,
+                once,
+            );
             self.spare = reuse(bufs);
-            r
+            r.map(|n| (n, once))
         };
         match r {
-            Ok(n) => {
+            Ok((n, once)) => {
                 batch.set_filled(offset, &self.sizes[..n]);
+                self.quick = next_quick(self.quick, once, n);
                 TunRead::Packets
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => TunRead::Empty,
@@ -113,24 +144,63 @@ impl TunArena {
     }
 }
 
+/// The iovec list of a data path's UDP receives (its allocation kept from
+/// turn to turn) and how many buffers the next receive offers. quinn-udp
+/// sets up a message header for every buffer offered, and a turn woken by
+/// one datagram paid for 32 of them, cold: so a receive offers twice what
+/// the one before it got (at least 2, at most all). Under load that is
+/// all of them after a few turns; a ping's turn sets up 2.
+pub struct RecvList {
+    spare: Vec<std::io::IoSliceMut<'static>>,
+    offer: usize,
+}
+
+impl RecvList {
+    /// For receives into up to `max` buffers.
+    pub fn new(max: usize) -> RecvList {
+        RecvList {
+            spare: Vec::with_capacity(max),
+            offer: MIN_OFFER,
+        }
+    }
+
+    /// What to offer after a receive that filled `got` of at most `max`.
+    fn next_offer(got: usize, max: usize) -> usize {
+        got.saturating_mul(2).clamp(MIN_OFFER, max.max(MIN_OFFER))
+    }
+}
+
+/// The fewest buffers a receive offers: 2, so that a lone datagram's turn
+/// sees whether another one came with it.
+const MIN_OFFER: usize = 2;
+
 /// One batched receive on `socket` without waiting, into `bufs` and
-/// `metas` (`spare` keeps the iovec list's allocation): the number of
-/// buffers filled, or None when nothing was queued (`Some(0)` after a
-/// failure, logged for `name` at powers of two of `errors`, then a pause).
+/// `metas` (as many of them as `list` offers): the number of buffers
+/// filled, or None when nothing was queued (`Some(0)` after a failure,
+/// logged for `name` at powers of two of `errors`, then a pause).
 pub fn recv_udp_now(
     socket: &polytun_io::UdpSocket,
     bufs: &mut [Vec<u8>],
     metas: &mut [polytun_io::RecvMeta],
-    spare: &mut Vec<std::io::IoSliceMut<'static>>,
+    list: &mut RecvList,
     errors: &mut u64,
     name: &str,
 ) -> Option<usize> {
-    let mut iov: Vec<std::io::IoSliceMut<'_>> = reuse(std::mem::take(spare));
-    iov.extend(bufs.iter_mut().map(|b| std::io::IoSliceMut::new(b)));
-    let r = socket.recv_batch_now(&mut iov, metas);
-    *spare = reuse(iov);
+    let max = bufs.len().min(metas.len());
+    let offer = list.offer.min(max);
+    let mut iov: Vec<std::io::IoSliceMut<'_>> = reuse(std::mem::take(&mut list.spare));
+    iov.extend(
+        bufs[..offer]
+            .iter_mut()
+            .map(|b| std::io::IoSliceMut::new(b)),
+    );
+    let r = socket.recv_batch_now(&mut iov, &mut metas[..offer]);
+    list.spare = reuse(iov);
     match r {
-        Ok(n) => Some(n),
+        Ok(n) => {
+            list.offer = RecvList::next_offer(n, max);
+            Some(n)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
         Err(e) => {
             *errors += 1;
@@ -325,6 +395,52 @@ pub fn test_ipv4(src: u8, dst: u8) -> [u8; 100] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read of one packet that found the queue empty makes the next
+    /// `QUICK_READS` reads quick; then one reads in full again, and a
+    /// full read of more than one packet ends the quick spell.
+    #[test]
+    fn reads_are_quick_after_a_lone_packet() {
+        // A ping every 200 ms: full read of 1, then 4 quick ones, then full.
+        let mut quick = 0;
+        let mut kinds = Vec::new();
+        for _ in 0..11 {
+            let once = quick > 0;
+            kinds.push(once);
+            quick = next_quick(quick, once, 1);
+        }
+        let f = false;
+        let t = true;
+        assert_eq!(kinds, [f, t, t, t, t, f, t, t, t, t, f]);
+        // A burst: a full read of many ends it at once.
+        assert_eq!(next_quick(QUICK_READS, false, 40), 0);
+        assert_eq!(next_quick(0, false, 0), 0);
+        // A quick read of a super-packet's segments still counts down.
+        assert_eq!(next_quick(2, true, 45), 1);
+        assert_eq!(next_quick(0, true, 1), 0);
+    }
+
+    /// A receive offers twice what the one before it got, at least 2 and
+    /// at most all the buffers: 2 for a ping's turn, all of them after a
+    /// few turns under load.
+    #[test]
+    fn receives_offer_twice_what_the_last_got() {
+        let next = RecvList::next_offer;
+        assert_eq!(RecvList::new(32).offer, 2);
+        assert_eq!(next(1, 32), 2);
+        assert_eq!(next(0, 32), 2);
+        assert_eq!(next(2, 32), 4);
+        assert_eq!(next(16, 32), 32);
+        assert_eq!(next(32, 32), 32);
+        assert_eq!(next(1, 1), 2, "at least 2, clamped by the caller");
+        let mut offer = 2;
+        let mut offers = vec![offer];
+        while offer < 32 {
+            offer = next(offer, 32);
+            offers.push(offer);
+        }
+        assert_eq!(offers, [2, 4, 8, 16, 32]);
+    }
 
     /// Runs for a gathered GSO send: one destination, every datagram as
     /// long as the first but the last, which may be shorter.

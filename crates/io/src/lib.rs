@@ -27,6 +27,10 @@
 //! is split over consecutive slots; it must fit entirely, so the slot count must
 //! be >= 65535 / MSS). `offset` is the headroom for the outer headers (e.g. 16 for
 //! a WireGuard data header; leave room for tag/tailroom after `offset + mtu` too).
+//! A data-path thread reads with `tun.recv_batch_now_lazy(slots, &mut list, &mut
+//! sizes, offset, once)` instead: it takes slots from the `slots` iterator only
+//! as packets need them (a lone packet touches one), and `once` stops after one
+//! read of the device.
 //!
 //! **Write to TUN** — `tun.send_batch(&mut bufs, &sizes, offset)`: packet `i` is
 //! `bufs[i][offset..offset + sizes[i]]`; `offset >= MIN_SEND_OFFSET` (10, the

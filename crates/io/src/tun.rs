@@ -74,6 +74,39 @@ struct RxState {
     pending: usize,
 }
 
+/// The buffers a batched read fills, handed out as the batch grows.
+trait Slots<'a> {
+    /// The buffers from index `n` on: at least `k` of them when there are
+    /// that many, fewer (maybe none) when there are not.
+    fn slots_at(&mut self, n: usize, k: usize) -> &mut [&'a mut [u8]];
+}
+
+/// A list made in full by the caller.
+impl<'a> Slots<'a> for [&'a mut [u8]] {
+    fn slots_at(&mut self, n: usize, _k: usize) -> &mut [&'a mut [u8]] {
+        self.get_mut(n..).unwrap_or_default()
+    }
+}
+
+/// A list made as it is needed, from an iterator over the arena's slots.
+struct Lazy<'l, 'a, I> {
+    list: &'l mut Vec<&'a mut [u8]>,
+    rest: I,
+}
+
+impl<'a, I: Iterator<Item = &'a mut [u8]>> Slots<'a> for Lazy<'_, 'a, I> {
+    fn slots_at(&mut self, n: usize, k: usize) -> &mut [&'a mut [u8]] {
+        let want = n.saturating_add(k);
+        while self.list.len() < want {
+            match self.rest.next() {
+                Some(b) => self.list.push(b),
+                None => break,
+            }
+        }
+        self.list.get_mut(n..).unwrap_or_default()
+    }
+}
+
 struct TxState {
     gro: GROTable,
     /// Reused allocation for the per-call buffer wrappers (always empty between calls).
@@ -403,7 +436,7 @@ impl Tun {
             // tun-rs's try_recv clears tokio's readiness on WouldBlock, so
             // the next readable() waits for the kernel again.
             let dev = self.dev.tokio()?;
-            match self.fill_batch(&mut rx, bufs, sizes, offset, |b| dev.try_recv(b)) {
+            match self.fill_batch(&mut rx, bufs, sizes, offset, false, |b| dev.try_recv(b)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return r,
             }
@@ -424,25 +457,58 @@ impl Tun {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         let fd = self.raw_fd();
-        self.fill_batch(&mut rx, bufs, sizes, offset, |b| read_fd(fd, b))
+        self.fill_batch(&mut rx, bufs, sizes, offset, false, |b| read_fd(fd, b))
+    }
+
+    /// [`Tun::recv_batch_now`] taking its buffers from `slots` only as the
+    /// packets read need them, pushed onto `list` (cleared first; keep it
+    /// from call to call for its allocation): `list[i]` holds packet `i`.
+    /// A read of one small packet takes one buffer, where the eager form
+    /// wants the arena's whole list of 128 built first (most of a cold
+    /// turn's own work before a ping's packet is sealed).
+    ///
+    /// `once`: read the device once (one packet, or one super-packet's
+    /// segments) instead of until it is empty, for a caller that expects
+    /// nothing more queued and would rather send this packet now than
+    /// first learn so from a read that finds the queue empty.
+    pub fn recv_batch_now_lazy<'a>(
+        &self,
+        slots: impl Iterator<Item = &'a mut [u8]>,
+        list: &mut Vec<&'a mut [u8]>,
+        sizes: &mut [usize],
+        offset: usize,
+        once: bool,
+    ) -> io::Result<usize> {
+        list.clear();
+        if sizes.is_empty() {
+            return Err(invalid("tun recv_batch: need non-empty sizes".into()));
+        }
+        let Ok(mut rx) = self.rx.try_lock() else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let fd = self.raw_fd();
+        let mut lazy = Lazy { list, rest: slots };
+        self.fill_batch(&mut rx, &mut lazy, sizes, offset, once, |b| read_fd(fd, b))
     }
 
     /// Fills `bufs` from what `read` returns (one raw device read per call,
     /// `WouldBlock` when the queue is empty): the first packet's error is
     /// returned, a later one ends the batch (and resurfaces next time).
-    fn fill_batch(
+    fn fill_batch<'a, S: Slots<'a> + ?Sized>(
         &self,
         rx: &mut RxState,
-        bufs: &mut [&mut [u8]],
+        bufs: &mut S,
         sizes: &mut [usize],
         offset: usize,
+        once: bool,
         mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
     ) -> io::Result<usize> {
         if !self.offload {
+            let sizes = if once { &mut sizes[..1] } else { sizes };
             return self.fill_plain(bufs, sizes, offset, read);
         }
         let mut n = 0;
-        while n < bufs.len() {
+        while n < sizes.len() && !bufs.slots_at(n, 1).is_empty() {
             if rx.pending == 0 {
                 match read(&mut rx.scratch) {
                     Ok(len) => {
@@ -456,18 +522,35 @@ impl Tun {
                 }
             }
             let len = rx.pending;
-            let end = bufs.len();
-            match split_virtio(
-                &mut rx.scratch[..len],
-                &mut bufs[n..end],
-                &mut sizes[n..end],
-                offset,
-            ) {
+            let mut split = |want: usize| {
+                let out = bufs.slots_at(n, want.min(sizes.len() - n));
+                let m = out.len().min(sizes.len() - n);
+                let r = split_virtio(
+                    &mut rx.scratch[..len],
+                    &mut out[..m],
+                    &mut sizes[n..n + m],
+                    offset,
+                );
+                (r, m)
+            };
+            // One buffer first: most reads are one packet. A super-packet
+            // says how many it needs, and is split again once they are had
+            // (split_virtio asks before it changes anything).
+            let (mut r, mut m) = split(1);
+            if let Ok(Split::NeedBufs(k)) = r {
+                if k > m {
+                    (r, m) = split(k);
+                }
+            }
+            match r {
                 Ok(Split::Done(k)) => {
                     rx.pending = 0;
                     n += k;
                     if k > 1 || rx.scratch[1] != VIRTIO_NET_HDR_GSO_NONE {
                         self.counters.rx_gso_reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if once {
+                        break;
                     }
                 }
                 Ok(Split::NeedBufs(_)) if n > 0 => break, // keep pending for the next call
@@ -475,8 +558,7 @@ impl Tun {
                     rx.pending = 0;
                     self.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
                     return Err(invalid(format!(
-                        "tun recv_batch: super-packet needs {k} buffers, got {}",
-                        bufs.len()
+                        "tun recv_batch: super-packet needs {k} buffers, got {m}"
                     )));
                 }
                 Err(_) if n > 0 => break, // reported (and dropped) by the next call
@@ -493,16 +575,19 @@ impl Tun {
         Ok(n)
     }
 
-    fn fill_plain(
+    fn fill_plain<'a, S: Slots<'a> + ?Sized>(
         &self,
-        bufs: &mut [&mut [u8]],
+        bufs: &mut S,
         sizes: &mut [usize],
         offset: usize,
         mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
     ) -> io::Result<usize> {
         let mut n = 0;
-        while n < bufs.len() {
-            let Some(b) = bufs[n].get_mut(offset..) else {
+        while n < sizes.len() {
+            let Some(b) = bufs.slots_at(n, 1).first_mut() else {
+                break;
+            };
+            let Some(b) = b.get_mut(offset..) else {
                 if n == 0 {
                     return Err(invalid(format!(
                         "tun recv_batch: offset {offset} beyond buffer"
@@ -1091,6 +1176,36 @@ mod tests {
         ph.extend_from_slice(&((total - 20) as u16).to_be_bytes());
         ph.extend_from_slice(&pkt[20..]);
         assert_eq!(csum(&ph, 0), 0, "TCP checksum");
+    }
+
+    /// The lazy list takes slots from its iterator only up to what is
+    /// asked, and gives fewer when there are no more.
+    #[test]
+    fn lazy_slots_are_taken_as_asked() {
+        let mut store = [[0u8; 4]; 5];
+        let mut pulled = 0;
+        let mut list = Vec::new();
+        let rest = store.iter_mut().map(|b| {
+            pulled += 1;
+            b.as_mut_slice()
+        });
+        let mut lazy = Lazy {
+            list: &mut list,
+            rest,
+        };
+        assert_eq!(lazy.slots_at(0, 1).len(), 1);
+        assert_eq!(lazy.slots_at(0, 1).len(), 1, "nothing more taken");
+        assert_eq!(lazy.slots_at(1, 1).len(), 1);
+        assert_eq!(lazy.slots_at(1, 3).len(), 3);
+        assert_eq!(lazy.slots_at(2, 10).len(), 3, "only 5 slots");
+        assert_eq!(lazy.slots_at(5, 1).len(), 0);
+        assert_eq!(lazy.slots_at(7, 1).len(), 0);
+        assert_eq!((pulled, list.len()), (5, 5));
+        // The eager list gives everything from n on.
+        let mut store = [[0u8; 4]; 3];
+        let mut all: Vec<&mut [u8]> = store.iter_mut().map(|b| b.as_mut_slice()).collect();
+        assert_eq!(all.slots_at(1, 1).len(), 2);
+        assert_eq!(all.slots_at(4, 1).len(), 0);
     }
 
     #[test]

@@ -162,6 +162,72 @@ fn tun_offload_read_batch_and_write() {
     run_in(&ns, || read_and_write(true));
 }
 
+/// A data-path thread's lazy read takes a buffer from the arena per packet
+/// it reads (plus the one it reads into when the queue turns out empty),
+/// not the arena's whole list; `once` reads one packet of those queued.
+fn lazy_reads(offload: bool) {
+    let tun = Tun::create_for_thread(&TunConfig {
+        name: "ptlazy0".into(),
+        mtu: 1420,
+        offload,
+        up: true,
+        queues: 1,
+    })
+    .expect("create tun");
+    // No IPv6 of the kernel's own (solicitations) between our packets.
+    let _ = std::fs::write("/proc/sys/net/ipv6/conf/ptlazy0/disable_ipv6", "1");
+    tun.add_address(v4("198.51.100.1"), 24)
+        .expect("add address");
+    let sock = std::net::UdpSocket::bind("198.51.100.1:0").unwrap();
+    let mut store = vec![vec![0u8; OFF + MAX_PACKET_LEN]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    // What reads of the queue give, as UDP payloads to port 9999 (the
+    // kernel may queue IPv6 solicitations of its own in between).
+    let mut read = |once: bool| -> (Vec<Vec<u8>>, usize, usize) {
+        let mut list = Vec::new();
+        let slots = store.iter_mut().map(|b| b.as_mut_slice());
+        match tun.recv_batch_now_lazy(slots, &mut list, &mut sizes, OFF, once) {
+            Ok(n) => {
+                let mut got = Vec::new();
+                for (b, &len) in list.iter().zip(&sizes).take(n) {
+                    let p = &b[OFF..OFF + len];
+                    if p[0] >> 4 == 4 && p[9] == 17 && p[22..24] == 9999u16.to_be_bytes() {
+                        got.push(p[28..].to_vec());
+                    }
+                }
+                (got, n, list.len())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => (Vec::new(), 0, list.len()),
+            Err(e) => panic!("recv_batch_now_lazy: {e}"),
+        }
+    };
+    // Let the kernel's own packets of a new interface go first.
+    std::thread::sleep(Duration::from_millis(300));
+    while read(false).1 > 0 {}
+    for i in 0..3u8 {
+        sock.send_to(&[i; 40], "198.51.100.2:9999").unwrap();
+    }
+    common::wait_readable(tun.raw_fd(), 1000);
+    let (got, n, taken) = read(true);
+    assert_eq!((got, n, taken), (vec![vec![0u8; 40]], 1, 1), "a read once");
+    let (got, n, taken) = read(false);
+    assert_eq!(got, vec![vec![1u8; 40], vec![2u8; 40]], "the rest");
+    assert_eq!(taken, n + 1, "{n} packets took {taken} buffers");
+    assert_eq!(read(true).1, 0, "nothing is left");
+}
+
+#[test]
+fn tun_lazy_reads_offload() {
+    let ns = Netns::new();
+    common::run_in_thread(&ns, || lazy_reads(true));
+}
+
+#[test]
+fn tun_lazy_reads_plain() {
+    let ns = Netns::new();
+    common::run_in_thread(&ns, || lazy_reads(false));
+}
+
 /// Forward packets between two TUNs, checking every packet read from `from`;
 /// written with `send_gathered` (in place) when `gathered`, else `send_batch`.
 /// How a bridge moves packets from one TUN to the other.
@@ -223,12 +289,24 @@ async fn pump(from: Arc<Tun>, to: Arc<Tun>, gathered: bool) {
 
 /// [`pump`] as a data-path thread runs it: no runtime, `poll` on the
 /// descriptor, the `_now` methods; until `stop`.
+///
+/// Reads alternate between the eager and the lazy form, and every third
+/// lazy one reads `once`, so super-packets go through each.
 fn thread_pump(from: Arc<Tun>, to: Arc<Tun>, stop: Arc<std::sync::atomic::AtomicBool>) {
     let mut store = vec![vec![0u8; OFF + MAX_PACKET_LEN]; IDEAL_BATCH_SIZE];
     let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut round = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let mut bufs = make_bufs(&mut store);
-        let n = match from.recv_batch_now(&mut bufs, &mut sizes, OFF) {
+        round += 1;
+        let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(IDEAL_BATCH_SIZE);
+        let r = if round.is_multiple_of(2) {
+            bufs = make_bufs(&mut store);
+            from.recv_batch_now(&mut bufs, &mut sizes, OFF)
+        } else {
+            let slots = store.iter_mut().map(|b| b.as_mut_slice());
+            from.recv_batch_now_lazy(slots, &mut bufs, &mut sizes, OFF, round.is_multiple_of(3))
+        };
+        let n = match r {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 common::wait_readable(from.raw_fd(), 100);

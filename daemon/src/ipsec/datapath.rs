@@ -18,7 +18,7 @@
 
 use super::state::{IpsecSet, Shared, Tables, ToControl};
 use crate::datapath::DropCounters;
-use crate::datapath::{dst_ip, recv_udp_now, reuse, src_ip, TunArena, TunRead};
+use crate::datapath::{dst_ip, recv_udp_now, reuse, src_ip, RecvList, TunArena, TunRead};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf};
 use polytun_esp::{classify_udp4500, EspOpenError, Udp4500, MAX_HEADER_LEN, MAX_TRAILER_LEN};
 use polytun_ike::SaId;
@@ -219,7 +219,7 @@ pub struct Inbound {
     expired: Vec<u32>,
     errors: u64,
     /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
-    spare_iov: Vec<IoSliceMut<'static>>,
+    recv: RecvList,
     spare_packets: Vec<&'static mut [u8]>,
 }
 
@@ -234,7 +234,7 @@ impl Default for Inbound {
             expiring: Vec::new(),
             expired: Vec::new(),
             errors: 0,
-            spare_iov: Vec::with_capacity(UDP_RECV_BATCH),
+            recv: RecvList::new(UDP_RECV_BATCH),
             spare_packets: Vec::with_capacity(UDP_RECV_MAX_DATAGRAMS),
         }
     }
@@ -248,7 +248,7 @@ impl Inbound {
             &shared.natt,
             &mut self.udp_bufs,
             &mut self.metas,
-            &mut self.spare_iov,
+            &mut self.recv,
             &mut self.errors,
             &shared.name,
         ) else {

@@ -11,7 +11,7 @@
 use super::state::{Link, Shared, Tables, ToControl};
 use super::tcp::{Ended, TcpBuffers, TcpLink};
 use crate::datapath::DropCounters;
-use crate::datapath::{dst_ip, recv_udp_now, reuse, TunArena, TunRead};
+use crate::datapath::{dst_ip, recv_udp_now, reuse, RecvList, TunArena, TunRead};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf, PrefixTable};
 use polytun_io::{RecvMeta, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
 use polytun_openvpn::data::{
@@ -19,7 +19,7 @@ use polytun_openvpn::data::{
 };
 use polytun_openvpn::framing::encode_frame;
 use polytun_openvpn::packet::{split_op_byte, Opcode, DATA_TAG_LEN};
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -555,7 +555,7 @@ pub struct Inbound {
     w: TunWriter,
     errors: u64,
     /// The allocation of the per-turn iovec list (see `datapath::reuse`).
-    spare_iov: Vec<IoSliceMut<'static>>,
+    recv: RecvList,
     /// Made with the first TCP connection's turn.
     tcp: Option<TcpBuffers>,
 }
@@ -567,7 +567,7 @@ impl Default for Inbound {
             metas: vec![RecvMeta::default(); UDP_RECV_BATCH],
             w: TunWriter::with_capacity(UDP_RECV_MAX_DATAGRAMS),
             errors: 0,
-            spare_iov: Vec::with_capacity(UDP_RECV_BATCH),
+            recv: RecvList::new(UDP_RECV_BATCH),
             tcp: None,
         }
     }
@@ -587,7 +587,7 @@ impl Inbound {
             socket,
             &mut self.udp_bufs,
             &mut self.metas,
-            &mut self.spare_iov,
+            &mut self.recv,
             &mut self.errors,
             &shared.name,
         ) else {

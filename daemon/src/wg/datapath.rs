@@ -15,14 +15,14 @@
 
 use super::state::{Shared, Tables, ToControl};
 use crate::datapath::DropCounters;
-use crate::datapath::{dst_ip, recv_udp_now, reuse, src_ip, TunArena, TunRead};
+use crate::datapath::{dst_ip, recv_udp_now, reuse, src_ip, RecvList, TunArena, TunRead};
 use polytun_core::record::OpenError;
 use polytun_core::{KeyStatus, PacketBatch, PacketBuf};
 use polytun_io::{RecvMeta, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
 use polytun_wireguard::messages::DATA_HEADER_LEN;
 use polytun_wireguard::transport::TransportError;
 use polytun_wireguard::{classify, Message, PeerId};
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLockReadGuard};
@@ -226,7 +226,7 @@ pub struct Inbound {
     received: Vec<(u32, SocketAddr, bool)>,
     errors: u64,
     /// Allocations of the per-turn lists of borrows (see `datapath::reuse`).
-    spare_iov: Vec<IoSliceMut<'static>>,
+    recv: RecvList,
     spare_packets: Vec<&'static mut [u8]>,
 }
 
@@ -238,7 +238,7 @@ impl Default for Inbound {
             opened: Vec::with_capacity(UDP_RECV_MAX_DATAGRAMS),
             received: Vec::new(),
             errors: 0,
-            spare_iov: Vec::with_capacity(UDP_RECV_BATCH),
+            recv: RecvList::new(UDP_RECV_BATCH),
             spare_packets: Vec::with_capacity(UDP_RECV_MAX_DATAGRAMS),
         }
     }
@@ -252,7 +252,7 @@ impl Inbound {
             socket,
             &mut self.udp_bufs,
             &mut self.metas,
-            &mut self.spare_iov,
+            &mut self.recv,
             &mut self.errors,
             &shared.name,
         ) else {

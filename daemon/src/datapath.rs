@@ -420,6 +420,67 @@ mod tests {
         assert_eq!(next_quick(0, true, 1), 0);
     }
 
+    /// The arena's reads as a data-path thread makes them, on a real TUN
+    /// device: after a lone packet the next `QUICK_READS` reads take one
+    /// packet each however many are queued, then a read takes the rest.
+    #[test]
+    fn an_arena_reads_quickly_after_a_lone_packet() {
+        std::thread::spawn(|| {
+            // SAFETY: unshare affects this thread's network namespace only.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+            let tun = Tun::create_for_thread(&polytun_io::TunConfig {
+                name: "ptquick0".into(),
+                mtu: 1420,
+                offload: true,
+                up: true,
+                queues: 1,
+            })
+            .expect("create tun");
+            // No solicitations of the kernel's own between our packets.
+            let _ = std::fs::write("/proc/sys/net/ipv6/conf/ptquick0/disable_ipv6", "1");
+            tun.add_address("198.51.100.1".parse().unwrap(), 24)
+                .expect("add address");
+            let sock = std::net::UdpSocket::bind("198.51.100.1:0").unwrap();
+            let mut arena = TunArena::new(1420, 32, |mtu| PacketBatch::new(128, 16, mtu, 16));
+            // Whatever the new interface queued first goes, then the arena
+            // starts afresh.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            while let TunRead::Packets = arena.read(&tun) {}
+            arena.quick = 0;
+            let mut read = |send: u8| {
+                for i in 0..send {
+                    sock.send_to(&[i; 20], "198.51.100.2:9").unwrap();
+                }
+                let mut p = libc::pollfd {
+                    fd: tun.raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, 1000) };
+                match arena.read(&tun) {
+                    TunRead::Packets => (arena.batch.len(), arena.quick),
+                    TunRead::Empty => (0, arena.quick),
+                    TunRead::Retry => panic!("tun read failed"),
+                }
+            };
+            assert_eq!(read(1), (1, QUICK_READS), "a lone packet");
+            assert_eq!(read(3), (1, QUICK_READS - 1), "quick: one of three");
+            assert_eq!(read(0), (1, QUICK_READS - 2));
+            assert_eq!(read(0), (1, QUICK_READS - 3));
+            assert_eq!(read(2), (1, 0), "the last quick read");
+            assert_eq!(read(0), (1, QUICK_READS), "in full: the one left");
+            assert_eq!(read(3), (1, QUICK_READS - 1));
+            assert_eq!(read(0), (1, QUICK_READS - 2));
+            assert_eq!(read(0), (1, QUICK_READS - 3), "the queue is empty now");
+            assert_eq!(read(4), (1, 0));
+            assert_eq!(read(0), (3, 0), "in full: the three left");
+        })
+        .join()
+        .unwrap();
+    }
+
     /// A receive offers twice what the one before it got, at least 2 and
     /// at most all the buffers: 2 for a ping's turn, all of them after a
     /// few turns under load.

@@ -109,9 +109,9 @@ impl TunArena {
     pub fn read(&mut self, tun: &Tun) -> TunRead {
         let batch = &mut self.batch;
         let offset = batch.headroom();
+        let once = self.quick > 0;
         let r = {
             let mut bufs: Vec<&mut [u8]> = reuse(std::mem::take(&mut self.spare));
-            let once = self.quick > 0;
             let r = tun.recv_batch_now_lazy(
                 batch.slot_buffers(),
                 &mut bufs,
@@ -120,10 +120,10 @@ impl TunArena {
                 once,
             );
             self.spare = reuse(bufs);
-            r.map(|n| (n, once))
+            r
         };
         match r {
-            Ok((n, once)) => {
+            Ok(n) => {
                 batch.set_filled(offset, &self.sizes[..n]);
                 self.quick = next_quick(self.quick, once, n);
                 TunRead::Packets
@@ -230,6 +230,12 @@ pub fn read_failed(tun: &Tun, e: &std::io::Error, errors: &mut u64) -> bool {
     }
     e.kind() == std::io::ErrorKind::InvalidInput
 }
+
+/// Tunnels (sessions) whose table guards an outbound turn holds without
+/// allocating: each protocol's list of them has this room from the start,
+/// since a queue's thread whose first turn comes mid-transfer must not
+/// allocate then (datapath_alloc with two queues).
+pub const GUARDS: usize = 16;
 
 /// The smallest MTU an outbound arena is laid out for (IPv6's minimum).
 const MIN_MTU: usize = 1280;

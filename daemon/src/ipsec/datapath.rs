@@ -29,8 +29,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-/// Tunnels (sessions) whose tables a turn can hold without allocating.
-const GUARDS: usize = 16;
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
 const UDP_BUF: usize = 65536;
 /// The control task hears of inbound traffic on an IKE SA (liveness, DPD)
@@ -69,10 +67,7 @@ impl Outbound {
             expiring: Vec::new(),
             expired: Vec::new(),
             errors: 0,
-            // Room for the tables of this many tunnels (sessions) from the
-            // start: a queue's thread whose first turn comes mid-transfer
-            // must not allocate then (datapath_alloc with two queues).
-            spare_guards: Vec::with_capacity(GUARDS),
+            spare_guards: Vec::with_capacity(crate::datapath::GUARDS),
             spare_slices: Vec::with_capacity(TUN_BATCH),
         }
     }

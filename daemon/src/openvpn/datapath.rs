@@ -25,8 +25,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
-/// Tunnels (sessions) whose tables a turn can hold without allocating.
-const GUARDS: usize = 16;
 const TUN_BATCH: usize = polytun_io::IDEAL_BATCH_SIZE;
 pub(super) const UDP_BUF: usize = 65536;
 /// Which tunnel of the set carries `dst`: the one whose routes contain
@@ -157,10 +155,7 @@ impl Outbound {
             arena: TunArena::new(mtu, 2 + OVERHEAD, outbound_batch),
             sealed: Vec::with_capacity(TUN_BATCH),
             errors: 0,
-            // Room for the tables of this many tunnels (sessions) from the
-            // start: a queue's thread whose first turn comes mid-transfer
-            // must not allocate then (datapath_alloc with two queues).
-            spare_guards: Vec::with_capacity(GUARDS),
+            spare_guards: Vec::with_capacity(crate::datapath::GUARDS),
             spare_slices: Vec::with_capacity(TUN_BATCH),
             frames: Vec::new(),
         }

@@ -28,8 +28,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLockReadGuard};
 use std::time::Instant;
 
-/// Tunnels (sessions) whose tables a turn can hold without allocating.
-const GUARDS: usize = 16;
 const TAG: usize = 16;
 /// Headroom in front of a packet read from the TUN device: the data header.
 const TUN_READ_OFFSET: usize = DATA_HEADER_LEN;
@@ -84,10 +82,7 @@ impl Outbound {
             sent_peers: Vec::new(),
             expiring: Vec::new(),
             errors: 0,
-            // Room for the tables of this many tunnels (sessions) from the
-            // start: a queue's thread whose first turn comes mid-transfer
-            // must not allocate then (datapath_alloc with two queues).
-            spare_guards: Vec::with_capacity(GUARDS),
+            spare_guards: Vec::with_capacity(crate::datapath::GUARDS),
             spare_slices: Vec::with_capacity(TUN_BATCH),
         }
     }

@@ -18,10 +18,17 @@
 //! With UDP segmentation offload on the device (USO, Linux >= 6.2), runs of
 //! datagrams of one UDP flow (same addresses, ports and IP fields, every
 //! one but the last of the same size) are written as one
-//! `VIRTIO_NET_HDR_GSO_UDP_L4` packet in the same way. As for TCP, the
-//! datagrams' own checksums are not verified (the kernel computes the
-//! run's): what reaches here came through the authenticated tunnel, and
-//! the sending end computed them (or its kernel did).
+//! `VIRTIO_NET_HDR_GSO_UDP_L4` packet in the same way.
+//!
+//! A packet joins a run only if its own checksums hold (the IPv4 header's
+//! and the TCP or UDP one), as in the kernel's GRO and wireguard-go's: the
+//! run is written with one partial checksum that the kernel completes, so
+//! a segment corrupted before it was sealed (on the sender's LAN, by a
+//! broken NIC offload) would otherwise reach its receiver with a valid
+//! checksum and be taken as data. The tunnel authenticates only its own
+//! hop; the TCP checksum is the ends'. A packet whose checksum is wrong
+//! is written alone and unchanged, for the receiving stack to count and
+//! drop, as a router would pass it on.
 
 use crate::tun::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
@@ -160,6 +167,23 @@ fn continues(p: &[u8], ps: &Segment, q: &[u8], qs: &Segment) -> bool {
         && pt[18..] == qt[18..]
 }
 
+/// Whether `p`'s own checksums hold: the IPv4 header checksum, and the TCP
+/// or UDP checksum over the pseudo-header and the whole segment. A UDP
+/// checksum of zero over IPv4 means "none" and holds (coalescing then gives
+/// the datagrams one, which says nothing the original did not).
+fn checksums_hold(p: &[u8], s: &Segment) -> bool {
+    if !s.v6 && tun_rs::checksum(&p[..20], 0) != 0xffff {
+        return false;
+    }
+    let t = s.ip;
+    if s.proto == UDP && !s.v6 && p[t + 6..t + 8] == [0, 0] {
+        return true;
+    }
+    let addrs = if s.v6 { &p[8..40] } else { &p[12..20] };
+    let pseudo = tun_rs::checksum(addrs, u64::from(s.proto) + (p.len() - t) as u64);
+    tun_rs::checksum(&p[t..], u64::from(pseudo)) == 0xffff
+}
+
 /// A run of packets to write as one: `first..end` of the caller's list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Run {
@@ -205,6 +229,12 @@ pub(crate) fn run<'a>(
             || total + qs.payload > MAX_IP_LEN
             || !continues(prev, &ps, q, &qs)
         {
+            break;
+        }
+        // Checksums are checked only where a run forms (a lone packet is
+        // written as it is and the kernel checks it): the first packet's
+        // once, when a second would join it.
+        if (end == first + 1 && !checksums_hold(p, &s0)) || !checksums_hold(q, &qs) {
             break;
         }
         total += qs.payload;
@@ -274,10 +304,36 @@ pub(crate) fn prepare_run(
     vnet[8..10].copy_from_slice(&(csum_at as u16).to_le_bytes());
 }
 
+/// Gives `p` (parsed as `s`) valid checksums, for the fuzz target.
+fn set_checksums(p: &mut [u8], s: &Segment) {
+    if !s.v6 {
+        p[10..12].copy_from_slice(&[0, 0]);
+        let c = !tun_rs::checksum(&p[..20], 0);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    let t = s.ip;
+    let at = t + if s.proto == UDP { 6 } else { 16 };
+    p[at..at + 2].copy_from_slice(&[0, 0]);
+    let addrs = if s.v6 { &p[8..40] } else { &p[12..20] };
+    let pseudo = tun_rs::checksum(addrs, u64::from(s.proto) + (p.len() - t) as u64);
+    let c = match !tun_rs::checksum(&p[t..], u64::from(pseudo)) {
+        0 if s.proto == UDP => 0xffff,
+        c => c,
+    };
+    p[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 /// For the fuzz target: split `packets` into runs and prepare each, as
-/// `Tun::send_gathered` does, checking what the writer relies on.
+/// `Tun::send_gathered` does, checking what the writer relies on. Three
+/// packets in four get valid checksums first, so that runs form; the
+/// fourth keeps the fuzzer's.
 #[doc(hidden)]
 pub fn fuzz_runs(packets: &mut [Vec<u8>]) {
+    for (k, p) in packets.iter_mut().enumerate() {
+        if let Some(s) = segment(p, true).filter(|_| k % 4 != 3) {
+            set_checksums(p, &s);
+        }
+    }
     let n = packets.len();
     let mut i = 0;
     while i < n {
@@ -286,6 +342,13 @@ pub fn fuzz_runs(packets: &mut [Vec<u8>]) {
         assert!(
             end > i && end <= n && end - i <= MAX_RUN,
             "run {i}..{end} of {n}"
+        );
+        assert!(
+            end - i == 1
+                || packets[i..end]
+                    .iter()
+                    .all(|p| segment(p, true).is_some_and(|s| checksums_hold(p, &s))),
+            "a run {i}..{end} with a wrong checksum"
         );
         let rest: usize = packets[i + 1..end].iter().map(|p| p.len() - r.hdr).sum();
         let mut vnet = [0u8; VIRTIO_NET_HDR_LEN];
@@ -470,6 +533,83 @@ mod tests {
         prepare_run(&mut vnet, &mut one, 0, &r1);
         assert_eq!(vnet, [0; VIRTIO_NET_HDR_LEN]);
         assert_eq!(one, segs[0]);
+    }
+
+    /// Where each run of `pkts` ends, splitting the whole list.
+    fn run_ends(pkts: &[Vec<u8>]) -> Vec<usize> {
+        let mut ends = Vec::new();
+        let mut i = 0;
+        while i < pkts.len() {
+            i = run(pkts.len(), i, true, |k| &pkts[k]).end;
+            ends.push(i);
+        }
+        ends
+    }
+
+    /// An IPv6 TCP segment (no options) with a correct checksum.
+    fn seg6(seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 40 + 20];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        p[6] = TCP;
+        p[7] = 64;
+        p[8..10].copy_from_slice(&[0x20, 0x01]);
+        p[10..12].copy_from_slice(&[0x0d, 0xb8]);
+        p[23] = 1;
+        p[24..26].copy_from_slice(&[0x20, 0x01]);
+        p[26..28].copy_from_slice(&[0x0d, 0xb8]);
+        p[39] = 2;
+        let t = &mut p[40..];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&5201u16.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = FLAG_ACK;
+        t[14..16].copy_from_slice(&512u16.to_be_bytes());
+        p.extend_from_slice(payload);
+        let pseudo = tun_rs::checksum(&p[8..40], u64::from(TCP) + (p.len() - 40) as u64);
+        let c = !tun_rs::checksum(&p[40..], u64::from(pseudo));
+        p[56..58].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    /// A packet joins a run only with its own checksums right: the run gets
+    /// one checksum computed afresh, which would make a corrupted segment
+    /// valid. The wrong one is written alone, as it came.
+    #[test]
+    fn a_packet_with_a_wrong_checksum_is_not_coalesced() {
+        let good: Vec<Vec<u8>> = (0..5)
+            .map(|i| seg4(1000 + i * 100, &[7; 100], FLAG_ACK, 5))
+            .collect();
+        assert_eq!(run_ends(&good), [5]);
+        // A payload byte changed after the checksum was computed: in the
+        // middle, first, last.
+        for (bad, ends) in [(2, vec![2, 3, 5]), (0, vec![1, 5]), (4, vec![4, 5])] {
+            let mut pkts = good.clone();
+            pkts[bad][60] ^= 0x20;
+            assert_eq!(run_ends(&pkts), ends, "TCP checksum wrong in {bad}");
+        }
+        // The IPv4 header checksum (the id changed, which a run ignores).
+        let mut pkts = good.clone();
+        pkts[1][5] ^= 1;
+        assert_eq!(run_ends(&pkts), [1, 2, 5], "IPv4 header checksum");
+        // IPv6 has no header checksum; its TCP one is checked all the same.
+        let six: Vec<Vec<u8>> = (0..3).map(|i| seg6(i * 100, &[9; 100])).collect();
+        assert_eq!(run_ends(&six), [3]);
+        let mut bad6 = six.clone();
+        bad6[1][70] ^= 0x01;
+        assert_eq!(run_ends(&bad6), [1, 2, 3], "IPv6 TCP checksum");
+        // UDP: a wrong checksum ends the run; zero over IPv4 is "none".
+        let ds: Vec<Vec<u8>> = (0..3).map(|i| dgram4(9, &[3; 200], i)).collect();
+        assert_eq!(run_ends(&ds), [3]);
+        let mut bad_udp = ds.clone();
+        bad_udp[2][100] ^= 0x04;
+        assert_eq!(run_ends(&bad_udp), [2, 3], "UDP checksum");
+        let mut none = ds.clone();
+        for d in &mut none {
+            d[26..28].copy_from_slice(&[0, 0]);
+        }
+        assert_eq!(run_ends(&none), [3], "UDP over IPv4 without a checksum");
     }
 
     /// An IPv4 UDP datagram 40000 -> `dport` with a correct checksum.

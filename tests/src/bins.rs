@@ -34,7 +34,79 @@ fn polytun_bin(name: &str) -> PathBuf {
         "polytun binary {} not found: run `cargo build --release` first (or set POLYTUN_BIN_DIR)",
         p.display()
     );
+    // The end-to-end tests run what `cargo build --release` built, which
+    // `cargo nextest run` does not rebuild: after a change to the daemon's
+    // sources they would test the code from before it and pass or fail for
+    // it. A binary picked explicitly (POLYTUN_BIN_DIR) is taken as it is.
+    if std::env::var_os("POLYTUN_BIN_DIR").is_none() {
+        static NEWEST: std::sync::OnceLock<Option<(std::time::SystemTime, PathBuf)>> =
+            std::sync::OnceLock::new();
+        let newest = NEWEST.get_or_init(|| newest_source(&workspace_root()));
+        if let Err(e) = check_fresh(&p, newest.as_ref()) {
+            panic!("{e}");
+        }
+    }
     p
+}
+
+/// The most recently modified of the files the binaries are built from:
+/// the sources of the daemon and of the crates under `crates/`, their
+/// manifests, the workspace's manifest and lock file.
+fn newest_source(root: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest = None;
+    let mut package = |dir: PathBuf| {
+        consider(&dir.join("src"), &mut newest);
+        consider(&dir.join("Cargo.toml"), &mut newest);
+    };
+    package(root.join("daemon"));
+    if let Ok(crates) = std::fs::read_dir(root.join("crates")) {
+        for c in crates.flatten() {
+            package(c.path());
+        }
+    }
+    consider(&root.join("Cargo.toml"), &mut newest);
+    consider(&root.join("Cargo.lock"), &mut newest);
+    newest
+}
+
+/// Keeps in `newest` the latest-modified of `path` (every file under it,
+/// for a directory) and what it held.
+fn consider(path: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            consider(&e.path(), newest);
+        }
+    } else if let Ok(m) = meta.modified() {
+        let later = match newest {
+            Some((t, _)) => m > *t,
+            None => true,
+        };
+        if later {
+            *newest = Some((m, path.to_path_buf()));
+        }
+    }
+}
+
+/// Err (saying what to do) when `binary` is older than `newest` source.
+fn check_fresh(
+    binary: &Path,
+    newest: Option<&(std::time::SystemTime, PathBuf)>,
+) -> Result<(), String> {
+    let built = std::fs::metadata(binary)
+        .and_then(|m| m.modified())
+        .map_err(|e| format!("{}: {e}", binary.display()))?;
+    match newest {
+        Some((changed, source)) if *changed > built => Err(format!(
+            "polytun binary {} is older than {}: run `cargo build --release` first \
+             (the end-to-end tests run that binary; set POLYTUN_BIN_DIR to run another)",
+            binary.display(),
+            source.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `polytund`, the daemon.
@@ -136,4 +208,43 @@ pub fn require_root() {
         euid, 0,
         "the e2e tests need root (network namespaces, TUN): run `sudo scripts/test.sh`"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// A binary built before the latest source change is refused, naming
+    /// the source; one built after it is taken.
+    #[test]
+    fn a_binary_older_than_its_sources_is_refused() {
+        let dir = std::env::temp_dir().join(format!("polytun-bins-{}", std::process::id()));
+        let src = dir.join("daemon/src");
+        std::fs::create_dir_all(&src).unwrap();
+        let (bin, lib) = (dir.join("polytund"), src.join("lib.rs"));
+        std::fs::write(&bin, b"").unwrap();
+        std::fs::write(&lib, b"").unwrap();
+        let set = |p: &Path, t: SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap()
+        };
+        let t0 = SystemTime::now() - Duration::from_secs(100);
+        set(&bin, t0);
+        set(&lib, t0 + Duration::from_secs(10));
+        let newest = newest_source(&dir);
+        assert_eq!(newest.as_ref().map(|n| &n.1), Some(&lib));
+        let e = check_fresh(&bin, newest.as_ref()).unwrap_err();
+        assert!(
+            e.contains("lib.rs") && e.contains("cargo build --release"),
+            "{e}"
+        );
+        set(&bin, t0 + Duration::from_secs(20));
+        assert_eq!(check_fresh(&bin, newest.as_ref()), Ok(()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -167,6 +167,20 @@ fn continues(p: &[u8], ps: &Segment, q: &[u8], qs: &Segment) -> bool {
         && pt[18..] == qt[18..]
 }
 
+/// The folded sum of `p`'s pseudo-header (addresses, protocol and an L4
+/// length of `l4_len`).
+fn pseudo_header(p: &[u8], s: &Segment, l4_len: usize) -> u16 {
+    let addrs = if s.v6 { &p[8..40] } else { &p[12..20] };
+    tun_rs::checksum(addrs, u64::from(s.proto) + l4_len as u64)
+}
+
+/// Writes the IPv4 header checksum of `p`.
+fn set_ipv4_header_checksum(p: &mut [u8]) {
+    p[10..12].copy_from_slice(&[0, 0]);
+    let c = !tun_rs::checksum(&p[..20], 0);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
 /// Whether `p`'s own checksums hold: the IPv4 header checksum, and the TCP
 /// or UDP checksum over the pseudo-header and the whole segment. A UDP
 /// checksum of zero over IPv4 means "none" and holds (coalescing then gives
@@ -179,8 +193,7 @@ fn checksums_hold(p: &[u8], s: &Segment) -> bool {
     if s.proto == UDP && !s.v6 && p[t + 6..t + 8] == [0, 0] {
         return true;
     }
-    let addrs = if s.v6 { &p[8..40] } else { &p[12..20] };
-    let pseudo = tun_rs::checksum(addrs, u64::from(s.proto) + (p.len() - t) as u64);
+    let pseudo = pseudo_header(p, s, p.len() - t);
     tun_rs::checksum(&p[t..], u64::from(pseudo)) == 0xffff
 }
 
@@ -273,16 +286,13 @@ pub(crate) fn prepare_run(
         first[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
     } else {
         first[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        first[10..12].copy_from_slice(&[0, 0]);
-        let c = !tun_rs::checksum(&first[..20], 0);
-        first[10..12].copy_from_slice(&c.to_be_bytes());
+        set_ipv4_header_checksum(first);
     }
     // CHECKSUM_PARTIAL: the checksum field holds the folded pseudo-header
     // sum and the kernel adds the transport header and payload from
     // csum_start.
     let l4_len = len - t;
-    let addrs = if s.v6 { &first[8..40] } else { &first[12..20] };
-    let pseudo = tun_rs::checksum(addrs, u64::from(s.proto) + l4_len as u64);
+    let pseudo = pseudo_header(first, &s, l4_len);
     let csum_at = if s.proto == UDP {
         // the run's UDP length (the kernel gives each datagram its own)
         first[t + 4..t + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
@@ -307,15 +317,12 @@ pub(crate) fn prepare_run(
 /// Gives `p` (parsed as `s`) valid checksums, for the fuzz target.
 fn set_checksums(p: &mut [u8], s: &Segment) {
     if !s.v6 {
-        p[10..12].copy_from_slice(&[0, 0]);
-        let c = !tun_rs::checksum(&p[..20], 0);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
+        set_ipv4_header_checksum(p);
     }
     let t = s.ip;
     let at = t + if s.proto == UDP { 6 } else { 16 };
     p[at..at + 2].copy_from_slice(&[0, 0]);
-    let addrs = if s.v6 { &p[8..40] } else { &p[12..20] };
-    let pseudo = tun_rs::checksum(addrs, u64::from(s.proto) + (p.len() - t) as u64);
+    let pseudo = pseudo_header(p, s, p.len() - t);
     let c = match !tun_rs::checksum(&p[t..], u64::from(pseudo)) {
         0 if s.proto == UDP => 0xffff,
         c => c,

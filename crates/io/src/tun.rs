@@ -121,7 +121,10 @@ pub struct Tun {
     ifindex: u32,
     offload: bool,
     udp_offload: bool,
-    rx: tokio::sync::Mutex<RxState>,
+    /// A std mutex, not tokio's: no reader holds it across an `.await`, and
+    /// releasing tokio's goes through its semaphore's wait list, which a
+    /// data-path thread paid on every read.
+    rx: std::sync::Mutex<RxState>,
     tx: tokio::sync::Mutex<TxState>,
     /// Shared by all queues of the device.
     counters: Arc<Counters>,
@@ -283,7 +286,7 @@ impl Tun {
             dev,
             name,
             ifindex,
-            rx: tokio::sync::Mutex::new(RxState {
+            rx: std::sync::Mutex::new(RxState {
                 scratch: vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET_LEN].into_boxed_slice(),
                 pending: 0,
             }),
@@ -424,9 +427,8 @@ impl Tun {
         offset: usize,
     ) -> io::Result<usize> {
         check_recv_args(bufs, sizes)?;
-        let mut rx = self.rx.lock().await;
         loop {
-            if rx.pending == 0 {
+            if self.lock_rx().pending == 0 {
                 self.dev
                     .tokio()?
                     .readable()
@@ -434,8 +436,10 @@ impl Tun {
                     .map_err(|e| ctx(e, &format!("read from tun {}", self.name)))?;
             }
             // tun-rs's try_recv clears tokio's readiness on WouldBlock, so
-            // the next readable() waits for the kernel again.
+            // the next readable() waits for the kernel again (also when
+            // another reader took what woke this one).
             let dev = self.dev.tokio()?;
+            let mut rx = self.lock_rx();
             match self.fill_batch(&mut rx, bufs, sizes, offset, false, |b| dev.try_recv(b)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return r,
@@ -453,7 +457,7 @@ impl Tun {
         offset: usize,
     ) -> io::Result<usize> {
         check_recv_args(bufs, sizes)?;
-        let Ok(mut rx) = self.rx.try_lock() else {
+        let Some(mut rx) = self.try_lock_rx() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         let fd = self.raw_fd();
@@ -483,12 +487,30 @@ impl Tun {
         if sizes.is_empty() {
             return Err(invalid("tun recv_batch: need non-empty sizes".into()));
         }
-        let Ok(mut rx) = self.rx.try_lock() else {
+        let Some(mut rx) = self.try_lock_rx() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         let fd = self.raw_fd();
         let mut lazy = Lazy { list, rest: slots };
         self.fill_batch(&mut rx, &mut lazy, sizes, offset, once, |b| read_fd(fd, b))
+    }
+
+    /// The read state. A panic while it was held (release builds abort
+    /// instead) leaves a scratch buffer and a length that are both valid,
+    /// so a poisoned lock is taken as it is.
+    fn lock_rx(&self) -> std::sync::MutexGuard<'_, RxState> {
+        self.rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The read state, unless another reader holds it.
+    fn try_lock_rx(&self) -> Option<std::sync::MutexGuard<'_, RxState>> {
+        match self.rx.try_lock() {
+            Ok(rx) => Some(rx),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Fills `bufs` from what `read` returns (one raw device read per call,

@@ -137,17 +137,41 @@ drop_delta() {   # before after -> the counters that changed
   awk 'NR == FNR { a[$1] = $2; next } $2 - a[$1] { printf "%s=%d ", $1, $2 - a[$1] }' "$1" "$2"
 }
 
+# measure_ping IMPL DST [SRC]: the median of PING_COUNT pings at 5/s after a warm-up, as ping_ms
+# and as one more ping_round_ms (see ping_rounds_summary).
+measure_ping() {
+  local impl=$1 dst=$2 src=${3:-} out rtts m
+  local pbind=(); [[ -n $src ]] && pbind=(-I "$src")
+  ip netns exec "$NS_A" ping -c 3 -i 0.2 -q "${pbind[@]}" "$dst" >/dev/null 9>&- || true   # warm-up
+  out=$(ip netns exec "$NS_A" ping -c "$PING_COUNT" -i 0.2 "${pbind[@]}" "$dst" 9>&- || true)
+  rtts=$(sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' <<<"$out" | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  m=$(median $rtts)
+  result "$impl" ping_ms "$m"
+  result "$impl" ping_round_ms "$m"
+}
+
+# ping_rounds_summary IMPL...: where a script pinged in several interleaved rounds (one tunnel
+# after the other, round after round, so the machine's drift over minutes hits every
+# implementation alike), ping_ms becomes the median of the rounds' medians; the rounds are logged.
+ping_rounds_summary() {
+  local impl rounds
+  for impl in "$@"; do
+    rounds=$(awk -v i="$impl" '$1 == i && $2 == "ping_round_ms" { print $3 }' "$OUT_DIR/results.txt" | tr '\n' ' ')
+    [[ -n $rounds ]] || continue
+    log "$impl ping rounds, medians ms: $rounds"
+    # shellcheck disable=SC2086
+    result "$impl" ping_ms "$(median $rounds)"
+  done
+}
+
 # measure_traffic IMPL DST [SRC]: everything after the tunnel is up, from NS_A to DST in NS_B
 # (iperf3 -s must run in NS_B). DAEMON_PIDS are the processes whose CPU and RSS count.
 measure_traffic() {
   local impl=$1 dst=$2 src=${3:-} r out rtts v u t par ticks=0 bytes=0 t0
   local bind=(); [[ -n $src ]] && bind=(-B "$src")
   local pbind=(); [[ -n $src ]] && pbind=(-I "$src")
-  ip netns exec "$NS_A" ping -c 3 -i 0.2 -q "${pbind[@]}" "$dst" >/dev/null 9>&- || true   # warm-up
-  out=$(ip netns exec "$NS_A" ping -c "$PING_COUNT" -i 0.2 "${pbind[@]}" "$dst" 9>&- || true)
-  rtts=$(sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' <<<"$out" | tr '\n' ' ')
-  # shellcheck disable=SC2086
-  result "$impl" ping_ms "$(median $rtts)"
+  measure_ping "$impl" "$dst" "$src"
   for t in tcp1 tcp4; do
     v=()
     par=1; [[ $t == tcp4 ]] && par=4

@@ -18,13 +18,14 @@
 #       polytun-esp, strongswan, polytun-ovpn, openvpn.
 # Columns: TCP 1 stream Gbit/s and TCP 4 streams Gbit/s (median of REPEAT runs of DURATION s),
 #       UDP datagrams/s delivered (iperf3 flood of 1380-byte datagrams, DURATION s), ping RTT
-#       median ms (PING_COUNT pings), CPU seconds both daemons spent per GB moved during the
+#       median ms (PING_COUNT pings; the WireGuard rows: the median of PING_ROUNDS interleaved
+#       rounds of them, bench/wireguard.sh), CPU seconds both daemons spent per GB moved during the
 #       TCP 1-stream runs, peak RSS MB of the larger daemon (VmHWM, the flood included).
 # Then the ratios and issue 5's bars as PASS/FAIL lines, and the table as
 # OUT_DIR/all.json and OUT_DIR/all.tsv.
 #
 # Usage: sudo bench/all.sh            (after cargo build --release; ~13 min with the defaults)
-# Env: DURATION=10, REPEAT=3, PING_COUNT=20, PROTOCOLS="wireguard ipsec openvpn" (a subset
+# Env: DURATION=10, REPEAT=3, PING_COUNT=20, PING_ROUNDS=5, PROTOCOLS="wireguard ipsec openvpn" (a subset
 #      skips the others: their rows are n/a), OUT_DIR=..., LOCK=/tmp/peers-bench.lock (shared
 #      with the other benchmarks, held for the whole run), LOCK_WAIT=3600, POLYTUN_BIN_DIR=...
 # Exit status: 0 when every protocol script ran (whatever the bars say), 1 otherwise.
@@ -40,7 +41,8 @@ bench_init wg swanctl openvpn openssl git
 [[ -x $BIN/polytund && -x $BIN/polytun ]] || die "$BIN/polytund missing: cargo build --release"
 
 # The protocol scripts run under this script's lock (fd 9, inherited): see bench_init.
-export BENCH_LOCK_HELD=1 LOCK LOCK_WAIT DURATION REPEAT PING_COUNT POLYTUN_BIN_DIR=$BIN
+PING_ROUNDS=${PING_ROUNDS:-5}
+export BENCH_LOCK_HELD=1 LOCK LOCK_WAIT DURATION REPEAT PING_COUNT PING_ROUNDS POLYTUN_BIN_DIR=$BIN
 
 CHILD=""
 on_signal() {   # forward to the running protocol script (it tears its namespaces down), then stop
@@ -100,7 +102,7 @@ done
 {
   echo "polytun $COMMIT ($BIN/polytund, built $(date -r "$BIN/polytund" -Is))"
   echo "run: started $START, took $(( (SECONDS - T0) / 60 )) min $(( (SECONDS - T0) % 60 )) s; kernel $(uname -r), $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)); loadavg at start $LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "DURATION=${DURATION}s REPEAT=$REPEAT PING_COUNT=$PING_COUNT; scripts at $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- bench 2>/dev/null || echo +dirty)"
+  echo "DURATION=${DURATION}s REPEAT=$REPEAT PING_COUNT=$PING_COUNT PING_ROUNDS=$PING_ROUNDS (WireGuard rows); scripts at $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- bench 2>/dev/null || echo +dirty)"
   # the 1-minute load before the first measurement is other work on the machine
   if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) >= 0.5 * int(sys.argv[2]) else 1)' "${LOAD0%% *}" "$(nproc)"; then
     echo "machine loaded: 1-minute loadavg ${LOAD0%% *} on $(nproc) CPUs before the run started (other work shares the CPUs: absolute numbers are lower than on a quiet machine; every row saw the same load)"

@@ -137,6 +137,26 @@ drop_delta() {   # before after -> the counters that changed
   awk 'NR == FNR { a[$1] = $2; next } $2 - a[$1] { printf "%s=%d ", $1, $2 - a[$1] }' "$1" "$2"
 }
 
+# measure_footprint IMPL DST EXE PID: side B's daemon (PID, running EXE) was started under
+# valgrind's lackey (FOOTPRINT=1 in the scripts that support it); A pings DST 40 times at 5/s,
+# the daemons are stopped, and bench/footprint.py counts the distinct code and data lines that
+# each ping's path through B touched: "footprint_*" results, the per-function list in
+# OUT_DIR/IMPL-footprint.txt. Exact and repeatable, so it shows the few-microsecond changes to a
+# cold turn (docs/fast-path.md, "What a cold turn waits on") that ping medians cannot separate.
+measure_footprint() {
+  local impl=$1 dst=$2 exe=$3 pid=$4 base
+  command -v valgrind >/dev/null || die "missing valgrind: sudo apt-get install valgrind"
+  base=$(awk -v e="$exe" '$6 == e && $3 == "00000000" { split($1, r, "-"); print r[1]; exit }' "/proc/$pid/maps")
+  [[ -n $base ]] || die "footprint: $exe is not mapped in process $pid"
+  ip netns exec "$NS_A" ping -c 10 -i 0.2 -q "$dst" >/dev/null 9>&- || true
+  ip netns exec "$NS_A" ping -c 40 -i 0.2 -q "$dst" >/dev/null 9>&- || true
+  stop_pids
+  python3 bench/footprint.py "$OUT_DIR/$impl-lackey.log" "$exe" "$base" "$impl" \
+    >>"$OUT_DIR/results.txt" 2>"$OUT_DIR/$impl-footprint.txt" || die "footprint: see $OUT_DIR/$impl-footprint.txt"
+  head -25 "$OUT_DIR/$impl-footprint.txt" >&2
+  rm -f "$OUT_DIR/$impl-lackey.log"
+}
+
 # measure_ping IMPL DST [SRC]: the median of PING_COUNT pings at 5/s after a warm-up, as ping_ms
 # and as one more ping_round_ms (see ping_rounds_summary).
 measure_ping() {

@@ -19,7 +19,8 @@
 # Usage: sudo bench/wireguard.sh            (after cargo build --release)
 # Env: IMPLS="bare-veth polytun wireguard-go boringtun" (also: polytun-wg), DURATION=10, REPEAT=3,
 #      PING_COUNT=20, PING_ROUNDS=5 (interleaved rounds of the ping measurement: ping_ms is the median
-#      of their medians), HOPS=1 (also time each hop of a ping: bench/lib.sh measure_hops), TURNS=1 (also
+#      of their medians), FOOTPRINT=1 (instead of the traffic: what one ping's path through B
+#      touches, B under valgrind's lackey: bench/lib.sh measure_footprint), HOPS=1 (also time each hop of a ping: bench/lib.sh measure_hops), TURNS=1 (also
 #      time the daemons' turns that start from idle, syscall by syscall: bench/lib.sh measure_turns), OUT_DIR=..., LOCK=/tmp/peers-bench.lock (shared with the reference peer
 #      benchmarks so no two benchmarks ever overlap), LOCK_WAIT=3600, POLYTUN_BIN_DIR=...
 # Only processes started here are killed (by PID); namespaces are deleted on exit.
@@ -53,12 +54,17 @@ PUB_A=$(wg pubkey <"$KEYDIR/a"); PUB_B=$(wg pubkey <"$KEYDIR/b")
 
 DAEMON_PIDS=()
 setup_impl() {   # impl
-  local impl=$1 side ns ifn ol key peer peer_ul peer_ol cmd
+  local impl=$1 side ns ifn ol key peer peer_ul peer_ol cmd wrap tries=100
   teardown
   netns_pair
   for side in a b; do
     if [[ $side == a ]]; then ns=$NS_A ifn=$WG_A ol=198.51.100.1 key=$KEYDIR/a peer=$PUB_B peer_ul=192.0.2.2 peer_ol=198.51.100.2
     else ns=$NS_B ifn=$WG_B ol=198.51.100.2 key=$KEYDIR/b peer=$PUB_A peer_ul=192.0.2.1 peer_ol=198.51.100.1; fi
+    wrap=()
+    if [[ ${FOOTPRINT:-0} == 1 && $side == b ]]; then   # B under lackey: ~100x slower to start
+      wrap=(valgrind --tool=lackey --trace-mem=yes --trace-syscalls=yes "--log-file=$OUT_DIR/$impl-lackey.log")
+      tries=1200
+    fi
     case $impl in
       polytun)
         [[ -x $BIN/polytund ]] || die "$BIN/polytund missing: cargo build --release"
@@ -79,9 +85,9 @@ public_key = "$peer"
 endpoint = "$peer_ul:$PORT"
 allowed_ips = ["$peer_ol/32"]
 TOML
-        start_bg "$ns" "$OUT_DIR/$impl-$side.log" "$BIN/polytund" --config "$OUT_DIR/$impl-$side.toml"
+        start_bg "$ns" "$OUT_DIR/$impl-$side.log" "${wrap[@]}" "$BIN/polytund" --config "$OUT_DIR/$impl-$side.toml"
         DAEMON_PIDS+=("$LAST")
-        for _ in $(seq 100); do "$BIN/polytun" -i "$ifn" show >/dev/null 2>&1 && break; sleep 0.1; done
+        for _ in $(seq $tries); do "$BIN/polytun" -i "$ifn" show >/dev/null 2>&1 && break; sleep 0.1; done
         "$BIN/polytun" -i "$ifn" show >/dev/null || die "polytund did not come up (see $OUT_DIR/$impl-$side.log)"
         continue ;;
       polytun-wg)   cmd=("$BIN/polytun-wg" -f "$ifn") ;;
@@ -90,9 +96,9 @@ TOML
       *) die "unknown implementation $impl" ;;
     esac
     [[ -x ${cmd[0]} ]] || die "$impl not installed (sudo scripts/install-test-deps.sh / cargo build --release)"
-    start_bg "$ns" "$OUT_DIR/$impl-$side.log" "${cmd[@]}"
+    start_bg "$ns" "$OUT_DIR/$impl-$side.log" "${wrap[@]}" "${cmd[@]}"
     DAEMON_PIDS+=("$LAST")
-    for _ in $(seq 100); do [[ -S /var/run/wireguard/$ifn.sock ]] && break; sleep 0.1; done
+    for _ in $(seq $tries); do [[ -S /var/run/wireguard/$ifn.sock ]] && break; sleep 0.1; done
     [[ -S /var/run/wireguard/$ifn.sock ]] || die "$impl: no UAPI socket"
     ip netns exec "$ns" wg set "$ifn" private-key "$key" listen-port $PORT \
       peer "$peer" endpoint "$peer_ul:$PORT" allowed-ips "$peer_ol/32"
@@ -101,11 +107,23 @@ TOML
   done
   start_bg "$NS_B" "$OUT_DIR/$impl-iperf3-server.log" iperf3 -s
   sleep 0.5
-  for _ in $(seq 20); do ip netns exec "$NS_A" ping -c1 -W1 -q 198.51.100.2 >/dev/null 2>&1 && return 0; done
+  for _ in $(seq $((tries / 5))); do ip netns exec "$NS_A" ping -c1 -W1 -q 198.51.100.2 >/dev/null 2>&1 && return 0; done
   die "$impl: tunnel does not pass traffic"
 }
 
 measure() {   # impl
+  if [[ ${FOOTPRINT:-0} == 1 ]]; then
+    [[ $1 == bare-veth ]] && return
+    setup_impl "$1"
+    local exe
+    case $1 in
+      polytun) exe=$BIN/polytund ;; polytun-wg) exe=$BIN/polytun-wg ;;
+      wireguard-go) exe=$(command -v wireguard-go) ;; boringtun) exe=$(command -v boringtun-cli) ;;
+    esac
+    measure_footprint "$1" 198.51.100.2 "$(readlink -f "$exe")" "${DAEMON_PIDS[1]}"
+    teardown
+    return
+  fi
   if [[ $1 == bare-veth ]]; then teardown; measure_bare_veth; return; fi
   setup_impl "$1"
   [[ ${HOPS:-0} == 1 ]] && measure_hops "$1" 198.51.100.2
@@ -125,6 +143,22 @@ for impl in $IMPLS; do log "measuring $impl"; measure "$impl"; done
 # a tunnel's round trip drifts by more than their difference over the minutes between two
 # implementations' turns. So ping again, PING_ROUNDS rounds in all, each round bringing every
 # tunnel up in turn; ping_ms is the median of the rounds' medians.
+if [[ ${FOOTPRINT:-0} == 1 ]]; then
+  python3 - "$OUT_DIR/results.txt" "$IMPLS" <<'PY'
+import sys
+res = {}
+for line in open(sys.argv[1]):
+    impl, key, val = line.split()
+    res.setdefault(impl, {})[key] = float(val)
+impls = [i for i in sys.argv[2].split() if "footprint_instr" in res.get(i, {})]
+print()
+print("B's path of one ping (request received -> reply sent), median of 25 pings (valgrind lackey)")
+print("%-12s" % "" + "".join("%14s" % i for i in impls))
+for k in ["instr", "code_lines", "code_pages", "data_lines", "data_pages"]:
+    print("%-12s" % k + "".join("%14.0f" % res[i]["footprint_" + k] for i in impls))
+PY
+  exit 0
+fi
 for r in $(seq 2 "$PING_ROUNDS"); do
   for impl in $IMPLS; do
     [[ $impl == bare-veth ]] && continue

@@ -10,9 +10,9 @@ B's path of one ping is cut from the trace at a thread's first UDP receive after
 leaving; boringtun's reply leaves from another thread than the one that received the request),
 counting what every thread touched in between. On this machine a line that was last touched one ping earlier is fetched again
 (docs/fast-path.md, "What a cold turn waits on"), so the distinct cache lines of that path,
-not the instructions, are what a ping from idle pays for. The trace is exact: the same build
-and the same pings give the same counts, where ping medians need many rounds to separate a few
-microseconds.
+not the instructions, are what a ping from idle pays for. The counts barely move from run to
+run (the same build: 422, 421, 420 code lines), where ping medians need many rounds to separate
+a few microseconds.
 
 Prints "IMPL footprint_<what> <median>" result lines (instructions, code and data lines and
 pages) and then, to stderr, the code lines per function (mean over the pings).

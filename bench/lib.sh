@@ -141,7 +141,7 @@ drop_delta() {   # before after -> the counters that changed
 # valgrind's lackey (FOOTPRINT=1 in the scripts that support it); A pings DST 40 times at 5/s,
 # the daemons are stopped, and bench/footprint.py counts the distinct code and data lines that
 # each ping's path through B touched: "footprint_*" results, the per-function list in
-# OUT_DIR/IMPL-footprint.txt. Exact and repeatable, so it shows the few-microsecond changes to a
+# OUT_DIR/IMPL-footprint.txt. Repeatable to a line or two, so it shows the few-microsecond changes to a
 # cold turn (docs/fast-path.md, "What a cold turn waits on") that ping medians cannot separate.
 measure_footprint() {
   local impl=$1 dst=$2 exe=$3 pid=$4 base

@@ -17,8 +17,8 @@
 //! comes from [`Tun::create_for_thread`] and the sockets from
 //! [`polytun_io::UdpSocket::bind_for_thread`].
 
+use polytun_core::FastMap;
 use polytun_io::Tun;
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +54,7 @@ pub struct Poller<R> {
     /// Registered sockets by descriptor (the `epoll` token). The receiver
     /// holds the socket, which keeps the descriptor open (and so not
     /// reused) until it is deregistered.
-    sockets: Mutex<HashMap<RawFd, R>>,
+    sockets: Mutex<FastMap<RawFd, R>>,
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -79,7 +79,7 @@ impl<R> Poller<R> {
             epoll,
             wake,
             stop: AtomicBool::new(false),
-            sockets: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(FastMap::default()),
         };
         p.add(p.wake.as_raw_fd(), WAKE_TOKEN)?;
         Ok(p)

@@ -9,6 +9,7 @@
 pub mod aead;
 pub mod batch;
 pub mod capabilities;
+pub mod fast_map;
 pub mod lifetime;
 pub mod prefix;
 pub mod record;
@@ -17,6 +18,7 @@ pub mod replay;
 pub use aead::{Aead, AeadError, Algorithm};
 pub use batch::{PacketBatch, PacketBuf};
 pub use capabilities::{Capabilities, Interface};
+pub use fast_map::FastMap;
 pub use lifetime::{KeyStatus, Limits};
 pub use prefix::PrefixTable;
 pub use record::{OpenError, OpeningKey, RecordFormat, SealError, SealingKey};

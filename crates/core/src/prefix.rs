@@ -1,8 +1,8 @@
 //! Longest-prefix match over IPv4 and IPv6: WireGuard's allowed IPs
 //! (cryptokey routing) today, IPsec traffic selectors and OpenVPN iroutes later.
 
+use crate::fast_map::FastMap;
 use ipnet::IpNet;
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// One hash map per prefix length present, probed from the longest down.
@@ -10,8 +10,8 @@ use std::net::IpAddr;
 /// hash probes with no pointer chasing.
 #[derive(Clone, Debug)]
 pub struct PrefixTable<T> {
-    v4: Vec<(u8, HashMap<u32, T>)>,
-    v6: Vec<(u8, HashMap<u128, T>)>,
+    v4: Vec<(u8, FastMap<u32, T>)>,
+    v6: Vec<(u8, FastMap<u128, T>)>,
 }
 
 impl<T> Default for PrefixTable<T> {
@@ -39,11 +39,11 @@ fn mask6(addr: u128, len: u8) -> u128 {
     }
 }
 
-fn bucket<K, T>(v: &mut Vec<(u8, HashMap<K, T>)>, len: u8) -> &mut HashMap<K, T> {
+fn bucket<K, T>(v: &mut Vec<(u8, FastMap<K, T>)>, len: u8) -> &mut FastMap<K, T> {
     let pos = match v.binary_search_by(|(l, _)| len.cmp(l)) {
         Ok(p) => p,
         Err(p) => {
-            v.insert(p, (len, HashMap::new()));
+            v.insert(p, (len, FastMap::default()));
             p
         }
     };

@@ -4,7 +4,7 @@
 
 use crate::datapath::DropCounters;
 use ipnet::IpNet;
-use polytun_core::PrefixTable;
+use polytun_core::{FastMap, PrefixTable};
 use polytun_io::UdpSocket;
 use polytun_wireguard::{Keypair, PeerId};
 use std::collections::{HashMap, VecDeque};
@@ -35,9 +35,9 @@ pub struct Tables {
     /// Cryptokey routing: inner address → peer (outbound choice and
     /// inbound source check).
     pub routes: PrefixTable<PeerId>,
-    pub peers: HashMap<PeerId, PeerPath>,
+    pub peers: FastMap<PeerId, PeerPath>,
     /// Local index → peer and keypair to open with.
-    pub receivers: HashMap<u32, (PeerId, Arc<Keypair>)>,
+    pub receivers: FastMap<u32, (PeerId, Arc<Keypair>)>,
 }
 
 /// What the data path tells the control task.

@@ -139,10 +139,6 @@ measure() {   # impl
   if [[ -x $BIN/polytund ]]; then echo "polytund: $BIN/polytund"; fi
 } | tee "$OUT_DIR/versions.txt" >&2
 for impl in $IMPLS; do log "measuring $impl"; measure "$impl"; done
-# The ping bar compares medians a few tenths of a millisecond apart, and on this shared machine
-# a tunnel's round trip drifts by more than their difference over the minutes between two
-# implementations' turns. So ping again, PING_ROUNDS rounds in all, each round bringing every
-# tunnel up in turn; ping_ms is the median of the rounds' medians.
 if [[ ${FOOTPRINT:-0} == 1 ]]; then
   python3 - "$OUT_DIR/results.txt" "$IMPLS" <<'PY'
 import sys
@@ -159,6 +155,10 @@ for k in ["instr", "code_lines", "code_pages", "data_lines", "data_pages"]:
 PY
   exit 0
 fi
+# The ping bar compares medians a few hundredths of a millisecond apart, and on this shared machine
+# a tunnel's round trip drifts by more than their difference over the minutes between two
+# implementations' turns. So ping again, PING_ROUNDS rounds in all, each round bringing every
+# tunnel up in turn; ping_ms is the median of the rounds' medians.
 for r in $(seq 2 "$PING_ROUNDS"); do
   for impl in $IMPLS; do
     [[ $impl == bare-veth ]] && continue

@@ -8,9 +8,9 @@ daemon while A pinged B at 5/s; EXE: that daemon's executable; BASE: where it wa
 B's path of one ping is cut from the trace at a thread's first UDP receive after an epoll wait
 (the request arriving at an idle daemon) up to the next UDP send by any thread (the reply
 leaving; boringtun's reply leaves from another thread than the one that received the request),
-counting what every thread touched in between. On this machine a line that was last touched one ping earlier is fetched again
-(docs/fast-path.md, "What a cold turn waits on"), so the distinct cache lines of that path,
-not the instructions, are what a ping from idle pays for. The counts barely move from run to
+counting what every thread touched in between. On this machine a line that was last touched
+one ping earlier is fetched again (docs/fast-path.md, "What a cold turn waits on"), so the
+distinct cache lines of that path, not the instructions, are what a ping from idle pays for. The counts barely move from run to
 run (the same build: 422, 421, 420 code lines), where ping medians need many rounds to separate
 a few microseconds.
 

@@ -141,8 +141,9 @@ drop_delta() {   # before after -> the counters that changed
 # valgrind's lackey (FOOTPRINT=1 in the scripts that support it); A pings DST 40 times at 5/s,
 # the daemons are stopped, and bench/footprint.py counts the distinct code and data lines that
 # each ping's path through B touched: "footprint_*" results, the per-function list in
-# OUT_DIR/IMPL-footprint.txt. Repeatable to a line or two, so it shows the few-microsecond changes to a
-# cold turn (docs/fast-path.md, "What a cold turn waits on") that ping medians cannot separate.
+# OUT_DIR/IMPL-footprint.txt. Repeatable to a line or two, so it shows the few-microsecond
+# changes to a cold turn (docs/fast-path.md, "What a cold turn waits on") that ping medians
+# cannot separate.
 measure_footprint() {
   local impl=$1 dst=$2 exe=$3 pid=$4 base
   command -v valgrind >/dev/null || die "missing valgrind: sudo apt-get install valgrind"
@@ -188,7 +189,7 @@ ping_rounds_summary() {
 # measure_traffic IMPL DST [SRC]: everything after the tunnel is up, from NS_A to DST in NS_B
 # (iperf3 -s must run in NS_B). DAEMON_PIDS are the processes whose CPU and RSS count.
 measure_traffic() {
-  local impl=$1 dst=$2 src=${3:-} r out rtts v u t par ticks=0 bytes=0 t0
+  local impl=$1 dst=$2 src=${3:-} r v u t par ticks=0 bytes=0 t0
   local bind=(); [[ -n $src ]] && bind=(-B "$src")
   local pbind=(); [[ -n $src ]] && pbind=(-I "$src")
   measure_ping "$impl" "$dst" "$src"

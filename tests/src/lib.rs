@@ -20,6 +20,8 @@ pub mod scenario;
 pub mod traffic;
 pub mod wg;
 
-pub use netns::{unique_ifname, veth_pair, Netns, Out, Router, Veth};
-pub use traffic::{ping, ping_df, wait_ping, wait_until, xfer, xfer_start, XferRun, XFER_BYTES};
+pub use netns::{unique_ifname, veth_link, veth_pair, Netns, Out, Router, Veth};
+pub use traffic::{
+    ping, ping_df, snmp, wait_ping, wait_until, xfer, xfer_start, XferRun, XFER_BYTES,
+};
 pub use wg::{DevCfg, Device, Impl, Keypair, PeerCfg};

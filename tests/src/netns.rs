@@ -415,6 +415,17 @@ pub fn veth_pair(a: &Netns, b: &Netns) -> (Veth, Veth) {
 
 /// Like [`veth_pair`] with another /24 (`"203.0.113"`) and /64 prefix (`"2001:db8:1:"`).
 pub fn veth_pair_net(a: &Netns, b: &Netns, v4net: &str, v6net: &str) -> (Veth, Veth) {
+    veth_link(
+        a,
+        [&format!("{v4net}.1/24"), &format!("{v6net}:1/64")],
+        b,
+        [&format!("{v4net}.2/24"), &format!("{v6net}:2/64")],
+    )
+}
+
+/// Connect two namespaces with a veth pair whose ends get the given IPv4 and IPv6 addresses
+/// (with prefix lengths; IPv6 without duplicate address detection). Returns the two ends.
+pub fn veth_link(a: &Netns, a_addrs: [&str; 2], b: &Netns, b_addrs: [&str; 2]) -> (Veth, Veth) {
     let base = unique_ifname("pv");
     let (da, db) = (format!("{base}a"), format!("{base}b"));
     let o = Command::new(crate::bins::tool("ip"))
@@ -438,23 +449,19 @@ pub fn veth_pair_net(a: &Netns, b: &Netns, v4net: &str, v6net: &str) -> (Veth, V
         "veth: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let mut ends = Vec::new();
-    for (ns, dev, i) in [(a, &da, 1), (b, &db, 2)] {
-        let v4 = format!("{v4net}.{i}");
-        let v6 = format!("{v6net}:{i}");
-        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+    let end = |ns: &Netns, dev: &String, [v4, v6]: [&str; 2]| {
+        ns.ip(&["addr", "add", v4, "dev", dev]);
+        ns.ip(&["addr", "add", v6, "dev", dev, "nodad"]);
         ns.ip(&["link", "set", dev, "up"]);
-        ends.push(Veth {
+        let addr = |a: &str| a.split('/').next().unwrap_or(a).to_string();
+        Veth {
             ns: ns.name().to_string(),
             dev: dev.clone(),
-            v4,
-            v6,
-        });
-    }
-    let b = ends.pop().unwrap();
-    let a = ends.pop().unwrap();
-    (a, b)
+            v4: addr(v4),
+            v6: addr(v6),
+        }
+    };
+    (end(a, &da, a_addrs), end(b, &db, b_addrs))
 }
 
 /// Three namespaces: `left` — `router` — `right`. left is 192.0.2.2 (router 192.0.2.1), right is

@@ -216,3 +216,32 @@ impl XferRun<'_> {
 pub fn xfer(server_ns: &Netns, client_ns: &Netns, addr: &str, port: u16, bytes: u64) {
     xfer_start(server_ns, client_ns, addr, port, bytes).finish(Duration::from_secs(120));
 }
+
+/// The network namespace's SNMP counters: `/proc/net/snmp` as `"Udp:InCsumErrors"` and the
+/// like, `/proc/net/snmp6` under its own names (`"Udp6InCsumErrors"`).
+pub fn snmp(ns: &Netns) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    let v4 = ns.run_ok(&["cat", "/proc/net/snmp"]);
+    let lines: Vec<&str> = v4.lines().collect();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (Some((group, names)), Some((_, values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(v) = v.parse() {
+                m.insert(format!("{group}:{n}"), v);
+            }
+        }
+    }
+    for l in ns.run_ok(&["cat", "/proc/net/snmp6"]).lines() {
+        if let Some((n, v)) = l.split_once(char::is_whitespace) {
+            if let Ok(v) = v.trim().parse() {
+                m.insert(n.to_string(), v);
+            }
+        }
+    }
+    m
+}

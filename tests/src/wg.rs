@@ -27,7 +27,8 @@ impl Impl {
             Impl::Polytun => "polytund",
         }
     }
-    fn uapi(self) -> bool {
+    /// Configured through the UAPI socket by `wg set` (everything but polytund).
+    pub fn uapi(self) -> bool {
         self != Impl::Polytun
     }
 }

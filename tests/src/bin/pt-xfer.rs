@@ -6,6 +6,10 @@
 //! pt-xfer send ADDR:PORT BYTES SEED           send BYTES deterministic pseudo-random bytes,
 //!                                             print `bytes=N sha256=HEX`
 //! pt-xfer udp ADDR:PORT HEX [COUNT]           send the datagram HEX (COUNT times, default 1)
+//! pt-xfer burst ADDR:PORT SIZE COUNT          send COUNT datagrams of SIZE bytes, 8 to a UDP GSO
+//!                                             send, one send every 100 µs or so
+//! pt-xfer badsum SRC ADDR:PORT COUNT          send COUNT UDP datagrams from address SRC whose
+//!                                             checksum is wrong on purpose (raw socket)
 //! pt-xfer hsflood ADDR:PORT PUBKEY COUNT       send COUNT WireGuard handshake initiations with a
 //!                                             valid mac1 for responder PUBKEY (base64) and junk
 //!                                             inside, as fast as possible; print what came back:
@@ -19,7 +23,8 @@ use std::time::{Duration, Instant};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pt-xfer serve ADDR:PORT [TIMEOUT_SECS] | send ADDR:PORT BYTES SEED | udp ADDR:PORT HEX [COUNT]"
+        "usage: pt-xfer serve ADDR:PORT [TIMEOUT_SECS] | send ADDR:PORT BYTES SEED | udp ADDR:PORT HEX [COUNT] \
+         | burst ADDR:PORT SIZE COUNT | badsum SRC ADDR:PORT COUNT | hsflood ADDR:PORT PUBKEY COUNT"
     );
     exit(2)
 }
@@ -141,6 +146,151 @@ fn udp(a: SocketAddr, payload: &[u8], count: u32) {
     println!("sent {count} datagram(s) of {} bytes to {a}", payload.len());
 }
 
+/// `count` datagrams of `size` bytes, 8 to a `sendmsg` with UDP_SEGMENT: the kernel hands them
+/// on as one UDP GSO packet, which is what a tunnel's segmentation offload paths see.
+fn burst(a: SocketAddr, size: usize, count: u64) {
+    use std::os::fd::AsRawFd;
+    const PER_SEND: u64 = 8;
+    let bind: SocketAddr = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .unwrap();
+    // not connected: the receiver's port unreachable errors would fail the next send
+    let s = UdpSocket::bind(bind).unwrap_or_else(|e| die(format!("bind: {e}")));
+    let seg = size as libc::c_int;
+    // SAFETY: a valid descriptor and an int option of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&seg as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        die(format!("UDP_SEGMENT: {}", std::io::Error::last_os_error()));
+    }
+    let mut buf = vec![0u8; size * PER_SEND as usize];
+    Prng(0x5eed_0fb0_a570_0001).fill(&mut buf);
+    let mut sent = 0;
+    while sent < count {
+        let n = (count - sent).min(PER_SEND);
+        s.send_to(&buf[..size * n as usize], a)
+            .unwrap_or_else(|e| die(format!("send to {a} after {sent} datagrams: {e}")));
+        sent += n;
+        // a burst, but not a flood that only measures the slowest queue on the way
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    println!("sent {count} datagram(s) of {size} bytes to {a}");
+}
+
+/// One's complement sum of `data` as big-endian 16-bit words, added to `sum`.
+fn ones_sum(mut sum: u32, data: &[u8]) -> u32 {
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    sum
+}
+
+/// `count` UDP datagrams from `src` to `a` with a wrong checksum (not 0, which would mean "none"
+/// over IPv4), sent through a raw socket so that no stack fixes it. A receiver that checks
+/// checksums counts each in `InCsumErrors`.
+fn badsum(src: std::net::IpAddr, a: SocketAddr, count: u64) {
+    use std::net::IpAddr;
+    let payload = b"polytun: a datagram with a wrong checksum";
+    let len = 8 + payload.len();
+    let mut d = vec![0u8; len];
+    d[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    d[2..4].copy_from_slice(&a.port().to_be_bytes());
+    d[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+    d[8..].copy_from_slice(payload);
+    // the right checksum first, so the wrong one is surely wrong
+    let pseudo = match (src, a.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(t)) => ones_sum(ones_sum(0, &s.octets()), &t.octets()),
+        (IpAddr::V6(s), IpAddr::V6(t)) => ones_sum(ones_sum(0, &s.octets()), &t.octets()),
+        _ => die(format!("{src} and {a} are not of one family")),
+    } + 17
+        + len as u32;
+    let mut sum = ones_sum(pseudo, &d);
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let right = !(sum as u16);
+    let wrong: u16 = if right == 0x1234 { 0x4321 } else { 0x1234 };
+    d[6..8].copy_from_slice(&wrong.to_be_bytes());
+    let family = if src.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the descriptor is closed below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+    if fd < 0 {
+        die(format!(
+            "raw socket: {} (needs CAP_NET_RAW)",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // the raw socket's port must be 0 (IPv6 takes it as the protocol)
+    let sa = |ip: IpAddr| -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match ip {
+            IpAddr::V4(v4) => {
+                // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+                let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            IpAddr::V6(v6) => {
+                // SAFETY: as above, for sockaddr_in6.
+                let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_addr.s6_addr = v6.octets();
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (ss, len as libc::socklen_t)
+    };
+    let (from, from_len) = sa(src);
+    // SAFETY: a valid descriptor and socket address of the given length.
+    if unsafe {
+        libc::bind(
+            fd,
+            (&from as *const libc::sockaddr_storage).cast(),
+            from_len,
+        )
+    } != 0
+    {
+        die(format!("bind {src}: {}", std::io::Error::last_os_error()));
+    }
+    let (to, to_len) = sa(a.ip());
+    for i in 0..count {
+        // SAFETY: as above; `d` outlives the call.
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                d.as_ptr().cast(),
+                d.len(),
+                0,
+                (&to as *const libc::sockaddr_storage).cast(),
+                to_len,
+            )
+        };
+        if r < 0 {
+            die(format!(
+                "sendto {a} ({i} sent): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: our descriptor, closed once.
+    unsafe { libc::close(fd) };
+    println!("sent {count} datagram(s) with checksum {wrong:#06x} (right: {right:#06x}) to {a}");
+}
+
 /// Handshake initiations that pass the mac1 check of the responder with public key `pubkey`
 /// (the first check, done before any DH), filled with pseudo-random bytes otherwise.
 fn hsflood(a: SocketAddr, pubkey: &str, count: u64) {
@@ -229,6 +379,14 @@ fn main() {
             let c = if args.len() > 3 { num(3) as u32 } else { 1 };
             udp(addr(&args[1]), &unhex(&args[2]), c)
         }
+        Some("burst") if args.len() == 4 => burst(addr(&args[1]), num(2) as usize, num(3)),
+        Some("badsum") if args.len() == 4 => badsum(
+            args[1]
+                .parse()
+                .unwrap_or_else(|e| die(format!("bad address {}: {e}", args[1]))),
+            addr(&args[2]),
+            num(3),
+        ),
         Some("hsflood") if args.len() == 4 => hsflood(addr(&args[1]), &args[2], num(3)),
         _ => usage(),
     }

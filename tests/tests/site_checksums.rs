@@ -12,10 +12,11 @@
 //! checksum in software and counts what fails in `InCsumErrors`). The test first proves that
 //! the hosts do verify: datagrams with a wrong UDP checksum sent through the same path must
 //! show up in the receiving host's counters.
+use polytun_e2e::ipsec::{polytun_toml, Charon, IpsecSide, PolytunIpsec};
 use polytun_e2e::scenario::{PORT_A, PORT_B};
 use polytun_e2e::{
-    bins, ping, snmp, veth_link, veth_pair, wait_until, xfer_start, DevCfg, Device, Impl, Keypair,
-    Netns, PeerCfg, Veth,
+    bins, ping, snmp, unique_ifname, veth_link, veth_pair, wait_until, xfer_start, DevCfg, Device,
+    Impl, Keypair, Netns, PeerCfg, Veth,
 };
 use std::time::{Duration, Instant};
 
@@ -179,10 +180,11 @@ fn wrong_checksums_are_counted(from: &Site, to: &Site, src: &str, dst: &str, key
     assert_eq!(now, before + count, "{key} counted more than was sent");
 }
 
-/// Gateway A runs `imp_a`, gateway B polytund; B has no endpoint for A (A initiates).
-fn site_to_site(test: &str, imp_a: Impl) {
+/// Two sites: gateways joined by a veth (A 192.0.2.1, B 192.0.2.2), LAN A 203.0.113.0/25 and
+/// 2001:db8:a::/64, LAN B 203.0.113.128/25 and 2001:db8:b::/64 (gateway `.1`/`::1` on each).
+fn sites(test: &str) -> (Site, Site) {
     let (gwa, gwb) = (Netns::new(test), Netns::new(test));
-    let (_, ub) = veth_pair(&gwa, &gwb);
+    veth_pair(&gwa, &gwb);
     let a = Site::new(
         "site A",
         test,
@@ -197,39 +199,15 @@ fn site_to_site(test: &str, imp_a: Impl) {
         ["203.0.113.129/25", "203.0.113.130/25"],
         ["2001:db8:b::1/64", "2001:db8:b::2/64"],
     );
-    let (ka, kb) = (Keypair::generate(), Keypair::generate());
-    let mut ca = DevCfg::new(&ka.private, PORT_A, "198.51.100.1/24");
-    ca.peers.push(PeerCfg {
-        public_key: kb.public.clone(),
-        preshared_key: None,
-        endpoint: Some(format!("{}:{PORT_B}", ub.v4)),
-        allowed_ips: vec![
-            "198.51.100.2/32".into(),
-            "203.0.113.128/25".into(),
-            "2001:db8:b::/64".into(),
-        ],
-        persistent_keepalive: None,
-    });
-    let mut cb = DevCfg::new(&kb.private, PORT_B, "198.51.100.2/24");
-    cb.peers.push(PeerCfg {
-        public_key: ka.public.clone(),
-        preshared_key: None,
-        endpoint: None,
-        allowed_ips: vec![
-            "198.51.100.1/32".into(),
-            "203.0.113.0/25".into(),
-            "2001:db8:a::/64".into(),
-        ],
-        persistent_keepalive: None,
-    });
-    let db = Device::start(&b.gw, Impl::Polytun, &cb);
-    let da = Device::start(&a.gw, imp_a, &ca);
-    if imp_a.uapi() {
-        // polytund routes its peers' allowed IPs itself; wg-quick would for these
-        for net in ["203.0.113.128/25", "2001:db8:b::/64"] {
-            a.gw.ip(&["route", "add", net, "dev", &da.iface]);
-        }
-    }
+    (a, b)
+}
+
+const LAN_A: [&str; 2] = ["203.0.113.0/25", "2001:db8:a::/64"];
+const LAN_B: [&str; 2] = ["203.0.113.128/25", "2001:db8:b::/64"];
+
+/// The checks, once the tunnel between the gateways is up. `tuns`: the TUN devices of the
+/// gateways that run polytund, watched for super-packets; `alive` panics if a daemon died.
+fn check(a: &Site, b: &Site, tuns: &[(&Site, &str)], alive: &dyn Fn()) {
     let (ha4, ha6) = (&a.host_lan.v4, &a.host_lan.v6);
     let (hb4, hb6) = (&b.host_lan.v4, &b.host_lan.v6);
     polytun_e2e::wait_ping(&a.host, hb4, Duration::from_secs(20));
@@ -238,13 +216,10 @@ fn site_to_site(test: &str, imp_a: Impl) {
     });
     let (ea, eb) = (errors(&a.host), errors(&b.host));
 
-    // Every TUN a polytund owns must see super-packets both ways, TCP and UDP: read from it
-    // (TSO and UDP GSO from the LAN, which the daemon segments) and written to it (coalesced).
+    // Every polytund TUN must see super-packets both ways, TCP and UDP: read from it (TSO and
+    // UDP GSO from the LAN, which the daemon segments) and written to it (coalesced).
     let mut watches = Vec::new();
-    for (site, dev) in [(&b, &db.iface), (&a, &da.iface)] {
-        if site.name == a.name && imp_a != Impl::Polytun {
-            continue;
-        }
+    for (site, dev) in tuns {
         for (direction, filter, what) in [
             ("out", "tcp and greater 3000", "TCP super-packets read"),
             ("in", "tcp and greater 3000", "coalesced TCP written"),
@@ -256,7 +231,7 @@ fn site_to_site(test: &str, imp_a: Impl) {
         }
     }
 
-    let hosts = [(&a, &ea), (&b, &eb)];
+    let hosts = [(a, &ea), (b, &eb)];
     transfer(&b.host, &a.host, hb4, 5201, &hosts);
     transfer(&a.host, &b.host, ha4, 5202, &hosts);
     transfer(&b.host, &a.host, hb6, 5203, &hosts);
@@ -268,10 +243,10 @@ fn site_to_site(test: &str, imp_a: Impl) {
     let x = x.to_str().unwrap();
     let count = 2000u64;
     for (from, to, dst, key) in [
-        (&a, &b, format!("{hb4}:9"), "Udp:NoPorts"),
-        (&b, &a, format!("{ha4}:9"), "Udp:NoPorts"),
-        (&a, &b, format!("[{hb6}]:9"), "Udp6NoPorts"),
-        (&b, &a, format!("[{ha6}]:9"), "Udp6NoPorts"),
+        (a, b, format!("{hb4}:9"), "Udp:NoPorts"),
+        (b, a, format!("{ha4}:9"), "Udp:NoPorts"),
+        (a, b, format!("[{hb6}]:9"), "Udp6NoPorts"),
+        (b, a, format!("[{ha6}]:9"), "Udp6NoPorts"),
     ] {
         let before = snmp(&to.host)[key];
         from.host
@@ -292,23 +267,114 @@ fn site_to_site(test: &str, imp_a: Impl) {
         assert_saw(gw, pid, what);
     }
     assert_no_new_errors(&hosts);
-    for d in [&da, &db] {
-        d.assert_alive();
-    }
+    alive();
 
     // the premise: these hosts do check (a host that trusted its veth would count nothing)
-    wrong_checksums_are_counted(&a, &b, ha4, hb4, "Udp:InCsumErrors");
-    wrong_checksums_are_counted(&b, &a, hb4, ha4, "Udp:InCsumErrors");
-    wrong_checksums_are_counted(&a, &b, ha6, hb6, "Udp6InCsumErrors");
-    wrong_checksums_are_counted(&b, &a, hb6, ha6, "Udp6InCsumErrors");
+    wrong_checksums_are_counted(a, b, ha4, hb4, "Udp:InCsumErrors");
+    wrong_checksums_are_counted(b, a, hb4, ha4, "Udp:InCsumErrors");
+    wrong_checksums_are_counted(a, b, ha6, hb6, "Udp6InCsumErrors");
+    wrong_checksums_are_counted(b, a, hb6, ha6, "Udp6InCsumErrors");
+}
+
+/// WireGuard: gateway A runs `imp_a` and initiates, gateway B polytund.
+fn wireguard(test: &str, imp_a: Impl) {
+    let (a, b) = sites(test);
+    let (ka, kb) = (Keypair::generate(), Keypair::generate());
+    let peer = |k: &Keypair, endpoint: Option<String>, inner: &str, lan: [&str; 2]| PeerCfg {
+        public_key: k.public.clone(),
+        preshared_key: None,
+        endpoint,
+        allowed_ips: vec![inner.into(), lan[0].into(), lan[1].into()],
+        persistent_keepalive: None,
+    };
+    let mut ca = DevCfg::new(&ka.private, PORT_A, "198.51.100.1/24");
+    ca.peers.push(peer(
+        &kb,
+        Some(format!("192.0.2.2:{PORT_B}")),
+        "198.51.100.2/32",
+        LAN_B,
+    ));
+    let mut cb = DevCfg::new(&kb.private, PORT_B, "198.51.100.2/24");
+    cb.peers.push(peer(&ka, None, "198.51.100.1/32", LAN_A));
+    let db = Device::start(&b.gw, Impl::Polytun, &cb);
+    let da = Device::start(&a.gw, imp_a, &ca);
+    let mut tuns = vec![(&b, db.iface.as_str())];
+    if imp_a.uapi() {
+        // polytund routes its peers' allowed IPs itself; wg-quick would for these
+        for net in LAN_B {
+            a.gw.ip(&["route", "add", net, "dev", &da.iface]);
+        }
+    } else {
+        tuns.push((&a, da.iface.as_str()));
+    }
+    check(&a, &b, &tuns, &|| {
+        da.assert_alive();
+        db.assert_alive();
+    });
+}
+
+/// IPsec (ESP in UDP, as polytund always sends it): gateway B polytund, gateway A polytund or
+/// strongSwan (kernel-libipsec); A initiates.
+fn ipsec(test: &str, a_is_polytun: bool) {
+    let (a, b) = sites(test);
+    let (mut sa, mut sb) = IpsecSide::psk_pair("aes256gcm16", true);
+    for (side, inner, lan, rinner, rlan) in [
+        (&mut sa, "198.51.100.1/32", LAN_A, "198.51.100.2/32", LAN_B),
+        (&mut sb, "198.51.100.2/32", LAN_B, "198.51.100.1/32", LAN_A),
+    ] {
+        side.local_ts = [inner, lan[0], lan[1]].join(",");
+        side.remote_ts = [rinner, rlan[0], rlan[1]].join(",");
+    }
+    // polytund takes lists where strongSwan takes comma-separated ones
+    let toml = |iface: &str, side: &IpsecSide| {
+        polytun_toml(iface, side)
+            .replace(&side.local_ts, &side.local_ts.replace(',', "\", \""))
+            .replace(&side.remote_ts, &side.remote_ts.replace(',', "\", \""))
+    };
+    let ib = unique_ifname("ipb");
+    let pb = PolytunIpsec::start_toml(&b.gw, &ib, &toml(&ib, &sb));
+    let ia = unique_ifname("ipa");
+    let mut tuns = vec![(&b, ib.as_str())];
+    let (pa, charon);
+    if a_is_polytun {
+        pa = Some(PolytunIpsec::start_toml(&a.gw, &ia, &toml(&ia, &sa)));
+        charon = None;
+        tuns.push((&a, ia.as_str()));
+    } else {
+        pa = None;
+        let c = Charon::start(&a.gw, &sa);
+        c.initiate();
+        charon = Some(c);
+    }
+    check(&a, &b, &tuns, &|| {
+        let pids = [Some((pb.ns, pb.pid)), pa.as_ref().map(|p| (p.ns, p.pid))];
+        let pids = pids
+            .into_iter()
+            .chain([charon.as_ref().map(|c| (c.ns, c.pid))]);
+        for (ns, pid) in pids.flatten() {
+            if let Some(st) = ns.try_wait(pid) {
+                panic!("a gateway's daemon exited ({st}):\n{}", ns.log_of(pid));
+            }
+        }
+    });
 }
 
 #[test]
-fn polytun_gateways_keep_checksums_right() {
-    site_to_site("sck-pp", Impl::Polytun);
+fn wireguard_polytun_gateways_keep_checksums_right() {
+    wireguard("sck-pp", Impl::Polytun);
 }
 
 #[test]
-fn polytun_and_wireguard_go_gateways_keep_checksums_right() {
-    site_to_site("sck-pg", Impl::WireguardGo);
+fn wireguard_go_and_polytun_gateways_keep_checksums_right() {
+    wireguard("sck-pg", Impl::WireguardGo);
+}
+
+#[test]
+fn ipsec_polytun_gateways_keep_checksums_right() {
+    ipsec("sck-ipp", true);
+}
+
+#[test]
+fn strongswan_and_polytun_gateways_keep_checksums_right() {
+    ipsec("sck-ips", false);
 }

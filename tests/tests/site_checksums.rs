@@ -258,7 +258,7 @@ fn check(a: &Site, b: &Site, tuns: &[(&Site, &str)], v6: bool, alive: &dyn Fn())
         let (from, to, key) = (*from, *to, *key);
         let before = snmp(&to.host)[key];
         from.host
-            .run_ok(&[x, "burst", &dst, "1000", &count.to_string()]);
+            .run_ok(&[x, "burst", dst, "1000", &count.to_string()]);
         let mut got = 0;
         wait_until(
             &format!("the host of {} to take {count} datagrams to {dst}", to.name),

@@ -52,7 +52,7 @@ impl Site {
 }
 
 /// The counters that a packet with a wrong checksum, length or header moves.
-const ERRORS: [&str; 7] = [
+const ERRORS: [&str; 8] = [
     "Ip:InHdrErrors",
     "Ip6InHdrErrors",
     "Tcp:InCsumErrors",
@@ -60,6 +60,7 @@ const ERRORS: [&str; 7] = [
     "Udp:InCsumErrors",
     "Udp:InErrors",
     "Udp6InCsumErrors",
+    "Udp6InErrors",
 ];
 
 fn errors(ns: &Netns) -> Vec<(&'static str, u64)> {

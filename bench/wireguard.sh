@@ -17,7 +17,9 @@
 # boringtun, RSS < 64 MiB). bench/all.sh runs this script for its WireGuard rows.
 #
 # Usage: sudo bench/wireguard.sh            (after cargo build --release)
-# Env: IMPLS="bare-veth polytun wireguard-go boringtun" (also: polytun-wg), DURATION=10, REPEAT=3,
+# Env: IMPLS="bare-veth polytun wireguard-go boringtun" (also: polytun-wg; and A:B for a mixed pair,
+#      A pinging B, e.g. "polytun:boringtun boringtun:polytun": see fast-path.md "Mixed pairs"),
+#      DURATION=10, REPEAT=3,
 #      PING_COUNT=20, PING_ROUNDS=5 (interleaved rounds of the ping measurement: ping_ms is the median
 #      of their medians), FOOTPRINT=1 (instead of the traffic: what one ping's path through B
 #      touches, B under valgrind's lackey: bench/lib.sh measure_footprint), HOPS=1 (also time each hop of a ping: bench/lib.sh measure_hops), TURNS=1 (also
@@ -53,22 +55,23 @@ KEYDIR=$OUT_DIR/keys; mkdir -p "$KEYDIR"; chmod 700 "$KEYDIR"
 PUB_A=$(wg pubkey <"$KEYDIR/a"); PUB_B=$(wg pubkey <"$KEYDIR/b")
 
 DAEMON_PIDS=()
-setup_impl() {   # impl
-  local impl=$1 side ns ifn ol key peer peer_ul peer_ol cmd wrap tries=100
+setup_impl() {   # impl, or A:B for a mixed pair (A pings, B answers)
+  local impl=$1 side ns ifn ol key peer peer_ul peer_ol cmd wrap tries=100 pair
   teardown
   netns_pair
   for side in a b; do
-    if [[ $side == a ]]; then ns=$NS_A ifn=$WG_A ol=198.51.100.1 key=$KEYDIR/a peer=$PUB_B peer_ul=192.0.2.2 peer_ol=198.51.100.2
-    else ns=$NS_B ifn=$WG_B ol=198.51.100.2 key=$KEYDIR/b peer=$PUB_A peer_ul=192.0.2.1 peer_ol=198.51.100.1; fi
+    if [[ $side == a ]]; then ns=$NS_A ifn=$WG_A ol=198.51.100.1 key=$KEYDIR/a peer=$PUB_B peer_ul=192.0.2.2 peer_ol=198.51.100.2 pair=${1%%:*}
+    else ns=$NS_B ifn=$WG_B ol=198.51.100.2 key=$KEYDIR/b peer=$PUB_A peer_ul=192.0.2.1 peer_ol=198.51.100.1 pair=${1##*:}; fi
+    impl=$pair
     wrap=()
     if [[ ${FOOTPRINT:-0} == 1 && $side == b ]]; then   # B under lackey: ~100x slower to start
-      wrap=(valgrind --tool=lackey --trace-mem=yes --trace-syscalls=yes "--log-file=$OUT_DIR/$impl-lackey.log")
+      wrap=(valgrind --tool=lackey --trace-mem=yes --trace-syscalls=yes "--log-file=$OUT_DIR/$1-lackey.log")
       tries=1200
     fi
     case $impl in
       polytun)
         [[ -x $BIN/polytund ]] || die "$BIN/polytund missing: cargo build --release"
-        cat >"$OUT_DIR/$impl-$side.toml" <<TOML
+        cat >"$OUT_DIR/$1-$side.toml" <<TOML
 [interface]
 name = "$ifn"
 address = ["$ol/24"]
@@ -85,10 +88,10 @@ public_key = "$peer"
 endpoint = "$peer_ul:$PORT"
 allowed_ips = ["$peer_ol/32"]
 TOML
-        start_bg "$ns" "$OUT_DIR/$impl-$side.log" "${wrap[@]}" "$BIN/polytund" --config "$OUT_DIR/$impl-$side.toml"
+        start_bg "$ns" "$OUT_DIR/$1-$side.log" "${wrap[@]}" "$BIN/polytund" --config "$OUT_DIR/$1-$side.toml"
         DAEMON_PIDS+=("$LAST")
         for _ in $(seq $tries); do "$BIN/polytun" -i "$ifn" show >/dev/null 2>&1 && break; sleep 0.1; done
-        "$BIN/polytun" -i "$ifn" show >/dev/null || die "polytund did not come up (see $OUT_DIR/$impl-$side.log)"
+        "$BIN/polytun" -i "$ifn" show >/dev/null || die "polytund did not come up (see $OUT_DIR/$1-$side.log)"
         continue ;;
       polytun-wg)   cmd=("$BIN/polytun-wg" -f "$ifn") ;;
       wireguard-go) cmd=("$(command -v wireguard-go)" -f "$ifn") ;;
@@ -96,7 +99,7 @@ TOML
       *) die "unknown implementation $impl" ;;
     esac
     [[ -x ${cmd[0]} ]] || die "$impl not installed (sudo scripts/install-test-deps.sh / cargo build --release)"
-    start_bg "$ns" "$OUT_DIR/$impl-$side.log" "${wrap[@]}" "${cmd[@]}"
+    start_bg "$ns" "$OUT_DIR/$1-$side.log" "${wrap[@]}" "${cmd[@]}"
     DAEMON_PIDS+=("$LAST")
     for _ in $(seq $tries); do [[ -S /var/run/wireguard/$ifn.sock ]] && break; sleep 0.1; done
     [[ -S /var/run/wireguard/$ifn.sock ]] || die "$impl: no UAPI socket"
@@ -105,10 +108,10 @@ TOML
     ip -n "$ns" addr add "$ol/24" dev "$ifn"
     ip -n "$ns" link set "$ifn" mtu $MTU up
   done
-  start_bg "$NS_B" "$OUT_DIR/$impl-iperf3-server.log" iperf3 -s
+  start_bg "$NS_B" "$OUT_DIR/$1-iperf3-server.log" iperf3 -s
   sleep 0.5
   for _ in $(seq $((tries / 5))); do ip netns exec "$NS_A" ping -c1 -W1 -q 198.51.100.2 >/dev/null 2>&1 && return 0; done
-  die "$impl: tunnel does not pass traffic"
+  die "$1: tunnel does not pass traffic"
 }
 
 measure() {   # impl
@@ -116,7 +119,7 @@ measure() {   # impl
     [[ $1 == bare-veth ]] && return
     setup_impl "$1"
     local exe
-    case $1 in
+    case ${1##*:} in   # B's
       polytun) exe=$BIN/polytund ;; polytun-wg) exe=$BIN/polytun-wg ;;
       wireguard-go) exe=$(command -v wireguard-go) ;; boringtun) exe=$(command -v boringtun-cli) ;;
     esac
@@ -181,13 +184,15 @@ impls = sys.argv[2].split()
 keys = [("tcp1_gbps", "TCP 1 stream Gbit/s"), ("tcp4_gbps", "TCP 4 streams Gbit/s"), ("ping_ms", "ping median ms"),
         ("udp_kpps", "UDP k datagrams/s"), ("cpu_s_per_gb", "CPU s per GB (tcp1)"), ("rss_mb", "peak RSS MB")]
 print()
-print("%-22s" % "" + "".join("%16s" % i for i in impls))
+w = max([16] + [len(i) + 2 for i in impls])
+print("%-22s" % "" + "".join("%*s" % (w, i) for i in impls))
 for k, name in keys:
-    print("%-22s" % name + "".join("%16.3f" % res.get(i, {}).get(k, float("nan")) for i in impls))
-me = next((i for i in impls if i.startswith("polytun")), None)
+    print("%-22s" % name + "".join("%*.3f" % (w, res.get(i, {}).get(k, float("nan"))) for i in impls))
+# ratios and bars between whole pairs only (a mixed pair A:B is shown, not compared)
+me = next((i for i in impls if i.startswith("polytun") and ":" not in i), None)
 if me:
     print()
-    for other in (i for i in impls if not i.startswith("polytun")):
+    for other in (i for i in impls if not i.startswith("polytun") and ":" not in i):
         cells = []
         for k, name in keys:
             a, b = res.get(me, {}).get(k), res.get(other, {}).get(k)
@@ -241,8 +246,9 @@ impls = [i for i in sys.argv[2].split() if "hop_rtt" in res.get(i, {})]
 hops = ["a_seal", "wire1", "b_open", "b_reply", "b_seal", "wire2", "a_open", "rtt"]
 print()
 print("ping hops, median µs (tcpdump on both tunnel interfaces and both veth ends)")
-print("%-14s" % "" + "".join("%9s" % h for h in hops))
+w = max([14] + [len(i) + 1 for i in impls])
+print("%-*s" % (w, "") + "".join("%9s" % h for h in hops))
 for i in impls:
-    print("%-14s" % i + "".join("%9.0f" % res[i].get("hop_" + h, float("nan")) for h in hops))
+    print("%-*s" % (w, i) + "".join("%9.0f" % res[i].get("hop_" + h, float("nan")) for h in hops))
 PY
 fi

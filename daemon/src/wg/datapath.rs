@@ -97,6 +97,8 @@ impl Outbound {
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner());
         self.seal(&set);
         self.send(&set);
+        drop(set);
+        crate::datapath::hand_over_lone(self.out.len());
         true
     }
 
@@ -270,6 +272,7 @@ impl Inbound {
                 keepalive,
             });
         }
+        crate::datapath::hand_over_lone(self.opened.len());
         true
     }
 

@@ -56,13 +56,12 @@ PUB_A=$(wg pubkey <"$KEYDIR/a"); PUB_B=$(wg pubkey <"$KEYDIR/b")
 
 DAEMON_PIDS=()
 setup_impl() {   # impl, or A:B for a mixed pair (A pings, B answers)
-  local impl=$1 side ns ifn ol key peer peer_ul peer_ol cmd wrap tries=100 pair
+  local impl side ns ifn ol key peer peer_ul peer_ol cmd wrap tries=100
   teardown
   netns_pair
   for side in a b; do
-    if [[ $side == a ]]; then ns=$NS_A ifn=$WG_A ol=198.51.100.1 key=$KEYDIR/a peer=$PUB_B peer_ul=192.0.2.2 peer_ol=198.51.100.2 pair=${1%%:*}
-    else ns=$NS_B ifn=$WG_B ol=198.51.100.2 key=$KEYDIR/b peer=$PUB_A peer_ul=192.0.2.1 peer_ol=198.51.100.1 pair=${1##*:}; fi
-    impl=$pair
+    if [[ $side == a ]]; then ns=$NS_A ifn=$WG_A ol=198.51.100.1 key=$KEYDIR/a peer=$PUB_B peer_ul=192.0.2.2 peer_ol=198.51.100.2 impl=${1%%:*}
+    else ns=$NS_B ifn=$WG_B ol=198.51.100.2 key=$KEYDIR/b peer=$PUB_A peer_ul=192.0.2.1 peer_ol=198.51.100.1 impl=${1##*:}; fi
     wrap=()
     if [[ ${FOOTPRINT:-0} == 1 && $side == b ]]; then   # B under lackey: ~100x slower to start
       wrap=(valgrind --tool=lackey --trace-mem=yes --trace-syscalls=yes "--log-file=$OUT_DIR/$1-lackey.log")

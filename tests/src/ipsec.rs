@@ -56,6 +56,7 @@ pub struct IpsecSide {
     pub psk_b64: String,
     pub ike_proposal: String,
     pub esp_proposals: Vec<String>,
+    /// Traffic selectors, comma-separated as swanctl takes them.
     pub local_ts: String,
     pub remote_ts: String,
     pub initiate: bool,
@@ -665,7 +666,15 @@ pub struct PolytunIpsec<'a> {
     pub pid: u32,
 }
 
-/// The polytund TOML for one side (interface `iface`, inner address = `local_ts`).
+/// A comma-separated list (swanctl's form) as a TOML array of strings.
+fn toml_list(list: &str) -> String {
+    list.split(',')
+        .map(|t| format!("\"{}\"", t.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The polytund TOML for one side (interface `iface`, inner address = the first of `local_ts`).
 pub fn polytun_toml(iface: &str, side: &IpsecSide) -> String {
     polytun_toml_with(iface, side, &SideAuth::Psk)
 }
@@ -704,8 +713,8 @@ remote_id = "{rid}"
 {auth}
 proposals = ["{ike}"]
 esp_proposals = [{esp}]
-local_ts = ["{lts}"]
-remote_ts = ["{rts}"]
+local_ts = [{lts}]
+remote_ts = [{rts}]
 initiate = {init}
 {dpd}{extra}
 "#,
@@ -716,8 +725,8 @@ initiate = {init}
         rid = side.remote_id,
         ike = side.ike_proposal,
         esp = esp.join(", "),
-        lts = side.local_ts,
-        rts = side.remote_ts,
+        lts = toml_list(&side.local_ts),
+        rts = toml_list(&side.remote_ts),
         init = side.initiate,
         dpd = if side.polytun_extra.contains("dpd_delay") {
             ""

@@ -12,7 +12,7 @@
 //! checksum in software and counts what fails in `InCsumErrors`). The test first proves that
 //! the hosts do verify: datagrams with a wrong UDP checksum sent through the same path must
 //! show up in the receiving host's counters.
-use polytun_e2e::ipsec::{polytun_toml, Charon, IpsecSide, PolytunIpsec};
+use polytun_e2e::ipsec::{Charon, IpsecSide, PolytunIpsec};
 use polytun_e2e::openvpn::{self as ovpn, Client, KeyMode, Pki, Proto};
 use polytun_e2e::scenario::{PORT_A, PORT_B};
 use polytun_e2e::{
@@ -350,19 +350,13 @@ fn ipsec(test: &str, a_is_polytun: bool) {
         side.local_ts = [inner, lan[0], lan[1]].join(",");
         side.remote_ts = [rinner, rlan[0], rlan[1]].join(",");
     }
-    // polytund takes lists where strongSwan takes comma-separated ones
-    let toml = |iface: &str, side: &IpsecSide| {
-        polytun_toml(iface, side)
-            .replace(&side.local_ts, &side.local_ts.replace(',', "\", \""))
-            .replace(&side.remote_ts, &side.remote_ts.replace(',', "\", \""))
-    };
     let ib = unique_ifname("ipb");
-    let pb = PolytunIpsec::start_toml(&b.gw, &ib, &toml(&ib, &sb));
+    let pb = PolytunIpsec::start(&b.gw, &ib, &sb);
     let ia = unique_ifname("ipa");
     let mut tuns = vec![(&b, ib.as_str())];
     let (pa, charon);
     if a_is_polytun {
-        pa = Some(PolytunIpsec::start_toml(&a.gw, &ia, &toml(&ia, &sa)));
+        pa = Some(PolytunIpsec::start(&a.gw, &ia, &sa));
         charon = None;
         tuns.push((&a, ia.as_str()));
     } else {

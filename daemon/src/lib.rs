@@ -6,6 +6,7 @@ pub mod control;
 pub mod datapath;
 pub mod ipsec;
 pub mod logging;
+pub mod notes;
 pub mod openvpn;
 pub mod service;
 pub mod threads;

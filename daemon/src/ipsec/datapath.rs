@@ -480,7 +480,7 @@ mod tests {
 
     fn shared(tables: Tables) -> Shared {
         // (the control side's queue is never read: try_send fails quietly)
-        let (to_control, _) = tokio::sync::mpsc::channel(64);
+        let (to_control, _) = crate::notes::channel(64);
         let udp = || Arc::new(UdpSocket::bind_for_thread("127.0.0.1:0".parse().unwrap()).unwrap());
         Shared {
             name: "t".into(),
@@ -498,7 +498,7 @@ mod tests {
     #[test]
     fn traffic_notes_come_at_most_once_a_second_per_ike_sa() {
         let t0 = Instant::now();
-        let (to_control, mut notes) = tokio::sync::mpsc::channel(64);
+        let (to_control, mut notes) = crate::notes::channel(64);
         let shared = Shared {
             to_control,
             ..shared(Tables::default())
@@ -514,7 +514,7 @@ mod tests {
             }
             inbound.notify(&shared, ms(t));
         }
-        let heard: Vec<_> = std::iter::from_fn(|| notes.try_recv().ok())
+        let heard: Vec<_> = std::iter::from_fn(|| notes.try_recv())
             .map(|m| match m {
                 ToControl::Traffic { ike_sa } => ike_sa,
                 _ => panic!("only traffic notes expected"),

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
-use tokio::sync::mpsc;
 
 /// Bytes and packets of one CHILD SA (inner packets).
 #[derive(Debug, Default)]
@@ -72,7 +71,7 @@ pub struct Shared {
     /// UDP 4500: ESP and IKE after the NAT-T switch.
     pub natt: Arc<UdpSocket>,
     pub drops: DropCounters,
-    pub to_control: mpsc::Sender<ToControl>,
+    pub to_control: crate::notes::Sender<ToControl>,
 }
 
 impl Shared {

@@ -223,7 +223,7 @@ pub fn spawn(
         )
         .map_err(err(4500))?,
     );
-    let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
+    let (to_control, from_data) = crate::notes::channel(CONTROL_QUEUE);
     let shared = Arc::new(Shared {
         name: name.to_string(),
         tables: RwLock::new(Tables::default()),
@@ -296,7 +296,7 @@ impl Control {
 
     async fn run(
         &mut self,
-        mut from_data: mpsc::Receiver<ToControl>,
+        mut from_data: crate::notes::Receiver<ToControl>,
         mut commands: mpsc::Receiver<IpsecCommand>,
     ) {
         loop {
@@ -306,7 +306,7 @@ impl Control {
                 msg = from_data.recv() => {
                     let Some(msg) = msg else { break };
                     self.on_data(msg);
-                    while let Ok(msg) = from_data.try_recv() {
+                    while let Some(msg) = from_data.try_recv() {
                         self.on_data(msg);
                         self.process_outputs();
                     }
@@ -327,7 +327,7 @@ impl Control {
     }
 
     /// CT: Delete every IKE SA and wait (up to 2 s) for the answers.
-    async fn shutdown(&mut self, from_data: &mut mpsc::Receiver<ToControl>) {
+    async fn shutdown(&mut self, from_data: &mut crate::notes::Receiver<ToControl>) {
         self.stopping = true;
         self.reconnect_at = None;
         let now = Instant::now();

@@ -676,7 +676,7 @@ mod tests {
         let mut by_dst = polytun_core::PrefixTable::new();
         let mut sessions = Vec::new();
         for n in [1u8, 2] {
-            let (to_control, _) = mpsc::channel(8);
+            let (to_control, _) = crate::notes::channel(8);
             let shared = Arc::new(Shared::new(format!("c{n}"), remote, to_control));
             let mut ekm = [n; polytun_openvpn::tls::EKM_LEN];
             ekm[0] ^= 0x55;
@@ -742,7 +742,7 @@ mod tests {
             .unwrap();
             let poller = Arc::new(Poller::new().unwrap());
             let link = Arc::new(TcpLink::new(client, &poller).unwrap());
-            let (to_control, _from_data) = mpsc::channel(1);
+            let (to_control, _from_data) = crate::notes::channel(1);
             to_control.try_send(ToControl::ServerExit).unwrap();
             let shared = Arc::new(Shared::new("t".into(), remote, to_control));
             let (ended, mut reports) = mpsc::unbounded_channel();

@@ -115,7 +115,7 @@ pub fn spawn(
     let tls = tls_config(&settings)
         .map_err(|e| anyhow::anyhow!("tunnel {name}: certificate or key unusable: {e}"))?;
     // Clients report through the server's own channel; this one is unused.
-    let (unused, _) = mpsc::channel::<ToControl>(1);
+    let (unused, _) = crate::notes::channel::<ToControl>(1);
     let tunnel = Arc::new(Shared::new(
         name.to_string(),
         settings.remote,
@@ -125,7 +125,7 @@ pub fn spawn(
     let routes: Routes = Arc::default();
     let data_path = datapath::Turns::spawn(tun.clone(), routes.clone(), mtu)
         .map_err(|e| anyhow::anyhow!("tunnel {name}: starting the data path: {e}"))?;
-    let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+    let (tx, rx) = crate::notes::channel(CONTROL_QUEUE);
     let mut tasks = Vec::new();
     let mut udp_link = None;
     let listen = settings.remote;
@@ -251,14 +251,14 @@ struct Server {
     /// connections).
     poller: Arc<datapath::Poller>,
     /// What the data path reports through (for connections registered here).
-    tx: mpsc::Sender<Msg>,
+    tx: crate::notes::Sender<Msg>,
     /// Where its connections' receivers report their end.
     ended: Ended,
     /// The threads that read the TUN device and the UDP socket (taken and
     /// joined when the server stops, so a reload can bind the port again).
     data_path: Option<datapath::DataPath>,
     udp_link: Option<Arc<Link>>,
-    unused: mpsc::Sender<ToControl>,
+    unused: crate::notes::Sender<ToControl>,
     /// Checks a first packet without keeping any state.
     check: ControlWrap,
     peers: BTreeMap<u32, Peer>,
@@ -285,7 +285,7 @@ impl Drop for Server {
 impl Server {
     async fn run(
         &mut self,
-        mut from_data: mpsc::Receiver<Msg>,
+        mut from_data: crate::notes::Receiver<Msg>,
         mut ended: mpsc::UnboundedReceiver<(u64, String)>,
         mut commands: mpsc::Receiver<TunnelCommand>,
     ) {
@@ -310,14 +310,14 @@ impl Server {
                 msg = from_data.recv() => {
                     let Some(msg) = msg else { break };
                     self.on_msg(msg);
-                    while let Ok(msg) = from_data.try_recv() {
+                    while let Some(msg) = from_data.try_recv() {
                         self.on_msg(msg);
                     }
                 }
                 Some((conn, why)) = ended.recv() => {
                     // What the connection carried before it ended goes
                     // first, as on one shared queue.
-                    while let Ok(msg) = from_data.try_recv() {
+                    while let Some(msg) = from_data.try_recv() {
                         self.on_msg(msg);
                     }
                     self.link_down(conn, why);
@@ -982,7 +982,7 @@ fn handle<'t>(
     tunnel: &Shared,
     t: &'t Tables,
     last: &mut Option<Last<'t>>,
-    tx: &mpsc::Sender<Msg>,
+    tx: &crate::notes::Sender<Msg>,
     d: &mut Dg<'_>,
     (from, conn): Origin<'_>,
     now: Instant,
@@ -1075,7 +1075,7 @@ struct ServerSocket {
     tunnel: Arc<Shared>,
     tables: ServerTables,
     socket: Arc<UdpSocket>,
-    tx: mpsc::Sender<Msg>,
+    tx: crate::notes::Sender<Msg>,
 }
 
 impl datapath::Receive for ServerSocket {
@@ -1105,7 +1105,7 @@ async fn tcp_accept(
     listener: tokio::net::TcpListener,
     tunnel: Arc<Shared>,
     poller: Arc<datapath::Poller>,
-    tx: mpsc::Sender<Msg>,
+    tx: crate::notes::Sender<Msg>,
 ) {
     let mut conn = 0u64;
     loop {
@@ -1136,7 +1136,7 @@ async fn tcp_accept(
 struct ServerTcp {
     tunnel: Arc<Shared>,
     tables: ServerTables,
-    tx: mpsc::Sender<Msg>,
+    tx: crate::notes::Sender<Msg>,
     ended: Ended,
     tcp: Arc<TcpLink>,
     /// The same connection as the clients' sessions hold it.
@@ -1183,7 +1183,7 @@ mod tests {
             let keys = DataKeys::from_ekm(&ekm, server);
             DataChannelKey::new(&keys, Cipher::Aes256Gcm, 0, pid, Default::default(), now)
         };
-        let (to_control, _) = mpsc::channel(8);
+        let (to_control, _) = crate::notes::channel(8);
         let shared = Arc::new(Shared::new(format!("c{n}"), addr, to_control));
         let mut t = shared.tables_mut();
         t.install(Arc::new(key(true)));
@@ -1237,8 +1237,8 @@ mod tests {
             (sealed(&k1, 1, now), moved, true), // client 1 floats
             (sealed(&k1, 1, now), moved, true),
         ];
-        let tunnel = Shared::new("server".into(), a1, mpsc::channel(8).0);
-        let (tx, mut rx) = mpsc::channel(16);
+        let tunnel = Shared::new("server".into(), a1, crate::notes::channel(8).0);
+        let (tx, mut rx) = crate::notes::channel(16);
         let mut w = TunWriter::with_capacity(16);
         let mut last = None;
         for (i, (dg, from, reaches)) in turn.into_iter().enumerate() {
@@ -1264,7 +1264,7 @@ mod tests {
         assert_eq!(tunnel.drops.no_session.load(Ordering::Relaxed), 1);
         assert_eq!(c1.remote(), moved);
         assert_eq!(c2.remote(), a2);
-        let floats: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+        let floats: Vec<_> = std::iter::from_fn(|| rx.try_recv())
             .filter_map(|m| match m {
                 Msg::Float(pid, a) => Some((pid, a)),
                 _ => None,
@@ -1303,8 +1303,8 @@ mod tests {
             (&k1, true),
             (&k2, false),
         ];
-        let tunnel = Shared::new("server".into(), a1, mpsc::channel(8).0);
-        let (tx, _rx) = mpsc::channel(16);
+        let tunnel = Shared::new("server".into(), a1, crate::notes::channel(8).0);
+        let (tx, _rx) = crate::notes::channel(16);
         let mut w = TunWriter::with_capacity(16);
         let mut last = None;
         let origin = (a1, Some((1, &links[0])));

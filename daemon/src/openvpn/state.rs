@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
-use tokio::sync::mpsc;
 
 /// Key-ids are 3 bits.
 pub const KEY_SLOTS: usize = 8;
@@ -77,7 +76,7 @@ pub struct Shared {
     pub drops: DropCounters,
     /// Keepalive pings received (not written to the TUN).
     pub pings_rx: AtomicU64,
-    pub to_control: mpsc::Sender<ToControl>,
+    pub to_control: crate::notes::Sender<ToControl>,
     pub rx_bytes: AtomicU64,
     pub tx_bytes: AtomicU64,
     epoch: Instant,
@@ -88,7 +87,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(name: String, remote: SocketAddr, to_control: mpsc::Sender<ToControl>) -> Self {
+    pub fn new(
+        name: String,
+        remote: SocketAddr,
+        to_control: crate::notes::Sender<ToControl>,
+    ) -> Self {
         Self {
             name,
             remote: RwLock::new(remote),

@@ -107,7 +107,7 @@ pub fn spawn(
 ) -> anyhow::Result<TunnelHandle> {
     let tls = tls_config(&settings)
         .map_err(|e| anyhow::anyhow!("tunnel {name}: certificate or key unusable: {e}"))?;
-    let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
+    let (to_control, from_data) = crate::notes::channel(CONTROL_QUEUE);
     let shared = Arc::new(Shared::new(name.to_string(), settings.remote, to_control));
     let mut registered = None;
     if settings.transport == Transport::Udp {
@@ -216,7 +216,7 @@ fn mask_prefix(m: Ipv4Addr) -> u8 {
 impl Control {
     async fn run(
         &mut self,
-        mut from_data: mpsc::Receiver<ToControl>,
+        mut from_data: crate::notes::Receiver<ToControl>,
         mut ended: mpsc::UnboundedReceiver<(u64, String)>,
         mut commands: mpsc::Receiver<TunnelCommand>,
     ) {
@@ -234,7 +234,7 @@ impl Control {
                 msg = from_data.recv() => {
                     let Some(msg) = msg else { break };
                     self.on_data(msg);
-                    while let Ok(msg) = from_data.try_recv() {
+                    while let Some(msg) = from_data.try_recv() {
                         self.on_data(msg);
                         self.process_outputs();
                     }
@@ -242,7 +242,7 @@ impl Control {
                 Some((conn, why)) = ended.recv() => {
                     // What the connection carried before it ended goes
                     // first (a TLS alert, say), as on one shared queue.
-                    while let Ok(msg) = from_data.try_recv() {
+                    while let Some(msg) = from_data.try_recv() {
                         self.on_data(msg);
                         self.process_outputs();
                     }

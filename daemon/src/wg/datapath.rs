@@ -469,7 +469,7 @@ mod tests {
 
     fn shared(tables: Tables, epoch: Instant) -> Shared {
         // (the control side's queue is never read: try_send fails quietly)
-        let (to_control, _) = tokio::sync::mpsc::channel(64);
+        let (to_control, _) = crate::notes::channel(64);
         let socket = UdpSocket::bind_for_thread("127.0.0.1:0".parse().unwrap()).unwrap();
         Shared {
             name: "t".into(),

@@ -11,7 +11,6 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::mpsc;
 
 /// Packets kept per peer while its handshake completes.
 pub const STAGED_PER_PEER: usize = 128;
@@ -68,7 +67,7 @@ pub struct Shared {
     pub tables: RwLock<Tables>,
     pub socket: RwLock<Arc<UdpSocket>>,
     pub drops: DropCounters,
-    pub to_control: mpsc::Sender<ToControl>,
+    pub to_control: crate::notes::Sender<ToControl>,
     pub staged: Mutex<HashMap<PeerId, VecDeque<Vec<u8>>>>,
     pub mtu: usize,
     /// Origin of the clock the data path records traffic with.

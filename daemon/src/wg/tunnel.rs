@@ -93,7 +93,7 @@ pub fn spawn(opts: TunnelOptions, tun: Arc<Tun>) -> std::io::Result<TunnelHandle
             ),
         )
     })?;
-    let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
+    let (to_control, from_data) = crate::notes::channel(CONTROL_QUEUE);
     let shared = Arc::new(Shared {
         name: opts.name.clone(),
         tables: RwLock::new(Tables::default()),
@@ -181,7 +181,7 @@ fn short(k: &[u8; 32]) -> String {
 impl Control {
     async fn run(
         &mut self,
-        mut from_data: mpsc::Receiver<ToControl>,
+        mut from_data: crate::notes::Receiver<ToControl>,
         mut commands: mpsc::Receiver<TunnelCommand>,
     ) {
         loop {
@@ -198,7 +198,7 @@ impl Control {
                     // Drain what queued up meanwhile, without waiting.
                     let mut budget = 256;
                     while budget > 0 {
-                        let Ok(msg) = from_data.try_recv() else { break };
+                        let Some(msg) = from_data.try_recv() else { break };
                         let under_load = from_data.len() > UNDER_LOAD_QUEUE;
                         self.on_data_message(msg, under_load);
                         self.process_outputs();

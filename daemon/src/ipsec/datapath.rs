@@ -84,6 +84,8 @@ impl Outbound {
         let set = tunnels.read().unwrap_or_else(|e| e.into_inner());
         self.seal(&set);
         self.send(&set);
+        drop(set);
+        crate::datapath::hand_over_lone(self.out.len());
         true
     }
 
@@ -261,6 +263,7 @@ impl Inbound {
             &mut self.spare_packets,
         );
         self.notify(shared, now);
+        crate::datapath::hand_over_lone(self.opened.len());
         true
     }
 

@@ -176,6 +176,7 @@ impl Outbound {
         let now = Instant::now();
         self.seal(&r, now);
         self.send(&r.sessions, now);
+        crate::datapath::hand_over_lone(self.sealed.len());
         true
     }
 
@@ -453,6 +454,7 @@ impl TunWriter {
             &shared.name,
             &mut self.spare,
         );
+        crate::datapath::hand_over_lone(self.opened.len());
         self.opened.clear();
     }
 }

@@ -11,6 +11,7 @@
 //! * [`ping`], [`wait_ping`], [`xfer`], [`wait_until`] — traffic and polling helpers.
 //! * [`scenario`] — the parametrised tests (pair matrix, roaming) shared by the test files.
 
+pub mod alloc;
 pub mod bins;
 pub mod ipsec;
 pub mod netns;

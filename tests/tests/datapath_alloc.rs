@@ -15,26 +15,21 @@
 //! lookups, GSO sends, batched receives, GRO coalescing and gathered TUN
 //! writes.
 
+use polytun_e2e::alloc::Counting;
 use polytun_e2e::ipsec::{polytun_toml, IpsecSide, PolytunIpsec};
 use polytun_e2e::openvpn::{self as ovpn, Client, KeyMode, Pki, Proto};
 use polytun_e2e::scenario::{PairNet, OL_A, OL_B};
 use polytun_e2e::{bins, unique_ifname, veth_pair, wait_ping, xfer, Device, Impl, Netns};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-struct Counting;
-
-/// Allocations (and reallocations) made on data-path threads.
-static DATA_ALLOCS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// 0: not known yet, 1: being found out, 2: a data-path thread, 3: another.
     static ROLE: Cell<u8> = const { Cell::new(0) };
 }
 
+/// Allocations (and reallocations) are counted on data-path threads only.
 fn on_data_thread() -> bool {
     ROLE.try_with(|r| match r.get() {
         2 => true,
@@ -55,33 +50,8 @@ fn on_data_thread() -> bool {
     .unwrap_or(false)
 }
 
-fn count() {
-    if on_data_thread() {
-        DATA_ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: Counting = Counting::new(on_data_thread);
 
 /// Runs polytund with the config at `path` on a thread that has entered the
 /// network namespace `ns` (threads it starts inherit it), until `polytun
@@ -117,7 +87,7 @@ fn assert_no_allocation(what: &str, a: &Netns, b: &Netns, in_a: &str, in_b: &str
     // Warm-up: every per-turn list reaches the size a bulk transfer needs.
     xfer(b, a, in_b, 5301, 20_000_000);
     xfer(a, b, in_a, 5302, 20_000_000);
-    let before = DATA_ALLOCS.load(Ordering::Relaxed);
+    let before = ALLOC.count();
     assert!(
         before > 0,
         "no allocation was ever counted on a data-path thread: is the {what} data path \
@@ -127,7 +97,7 @@ fn assert_no_allocation(what: &str, a: &Netns, b: &Netns, in_a: &str, in_b: &str
     let bytes = 100_000_000u64;
     xfer(b, a, in_b, 5303, bytes);
     xfer(a, b, in_a, 5304, bytes);
-    let after = DATA_ALLOCS.load(Ordering::Relaxed);
+    let after = ALLOC.count();
     // ~1400-byte segments each way: about 145 000 packets, a few thousand
     // batches. One allocation per batch would show as thousands.
     let packets = 2 * bytes / 1400;

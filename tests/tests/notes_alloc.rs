@@ -6,45 +6,15 @@
 //! channel allocates (its block list grows), which the control run checks,
 //! so this test can tell the two apart.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use polytun_e2e::alloc::Counting;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-struct Counting;
-
-static COUNTED: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
 }
 
-fn count() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        COUNTED.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: Counting = Counting::new(|| COUNTING.try_with(Cell::get).unwrap_or(false));
 
 const CAPACITY: usize = 1024;
 
@@ -52,7 +22,7 @@ const CAPACITY: usize = 1024;
 /// 1, 2, 4 … CAPACITY notes, each burst drained by the receiver only after
 /// it was sent whole. `send` runs on the counted thread, `drain` elsewhere.
 fn sender_allocations(send: impl Fn(u64) -> bool + Sync, drain: impl Fn() -> usize) -> u64 {
-    let before = COUNTED.load(Ordering::Relaxed);
+    let before = ALLOC.count();
     let mut burst = 1;
     while burst <= CAPACITY {
         std::thread::scope(|s| {
@@ -67,7 +37,7 @@ fn sender_allocations(send: impl Fn(u64) -> bool + Sync, drain: impl Fn() -> usi
         assert_eq!(drain(), burst);
         burst *= 2;
     }
-    COUNTED.load(Ordering::Relaxed) - before
+    ALLOC.count() - before
 }
 
 #[test]

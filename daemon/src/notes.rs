@@ -12,7 +12,7 @@
 //! the channel, and a send never allocates: std's bounded channel holds the
 //! notes, a tokio `Notify` wakes the control task.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use tokio::sync::Notify;
 
@@ -21,8 +21,6 @@ struct Signal {
     wake: Notify,
     /// Notes sent and not yet received (std's receiver cannot tell).
     queued: AtomicUsize,
-    /// The receiver was dropped.
-    closed: AtomicBool,
 }
 
 /// A queue of at most `capacity` notes (at least one).
@@ -31,7 +29,6 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let signal = Arc::new(Signal {
         wake: Notify::new(),
         queued: AtomicUsize::new(0),
-        closed: AtomicBool::new(false),
     });
     (
         Sender {
@@ -70,8 +67,29 @@ impl<T> Sender<T> {
     /// Queues `note` without blocking or allocating; gives it back when the
     /// queue is full or the control task is gone.
     pub fn try_send(&self, note: T) -> Result<(), T> {
+        self.push(note).map_err(|e| match e {
+            mpsc::TrySendError::Full(note) | mpsc::TrySendError::Disconnected(note) => note,
+        })
+    }
+
+    /// Queues `note`, waiting for room (for the senders that are tasks,
+    /// not data-path threads); gives it back when the control task is gone.
+    pub async fn send(&self, mut note: T) -> Result<(), T> {
+        loop {
+            match self.push(note) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::TrySendError::Disconnected(back)) => return Err(back),
+                // Full: a control task that far behind drains it within
+                // milliseconds; not worth a second wake-up on every receive.
+                Err(mpsc::TrySendError::Full(back)) => note = back,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    fn push(&self, note: T) -> Result<(), mpsc::TrySendError<T>> {
         let Some(queue) = &self.queue else {
-            return Err(note);
+            return Err(mpsc::TrySendError::Disconnected(note));
         };
         // Counted before it can be received, so the count never wraps.
         self.signal.queued.fetch_add(1, Ordering::Relaxed);
@@ -80,33 +98,11 @@ impl<T> Sender<T> {
                 self.signal.wake.notify_one();
                 Ok(())
             }
-            Err(mpsc::TrySendError::Full(note) | mpsc::TrySendError::Disconnected(note)) => {
+            Err(e) => {
                 self.signal.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(note)
+                Err(e)
             }
         }
-    }
-}
-
-impl<T> Sender<T> {
-    /// Queues `note`, waiting for room (for the senders that are tasks,
-    /// not data-path threads); gives it back when the control task is gone.
-    pub async fn send(&self, mut note: T) -> Result<(), T> {
-        loop {
-            match self.try_send(note) {
-                Ok(()) => return Ok(()),
-                Err(back) if self.is_closed() => return Err(back),
-                // Full: a control task that far behind drains it within
-                // milliseconds; not worth a second wake-up on every receive.
-                Err(back) => note = back,
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Whether the receiver is gone.
-    fn is_closed(&self) -> bool {
-        self.signal.closed.load(Ordering::Relaxed)
     }
 }
 
@@ -153,12 +149,6 @@ impl<T> Receiver<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl<T> Drop for Receiver<T> {
-    fn drop(&mut self) {
-        self.signal.closed.store(true, Ordering::Relaxed);
     }
 }
 

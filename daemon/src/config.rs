@@ -159,6 +159,7 @@ struct RawTunnel {
     // OpenVPN server (mode = "server")
     mode: Option<String>,
     server: Option<String>,
+    server_ipv6: Option<String>,
     push: Option<Vec<String>>,
     keepalive: Option<Vec<u32>>,
     max_clients: Option<u32>,
@@ -604,6 +605,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 ("hand_window", t.hand_window.is_some()),
                 ("mode", t.mode.is_some()),
                 ("server", t.server.is_some()),
+                ("server_ipv6", t.server_ipv6.is_some()),
                 ("push", t.push.is_some()),
                 ("keepalive", t.keepalive.is_some()),
                 ("max_clients", t.max_clients.is_some()),
@@ -828,6 +830,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     hand_window: t.hand_window,
                     mode: t.mode.as_deref(),
                     server: t.server.as_deref(),
+                    server_ipv6: t.server_ipv6.as_deref(),
                     push: t.push.as_deref(),
                     keepalive: t.keepalive.as_deref(),
                     max_clients: t.max_clients,

@@ -122,6 +122,9 @@ pub struct OpenVpnShow {
     pub tls_version: Option<String>,
     pub peer_id: Option<u32>,
     pub virtual_address: Option<String>,
+    /// From `ifconfig-ipv6` (a client), or the pool's (a server's client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_address_ipv6: Option<String>,
     pub cipher: Option<String>,
     pub key_id: Option<u8>,
     /// The previous key-id, still open for packets in flight.
@@ -147,6 +150,15 @@ pub struct OpenVpnShow {
     pub clients: Vec<OpenVpnShow>,
 }
 
+/// The session's virtual addresses, IPv4 first: "A", "A, B" or none.
+fn addresses(v: &OpenVpnShow) -> Option<String> {
+    let a: Vec<&str> = [&v.virtual_address, &v.virtual_address_ipv6]
+        .into_iter()
+        .filter_map(|a| a.as_deref())
+        .collect();
+    (!a.is_empty()).then(|| a.join(", "))
+}
+
 fn render_openvpn(o: &mut String, v: &OpenVpnShow, now_unix: u64) {
     use std::fmt::Write;
     let _ = writeln!(
@@ -161,7 +173,7 @@ fn render_openvpn(o: &mut String, v: &OpenVpnShow, now_unix: u64) {
     if let Some(t) = &v.tls_version {
         let _ = writeln!(o, "  tls: {t}");
     }
-    if let Some(a) = &v.virtual_address {
+    if let Some(a) = addresses(v) {
         let _ = writeln!(o, "  virtual address: {a}");
     }
     if let Some(p) = v.peer_id {
@@ -206,7 +218,7 @@ fn render_openvpn(o: &mut String, v: &OpenVpnShow, now_unix: u64) {
             c.remote,
             c.state,
             c.peer_id.map_or("-".into(), |p| p.to_string()),
-            c.virtual_address.as_deref().unwrap_or("-"),
+            addresses(c).as_deref().unwrap_or("-"),
             c.cipher.as_deref().unwrap_or("-"),
             c.key_id.map_or("-".into(), |k| k.to_string()),
             human_bytes(c.rx_bytes),

@@ -106,6 +106,95 @@ matrix! {
     openvpn_tcp_tls_auth_chacha20poly1305:   "ovt2", Tcp, TlsAuth,  "CHACHA20-POLY1305";
 }
 
+/// IPv6 inside the tunnel: the server has `server-ipv6` and pushes
+/// `ifconfig-ipv6` and a `route-ipv6`; polytund puts the address and the
+/// route on its TUN and carries IPv6 both ways (ping, a checksummed TCP
+/// transfer), IPv4 alongside.
+fn ipv6_inside_test(test: &str, proto: Proto) {
+    const SERVER_TUN6: &str = "2001:db8:1::1";
+    const CLIENT_TUN6: &str = "2001:db8:1::1000";
+    const PUSHED_NET6: &str = "2001:db8:77::/64";
+    const PUSHED_HOST6: &str = "2001:db8:77::1";
+    let (s, c, pki) = setup(test);
+    let conf = ovpn::server_conf(&pki, "192.0.2.1", proto, KeyMode::TlsCrypt, "AES-256-GCM")
+        + "server-ipv6 2001:db8:1::/64\npush \"route-ipv6 2001:db8:77::/64\"\n";
+    s.ip(&[
+        "-6",
+        "addr",
+        "replace",
+        &format!("{PUSHED_HOST6}/128"),
+        "dev",
+        "lo",
+    ]);
+    let server = ovpn::start_server(&s, &conf);
+    let tunnel = ovpn::client_tunnel_toml(
+        &pki,
+        "192.0.2.1",
+        proto,
+        KeyMode::TlsCrypt,
+        &["AES-256-GCM"],
+        &pki.path("ta.key"),
+    );
+    let client = Client::start(&c, &tunnel);
+    client.wait_connected(Duration::from_secs(30));
+    let addrs = c.run_ok(&["ip", "-6", "addr", "show", "dev", &client.iface]);
+    assert!(
+        addrs.contains(&format!("{CLIENT_TUN6}/64")),
+        "pushed ifconfig-ipv6 not on {}: {addrs}",
+        client.iface
+    );
+    let routes = c.run_ok(&["ip", "-6", "route", "show", "dev", &client.iface]);
+    assert!(
+        routes.contains(PUSHED_NET6),
+        "pushed route-ipv6 {PUSHED_NET6} missing from {}: {routes}",
+        client.iface
+    );
+    wait_ping(&c, SERVER_TUN6, Duration::from_secs(10));
+    assert_eq!(ping(&c, SERVER_TUN6, 10), 0.0, "IPv6 ping loss");
+    assert_eq!(ping(&c, PUSHED_HOST6, 5), 0.0, "ping over the route-ipv6");
+    assert_eq!(ping(&c, ovpn::SERVER_TUN, 5), 0.0, "IPv4 alongside");
+    let sess = client.session();
+    assert_eq!(
+        sess["virtual_address_ipv6"],
+        format!("{CLIENT_TUN6}/64"),
+        "{sess}"
+    );
+    let text = client.show_text();
+    assert!(
+        text.contains(&format!(
+            "virtual address: {}/24, {CLIENT_TUN6}/64",
+            ovpn::CLIENT_TUN
+        )),
+        "{text}"
+    );
+    assert!(
+        client.log().contains(&format!("IPv6 {CLIENT_TUN6}/64")),
+        "connected line names the IPv6 address"
+    );
+    // both directions: the server's side sends too (pt-xfer serves on the client)
+    xfer(&s, &c, SERVER_TUN6, 5201, XFER_BYTES);
+    xfer(&c, &s, CLIENT_TUN6, 5202, XFER_BYTES / 5);
+    let drops = &client.try_show().unwrap()["tunnels"][0]["drops"];
+    assert_eq!(drops["malformed"], 0, "{drops}");
+    assert_eq!(drops["bad_mac"], 0, "{drops}");
+    assert!(
+        !client.log().contains("not applied"),
+        "every pushed option applied:\n{}",
+        client.log()
+    );
+    assert!(s.try_wait(server).is_none(), "openvpn server still running");
+}
+
+#[test]
+fn openvpn_udp_ipv6_inside_the_tunnel() {
+    ipv6_inside_test("ov6u", Proto::Udp);
+}
+
+#[test]
+fn openvpn_tcp_ipv6_inside_the_tunnel() {
+    ipv6_inside_test("ov6t", Proto::Tcp);
+}
+
 /// configs/openvpn-client.toml + .ovpn, as shipped, with this test's PKI.
 #[test]
 fn openvpn_ovpn_file_client() {

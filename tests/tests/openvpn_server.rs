@@ -389,6 +389,119 @@ fn openvpn_server_wrong_tls_crypt_key_allocates_nothing() {
     assert!(c.try_wait(bad).is_none());
 }
 
+/// `server_ipv6`: IPv6 inside the tunnel. The openvpn client gets its
+/// address from the server's IPv6 pool (OpenVPN's numbering, ::1000 first)
+/// and a pushed `route-ipv6`; IPv6 flows both ways (ping, checksummed
+/// transfers), the server routing it to the client by its address; and
+/// polytund's own client takes the same pushes.
+fn server_ipv6_test(test: &str, proto: Proto) {
+    const SERVER_TUN6: &str = "2001:db8:5::1";
+    const CLIENT_TUN6: &str = "2001:db8:5::1000";
+    const PUSHED_HOST6: &str = "2001:db8:77::1";
+    let (s, c, pki) = setup(test);
+    s.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{PUSHED_HOST6}/128"),
+        "dev",
+        "lo",
+    ]);
+    // (on every address: the second client comes over a second link)
+    let tunnel = ovpn::server_tunnel_toml(&pki, "", proto, KeyMode::TlsCrypt, &ALL)
+        .replace("local = \"\"\n", "")
+        .replace("push = [", "push = [\"route-ipv6 2001:db8:77::/64\", ")
+        + "server_ipv6 = \"2001:db8:5::/64\"\n";
+    let server = Client::start(&s, &tunnel);
+    assert!(
+        server
+            .log()
+            .contains("pool 198.51.100.0/24 and 2001:db8:5::/64"),
+        "{}",
+        server.log()
+    );
+    let addrs = s.run_ok(&["ip", "-6", "addr", "show", "dev", &server.iface]);
+    assert!(addrs.contains(&format!("{SERVER_TUN6}/64")), "{addrs}");
+    let client = ovpn::start_client(
+        &c,
+        &ovpn::client_conf(&pki, "192.0.2.1", proto, KeyMode::TlsCrypt, "AES-256-GCM"),
+    );
+    let cl = wait_clients(&server, 1);
+    assert_eq!(
+        cl[0]["virtual_address_ipv6"],
+        format!("{CLIENT_TUN6}/64"),
+        "{cl:?}"
+    );
+    let addrs = c.run_ok(&["ip", "-6", "addr"]);
+    assert!(addrs.contains(&format!("{CLIENT_TUN6}/64")), "{addrs}");
+    let log = c.log_of(client);
+    assert!(log.contains("route-ipv6 2001:db8:77::/64"), "{log}");
+    wait_ping(&c, SERVER_TUN6, Duration::from_secs(10));
+    assert_eq!(ping(&c, SERVER_TUN6, 10), 0.0, "IPv6 ping loss");
+    assert_eq!(ping(&c, PUSHED_HOST6, 5), 0.0, "ping over the route-ipv6");
+    assert_eq!(ping(&s, CLIENT_TUN6, 5), 0.0, "IPv6 ping server → client");
+    assert_eq!(ping(&c, SERVER_TUN, 5), 0.0, "IPv4 alongside");
+    xfer(&s, &c, SERVER_TUN6, 5201, XFER_BYTES);
+    xfer(&c, &s, CLIENT_TUN6, 5202, XFER_BYTES);
+    assert_no_auth_drops(&server);
+    let show = server.session();
+    assert_eq!(
+        show["virtual_address_ipv6"],
+        format!("{SERVER_TUN6}/64"),
+        "{show}"
+    );
+    assert_eq!(show["routes"][1], "2001:db8:5::/64", "{show}");
+    let text = server.show_text();
+    assert!(
+        text.contains(&format!("address 198.51.100.2/24, {CLIENT_TUN6}/64")),
+        "{text}"
+    );
+    // polytund's client, the second: the pool's second address. It comes
+    // over IPv6 (the pushed IPv4 route covers this link's IPv4 network).
+    let c2 = Netns::new(&format!("{test}e"));
+    let _ = polytun_e2e::netns::veth_pair_net(&s, &c2, "203.0.113", "2001:db8:9:");
+    let tunnel = ovpn::client_tunnel_toml(
+        &pki,
+        "[2001:db8:9::1]",
+        proto,
+        KeyMode::TlsCrypt,
+        &["AES-256-GCM"],
+        &pki.path("ta.key"),
+    );
+    let ours = Client::start(&c2, &tunnel);
+    ours.wait_connected(Duration::from_secs(30));
+    assert_eq!(
+        ours.session()["virtual_address_ipv6"],
+        "2001:db8:5::1001/64",
+        "{}",
+        ours.session()
+    );
+    wait_ping(&c2, SERVER_TUN6, Duration::from_secs(10));
+    assert_eq!(
+        ping(&c2, PUSHED_HOST6, 5),
+        0.0,
+        "polytun client, route-ipv6"
+    );
+    assert_eq!(
+        ping(&s, "2001:db8:5::1001", 5),
+        0.0,
+        "server → polytun client"
+    );
+    xfer(&s, &c2, SERVER_TUN6, 5203, XFER_BYTES / 5);
+    assert_eq!(ping(&c, SERVER_TUN6, 3), 0.0, "the first client still up");
+    assert!(c.try_wait(client).is_none(), "openvpn client still running");
+}
+
+#[test]
+fn openvpn_server_ipv6_inside_the_tunnel_udp() {
+    server_ipv6_test("os6u", Proto::Udp);
+}
+
+#[test]
+fn openvpn_server_ipv6_inside_the_tunnel_tcp() {
+    server_ipv6_test("os6t", Proto::Tcp);
+}
+
 /// polytun client ↔ polytun server, over UDP and TCP; `polytun down` on
 /// the server tells the UDP client, which reconnects.
 fn polytun_pair(test: &str, proto: Proto) {

@@ -7,7 +7,7 @@
 //! [`PushReply::unknown`] so they can be named, never silently dropped.
 
 use crate::data::Cipher;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
@@ -24,15 +24,33 @@ pub struct Route {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// `route-ipv6 NETWORK/BITS [GATEWAY]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route6 {
+    pub network: Ipv6Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv6Addr>,
+}
+
+/// `ifconfig-ipv6 LOCAL/BITS [REMOTE]`: the client's address in the
+/// server's IPv6 network, and the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ifconfig6 {
+    pub local: Ipv6Addr,
+    pub prefix: u8,
+    pub remote: Option<Ipv6Addr>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PushReply {
     /// `ifconfig LOCAL NETMASK_OR_REMOTE` (netmask with topology subnet,
     /// the remote end with net30/p2p).
     pub ifconfig: Option<(Ipv4Addr, Ipv4Addr)>,
-    pub ifconfig_ipv6: Option<String>,
+    pub ifconfig_ipv6: Option<Ifconfig6>,
     pub topology: Option<String>,
     pub route_gateway: Option<Ipv4Addr>,
     pub routes: Vec<Route>,
+    pub routes_ipv6: Vec<Route6>,
     /// `dhcp-option TYPE VALUE` (DNS, DOMAIN, ...).
     pub dhcp_options: Vec<(String, String)>,
     pub peer_id: Option<u32>,
@@ -53,6 +71,33 @@ fn ip(option: &str, s: Option<&str>) -> Result<Ipv4Addr, PushError> {
         option: option.to_string(),
         why: "expected an IPv4 address",
     })
+}
+
+fn ip6(option: &str, s: Option<&str>) -> Result<Ipv6Addr, PushError> {
+    s.and_then(|s| s.parse().ok()).ok_or(PushError::Bad {
+        option: option.to_string(),
+        why: "expected an IPv6 address",
+    })
+}
+
+/// `ADDRESS/BITS`; a bare address is a /128, as OpenVPN takes it.
+fn ip6_prefix(option: &str, s: Option<&str>) -> Result<(Ipv6Addr, u8), PushError> {
+    let bad = |why| PushError::Bad {
+        option: option.to_string(),
+        why,
+    };
+    let s = s.ok_or(bad("expected an IPv6 address/prefix length"))?;
+    let (a, bits) = match s.split_once('/') {
+        Some((a, b)) => (
+            a,
+            b.parse()
+                .ok()
+                .filter(|b| *b <= 128)
+                .ok_or(bad("prefix length is not 0-128"))?,
+        ),
+        None => (s, 128),
+    };
+    Ok((ip6(option, Some(a))?, bits))
 }
 
 fn num(option: &str, s: Option<&str>) -> Result<u32, PushError> {
@@ -91,7 +136,26 @@ impl PushReply {
                     let a = ip(opt, w.next())?;
                     self.ifconfig = Some((a, ip(opt, w.next())?));
                 }
-                "ifconfig-ipv6" => self.ifconfig_ipv6 = Some(w.collect::<Vec<_>>().join(" ")),
+                "ifconfig-ipv6" => {
+                    let (local, prefix) = ip6_prefix(opt, w.next())?;
+                    let remote = w.next().map(|r| ip6(opt, Some(r))).transpose()?;
+                    self.ifconfig_ipv6 = Some(Ifconfig6 {
+                        local,
+                        prefix,
+                        remote,
+                    });
+                }
+                "route-ipv6" => {
+                    let (network, prefix) = ip6_prefix(opt, w.next())?;
+                    let gateway = w.next().map(|g| ip6(opt, Some(g))).transpose()?;
+                    self.routes_ipv6.push(Route6 {
+                        network,
+                        prefix,
+                        gateway,
+                    });
+                }
+                // Obsolete since OpenVPN 2.4 (every TUN carries IPv6), still pushed.
+                "tun-ipv6" => {}
                 "topology" => self.topology = w.next().map(str::to_string),
                 "route-gateway" => self.route_gateway = Some(ip(opt, w.next())?),
                 "route" => {
@@ -187,6 +251,48 @@ mod tests {
         assert_eq!(r.unknown, vec!["explicit-exit-notify".to_string()]);
         assert!(PushReply::parse("PUSH_REPLY,ifconfig 10.8.0.2").is_err());
         assert!(PushReply::parse("AUTH_FAILED").is_err());
+    }
+
+    #[test]
+    fn ipv6_options() {
+        // as OpenVPN 2.6 pushes them with `server-ipv6` and `push "route-ipv6 ..."`
+        let m = "PUSH_REPLY,route-ipv6 2001:db8:77::/64,tun-ipv6,route-gateway 198.51.100.1,\
+                 topology subnet,ifconfig-ipv6 2001:db8:1::1000/64 2001:db8:1::1,\
+                 route-ipv6 2001:db8:78::1 2001:db8:1::2,ifconfig 198.51.100.2 255.255.255.0";
+        let r = PushReply::parse(m).unwrap();
+        assert_eq!(
+            r.ifconfig_ipv6,
+            Some(Ifconfig6 {
+                local: "2001:db8:1::1000".parse().unwrap(),
+                prefix: 64,
+                remote: Some("2001:db8:1::1".parse().unwrap()),
+            })
+        );
+        assert_eq!(
+            r.routes_ipv6,
+            vec![
+                Route6 {
+                    network: "2001:db8:77::".parse().unwrap(),
+                    prefix: 64,
+                    gateway: None,
+                },
+                Route6 {
+                    network: "2001:db8:78::1".parse().unwrap(),
+                    prefix: 128,
+                    gateway: Some("2001:db8:1::2".parse().unwrap()),
+                },
+            ]
+        );
+        assert!(r.unknown.is_empty(), "{:?}", r.unknown);
+        for bad in [
+            "PUSH_REPLY,ifconfig-ipv6 2001:db8::1/129",
+            "PUSH_REPLY,ifconfig-ipv6 198.51.100.2/64",
+            "PUSH_REPLY,ifconfig-ipv6",
+            "PUSH_REPLY,route-ipv6 2001:db8::/64 nowhere",
+            "PUSH_REPLY,route-ipv6 2001:db8::/x",
+        ] {
+            assert!(PushReply::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

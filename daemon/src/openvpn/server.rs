@@ -22,7 +22,7 @@ use super::tcp::{Ended, TcpLink};
 use super::tunnel::{control_wrap, TunnelCommand, TunnelHandle};
 use crate::control::{Drops, OpenVpnShow, TunnelShow};
 use crate::datapath::DropCounters;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use polytun_core::{Limits, PrefixTable};
 use polytun_io::{Tun, UdpSocket};
 use polytun_openvpn::packet::{split_op_byte, Opcode, SessionId, SESSION_ID_LEN};
@@ -35,7 +35,7 @@ use polytun_openvpn::wrap::ControlWrap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -167,6 +167,23 @@ pub fn spawn(
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
         Err(e) => anyhow::bail!("tunnel {name}: address {gw}/{}: {e}", srv.pool.prefix_len()),
     };
+    let added_address6 = match srv.pool6 {
+        None => false,
+        Some(p6) => match tun.add_address(first_host6(&p6).into(), p6.prefix_len()) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
+            Err(e) => {
+                if added_address {
+                    let _ = tun.remove_address(gw.into(), srv.pool.prefix_len());
+                }
+                anyhow::bail!(
+                    "tunnel {name}: address {}/{}: {e}",
+                    first_host6(&p6),
+                    p6.prefix_len()
+                )
+            }
+        },
+    };
     let ping = settings.ping.unwrap_or(DEFAULT_PING);
     let ping_restart = settings.ping_restart.unwrap_or(DEFAULT_PING_RESTART);
     let (commands, cmd_rx) = mpsc::channel(16);
@@ -194,6 +211,7 @@ pub fn spawn(
         ping_restart,
         next_tick: Instant::now() + TICK,
         added_address,
+        added_address6,
         refused: 0,
         tasks,
     };
@@ -210,6 +228,18 @@ fn first_host(pool: &Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(pool.network()) + 1)
 }
 
+fn first_host6(pool: &Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(pool.network()) + 1)
+}
+
+/// The IPv6 address of the client that holds `vaddr` (OpenVPN's numbering:
+/// the IPv6 pool starts at network + 0x1000 and follows the IPv4 one).
+fn client_addr6(pool: &Ipv4Net, pool6: &Ipv6Net, vaddr: Ipv4Addr) -> Option<Ipv6Addr> {
+    let n = u32::from(vaddr).checked_sub(u32::from(pool.network()) + 2)?;
+    let a = Ipv6Addr::from(u128::from(pool6.network()) + 0x1000 + u128::from(n));
+    pool6.contains(&a).then_some(a)
+}
+
 /// One client.
 struct Peer {
     peer_id: u32,
@@ -219,6 +249,8 @@ struct Peer {
     session: Session,
     shared: Arc<Shared>,
     vaddr: Ipv4Addr,
+    /// With `server-ipv6`.
+    vaddr6: Option<Ipv6Addr>,
     connected_since: Option<SystemTime>,
     tls_version: Option<String>,
 }
@@ -269,6 +301,8 @@ struct Server {
     ping_restart: u32,
     next_tick: Instant,
     added_address: bool,
+    /// The server's IPv6 address (`server-ipv6`) was added by us.
+    added_address6: bool,
     /// Unauthenticated or refused first packets (for rate-limited logs).
     refused: u64,
     tasks: Vec<JoinHandle<()>>,
@@ -290,12 +324,16 @@ impl Server {
         mut commands: mpsc::Receiver<TunnelCommand>,
     ) {
         tracing::info!(
-            "tunnel {}: OpenVPN server on {} {} ({}), pool {}, up to {} clients",
+            "tunnel {}: OpenVPN server on {} {} ({}), pool {}{}, up to {} clients",
             self.name,
             self.settings.transport.name(),
             self.settings.remote,
             self.settings.key_mode.name(),
             self.srv.pool,
+            self.srv
+                .pool6
+                .map(|p| format!(" and {p}"))
+                .unwrap_or_default(),
             self.srv.max_clients
         );
         loop {
@@ -505,14 +543,22 @@ impl Server {
             self.unused.clone(),
         ));
         shared.set_link(link);
-        shared
-            .tables_mut()
-            .routes
-            .insert(IpNet::from(IpAddr::V4(vaddr)), ());
+        let vaddr6 = self
+            .srv
+            .pool6
+            .and_then(|p6| client_addr6(&self.srv.pool, &p6, vaddr));
+        {
+            // what the client may send from (the inbound turn checks it)
+            let mut t = shared.tables_mut();
+            t.routes.insert(IpNet::from(IpAddr::V4(vaddr)), ());
+            if let Some(a) = vaddr6 {
+                t.routes.insert(IpNet::from(IpAddr::V6(a)), ());
+            }
+        }
         let cfg = SessionConfig {
             role: Role::Server {
                 config: self.tls.clone(),
-                push: self.push_for(vaddr),
+                push: self.push_for(vaddr, vaddr6),
                 peer_id,
             },
             wrap: control_wrap(&self.settings, true),
@@ -528,8 +574,9 @@ impl Server {
         // (crates/openvpn/src/rekey.rs; a server jitters reneg-sec as OpenVPN does)
         session.set_rekey(now, self.settings.rekey.clone());
         tracing::info!(
-            "tunnel {}: new session from {from}: peer-id {peer_id}, address {vaddr}",
-            self.name
+            "tunnel {}: new session from {from}: peer-id {peer_id}, address {vaddr}{}",
+            self.name,
+            vaddr6.map(|a| format!(", IPv6 {a}")).unwrap_or_default()
         );
         self.peers.insert(
             peer_id,
@@ -540,6 +587,7 @@ impl Server {
                 session,
                 shared,
                 vaddr,
+                vaddr6,
                 connected_since: None,
                 tls_version: None,
             },
@@ -570,8 +618,15 @@ impl Server {
     }
 
     /// What this client is told: OpenVPN's order, configured options first.
-    fn push_for(&self, vaddr: Ipv4Addr) -> Vec<String> {
+    fn push_for(&self, vaddr: Ipv4Addr, vaddr6: Option<Ipv6Addr>) -> Vec<String> {
         let mut v = self.srv.push.clone();
+        if let (Some(a), Some(p6)) = (vaddr6, self.srv.pool6) {
+            v.push(format!(
+                "ifconfig-ipv6 {a}/{} {}",
+                p6.prefix_len(),
+                first_host6(&p6)
+            ));
+        }
         v.push(format!("route-gateway {}", first_host(&self.srv.pool)));
         v.push("topology subnet".into());
         v.push(format!("ping {}", self.ping));
@@ -767,6 +822,9 @@ impl Server {
         let mut sessions = Vec::with_capacity(self.peers.len());
         for (i, p) in self.peers.values().enumerate() {
             by_dst.insert(IpNet::from(IpAddr::V4(p.vaddr)), i);
+            if let Some(a) = p.vaddr6 {
+                by_dst.insert(IpNet::from(IpAddr::V6(a)), i);
+            }
             sessions.push(p.shared.clone());
         }
         let t = Tables {
@@ -871,6 +929,11 @@ impl Server {
                 .tun
                 .remove_address(gw.into(), self.srv.pool.prefix_len());
         }
+        if let (true, Some(p6)) = (self.added_address6, self.srv.pool6) {
+            let _ = self
+                .tun
+                .remove_address(first_host6(&p6).into(), p6.prefix_len());
+        }
     }
 
     fn show(&self) -> TunnelShow {
@@ -903,6 +966,10 @@ impl Server {
                     tls_version: p.tls_version.clone(),
                     peer_id: Some(p.peer_id),
                     virtual_address: Some(format!("{}/{}", p.vaddr, self.srv.pool.prefix_len())),
+                    virtual_address_ipv6: p
+                        .vaddr6
+                        .zip(self.srv.pool6)
+                        .map(|(a, p6)| format!("{a}/{}", p6.prefix_len())),
                     cipher: key.as_ref().map(|k| k.cipher.name().to_string()),
                     key_id: key.as_ref().map(|k| k.key_id),
                     lame_duck_key_id: keys.lame_duck_key_id,
@@ -927,7 +994,13 @@ impl Server {
                 first_host(&self.srv.pool),
                 self.srv.pool.prefix_len()
             )),
-            routes: vec![self.srv.pool.to_string()],
+            virtual_address_ipv6: self
+                .srv
+                .pool6
+                .map(|p6| format!("{}/{}", first_host6(&p6), p6.prefix_len())),
+            routes: std::iter::once(self.srv.pool.to_string())
+                .chain(self.srv.pool6.map(|p6| p6.to_string()))
+                .collect(),
             clients,
             ..Default::default()
         };
@@ -1170,6 +1243,34 @@ mod tests {
     use polytun_core::PacketBuf;
     use polytun_openvpn::data::{Cipher, DataChannelKey, DataKeys, OVERHEAD};
     use polytun_openvpn::packet::DATA_TAG_LEN;
+
+    /// OpenVPN's numbering (`server-ipv6`): the server ::1, the client
+    /// holding the IPv4 pool's first client address ::1000, and so on; none
+    /// past the IPv6 network's end.
+    #[test]
+    fn ipv6_addresses_follow_the_ipv4_pool() {
+        let pool: Ipv4Net = "198.51.100.0/24".parse().unwrap();
+        let p64: Ipv6Net = "2001:db8:5::/64".parse().unwrap();
+        assert_eq!(
+            first_host6(&p64),
+            "2001:db8:5::1".parse::<Ipv6Addr>().unwrap()
+        );
+        let a = |v: &str, p6: &Ipv6Net| client_addr6(&pool, p6, v.parse().unwrap());
+        assert_eq!(
+            a("198.51.100.2", &p64),
+            Some("2001:db8:5::1000".parse().unwrap())
+        );
+        assert_eq!(
+            a("198.51.100.254", &p64),
+            Some("2001:db8:5::10fc".parse().unwrap())
+        );
+        assert_eq!(a("198.51.100.1", &p64), None, "the server's own");
+        let wide: Ipv4Net = "10.0.0.0/8".parse().unwrap();
+        let p112: Ipv6Net = "2001:db8:5::/112".parse().unwrap();
+        let b = |v: &str| client_addr6(&wide, &p112, v.parse().unwrap());
+        assert_eq!(b("10.0.240.1"), Some("2001:db8:5::ffff".parse().unwrap()));
+        assert_eq!(b("10.0.240.2"), None, "past the /112");
+    }
 
     /// Client `n`'s peer-id, address and the server's session for it (key
     /// installed, its virtual address 198.51.100.`n` as its route), with

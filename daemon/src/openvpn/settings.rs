@@ -90,6 +90,10 @@ pub struct ServerSettings {
     /// `server`: the virtual network (topology subnet); the server takes the
     /// first address, clients get the following ones.
     pub pool: ipnet::Ipv4Net,
+    /// `server-ipv6`: IPv6 inside the tunnel too. The server takes the
+    /// first address; client N of the IPv4 pool gets `network + 0x1000 + N`,
+    /// as OpenVPN numbers its IPv6 pool.
+    pub pool6: Option<ipnet::Ipv6Net>,
     /// `push "..."` options, sent to every client before the per-client ones.
     pub push: Vec<String>,
     pub max_clients: usize,
@@ -98,6 +102,7 @@ pub struct ServerSettings {
 /// Options the server sets per client: `push` must not carry them.
 const SERVER_SET: &[&str] = &[
     "ifconfig",
+    "ifconfig-ipv6",
     "peer-id",
     "cipher",
     "protocol-flags",
@@ -125,6 +130,7 @@ pub struct RawFields<'a> {
     pub hand_window: Option<u32>,
     pub mode: Option<&'a str>,
     pub server: Option<&'a str>,
+    pub server_ipv6: Option<&'a str>,
     pub push: Option<&'a [String]>,
     pub keepalive: Option<&'a [u32]>,
     pub max_clients: Option<u32>,
@@ -171,6 +177,7 @@ struct Collected {
     ping_restart: Option<u32>,
     mode: Option<(String, Src)>,
     server: Option<(String, Src)>,
+    server_ipv6: Option<(String, Src)>,
     push: Vec<(String, Src)>,
     max_clients: Option<(u32, Src)>,
     local: Option<(String, Src)>,
@@ -237,6 +244,9 @@ pub fn build(
     }
     if let Some(v) = raw.server {
         c.server = Some((v.to_string(), t("server")));
+    }
+    if let Some(v) = raw.server_ipv6 {
+        c.server_ipv6 = Some((v.to_string(), t("server_ipv6")));
     }
     if let Some(v) = raw.push {
         c.push = v.iter().map(|p| (p.clone(), t("push"))).collect();
@@ -380,6 +390,7 @@ fn finish(
             ),
             (c.local.as_ref().map(|l| &l.1), "a client does not listen"),
             (c.server.as_ref().map(|l| &l.1), "a server setting"),
+            (c.server_ipv6.as_ref().map(|l| &l.1), "a server setting"),
             (c.push.first().map(|l| &l.1), "a server setting"),
             (c.max_clients.as_ref().map(|l| &l.1), "a server setting"),
         ] {
@@ -579,6 +590,31 @@ fn server_settings(
             format!("`{net}`: host bits set (the network is {})", pool.trunc()),
         ));
     }
+    let pool6 = match &c.server_ipv6 {
+        None => None,
+        Some((net, src)) => {
+            let p: ipnet::Ipv6Net = net.trim().parse().map_err(|_| {
+                err(
+                    src,
+                    format!("`{net}`: expected an IPv6 network, e.g. \"2001:db8:1::/64\""),
+                )
+            })?;
+            // OpenVPN's limits; and the pool starts at network + 0x1000
+            if !(64..=112).contains(&p.prefix_len()) {
+                return Err(err(
+                    src,
+                    format!("`{net}`: the IPv6 network must be a /64 to a /112"),
+                ));
+            }
+            if p.trunc() != p {
+                return Err(err(
+                    src,
+                    format!("`{net}`: host bits set (the network is {})", p.trunc()),
+                ));
+            }
+            Some(p)
+        }
+    };
     let mut push = Vec::new();
     for (p, src) in &c.push {
         let p = p.trim();
@@ -603,6 +639,7 @@ fn server_settings(
     };
     Ok(ServerSettings {
         pool,
+        pool6,
         push,
         max_clients,
     })
@@ -987,6 +1024,7 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
                 }
             }
             "max-clients" => c.max_clients = Some((num(0)?, src.clone())),
+            "server-ipv6" => c.server_ipv6 = Some((arg(0)?.to_string(), src.clone())),
             "local" => c.local = Some((arg(0)?.to_string(), src.clone())),
             // TLS 1.3 / ECDHE: no finite-field DH parameters are used
             "dh" => {}
@@ -1129,8 +1167,22 @@ mod tests {
         let o = build(&raw, &dir, &terr).unwrap();
         let srv = o.server.as_ref().unwrap();
         assert_eq!(srv.pool.to_string(), "198.51.100.0/24");
+        assert_eq!(srv.pool6, None);
         assert_eq!(srv.max_clients, 253);
         assert_eq!(srv.push, push);
+        let with6 = build(
+            &RawFields {
+                server_ipv6: Some("2001:db8:5::/64"),
+                ..raw
+            },
+            &dir,
+            &terr,
+        )
+        .unwrap();
+        assert_eq!(
+            with6.server.unwrap().pool6.map(|p| p.to_string()),
+            Some("2001:db8:5::/64".into())
+        );
         assert_eq!((o.transport, o.remote.port()), (Transport::Tcp, 443));
         assert_eq!((o.ping, o.ping_restart), (Some(5), Some(30)));
         // errors name the field
@@ -1164,6 +1216,48 @@ mod tests {
             }),
             "push"
         );
+        let bad_push6 = vec!["ifconfig-ipv6 2001:db8:5::9/64 2001:db8:5::1".to_string()];
+        assert_eq!(
+            field(RawFields {
+                push: Some(&bad_push6),
+                ..raw
+            }),
+            "push"
+        );
+        for bad6 in [
+            "2001:db8:5::/48",
+            "2001:db8:5::/120",
+            "2001:db8:5::1/64",
+            "198.51.100.0/24",
+            "x",
+        ] {
+            let e = build(
+                &RawFields {
+                    server_ipv6: Some(bad6),
+                    ..raw
+                },
+                &dir,
+                &terr,
+            )
+            .unwrap_err();
+            assert_eq!(e.field, "server_ipv6", "{bad6}: {e}");
+        }
+        // a client has no pool
+        let e = build(
+            &RawFields {
+                mode: None,
+                remote: Some("192.0.2.1"),
+                listen_port: None,
+                server: None,
+                push: None,
+                server_ipv6: Some("2001:db8:5::/64"),
+                ..raw
+            },
+            &dir,
+            &terr,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "server_ipv6", "{e}");
         assert_eq!(
             field(RawFields {
                 mode: Some("p2p"),
@@ -1203,7 +1297,7 @@ mod tests {
             "port 1195\nproto tcp-server\ndev tun\nca {c}\ncert {c}\nkey {k}\ndh none\n\
              topology subnet\nserver 198.51.100.0 255.255.255.128\n\
              push \"dhcp-option DNS 198.51.100.53\"\nkeepalive 10 60\nmax-clients 7\n\
-             remote-cert-tls client\nexplicit-exit-notify 1\n",
+             remote-cert-tls client\nexplicit-exit-notify 1\nserver-ipv6 2001:db8:5::/112\n",
             c = c.display(),
             k = k.display()
         );
@@ -1216,6 +1310,10 @@ mod tests {
         let srv = o.server.as_ref().unwrap();
         assert_eq!(srv.pool.to_string(), "198.51.100.0/25");
         assert_eq!(srv.max_clients, 7);
+        assert_eq!(
+            srv.pool6.map(|p| p.to_string()),
+            Some("2001:db8:5::/112".into())
+        );
         assert_eq!(srv.push, vec!["dhcp-option DNS 198.51.100.53".to_string()]);
         assert_eq!((o.transport, o.remote.port()), (Transport::Tcp, 1195));
         std::fs::write(&conf, text.replace("topology subnet", "topology net30")).unwrap();

@@ -527,24 +527,21 @@ impl Control {
         self.apply(&push);
         let cipher = push.cipher.map_or("?", |c| c.name());
         tracing::info!(
-            "tunnel {}: connected to {}: address {}, cipher {cipher}, peer-id {}, {} route(s), DNS [{}]",
+            "tunnel {}: connected to {}: address {}{}, cipher {cipher}, peer-id {}, {} route(s), DNS [{}]",
             self.name,
             self.settings.remote,
             self.virtual_address(&push).unwrap_or_else(|| "none".into()),
+            Self::virtual_address_ipv6(&push)
+                .map(|a| format!(", IPv6 {a}"))
+                .unwrap_or_default(),
             push.peer_id.map_or("none".to_string(), |p| p.to_string()),
-            push.routes.len(),
+            push.routes.len() + push.routes_ipv6.len(),
             push.dns()
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        if let Some(v6) = &push.ifconfig_ipv6 {
-            tracing::warn!(
-                "tunnel {}: pushed ifconfig-ipv6 {v6} not applied (IPv6 inside OpenVPN tunnels is not supported yet)",
-                self.name
-            );
-        }
         if !push.unknown.is_empty() {
             tracing::warn!(
                 "tunnel {}: pushed options not applied by polytun: {}",
@@ -562,6 +559,11 @@ impl Control {
         } else {
             format!("{local} peer {b}")
         })
+    }
+
+    fn virtual_address_ipv6(push: &PushReply) -> Option<String> {
+        let v6 = push.ifconfig_ipv6?;
+        Some(format!("{}/{}", v6.local, v6.prefix))
     }
 
     fn is_subnet(push: &PushReply) -> bool {
@@ -592,8 +594,26 @@ impl Control {
                 self.shared.tables_mut().routes.insert(n.trunc(), ());
             }
         }
+        // ifconfig-ipv6: the address and its network on the TUN, whatever
+        // the IPv4 topology (OpenVPN's client does `ip -6 addr add` too).
+        if let Some(v6) = push.ifconfig_ipv6 {
+            let (addr, prefix) = (IpAddr::V6(v6.local), v6.prefix);
+            match self.tun.add_address(addr, prefix) {
+                Ok(()) => self.applied_addrs.push((addr, prefix)),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => tracing::warn!("tunnel {}: address {addr}/{prefix}: {e}", self.name),
+            }
+            if let Ok(n) = IpNet::new(addr, prefix) {
+                self.shared.tables_mut().routes.insert(n.trunc(), ());
+            }
+        }
         for r in &push.routes {
             routes.push((r.network.into(), mask_prefix(r.netmask)));
+        }
+        // A route-ipv6 gateway names the next hop inside the server's
+        // network; on a TUN (no link layer) the device is the next hop.
+        for r in &push.routes_ipv6 {
+            routes.push((r.network.into(), r.prefix));
         }
         for (dst, prefix) in routes {
             let opts = RouteOptions {
@@ -678,6 +698,7 @@ impl Control {
             tls_version: self.tls_version.clone(),
             peer_id: push.and_then(|p| p.peer_id),
             virtual_address: push.and_then(|p| self.virtual_address(p)),
+            virtual_address_ipv6: push.and_then(Self::virtual_address_ipv6),
             cipher: key.as_ref().map(|k| k.cipher.name().to_string()),
             key_id: key.as_ref().map(|k| k.key_id),
             lame_duck_key_id: keys.as_ref().and_then(|k| k.lame_duck_key_id),

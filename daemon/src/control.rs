@@ -125,6 +125,9 @@ pub struct OpenVpnShow {
     /// From `ifconfig-ipv6` (a client), or the pool's (a server's client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_address_ipv6: Option<String>,
+    /// A server's client: its certificate's common name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<String>,
     pub cipher: Option<String>,
     pub key_id: Option<u8>,
     /// The previous key-id, still open for packets in flight.
@@ -214,11 +217,20 @@ fn render_openvpn(o: &mut String, v: &OpenVpnShow, now_unix: u64) {
     for c in &v.clients {
         let _ = writeln!(
             o,
-            "  client {}: {}, peer-id {}, address {}, {} key-id {}, {} received, {} sent{}",
+            "  client {}{}: {}, peer-id {}, address {}{}, {} key-id {}, {} received, {} sent{}",
             c.remote,
+            c.common_name
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default(),
             c.state,
             c.peer_id.map_or("-".into(), |p| p.to_string()),
             addresses(c).as_deref().unwrap_or("-"),
+            if c.routes.is_empty() {
+                String::new()
+            } else {
+                format!(", routes {}", c.routes.join(", "))
+            },
             c.cipher.as_deref().unwrap_or("-"),
             c.key_id.map_or("-".into(), |k| k.to_string()),
             human_bytes(c.rx_bytes),

@@ -78,6 +78,11 @@ pub fn ping_df(ns: &Netns, addr: &str, size: usize, count: u32) -> f64 {
     ping_with(ns, addr, count, &["-s", &payload, "-M", "do"])
 }
 
+/// Like [`ping`] from the source address `src` (`-I`): the packet loss in percent.
+pub fn ping_from(ns: &Netns, src: &str, addr: &str, count: u32) -> f64 {
+    ping_with(ns, addr, count, &["-I", src])
+}
+
 fn ping_with(ns: &Netns, addr: &str, count: u32, extra: &[&str]) -> f64 {
     let p = bins::tool("ping");
     let c = count.to_string();

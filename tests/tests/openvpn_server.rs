@@ -502,6 +502,100 @@ fn openvpn_server_ipv6_inside_the_tunnel_tcp() {
     server_ipv6_test("os6t", Proto::Tcp);
 }
 
+/// A site behind a client (OpenVPN's iroute): the openvpn client is a
+/// branch gateway with a host on its LAN (IPv4 and IPv6). The server's
+/// `iroutes` for the client's certificate name route the LAN to that
+/// client and accept its packets from there; a source outside them is
+/// still refused.
+#[test]
+fn openvpn_server_iroutes_reach_a_lan_behind_the_client() {
+    const LAN_HOST: &str = "203.0.113.2";
+    const LAN_HOST6: &str = "2001:db8:10::2";
+    let s = Netns::new("osirs");
+    let c = Netns::new("osirc");
+    let h = Netns::new("osirh");
+    let _ = veth_pair(&s, &c);
+    let _ = veth_pair_net(&c, &h, "203.0.113", "2001:db8:10:");
+    h.ip(&["route", "add", "default", "via", "203.0.113.1"]);
+    h.ip(&["-6", "route", "add", "default", "via", "2001:db8:10::1"]);
+    // a second address on the host, in no iroute
+    h.ip(&["-6", "addr", "add", "2001:db8:11::2/128", "dev", "lo"]);
+    c.run_ok(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
+    let pki = Pki::new(&s);
+    let tunnel: String =
+        ovpn::server_tunnel_toml(&pki, "192.0.2.1", Proto::Udp, KeyMode::TlsCrypt, &ALL)
+            .lines()
+            .filter(|l| !l.starts_with("push = "))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            + "server_ipv6 = \"2001:db8:5::/64\"\n\
+           iroutes = { client = [\"203.0.113.0/24\", \"2001:db8:10::/64\"] }\n";
+    let server = Client::start(&s, &tunnel);
+    let routes = s.run_ok(&["ip", "route", "show", "dev", &server.iface]);
+    assert!(
+        routes.contains("203.0.113.0/24"),
+        "iroute's kernel route: {routes}"
+    );
+    let client = ovpn::start_client(
+        &c,
+        &ovpn::client_conf(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            "AES-256-GCM",
+        ),
+    );
+    let cl = wait_clients(&server, 1);
+    assert_eq!(cl[0]["common_name"], "client", "{cl:?}");
+    assert_eq!(cl[0]["routes"][0], "203.0.113.0/24", "{cl:?}");
+    assert_eq!(cl[0]["routes"][1], "2001:db8:10::/64", "{cl:?}");
+    wait_ping(&s, LAN_HOST, Duration::from_secs(10));
+    assert_eq!(
+        ping(&s, LAN_HOST, 10),
+        0.0,
+        "server → host behind the client"
+    );
+    assert_eq!(ping(&s, LAN_HOST6, 5), 0.0, "the same over IPv6");
+    assert_eq!(
+        ping(&h, SERVER_TUN, 5),
+        0.0,
+        "host behind the client → server"
+    );
+    // checksummed transfers both ways between the server and the LAN host
+    xfer(&h, &s, LAN_HOST, 5201, XFER_BYTES);
+    xfer(&s, &h, SERVER_TUN, 5202, XFER_BYTES);
+    xfer(&h, &s, LAN_HOST6, 5203, XFER_BYTES / 5);
+    let text = server.show_text();
+    assert!(
+        text.contains("(client): connected")
+            && text.contains("routes 203.0.113.0/24, 2001:db8:10::/64"),
+        "{text}"
+    );
+    // a source in no iroute: refused and counted, not delivered
+    let drops = |srv: &Client<'_>| {
+        srv.try_show().unwrap()["tunnels"][0]["drops"]["bad_source"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = drops(&server);
+    let spoofed = polytun_e2e::traffic::ping_from(&h, "2001:db8:11::2", "2001:db8:5::1", 5);
+    assert_eq!(spoofed, 100.0, "a source outside the iroutes got an answer");
+    assert!(
+        drops(&server) >= before + 5,
+        "bad_source {} → {}",
+        before,
+        drops(&server)
+    );
+    assert_no_auth_drops(&server);
+    assert!(c.try_wait(client).is_none(), "openvpn client still running");
+}
+
 /// polytun client ↔ polytun server, over UDP and TCP; `polytun down` on
 /// the server tells the UDP client, which reconnects.
 fn polytun_pair(test: &str, proto: Proto) {

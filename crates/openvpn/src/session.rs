@@ -63,6 +63,9 @@ pub struct SessionConfig {
 pub enum Event {
     TlsEstablished {
         version: String,
+        /// The peer certificate's common name (a server keys per-client
+        /// settings such as iroutes by it, as OpenVPN's client-config-dir).
+        common_name: Option<String>,
     },
     /// Client: the push reply arrived and the data keys are installed.
     /// Server: the reply was sent and the data keys are installed.
@@ -509,8 +512,14 @@ impl Session {
             self.peer_cert = cert;
             self.phase = Phase::KeyExchange;
             let version = tls.version().unwrap_or_default();
-            self.outputs
-                .push_back(Output::Event(Event::TlsEstablished { version }));
+            let common_name = tls
+                .peer_certificate()
+                .and_then(|c| crate::tls::cert_names(c).ok())
+                .and_then(|n| n.common_name);
+            self.outputs.push_back(Output::Event(Event::TlsEstablished {
+                version,
+                common_name,
+            }));
             return Ok(());
         }
         if cert.is_none() || cert != self.peer_cert {

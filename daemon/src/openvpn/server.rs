@@ -24,7 +24,7 @@ use crate::control::{Drops, OpenVpnShow, TunnelShow};
 use crate::datapath::DropCounters;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use polytun_core::{Limits, PrefixTable};
-use polytun_io::{Tun, UdpSocket};
+use polytun_io::{RouteOptions, Tun, UdpSocket};
 use polytun_openvpn::packet::{split_op_byte, Opcode, SessionId, SESSION_ID_LEN};
 use polytun_openvpn::reliable::ReliableConfig;
 use polytun_openvpn::session::{
@@ -184,6 +184,18 @@ pub fn spawn(
             }
         },
     };
+    // The clients' networks (iroutes) lead into the TUN.
+    let mut added_routes = Vec::new();
+    for n in &srv.routes {
+        let opts = RouteOptions {
+            replace: true,
+            ..RouteOptions::default()
+        };
+        match tun.add_route(n.addr(), n.prefix_len(), &opts) {
+            Ok(()) => added_routes.push(*n),
+            Err(e) => tracing::warn!("tunnel {name}: route {n}: {e}"),
+        }
+    }
     let ping = settings.ping.unwrap_or(DEFAULT_PING);
     let ping_restart = settings.ping_restart.unwrap_or(DEFAULT_PING_RESTART);
     let (commands, cmd_rx) = mpsc::channel(16);
@@ -212,6 +224,7 @@ pub fn spawn(
         next_tick: Instant::now() + TICK,
         added_address,
         added_address6,
+        added_routes,
         refused: 0,
         tasks,
     };
@@ -251,6 +264,10 @@ struct Peer {
     vaddr: Ipv4Addr,
     /// With `server-ipv6`.
     vaddr6: Option<Ipv6Addr>,
+    /// From its certificate, once TLS is up.
+    common_name: Option<String>,
+    /// The networks behind it (`iroutes` for its common name).
+    iroutes: Vec<IpNet>,
     connected_since: Option<SystemTime>,
     tls_version: Option<String>,
 }
@@ -303,6 +320,8 @@ struct Server {
     added_address: bool,
     /// The server's IPv6 address (`server-ipv6`) was added by us.
     added_address6: bool,
+    /// The TUN routes of `srv.routes` that we added.
+    added_routes: Vec<IpNet>,
     /// Unauthenticated or refused first packets (for rate-limited logs).
     refused: u64,
     tasks: Vec<JoinHandle<()>>,
@@ -588,6 +607,8 @@ impl Server {
                 shared,
                 vaddr,
                 vaddr6,
+                common_name: None,
+                iroutes: Vec::new(),
                 connected_since: None,
                 tls_version: None,
             },
@@ -670,6 +691,7 @@ impl Server {
             return;
         };
         let mut events = Vec::new();
+        let mut republish = false;
         while let Some(o) = p.session.poll_output() {
             match o {
                 Output::Transmit(b) => {
@@ -683,9 +705,36 @@ impl Server {
         }
         for e in events {
             match e {
-                Event::TlsEstablished { version } => {
+                Event::TlsEstablished {
+                    version,
+                    common_name,
+                } => {
                     tracing::debug!("tunnel {}: TLS with {} ({version})", self.name, p.addr);
                     p.tls_version = Some(version);
+                    // Its networks (iroutes) are known by name, once the
+                    // certificate has been checked.
+                    let nets = common_name
+                        .as_ref()
+                        .and_then(|cn| self.srv.iroutes.get(cn))
+                        .cloned()
+                        .unwrap_or_default();
+                    if !nets.is_empty() {
+                        let mut t = p.shared.tables_mut();
+                        for n in &nets {
+                            t.routes.insert(*n, ());
+                        }
+                        drop(t);
+                        tracing::info!(
+                            "tunnel {}: client {} ({}) routes {}",
+                            self.name,
+                            p.addr,
+                            common_name.as_deref().unwrap_or_default(),
+                            nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                        );
+                        republish = true;
+                    }
+                    p.iroutes = nets;
+                    p.common_name = common_name;
                 }
                 Event::Connected { push } => {
                     let now = Instant::now();
@@ -717,6 +766,9 @@ impl Server {
                     return;
                 }
             }
+        }
+        if republish {
+            self.publish();
         }
     }
 
@@ -825,6 +877,9 @@ impl Server {
             if let Some(a) = p.vaddr6 {
                 by_dst.insert(IpNet::from(IpAddr::V6(a)), i);
             }
+            for n in &p.iroutes {
+                by_dst.insert(*n, i);
+            }
             sessions.push(p.shared.clone());
         }
         let t = Tables {
@@ -929,6 +984,11 @@ impl Server {
                 .tun
                 .remove_address(gw.into(), self.srv.pool.prefix_len());
         }
+        for n in self.added_routes.drain(..) {
+            let _ = self
+                .tun
+                .remove_route(n.addr(), n.prefix_len(), &RouteOptions::default());
+        }
         if let (true, Some(p6)) = (self.added_address6, self.srv.pool6) {
             let _ = self
                 .tun
@@ -970,6 +1030,8 @@ impl Server {
                         .vaddr6
                         .zip(self.srv.pool6)
                         .map(|(a, p6)| format!("{a}/{}", p6.prefix_len())),
+                    common_name: p.common_name.clone(),
+                    routes: p.iroutes.iter().map(ToString::to_string).collect(),
                     cipher: key.as_ref().map(|k| k.cipher.name().to_string()),
                     key_id: key.as_ref().map(|k| k.key_id),
                     lame_duck_key_id: keys.lame_duck_key_id,
@@ -1000,6 +1062,7 @@ impl Server {
                 .map(|p6| format!("{}/{}", first_host6(&p6), p6.prefix_len())),
             routes: std::iter::once(self.srv.pool.to_string())
                 .chain(self.srv.pool6.map(|p6| p6.to_string()))
+                .chain(self.srv.routes.iter().map(ToString::to_string))
                 .collect(),
             clients,
             ..Default::default()

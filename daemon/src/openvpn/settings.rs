@@ -6,6 +6,7 @@
 //! with its file, line and field before anything starts.
 
 use crate::config::ConfigError;
+use ipnet::IpNet;
 use polytun_openvpn::data::Cipher;
 use polytun_openvpn::rekey::{RekeyConfig, RenegSec};
 use polytun_openvpn::static_key::StaticKey;
@@ -13,7 +14,7 @@ use polytun_openvpn::tls::{CertUsage, PeerPolicy, X509NameCheck};
 use polytun_openvpn::wrap::Digest;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -94,6 +95,13 @@ pub struct ServerSettings {
     /// first address; client N of the IPv4 pool gets `network + 0x1000 + N`,
     /// as OpenVPN numbers its IPv6 pool.
     pub pool6: Option<ipnet::Ipv6Net>,
+    /// Networks behind a client, by its certificate's common name
+    /// (OpenVPN's `iroute`/`iroute-ipv6` in a client-config-dir file): the
+    /// server routes them to that client and takes them as its sources.
+    pub iroutes: std::collections::BTreeMap<String, Vec<IpNet>>,
+    /// Routes the server puts on its TUN: every iroute's network, and a
+    /// server .conf's `route`/`route-ipv6` lines.
+    pub routes: Vec<IpNet>,
     /// `push "..."` options, sent to every client before the per-client ones.
     pub push: Vec<String>,
     pub max_clients: usize,
@@ -131,6 +139,7 @@ pub struct RawFields<'a> {
     pub mode: Option<&'a str>,
     pub server: Option<&'a str>,
     pub server_ipv6: Option<&'a str>,
+    pub iroutes: Option<&'a std::collections::BTreeMap<String, Vec<String>>>,
     pub push: Option<&'a [String]>,
     pub keepalive: Option<&'a [u32]>,
     pub max_clients: Option<u32>,
@@ -178,6 +187,10 @@ struct Collected {
     mode: Option<(String, Src)>,
     server: Option<(String, Src)>,
     server_ipv6: Option<(String, Src)>,
+    /// (common name, network, where it was configured)
+    iroutes: Vec<(String, IpNet, Src)>,
+    /// A server .conf's `route` / `route-ipv6` lines.
+    conf_routes: Vec<(IpNet, Src)>,
     push: Vec<(String, Src)>,
     max_clients: Option<(u32, Src)>,
     local: Option<(String, Src)>,
@@ -247,6 +260,16 @@ pub fn build(
     }
     if let Some(v) = raw.server_ipv6 {
         c.server_ipv6 = Some((v.to_string(), t("server_ipv6")));
+    }
+    if let Some(m) = raw.iroutes {
+        c.iroutes.clear();
+        for (cn, nets) in m {
+            for n in nets {
+                let net = network(n, Family::Any)
+                    .map_err(|m| toml_err("iroutes", format!("`{cn}`: `{n}`: {m}")))?;
+                c.iroutes.push((cn.clone(), net, t("iroutes")));
+            }
+        }
     }
     if let Some(v) = raw.push {
         c.push = v.iter().map(|p| (p.clone(), t("push"))).collect();
@@ -391,6 +414,11 @@ fn finish(
             (c.local.as_ref().map(|l| &l.1), "a client does not listen"),
             (c.server.as_ref().map(|l| &l.1), "a server setting"),
             (c.server_ipv6.as_ref().map(|l| &l.1), "a server setting"),
+            (c.iroutes.first().map(|l| &l.2), "a server setting"),
+            (
+                c.conf_routes.first().map(|l| &l.1),
+                "not supported in a client file (a client applies the routes the server pushes)",
+            ),
             (c.push.first().map(|l| &l.1), "a server setting"),
             (c.max_clients.as_ref().map(|l| &l.1), "a server setting"),
         ] {
@@ -615,6 +643,35 @@ fn server_settings(
             Some(p)
         }
     };
+    let mut iroutes: std::collections::BTreeMap<String, Vec<IpNet>> = Default::default();
+    let mut routes: Vec<IpNet> = Vec::new();
+    for (cn, net, src) in &c.iroutes {
+        let in_pool = match net {
+            IpNet::V4(n) => n.contains(&pool.network()) || pool.contains(&n.network()),
+            IpNet::V6(n) => {
+                pool6.is_some_and(|p| n.contains(&p.network()) || p.contains(&n.network()))
+            }
+        };
+        if in_pool {
+            return Err(err(
+                src,
+                format!("iroute {net} for `{cn}` overlaps the server's pool"),
+            ));
+        }
+        if let Some((other, _)) = iroutes.iter().find(|(_, v)| v.contains(net)) {
+            return Err(err(
+                src,
+                format!("iroute {net} for `{cn}` is already `{other}`'s"),
+            ));
+        }
+        iroutes.entry(cn.clone()).or_default().push(*net);
+        routes.push(*net);
+    }
+    for (net, _) in &c.conf_routes {
+        if !routes.contains(net) {
+            routes.push(*net);
+        }
+    }
     let mut push = Vec::new();
     for (p, src) in &c.push {
         let p = p.trim();
@@ -640,6 +697,8 @@ fn server_settings(
     Ok(ServerSettings {
         pool,
         pool6,
+        iroutes,
+        routes,
         push,
         max_clients,
     })
@@ -752,6 +811,118 @@ const HARMLESS: &[&str] = &[
     // server: clients are keyed by address/connection, never by name
     "duplicate-cn",
 ];
+
+/// Which address family a network option takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// `route`, `iroute`
+    V4,
+    /// `route-ipv6`, `iroute-ipv6`
+    V6,
+    /// the TOML `iroutes` lists
+    Any,
+}
+
+/// A network as OpenVPN writes it: `NET [MASK]` (no mask: a host) or
+/// `NET/BITS` (a bare IPv6 address: a /128). The host bits must be clear.
+fn network(s: &str, family: Family) -> Result<IpNet, String> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let n = match words.as_slice() {
+        [n] if n.contains('/') => n
+            .parse::<IpNet>()
+            .map_err(|_| format!("`{n}` is not a network"))?,
+        [a] => IpNet::from(
+            a.parse::<IpAddr>()
+                .map_err(|_| format!("`{a}` is not an address"))?,
+        ),
+        [a, m] => {
+            let a: Ipv4Addr = a
+                .parse()
+                .map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+            let m: Ipv4Addr = m.parse().map_err(|_| format!("`{m}` is not a netmask"))?;
+            IpNet::V4(
+                ipnet::Ipv4Net::with_netmask(a, m)
+                    .map_err(|_| format!("`{m}` is not a netmask"))?,
+            )
+        }
+        _ => return Err("expected `NETWORK [NETMASK]` or `NETWORK/BITS`".into()),
+    };
+    match (family, n) {
+        (Family::V4, IpNet::V6(_)) => return Err(format!("`{s}`: expected an IPv4 network")),
+        (Family::V6, IpNet::V4(_)) => return Err(format!("`{s}`: expected an IPv6 network")),
+        _ => {}
+    }
+    if n.trunc() != n {
+        return Err(format!(
+            "`{s}`: host bits set (the network is {})",
+            n.trunc()
+        ));
+    }
+    Ok(n)
+}
+
+/// OpenVPN's `client-config-dir`: one file per client, named by its
+/// certificate's common name. polytun takes `iroute` and `iroute-ipv6`
+/// from them, and names any other option.
+fn read_ccd(dir: &Path, at: &Src, c: &mut Collected) -> Result<(), ConfigError> {
+    let fail = |file: &Path, line: Option<usize>, field: &str, message: String| ConfigError {
+        file: file.to_path_buf(),
+        line,
+        field: field.to_string(),
+        message,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        fail(
+            dir,
+            None,
+            "client-config-dir",
+            format!("cannot read the directory: {e}"),
+        )
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let cn = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| fail(&f, None, "client-config-dir", format!("cannot read: {e}")))?;
+        for (i, l) in text.lines().enumerate() {
+            let l = l.trim();
+            if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
+                continue;
+            }
+            let (opt, rest) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
+            let family = match opt {
+                "iroute" => Family::V4,
+                "iroute-ipv6" => Family::V6,
+                _ => {
+                    return Err(fail(
+                        &f,
+                        Some(i + 1),
+                        opt,
+                        format!(
+                            "`{opt}` in a client-config-dir file is not supported by polytun \
+                             (it reads `iroute` and `iroute-ipv6`)"
+                        ),
+                    ))
+                }
+            };
+            let net = network(rest, family).map_err(|m| fail(&f, Some(i + 1), opt, m))?;
+            c.iroutes.push((cn.clone(), net, at.clone()));
+        }
+    }
+    Ok(())
+}
 
 fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigError> {
     let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -1025,6 +1196,17 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
             }
             "max-clients" => c.max_clients = Some((num(0)?, src.clone())),
             "server-ipv6" => c.server_ipv6 = Some((arg(0)?.to_string(), src.clone())),
+            // the kernel routes for the clients' networks (their iroutes)
+            "route" | "route-ipv6" => {
+                let family = if opt == "route" {
+                    Family::V4
+                } else {
+                    Family::V6
+                };
+                let n = network(&args.join(" "), family).map_err(|m| e(ln, opt, m))?;
+                c.conf_routes.push((n, src.clone()));
+            }
+            "client-config-dir" => read_ccd(&abs(&dir, Path::new(arg(0)?)), &src, c)?,
             "local" => c.local = Some((arg(0)?.to_string(), src.clone())),
             // TLS 1.3 / ECDHE: no finite-field DH parameters are used
             "dh" => {}
@@ -1242,6 +1424,56 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.field, "server_ipv6", "{bad6}: {e}");
         }
+        // iroutes: networks behind clients, by common name
+        let mut ir = std::collections::BTreeMap::new();
+        ir.insert(
+            "branch1".to_string(),
+            vec!["192.0.2.128/25".to_string(), "2001:db8:10::/64".to_string()],
+        );
+        ir.insert("branch2".to_string(), vec!["203.0.113.7".to_string()]);
+        let o = build(
+            &RawFields {
+                iroutes: Some(&ir),
+                server_ipv6: Some("2001:db8:5::/64"),
+                ..raw
+            },
+            &dir,
+            &terr,
+        )
+        .unwrap();
+        let srv = o.server.unwrap();
+        let nets = |v: &[IpNet]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            nets(&srv.iroutes["branch1"]),
+            ["192.0.2.128/25", "2001:db8:10::/64"]
+        );
+        assert_eq!(nets(&srv.iroutes["branch2"]), ["203.0.113.7/32"]);
+        assert_eq!(
+            nets(&srv.routes),
+            ["192.0.2.128/25", "2001:db8:10::/64", "203.0.113.7/32"]
+        );
+        for (cn, bad) in [
+            ("b", "192.0.2.129/25"),   // host bits
+            ("b", "198.51.100.64/26"), // inside the pool
+            ("b", "198.51.0.0/16"),    // around the pool
+            ("b", "2001:db8:5::/48"),  // around the IPv6 pool
+            ("b", "nonsense"),
+            ("branch2", "192.0.2.128/25"), // branch1's already (same name order)
+        ] {
+            let mut m = ir.clone();
+            m.entry(cn.to_string()).or_default().push(bad.to_string());
+            let e = build(
+                &RawFields {
+                    iroutes: Some(&m),
+                    server_ipv6: Some("2001:db8:5::/64"),
+                    ..raw
+                },
+                &dir,
+                &terr,
+            )
+            .unwrap_err();
+            assert_eq!(e.field, "iroutes", "{bad}: {e}");
+        }
         // a client has no pool
         let e = build(
             &RawFields {
@@ -1316,6 +1548,51 @@ mod tests {
         );
         assert_eq!(srv.push, vec!["dhcp-option DNS 198.51.100.53".to_string()]);
         assert_eq!((o.transport, o.remote.port()), (Transport::Tcp, 1195));
+        assert!(srv.iroutes.is_empty() && srv.routes.is_empty());
+        // client-config-dir files (iroute, iroute-ipv6) and the server's routes
+        let ccd = dir.join("ccd");
+        std::fs::create_dir_all(&ccd).unwrap();
+        std::fs::write(
+            ccd.join("branch1"),
+            "# the branch LAN\niroute 192.0.2.128 255.255.255.128\niroute-ipv6 2001:db8:10::/64\n",
+        )
+        .unwrap();
+        let with_ccd = format!(
+            "{text}client-config-dir ccd\nroute 192.0.2.128 255.255.255.128\nroute 203.0.113.0 255.255.255.0\n"
+        );
+        std::fs::write(&conf, &with_ccd).unwrap();
+        let o = build(&from_conf, &dir, &terr).unwrap();
+        let srv = o.server.as_ref().unwrap();
+        assert_eq!(
+            nets(&srv.iroutes["branch1"]),
+            ["192.0.2.128/25", "2001:db8:10::/64"]
+        );
+        assert_eq!(
+            nets(&srv.routes),
+            ["192.0.2.128/25", "2001:db8:10::/64", "203.0.113.0/24"]
+        );
+        std::fs::write(
+            ccd.join("branch2"),
+            "iroute 203.0.113.0 255.255.255.0\nifconfig-push 198.51.100.9 255.255.255.0\n",
+        )
+        .unwrap();
+        let e = build(&from_conf, &dir, &terr).unwrap_err();
+        assert_eq!(
+            (e.file.as_path(), e.line, e.field.as_str()),
+            (ccd.join("branch2").as_path(), Some(2), "ifconfig-push"),
+            "{e}"
+        );
+        std::fs::write(ccd.join("branch2"), "iroute-ipv6 203.0.113.0/24\n").unwrap();
+        let e = build(&from_conf, &dir, &terr).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(1), "iroute-ipv6"), "{e}");
+        std::fs::remove_file(ccd.join("branch2")).unwrap();
+        std::fs::write(
+            &conf,
+            format!("{with_ccd}route 203.0.113.1 255.255.255.0\n"),
+        )
+        .unwrap();
+        let e = build(&from_conf, &dir, &terr).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(19), "route"), "{e}");
         std::fs::write(&conf, text.replace("topology subnet", "topology net30")).unwrap();
         let e = build(&from_conf, &dir, &terr).unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (Some(8), "topology"), "{e}");

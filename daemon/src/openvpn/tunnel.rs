@@ -483,7 +483,7 @@ impl Control {
         }
         for e in events {
             match e {
-                Event::TlsEstablished { version } => {
+                Event::TlsEstablished { version, .. } => {
                     tracing::info!(
                         "tunnel {}: TLS established with {} ({version})",
                         self.name,

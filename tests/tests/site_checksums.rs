@@ -378,32 +378,72 @@ fn ipsec(test: &str, a_is_polytun: bool) {
     });
 }
 
-/// OpenVPN (UDP; IPv4 only, polytund does not carry IPv6 in OpenVPN yet): gateway A runs the
-/// `openvpn` 2.6 server with LAN A pushed and LAN B routed to the client (`iroute`), gateway B
-/// polytund as its client.
-fn openvpn(test: &str) {
+/// OpenVPN (UDP, IPv4 and IPv6 inside): gateway A runs the server with LAN A pushed and LAN B
+/// routed to the client (`iroute`), gateway B polytund as its client. The server is the
+/// `openvpn` 2.6 one (a client-config-dir file) or polytund (`iroutes`).
+fn openvpn(test: &str, server_is_polytun: bool) {
     let (a, b) = sites(test);
     let pki = Pki::new(&a.gw);
-    let ccd = a.gw.dir().join("ccd");
-    std::fs::create_dir_all(&ccd).expect("create ccd");
-    // the client certificate's CN is `client`
-    std::fs::write(ccd.join("client"), "iroute 203.0.113.128 255.255.255.128\n")
+    let mut tuns = Vec::new();
+    let (server, ours);
+    if server_is_polytun {
+        let tunnel = ovpn::server_tunnel_toml(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            &["AES-256-GCM"],
+        )
+        .lines()
+        .map(|l| {
+            if l.starts_with("push = ") {
+                format!(
+                    "push = [\"route 203.0.113.0 255.255.255.128\", \"route-ipv6 {}\"]\n",
+                    LAN_A[1]
+                )
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect::<String>()
+            + &format!(
+                "server_ipv6 = \"2001:db8:5::/64\"\niroutes = {{ client = [\"{}\", \"{}\"] }}\n",
+                LAN_B[0], LAN_B[1]
+            );
+        ours = Some(Client::start(&a.gw, &tunnel));
+        server = None;
+    } else {
+        let ccd = a.gw.dir().join("ccd");
+        std::fs::create_dir_all(&ccd).expect("create ccd");
+        // the client certificate's CN is `client`
+        std::fs::write(
+            ccd.join("client"),
+            format!(
+                "iroute 203.0.113.128 255.255.255.128\niroute-ipv6 {}\n",
+                LAN_B[1]
+            ),
+        )
         .expect("write ccd/client");
-    let conf = ovpn::server_conf(
-        &pki,
-        "192.0.2.1",
-        Proto::Udp,
-        KeyMode::TlsCrypt,
-        "AES-256-GCM",
-    )
-    .replace(
-        "push \"route 203.0.113.0 255.255.255.0\"",
-        "push \"route 203.0.113.0 255.255.255.128\"",
-    ) + &format!(
-        "client-config-dir {}\nroute 203.0.113.128 255.255.255.128\n",
-        ccd.display()
-    );
-    let server = ovpn::start_server(&a.gw, &conf);
+        let conf = ovpn::server_conf(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            "AES-256-GCM",
+        )
+        .replace(
+            "push \"route 203.0.113.0 255.255.255.0\"",
+            "push \"route 203.0.113.0 255.255.255.128\"",
+        ) + &format!(
+            "client-config-dir {}\nroute 203.0.113.128 255.255.255.128\n\
+             server-ipv6 2001:db8:5::/64\npush \"route-ipv6 {}\"\nroute-ipv6 {}\n",
+            ccd.display(),
+            LAN_A[1],
+            LAN_B[1]
+        );
+        server = Some(ovpn::start_server(&a.gw, &conf));
+        ours = None;
+    }
     let client = Client::start(
         &b.gw,
         &ovpn::client_tunnel_toml(
@@ -416,10 +456,19 @@ fn openvpn(test: &str) {
         ),
     );
     client.wait_connected(Duration::from_secs(30));
-    check(&a, &b, &[(&b, client.iface.as_str())], false, &|| {
+    tuns.push((&b, client.iface.as_str()));
+    if let Some(s) = &ours {
+        tuns.push((&a, s.iface.as_str()));
+    }
+    check(&a, &b, &tuns, true, &|| {
         client.assert_alive();
-        if let Some(st) = a.gw.try_wait(server) {
-            panic!("openvpn exited ({st}):\n{}", a.gw.log_of(server));
+        if let Some(s) = &ours {
+            s.assert_alive();
+        }
+        if let Some(pid) = server {
+            if let Some(st) = a.gw.try_wait(pid) {
+                panic!("openvpn exited ({st}):\n{}", a.gw.log_of(pid));
+            }
         }
     });
 }
@@ -446,5 +495,10 @@ fn strongswan_and_polytun_gateways_keep_checksums_right() {
 
 #[test]
 fn openvpn_and_polytun_gateways_keep_checksums_right() {
-    openvpn("sck-ov");
+    openvpn("sck-ov", false);
+}
+
+#[test]
+fn openvpn_polytun_gateways_keep_checksums_right() {
+    openvpn("sck-ovp", true);
 }

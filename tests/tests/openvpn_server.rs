@@ -703,8 +703,13 @@ fn openvpn_server_shipped_configs() {
             cl[0]["virtual_address"], "198.51.100.2/24",
             "{toml}: {cl:?}"
         );
+        assert_eq!(
+            cl[0]["virtual_address_ipv6"], "2001:db8:5::1000/64",
+            "{toml}: {cl:?}"
+        );
         wait_ping(&c, SERVER_TUN, Duration::from_secs(20));
         assert_eq!(ping(&c, SERVER_TUN, 5), 0.0, "{toml}");
+        wait_ping(&c, "2001:db8:5::1", Duration::from_secs(10));
         assert_eq!(ping(&c, ovpn::PUSHED_HOST, 5), 0.0, "{toml}: pushed route");
         s.run_ok(&[cli.to_str().unwrap(), "-i", &server.iface, "down"]);
         wait_until(

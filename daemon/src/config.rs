@@ -142,6 +142,7 @@ struct RawTunnel {
     proto: Option<String>,
     ca: Option<PathList>,
     cert: Option<PathBuf>,
+    auth_user_pass: Option<PathBuf>,
     key: Option<PathBuf>,
     tls_crypt: Option<PathBuf>,
     tls_auth: Option<PathBuf>,
@@ -597,6 +598,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 ("proto", t.proto.is_some()),
                 ("ca", t.ca.is_some()),
                 ("cert", t.cert.is_some()),
+                ("auth_user_pass", t.auth_user_pass.is_some()),
                 ("key", t.key.is_some()),
                 ("tls_crypt", t.tls_crypt.is_some()),
                 ("tls_auth", t.tls_auth.is_some()),
@@ -823,6 +825,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                         }
                     },
                     cert: t.cert.as_deref(),
+                    auth_user_pass: t.auth_user_pass.as_deref(),
                     key: t.key.as_deref(),
                     tls_crypt: t.tls_crypt.as_deref(),
                     tls_auth: t.tls_auth.as_deref(),

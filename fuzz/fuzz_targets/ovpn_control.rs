@@ -40,7 +40,7 @@ fn server_config() -> Arc<tls::rustls::ServerConfig> {
         let cert = CertificateDer::from_pem_slice(CERT.as_bytes()).unwrap();
         let id = TlsIdentity {
             cert_chain: vec![cert.clone()],
-            key: PrivateKeyDer::from_pem_slice(KEY.as_bytes()).unwrap(),
+            key: Some(PrivateKeyDer::from_pem_slice(KEY.as_bytes()).unwrap()),
             verify: PeerVerification::Fingerprints(vec![tls::fingerprint(&cert)]),
             allow_tls12: true,
         };
@@ -63,6 +63,7 @@ fuzz_target!(|data: &[u8]| {
         control_mtu: DEFAULT_CONTROL_MTU,
         reliable: ReliableConfig::default(),
         data_limits: Limits::default(),
+        credentials: None,
     };
     let mut s = Session::new(cfg, now, SystemTime::UNIX_EPOCH, rand_core::OsRng);
     let mut rest = data;

@@ -195,6 +195,116 @@ fn openvpn_tcp_ipv6_inside_the_tunnel() {
     ipv6_inside_test("ov6t", Proto::Tcp);
 }
 
+/// auth-user-pass: the server checks a username and password with a script
+/// (`auth-user-pass-verify ... via-file`) and asks for no client
+/// certificate it needs (`verify-client-cert optional`). polytund sends them
+/// from a file, here without a certificate at all; a wrong password is
+/// refused with a clear line, and the failing client keeps retrying without
+/// disturbing the good one.
+#[test]
+fn openvpn_auth_user_pass() {
+    use std::os::unix::fs::PermissionsExt;
+    let (s, c, pki) = setup("ovap");
+    let script = s.write_file(
+        "check-user.sh",
+        "#!/bin/sh\n[ \"$(sed -n 1p \"$1\")\" = alice ] && [ \"$(sed -n 2p \"$1\")\" = 'open sesame' ]\n",
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = ovpn::server_conf(
+        &pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        "AES-256-GCM",
+    ) + &format!(
+        "script-security 2\nauth-user-pass-verify {} via-file\nverify-client-cert optional\n",
+        script.display()
+    );
+    let server = ovpn::start_server(&s, &conf);
+    let base = ovpn::client_tunnel_toml(
+        &pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        &["AES-256-GCM"],
+        &pki.path("ta.key"),
+    );
+    let good_file = c.write_file("good.pass", "alice\nopen sesame\n");
+    let no_cert: String = base
+        .lines()
+        .filter(|l| !l.starts_with("cert = ") && !l.starts_with("key = "))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        + &format!("auth_user_pass = \"{}\"\n", good_file.display());
+    let good = Client::start(&c, &no_cert);
+    good.wait_connected(Duration::from_secs(30));
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    assert_eq!(
+        ping(&c, ovpn::SERVER_TUN, 5),
+        0.0,
+        "ping loss through the tunnel"
+    );
+    assert!(
+        s.log_of(server).contains("alice"),
+        "the server saw the username:\n{}",
+        s.log_of(server)
+    );
+    // A renegotiation sends them again, and the server checks them again.
+    let checks = |log: String| log.matches("alice").count();
+    let before = checks(s.log_of(server));
+    let cli = polytun_e2e::bins::polytun();
+    c.run_ok(&[cli.to_str().unwrap(), "-i", &good.iface, "rekey"]);
+    assert_eq!(
+        ping(&c, ovpn::SERVER_TUN, 10),
+        0.0,
+        "ping through the renegotiation"
+    );
+    polytun_e2e::wait_until(
+        "the renegotiated key to carry the traffic",
+        Duration::from_secs(30),
+        || good.session()["key_id"] == 1,
+    );
+    assert!(
+        checks(s.log_of(server)) > before,
+        "the server saw the username again"
+    );
+    // a certificate, but the wrong password
+    let bad_file = c.write_file("bad.pass", "alice\nwrong\n");
+    let bad = Client::start(
+        &c,
+        &format!(
+            "{base}auth_user_pass = \"{}\"\nhand_window = 10\n",
+            bad_file.display()
+        ),
+    );
+    polytun_e2e::wait_until(
+        "polytund to report the refused password",
+        Duration::from_secs(30),
+        || bad.log().contains("refused the authentication"),
+    );
+    let line = bad
+        .log()
+        .lines()
+        .find(|l| l.contains("refused the authentication"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("AUTH_FAILED") && line.contains("auth_user_pass"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("open sesame") && !line.contains("wrong"),
+        "no password in the log: {line}"
+    );
+    bad.assert_alive();
+    assert_ne!(bad.session()["state"], "connected");
+    assert_eq!(
+        ping(&c, ovpn::SERVER_TUN, 3),
+        0.0,
+        "the good client is undisturbed"
+    );
+}
+
 /// configs/openvpn-client.toml + .ovpn, as shipped, with this test's PKI.
 #[test]
 fn openvpn_ovpn_file_client() {

@@ -34,6 +34,22 @@ pub enum KeyMethodError {
     OptionsTooLong(usize),
 }
 
+/// `auth-user-pass`: what a client sends in its key method 2 messages
+/// (every key, renegotiations too, as OpenVPN does without an auth-token).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A key method 2 message.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KeyMethod2 {

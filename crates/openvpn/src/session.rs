@@ -57,6 +57,8 @@ pub struct SessionConfig {
     pub control_mtu: usize,
     pub reliable: ReliableConfig,
     pub data_limits: Limits,
+    /// Client: `auth-user-pass`.
+    pub credentials: Option<keymethod::Credentials>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -483,10 +485,14 @@ impl Session {
         }
         if self.primary.tls_done && !self.primary.km2_sent {
             let is_client = self.is_client();
+            let (username, password) = match (&self.cfg.credentials, is_client) {
+                (Some(c), true) => (c.username.clone(), c.password.clone()),
+                _ => (String::new(), Zeroizing::new(String::new())),
+            };
             let km = KeyMethod2 {
                 options: keymethod::options_string(is_client, self.cfg.udp),
-                username: String::new(),
-                password: Zeroizing::new(String::new()),
+                username,
+                password,
                 peer_info: if is_client {
                     keymethod::client_peer_info(&self.cfg.ciphers)
                 } else {

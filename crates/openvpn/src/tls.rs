@@ -48,6 +48,8 @@ pub enum TlsError {
     NotReady,
     #[error("TLS: peer certificate refused: {0}")]
     PeerRejected(String),
+    #[error("TLS: a server needs its certificate and key")]
+    NoServerCertificate,
 }
 
 /// rustls shows our own refusal reasons with Debug formatting: unwrap them.
@@ -72,8 +74,11 @@ pub enum PeerVerification {
 /// Certificates and keys of one side.
 #[derive(Debug)]
 pub struct TlsIdentity {
+    /// Our certificate chain and its key. A client may go without
+    /// (`auth-user-pass` against a server with `verify-client-cert none`);
+    /// a server may not.
     pub cert_chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
+    pub key: Option<PrivateKeyDer<'static>>,
     pub verify: PeerVerification,
     /// Allow TLS 1.2 besides 1.3 (OpenVPN's `tls-version-min 1.2`).
     pub allow_tls12: bool,
@@ -491,11 +496,16 @@ pub fn client_config_with_policy(
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let p = provider();
     let v = Arc::new(Verifier::new(id.verify.clone(), policy.clone(), p.clone())?);
-    let cfg = ClientConfig::builder_with_provider(p)
+    let b = ClientConfig::builder_with_provider(p)
         .with_protocol_versions(versions(id.allow_tls12))?
         .dangerous()
-        .with_custom_certificate_verifier(v)
-        .with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key())?;
+        .with_custom_certificate_verifier(v);
+    let cfg = match &id.key {
+        Some(key) if !id.cert_chain.is_empty() => {
+            b.with_client_auth_cert(id.cert_chain.clone(), key.clone_key())?
+        }
+        _ => b.with_no_client_auth(),
+    };
     Ok(Arc::new(cfg))
 }
 
@@ -514,7 +524,13 @@ pub fn server_config_with_policy(
     let cfg = ServerConfig::builder_with_provider(p)
         .with_protocol_versions(versions(id.allow_tls12))?
         .with_client_cert_verifier(v)
-        .with_single_cert(id.cert_chain.clone(), id.key.clone_key())?;
+        .with_single_cert(
+            id.cert_chain.clone(),
+            id.key
+                .as_ref()
+                .ok_or(TlsError::NoServerCertificate)?
+                .clone_key(),
+        )?;
     Ok(Arc::new(cfg))
 }
 

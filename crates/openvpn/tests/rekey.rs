@@ -57,6 +57,7 @@ fn config(role: Role, wrap: ControlWrap) -> SessionConfig {
         control_mtu: DEFAULT_CONTROL_MTU,
         reliable: ReliableConfig::default(),
         data_limits: Limits::default(),
+        credentials: None,
     }
 }
 
@@ -64,7 +65,7 @@ fn sessions(now: Instant) -> (Session, Session) {
     let (ca, server, client) = pki();
     let ident = |(c, k): &Cert| TlsIdentity {
         cert_chain: vec![c.clone()],
-        key: k.clone_key(),
+        key: Some(k.clone_key()),
         verify: PeerVerification::Ca(vec![ca.clone()]),
         allow_tls12: false,
     };

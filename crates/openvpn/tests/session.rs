@@ -49,7 +49,7 @@ fn ident(
 ) -> TlsIdentity {
     TlsIdentity {
         cert_chain: vec![cert.clone()],
-        key: key.clone_key(),
+        key: Some(key.clone_key()),
         verify,
         allow_tls12: false,
     }
@@ -64,6 +64,7 @@ fn config(role: Role, wrap: ControlWrap, ciphers: Vec<Cipher>) -> SessionConfig 
         control_mtu: DEFAULT_CONTROL_MTU,
         reliable: ReliableConfig::default(),
         data_limits: Limits::default(),
+        credentials: None,
     }
 }
 

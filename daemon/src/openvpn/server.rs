@@ -90,8 +90,12 @@ fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         None => PeerVerification::Fingerprints(s.peer_fingerprints.clone()),
     };
     let id = TlsIdentity {
-        cert_chain: parse_certs(&s.cert),
-        key: PrivateKeyDer::from_pem_slice(s.key.as_bytes())?,
+        cert_chain: s.cert.as_deref().map(parse_certs).unwrap_or_default(),
+        key: s
+            .key
+            .as_ref()
+            .map(|k| PrivateKeyDer::from_pem_slice(k.as_bytes()))
+            .transpose()?,
         verify,
         allow_tls12: true,
     };
@@ -586,6 +590,7 @@ impl Server {
             control_mtu: DEFAULT_CONTROL_MTU,
             reliable: ReliableConfig::default(),
             data_limits: Limits::default(),
+            credentials: None,
         };
         let mut session = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
         session.set_hand_window(now, self.settings.hand_window);

@@ -8,6 +8,7 @@
 use crate::config::ConfigError;
 use ipnet::IpNet;
 use polytun_openvpn::data::Cipher;
+use polytun_openvpn::keymethod::Credentials;
 use polytun_openvpn::rekey::{RekeyConfig, RenegSec};
 use polytun_openvpn::static_key::StaticKey;
 use polytun_openvpn::tls::{CertUsage, PeerPolicy, X509NameCheck};
@@ -66,8 +67,12 @@ pub struct OpenVpn {
     pub transport: Transport,
     /// CA certificates (PEM); None with `peer_fingerprints`.
     pub ca: Option<String>,
-    pub cert: String,
-    pub key: Zeroizing<String>,
+    /// Our certificate and key (PEM); a client with `credentials` may go
+    /// without (a server with `verify-client-cert none`).
+    pub cert: Option<String>,
+    pub key: Option<Zeroizing<String>>,
+    /// Client: `auth-user-pass`.
+    pub credentials: Option<Credentials>,
     pub key_mode: KeyMode,
     pub data_ciphers: Vec<Cipher>,
     pub peer_fingerprints: Vec<[u8; 32]>,
@@ -130,6 +135,7 @@ pub struct RawFields<'a> {
     pub ca: Option<&'a Path>,
     pub cert: Option<&'a Path>,
     pub key: Option<&'a Path>,
+    pub auth_user_pass: Option<&'a Path>,
     pub tls_crypt: Option<&'a Path>,
     pub tls_auth: Option<&'a Path>,
     pub key_direction: Option<u8>,
@@ -177,6 +183,7 @@ struct Collected {
     key: Option<(Material, Src)>,
     tls_crypt: Option<(Material, Src)>,
     tls_auth: Option<(Material, Src)>,
+    auth_user_pass: Option<(Material, Src)>,
     key_direction: Option<(u8, Src)>,
     auth: Option<(String, Src)>,
     data_ciphers: Option<(Vec<String>, Src)>,
@@ -233,6 +240,7 @@ pub fn build(
     c.key = mat(raw.key, "key").or(c.key);
     c.tls_crypt = mat(raw.tls_crypt, "tls_crypt").or(c.tls_crypt);
     c.tls_auth = mat(raw.tls_auth, "tls_auth").or(c.tls_auth);
+    c.auth_user_pass = mat(raw.auth_user_pass, "auth_user_pass").or(c.auth_user_pass);
     if let Some(d) = raw.key_direction {
         c.key_direction = Some((d, t("key_direction")));
     }
@@ -454,19 +462,37 @@ fn finish(
                 .map_err(|e| err(&m.1, format!("cannot read {}: {e}", p.display()))),
         }
     };
-    let cert_m = c.cert.as_ref().ok_or_else(|| missing("cert", "cert"))?;
-    let cert = read(cert_m)?;
-    if parse_certs(&cert).is_empty() {
-        return Err(err(&cert_m.1, "no PEM certificate found".into()));
-    }
-    let key_m = c.key.as_ref().ok_or_else(|| missing("key", "key"))?;
-    let key = read(key_m)?;
-    PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| {
-        err(
-            &key_m.1,
-            format!("no usable PEM private key (PKCS#8, SEC1 or PKCS#1): {e}"),
-        )
-    })?;
+    let credentials = match &c.auth_user_pass {
+        None => None,
+        Some(m) if is_server => {
+            return Err(err(
+                &m.1,
+                "a client setting (a polytun server does not check usernames and passwords)".into(),
+            ))
+        }
+        Some(m) => Some(credentials(&read(m)?).map_err(|why| err(&m.1, why))?),
+    };
+    // Without a certificate only with a username and password (a server
+    // with `verify-client-cert none`), as OpenVPN allows.
+    let (cert, key) = match (&c.cert, &c.key) {
+        (None, None) if credentials.is_some() => (None, None),
+        (cert_m, key_m) => {
+            let cert_m = cert_m.as_ref().ok_or_else(|| missing("cert", "cert"))?;
+            let cert = read(cert_m)?;
+            if parse_certs(&cert).is_empty() {
+                return Err(err(&cert_m.1, "no PEM certificate found".into()));
+            }
+            let key_m = key_m.as_ref().ok_or_else(|| missing("key", "key"))?;
+            let key = read(key_m)?;
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| {
+                err(
+                    &key_m.1,
+                    format!("no usable PEM private key (PKCS#8, SEC1 or PKCS#1): {e}"),
+                )
+            })?;
+            (Some(cert.to_string()), Some(key))
+        }
+    };
     let ca = match &c.ca {
         Some(m) => {
             let ca = read(m)?;
@@ -567,8 +593,9 @@ fn finish(
         remote,
         transport,
         ca,
-        cert: cert.to_string(),
+        cert,
         key,
+        credentials,
         key_mode,
         data_ciphers,
         peer_fingerprints,
@@ -823,6 +850,21 @@ enum Family {
     Any,
 }
 
+/// An `auth-user-pass` file: the username on the first line, the
+/// password on the second.
+fn credentials(text: &str) -> Result<Credentials, String> {
+    let mut lines = text.lines().map(|l| l.trim_end_matches('\r'));
+    let username = lines.next().unwrap_or("").to_string();
+    let password = lines.next();
+    match password {
+        Some(p) if !username.is_empty() => Ok(Credentials {
+            username,
+            password: Zeroizing::new(p.to_string()),
+        }),
+        _ => Err("expected the username on the first line and the password on the second".into()),
+    }
+}
+
 /// A network as OpenVPN writes it: `NET [MASK]` (no mask: a host) or
 /// `NET/BITS` (a bare IPv6 address: a /128). The host bits must be clear.
 fn network(s: &str, family: Family) -> Result<IpNet, String> {
@@ -968,6 +1010,7 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
                 "key" => c.key = m,
                 "tls-crypt" => c.tls_crypt = m,
                 "tls-auth" => c.tls_auth = m,
+                "auth-user-pass" => c.auth_user_pass = m,
                 "peer-fingerprint" => {
                     for f in body.lines().map(str::trim).filter(|l| !l.is_empty()) {
                         c.fingerprints.push((f.to_string(), src.clone()));
@@ -1093,6 +1136,24 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
             "cert" => set_mat(&mut c.cert, arg(0)?),
             "key" => set_mat(&mut c.key, arg(0)?),
             "tls-crypt" => set_mat(&mut c.tls_crypt, arg(0)?),
+            "auth-user-pass" => {
+                match args.first() {
+                    Some(a) => set_mat(&mut c.auth_user_pass, a),
+                    // (a `<auth-user-pass>` block may come before or after)
+                    None if c.auth_user_pass.is_some() => {}
+                    None => return Err(e(
+                        ln,
+                        opt,
+                        "`auth-user-pass` without a file: polytund runs as a service and cannot \
+                         ask; give a file with the username and the password on two lines \
+                         (`auth-user-pass FILE`, or an <auth-user-pass> block)"
+                            .into(),
+                    )),
+                }
+            }
+            // OpenVPN's interactive retry and its wait for an auth token:
+            // polytund retries with back-off whatever the setting.
+            "auth-retry" => {}
             "tls-auth" => {
                 set_mat(&mut c.tls_auth, arg(0)?);
                 if let Some(d) = args.get(1) {
@@ -1274,6 +1335,100 @@ mod tests {
     }
 
     const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIUJ4vC4gpjUcsrO1YQmMY3HZ0hm4kwCgYIKoZIzj0EAwIw\nETEPMA0GA1UEAwwGcG92LWNhMB4XDTI0MDEwMTAwMDAwMFoXDTM0MDEwMTAwMDAw\nMFowETEPMA0GA1UEAwwGcG92LWNhMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END CERTIFICATE-----\n";
+
+    /// auth-user-pass: from a file or an inline block; no certificate
+    /// needed with it; no file (polytund cannot ask) or one line is an error.
+    #[test]
+    fn auth_user_pass_settings() {
+        let dir = std::env::temp_dir().join(format!("pt-ovpnaup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, _k) = cert_and_key(&dir);
+        let pass = dir.join("pass.txt");
+        std::fs::write(&pass, "alice\r\nopen sesame\r\n").unwrap();
+        let p = dir.join("c.ovpn");
+        let head = format!(
+            "client\ndev tun\nremote 192.0.2.1 1194\nca {}\n",
+            c.display()
+        );
+        std::fs::write(
+            &p,
+            format!("{head}auth-user-pass pass.txt\nauth-nocache\nauth-retry nointeract\n"),
+        )
+        .unwrap();
+        let raw = RawFields {
+            config: Some(&p),
+            ..Default::default()
+        };
+        let o = build(&raw, &dir, &terr).unwrap();
+        let cr = o.credentials.as_ref().unwrap();
+        assert_eq!(
+            (cr.username.as_str(), cr.password.as_str()),
+            ("alice", "open sesame")
+        );
+        assert_eq!((o.cert.as_deref(), o.key.is_none()), (None, true));
+        assert!(
+            !format!("{o:?}").contains("open sesame"),
+            "password in Debug"
+        );
+        // inline, after the option without a file
+        std::fs::write(
+            &p,
+            format!("{head}auth-user-pass\n<auth-user-pass>\nbob\npw\n</auth-user-pass>\n"),
+        )
+        .unwrap();
+        let e = build(&raw, &dir, &terr).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(5), "auth-user-pass"),
+            "{e}"
+        );
+        std::fs::write(
+            &p,
+            format!("{head}<auth-user-pass>\nbob\npw\n</auth-user-pass>\nauth-user-pass\n"),
+        )
+        .unwrap();
+        let o = build(&raw, &dir, &terr).unwrap();
+        assert_eq!(o.credentials.unwrap().username, "bob");
+        std::fs::write(&pass, "alice\n").unwrap();
+        std::fs::write(&p, format!("{head}auth-user-pass pass.txt\n")).unwrap();
+        let e = build(&raw, &dir, &terr).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(5), "auth-user-pass"),
+            "{e}"
+        );
+        // without credentials a certificate is needed
+        std::fs::write(&p, &head).unwrap();
+        assert_eq!(build(&raw, &dir, &terr).unwrap_err().field, "cert");
+        // TOML
+        std::fs::write(&pass, "carol\nx\n").unwrap();
+        let raw = RawFields {
+            remote: Some("192.0.2.1"),
+            ca: Some(&c),
+            auth_user_pass: Some(&pass),
+            ..Default::default()
+        };
+        assert_eq!(
+            build(&raw, &dir, &terr)
+                .unwrap()
+                .credentials
+                .unwrap()
+                .username,
+            "carol"
+        );
+        let e = build(
+            &RawFields {
+                mode: Some("server"),
+                server: Some("198.51.100.0/24"),
+                ..raw
+            },
+            &dir,
+            &terr,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "auth_user_pass", "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn ovpn_errors_name_the_line() {

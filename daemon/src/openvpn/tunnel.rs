@@ -69,8 +69,12 @@ fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         None => PeerVerification::Fingerprints(s.peer_fingerprints.clone()),
     };
     let id = TlsIdentity {
-        cert_chain: parse_certs(&s.cert),
-        key: PrivateKeyDer::from_pem_slice(s.key.as_bytes())?,
+        cert_chain: s.cert.as_deref().map(parse_certs).unwrap_or_default(),
+        key: s
+            .key
+            .as_ref()
+            .map(|k| PrivateKeyDer::from_pem_slice(k.as_bytes()))
+            .transpose()?,
         verify,
         allow_tls12: true,
     };
@@ -401,6 +405,7 @@ impl Control {
             control_mtu: DEFAULT_CONTROL_MTU,
             reliable: ReliableConfig::default(),
             data_limits: Limits::default(),
+            credentials: self.settings.credentials.clone(),
         };
         let mut s = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
         s.set_hand_window(now, self.settings.hand_window);
@@ -501,7 +506,14 @@ impl Control {
                     self.name
                 ),
                 Event::Failed(why) => {
-                    let why = if !self.answered {
+                    let why = if why.contains("AUTH_FAILED") {
+                        let hint = if self.settings.credentials.is_some() {
+                            "check the username and password in auth_user_pass"
+                        } else {
+                            "if it wants a username and password, give them with auth_user_pass"
+                        };
+                        format!("the server refused the authentication: {why} ({hint})")
+                    } else if !self.answered {
                         format!(
                             "{why} (no valid answer from the server: check remote, proto and the \
                              {} key)",

@@ -16,10 +16,10 @@
 //!   removes silent ones; both free the address and the peer-id.
 
 use super::datapath::{self, Dg, Routes, Routing, Rx, TunWriter};
-use super::settings::{parse_certs, OpenVpn, ServerSettings, Transport};
+use super::settings::{OpenVpn, ServerSettings, Transport};
 use super::state::{Link, Shared, ToControl};
 use super::tcp::{Ended, TcpLink};
-use super::tunnel::{control_wrap, TunnelCommand, TunnelHandle};
+use super::tunnel::{control_wrap, tls_identity, TunnelCommand, TunnelHandle};
 use crate::control::{Drops, OpenVpnShow, TunnelShow};
 use crate::datapath::DropCounters;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -30,10 +30,8 @@ use polytun_openvpn::reliable::ReliableConfig;
 use polytun_openvpn::session::{
     Event, Output, Role, Session, SessionConfig, SessionError, DEFAULT_CONTROL_MTU,
 };
-use polytun_openvpn::tls::{self, PeerVerification, TlsIdentity};
+use polytun_openvpn::tls;
 use polytun_openvpn::wrap::ControlWrap;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::PrivateKeyDer;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -85,21 +83,7 @@ fn read(t: &ServerTables) -> std::sync::RwLockReadGuard<'_, Tables> {
 }
 
 fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let verify = match &s.ca {
-        Some(ca) => PeerVerification::Ca(parse_certs(ca)),
-        None => PeerVerification::Fingerprints(s.peer_fingerprints.clone()),
-    };
-    let id = TlsIdentity {
-        cert_chain: s.cert.as_deref().map(parse_certs).unwrap_or_default(),
-        key: s
-            .key
-            .as_ref()
-            .map(|k| PrivateKeyDer::from_pem_slice(k.as_bytes()))
-            .transpose()?,
-        verify,
-        allow_tls12: true,
-    };
-    Ok(tls::server_config(&id)?)
+    Ok(tls::server_config(&tls_identity(s)?)?)
 }
 
 /// Starts the server: its socket or listener, its data-path threads

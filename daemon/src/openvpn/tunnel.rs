@@ -62,8 +62,9 @@ fn bind_udp() -> std::io::Result<UdpSocket> {
         .or_else(|_| UdpSocket::bind_for_thread(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)))
 }
 
-/// The rustls client configuration of these settings.
-fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+/// Our certificate and key (if any) and how the peer is checked, from
+/// the settings (client and server alike).
+pub(super) fn tls_identity(s: &OpenVpn) -> anyhow::Result<TlsIdentity> {
     let verify = match &s.ca {
         Some(ca) => PeerVerification::Ca(parse_certs(ca)),
         None => PeerVerification::Fingerprints(s.peer_fingerprints.clone()),
@@ -78,7 +79,15 @@ fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         verify,
         allow_tls12: true,
     };
-    Ok(tls::client_config_with_policy(&id, &s.policy)?)
+    Ok(id)
+}
+
+/// The rustls client configuration of these settings.
+fn tls_config(s: &OpenVpn) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    Ok(tls::client_config_with_policy(
+        &tls_identity(s)?,
+        &s.policy,
+    )?)
 }
 
 pub(super) fn control_wrap(s: &OpenVpn, is_server: bool) -> ControlWrap {

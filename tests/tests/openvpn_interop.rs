@@ -305,6 +305,71 @@ fn openvpn_auth_user_pass() {
     );
 }
 
+/// A one-time password and the server's auth-token (`auth-gen-token`, valid
+/// for two renewal periods of 60 s): the server's check accepts the
+/// password once, so its two renegotiations succeed only because polytund
+/// sends the pushed token in its place. The token never reaches polytund's
+/// log (before, the not-applied warning printed it whole).
+#[test]
+fn openvpn_auth_token_stands_in_for_a_one_time_password() {
+    use std::os::unix::fs::PermissionsExt;
+    let (s, c, pki) = setup("ovat");
+    let used = s.dir().join("otp-used");
+    let script = s.write_file(
+        "check-otp.sh",
+        &format!(
+            "#!/bin/sh\n[ -e {u} ] && exit 1\n[ \"$(sed -n 1p \"$1\")\" = alice ] && \
+             [ \"$(sed -n 2p \"$1\")\" = 123456 ] && touch {u}\n",
+            u = used.display()
+        ),
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = ovpn::server_conf(
+        &pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        "AES-256-GCM",
+    ) + &format!(
+        "script-security 2\nauth-user-pass-verify {} via-file\nauth-gen-token 600 60\n\
+             hand-window 3\nreneg-sec 6\n",
+        script.display()
+    );
+    let server = ovpn::start_server(&s, &conf);
+    let otp = c.write_file("otp.pass", "alice\n123456\n");
+    let tunnel = ovpn::client_tunnel_toml(
+        &pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        &["AES-256-GCM"],
+        &pki.path("ta.key"),
+    ) + &format!("auth_user_pass = \"{}\"\n", otp.display());
+    let client = Client::start(&c, &tunnel);
+    client.wait_connected(Duration::from_secs(30));
+    assert!(used.exists(), "the one-time password was used");
+    let since = client.session()["connected_since_unix"].clone();
+    polytun_e2e::wait_until(
+        "two renegotiations with the token",
+        Duration::from_secs(40),
+        || client.session()["key_id"].as_u64().unwrap_or(0) >= 2,
+    );
+    assert_eq!(
+        ping(&c, ovpn::SERVER_TUN, 5),
+        0.0,
+        "ping after the renegotiations"
+    );
+    let sess = client.session();
+    assert_eq!(sess["connected_since_unix"], since, "no reconnect: {sess}");
+    assert!(
+        !client.log().contains("SESS_ID"),
+        "the token reached the log:\n{}",
+        client.log()
+    );
+    assert!(!client.log().contains("AUTH_FAILED"), "{}", client.log());
+    assert!(s.try_wait(server).is_none());
+}
+
 /// configs/openvpn-client.toml + .ovpn, as shipped, with this test's PKI.
 #[test]
 fn openvpn_ovpn_file_client() {

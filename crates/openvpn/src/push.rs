@@ -24,6 +24,18 @@ pub struct Route {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// `auth-token TOKEN`: what a client sends instead of its password from the
+/// next key on (a server's `auth-gen-token`; renewed by later replies). A
+/// credential: kept out of `Debug` and wiped on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthToken(pub zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthToken(..)")
+    }
+}
+
 /// `route-ipv6 NETWORK/BITS [GATEWAY]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route6 {
@@ -58,6 +70,7 @@ pub struct PushReply {
     pub ping: Option<u32>,
     pub ping_restart: Option<u32>,
     pub tun_mtu: Option<u32>,
+    pub auth_token: Option<AuthToken>,
     /// `protocol-flags` (e.g. `cc-exit tls-ekm dyn-tls-crypt`) and
     /// `key-derivation tls-ekm`.
     pub protocol_flags: Vec<String>,
@@ -156,6 +169,13 @@ impl PushReply {
                 }
                 // Obsolete since OpenVPN 2.4 (every TUN carries IPv6), still pushed.
                 "tun-ipv6" => {}
+                "auth-token" => {
+                    let t = w.next().ok_or(PushError::Bad {
+                        option: kw.to_string(), // (never the token: it is a credential)
+                        why: "expected a token",
+                    })?;
+                    self.auth_token = Some(AuthToken(zeroize::Zeroizing::new(t.to_string())));
+                }
                 "topology" => self.topology = w.next().map(str::to_string),
                 "route-gateway" => self.route_gateway = Some(ip(opt, w.next())?),
                 "route" => {
@@ -293,6 +313,23 @@ mod tests {
         ] {
             assert!(PushReply::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// `auth-gen-token` servers push `auth-token`: taken, and never shown.
+    #[test]
+    fn auth_token() {
+        let r = PushReply::parse(
+            "PUSH_REPLY,peer-id 0,auth-token SESS_ID_AT_c2VjcmV0,cipher AES-256-GCM",
+        )
+        .unwrap();
+        assert_eq!(
+            r.auth_token.as_ref().unwrap().0.as_str(),
+            "SESS_ID_AT_c2VjcmV0"
+        );
+        assert!(r.unknown.is_empty(), "{:?}", r.unknown);
+        assert!(!format!("{r:?}").contains("c2VjcmV0"), "token in Debug");
+        let e = PushReply::parse("PUSH_REPLY,auth-token").unwrap_err();
+        assert!(e.to_string().contains("auth-token"), "{e}");
     }
 
     #[test]

@@ -386,13 +386,27 @@ impl Session {
         }
         if u.key_id != self.primary.key_id {
             if let Some(l) = self.lame.as_mut().filter(|l| l.ks.key_id == u.key_id) {
-                // Only acknowledged: the peer may still retransmit its last
-                // message of the old key.
+                // Acknowledged: the peer may still retransmit its last
+                // message of the old key. Read only for a renewed
+                // auth-token, which an OpenVPN server may send on the old
+                // key's channel just before it resets.
                 l.ks.reliable.on_acks(&body.acks);
                 if let Some(id) = body.message_id {
                     l.ks.reliable.on_message(u.opcode, id, body.payload);
                 }
-                while l.ks.reliable.recv().is_some() {}
+                while let Some((op, payload)) = l.ks.reliable.recv() {
+                    if let (Opcode::ControlV1, Some(tls)) = (op, l.ks.tls.as_mut()) {
+                        if tls.feed(&payload).is_ok() {
+                            let _ = tls.read_plaintext(&mut l.ks.plaintext);
+                        }
+                    }
+                }
+                while let Some(nul) = l.ks.plaintext.iter().position(|b| *b == 0) {
+                    let msg: Vec<u8> = l.ks.plaintext.drain(..=nul).collect();
+                    if let Some(t) = renewed_token(&String::from_utf8_lossy(&msg[..nul])) {
+                        self.push.auth_token = Some(t);
+                    }
+                }
                 self.flush(now);
                 return Ok(());
             }
@@ -485,8 +499,16 @@ impl Session {
         }
         if self.primary.tls_done && !self.primary.km2_sent {
             let is_client = self.is_client();
+            // With a server's auth-token, the token stands for the password
+            // (a one-time password is not asked again at a renegotiation).
             let (username, password) = match (&self.cfg.credentials, is_client) {
-                (Some(c), true) => (c.username.clone(), c.password.clone()),
+                (Some(c), true) => (
+                    c.username.clone(),
+                    self.push
+                        .auth_token
+                        .as_ref()
+                        .map_or_else(|| c.password.clone(), |t| t.0.clone()),
+                ),
                 _ => (String::new(), Zeroizing::new(String::new())),
             };
             let km = KeyMethod2 {
@@ -627,7 +649,12 @@ impl Session {
             self.install_first(now, cipher, peer_id)?;
         } else if msg.starts_with("PUSH_REPLY") && self.is_client() {
             if self.phase == Phase::Active {
-                return Ok(()); // a repeated reply (or one after a renegotiation)
+                // A repeated reply, or one after a renegotiation: only a
+                // renewed auth-token is taken from it.
+                if let Some(t) = renewed_token(msg) {
+                    self.push.auth_token = Some(t);
+                }
+                return Ok(());
             }
             self.push
                 .merge(msg)
@@ -723,4 +750,12 @@ impl Session {
             }
         }
     }
+}
+
+/// The auth-token of a later `PUSH_REPLY` (a server renewing it), if any.
+fn renewed_token(msg: &str) -> Option<crate::push::AuthToken> {
+    if !msg.starts_with("PUSH_REPLY") {
+        return None;
+    }
+    PushReply::parse(msg).ok()?.auth_token
 }

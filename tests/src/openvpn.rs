@@ -374,3 +374,23 @@ pub fn server_tunnel_toml(
             .join(", ")
     )
 }
+
+/// A server `[[tunnel]]` (from [`server_tunnel_toml`]) whose `push` list is
+/// `push` instead.
+pub fn with_push(tunnel: &str, push: &[&str]) -> String {
+    let list = push
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    tunnel
+        .lines()
+        .map(|l| {
+            if l.starts_with("push = ") {
+                format!("push = [{list}]\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}

@@ -409,9 +409,15 @@ fn server_ipv6_test(test: &str, proto: Proto) {
     ]);
     // (on every address: the second client comes over a second link)
     let tunnel = ovpn::server_tunnel_toml(&pki, "", proto, KeyMode::TlsCrypt, &ALL)
-        .replace("local = \"\"\n", "")
-        .replace("push = [", "push = [\"route-ipv6 2001:db8:77::/64\", ")
-        + "server_ipv6 = \"2001:db8:5::/64\"\n";
+        .replace("local = \"\"\n", "");
+    let tunnel = ovpn::with_push(
+        &tunnel,
+        &[
+            "route-ipv6 2001:db8:77::/64",
+            "route 203.0.113.0 255.255.255.0",
+            &format!("dhcp-option DNS {}", ovpn::PUSHED_DNS),
+        ],
+    ) + "server_ipv6 = \"2001:db8:5::/64\"\n";
     let server = Client::start(&s, &tunnel);
     assert!(
         server
@@ -527,13 +533,10 @@ fn openvpn_server_iroutes_reach_a_lan_behind_the_client() {
         "net.ipv6.conf.all.forwarding=1",
     ]);
     let pki = Pki::new(&s);
-    let tunnel: String =
-        ovpn::server_tunnel_toml(&pki, "192.0.2.1", Proto::Udp, KeyMode::TlsCrypt, &ALL)
-            .lines()
-            .filter(|l| !l.starts_with("push = "))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-            + "server_ipv6 = \"2001:db8:5::/64\"\n\
+    let tunnel = ovpn::with_push(
+        &ovpn::server_tunnel_toml(&pki, "192.0.2.1", Proto::Udp, KeyMode::TlsCrypt, &ALL),
+        &[],
+    ) + "server_ipv6 = \"2001:db8:5::/64\"\n\
            iroutes = { client = [\"203.0.113.0/24\", \"2001:db8:10::/64\"] }\n";
     let server = Client::start(&s, &tunnel);
     let routes = s.run_ok(&["ip", "route", "show", "dev", &server.iface]);

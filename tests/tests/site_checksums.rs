@@ -387,29 +387,22 @@ fn openvpn(test: &str, server_is_polytun: bool) {
     let mut tuns = Vec::new();
     let (server, ours);
     if server_is_polytun {
-        let tunnel = ovpn::server_tunnel_toml(
-            &pki,
-            "192.0.2.1",
-            Proto::Udp,
-            KeyMode::TlsCrypt,
-            &["AES-256-GCM"],
-        )
-        .lines()
-        .map(|l| {
-            if l.starts_with("push = ") {
-                format!(
-                    "push = [\"route 203.0.113.0 255.255.255.128\", \"route-ipv6 {}\"]\n",
-                    LAN_A[1]
-                )
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect::<String>()
-            + &format!(
-                "server_ipv6 = \"2001:db8:5::/64\"\niroutes = {{ client = [\"{}\", \"{}\"] }}\n",
-                LAN_B[0], LAN_B[1]
-            );
+        let tunnel = ovpn::with_push(
+            &ovpn::server_tunnel_toml(
+                &pki,
+                "192.0.2.1",
+                Proto::Udp,
+                KeyMode::TlsCrypt,
+                &["AES-256-GCM"],
+            ),
+            &[
+                "route 203.0.113.0 255.255.255.128",
+                &format!("route-ipv6 {}", LAN_A[1]),
+            ],
+        ) + &format!(
+            "server_ipv6 = \"2001:db8:5::/64\"\niroutes = {{ client = [\"{}\", \"{}\"] }}\n",
+            LAN_B[0], LAN_B[1]
+        );
         ours = Some(Client::start(&a.gw, &tunnel));
         server = None;
     } else {

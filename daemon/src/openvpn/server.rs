@@ -241,6 +241,14 @@ fn client_addr6(pool: &Ipv4Net, pool6: &Ipv6Net, vaddr: Ipv4Addr) -> Option<Ipv6
     pool6.contains(&a).then_some(a)
 }
 
+/// The networks behind `p` (`iroutes` for its certificate's common name).
+fn iroutes<'a>(srv: &'a ServerSettings, p: &Peer) -> &'a [IpNet] {
+    p.common_name
+        .as_ref()
+        .and_then(|cn| srv.iroutes.get(cn))
+        .map_or(&[], Vec::as_slice)
+}
+
 /// One client.
 struct Peer {
     peer_id: u32,
@@ -252,10 +260,8 @@ struct Peer {
     vaddr: Ipv4Addr,
     /// With `server-ipv6`.
     vaddr6: Option<Ipv6Addr>,
-    /// From its certificate, once TLS is up.
+    /// From its certificate, once TLS is up; keys its iroutes.
     common_name: Option<String>,
-    /// The networks behind it (`iroutes` for its common name).
-    iroutes: Vec<IpNet>,
     connected_since: Option<SystemTime>,
     tls_version: Option<String>,
 }
@@ -597,7 +603,6 @@ impl Server {
                 vaddr,
                 vaddr6,
                 common_name: None,
-                iroutes: Vec::new(),
                 connected_since: None,
                 tls_version: None,
             },
@@ -702,14 +707,11 @@ impl Server {
                     p.tls_version = Some(version);
                     // Its networks (iroutes) are known by name, once the
                     // certificate has been checked.
-                    let nets = common_name
-                        .as_ref()
-                        .and_then(|cn| self.srv.iroutes.get(cn))
-                        .cloned()
-                        .unwrap_or_default();
+                    p.common_name = common_name;
+                    let nets = iroutes(&self.srv, p);
                     if !nets.is_empty() {
                         let mut t = p.shared.tables_mut();
-                        for n in &nets {
+                        for n in nets {
                             t.routes.insert(*n, ());
                         }
                         drop(t);
@@ -717,13 +719,11 @@ impl Server {
                             "tunnel {}: client {} ({}) routes {}",
                             self.name,
                             p.addr,
-                            common_name.as_deref().unwrap_or_default(),
+                            p.common_name.as_deref().unwrap_or_default(),
                             nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
                         );
                         republish = true;
                     }
-                    p.iroutes = nets;
-                    p.common_name = common_name;
                 }
                 Event::Connected { push } => {
                     let now = Instant::now();
@@ -866,7 +866,7 @@ impl Server {
             if let Some(a) = p.vaddr6 {
                 by_dst.insert(IpNet::from(IpAddr::V6(a)), i);
             }
-            for n in &p.iroutes {
+            for n in iroutes(&self.srv, p) {
                 by_dst.insert(*n, i);
             }
             sessions.push(p.shared.clone());
@@ -1020,7 +1020,10 @@ impl Server {
                         .zip(self.srv.pool6)
                         .map(|(a, p6)| format!("{a}/{}", p6.prefix_len())),
                     common_name: p.common_name.clone(),
-                    routes: p.iroutes.iter().map(ToString::to_string).collect(),
+                    routes: iroutes(&self.srv, p)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
                     cipher: key.as_ref().map(|k| k.cipher.name().to_string()),
                     key_id: key.as_ref().map(|k| k.key_id),
                     lame_duck_key_id: keys.lame_duck_key_id,

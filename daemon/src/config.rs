@@ -157,6 +157,7 @@ struct RawTunnel {
     remote_cert_tls: Option<String>,
     verify_x509_name: Option<String>,
     verify_x509_type: Option<String>,
+    compress: Option<String>,
     // OpenVPN server (mode = "server")
     mode: Option<String>,
     server: Option<String>,
@@ -621,6 +622,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                 ("remote_cert_tls", t.remote_cert_tls.is_some()),
                 ("verify_x509_name", t.verify_x509_name.is_some()),
                 ("verify_x509_type", t.verify_x509_type.is_some()),
+                ("compress", t.compress.is_some()),
             ],
             "openvpn" => &[
                 ("private_key", t.private_key.is_some()),
@@ -849,6 +851,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawConfig, file: &Path) -> Result<Config, Config
                     remote_cert_tls: t.remote_cert_tls.as_deref(),
                     verify_x509_name: t.verify_x509_name.as_deref(),
                     verify_x509_type: t.verify_x509_type.as_deref(),
+                    compress: t.compress.as_deref(),
                 };
                 let base = file.parent().unwrap_or(Path::new("."));
                 Protocol::OpenVpn(Box::new(crate::openvpn::settings::build(

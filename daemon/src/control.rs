@@ -129,6 +129,10 @@ pub struct OpenVpnShow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub common_name: Option<String>,
     pub cipher: Option<String>,
+    /// The compression framing in use (`comp-lzo no`, `compress stub`,
+    /// `compress stub-v2`), if any: framing only, never compression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
     pub key_id: Option<u8>,
     /// The previous key-id, still open for packets in flight.
     #[serde(default)]
@@ -188,6 +192,9 @@ fn render_openvpn(o: &mut String, v: &OpenVpnShow, now_unix: u64) {
             .map(|l| format!(" (lame duck {l})"))
             .unwrap_or_default();
         let _ = writeln!(o, "  cipher: {c}, key-id {k}{lame}");
+        if let Some(f) = &v.compression {
+            let _ = writeln!(o, "  compression framing: {f} (nothing is compressed)");
+        }
         let next = v
             .next_renegotiation_secs
             .map(|s| format!(", next in {}", ago(s)))

@@ -104,6 +104,12 @@ impl TunArena {
         }
     }
 
+    /// Lays the arena out anew with `layout` (between batches).
+    pub fn set_layout(&mut self, layout: fn(usize) -> PacketBatch) {
+        self.layout = layout;
+        self.batch = layout(self.mtu);
+    }
+
     /// Reads one batch from `tun` without waiting, each packet at the
     /// batch's headroom.
     pub fn read(&mut self, tun: &Tun) -> TunRead {

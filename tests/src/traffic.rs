@@ -83,7 +83,8 @@ pub fn ping_from(ns: &Netns, src: &str, addr: &str, count: u32) -> f64 {
     ping_with(ns, addr, count, &["-I", src])
 }
 
-fn ping_with(ns: &Netns, addr: &str, count: u32, extra: &[&str]) -> f64 {
+/// `ping` with `extra` options (before the address): the packet loss in percent.
+pub fn ping_with(ns: &Netns, addr: &str, count: u32, extra: &[&str]) -> f64 {
     let p = bins::tool("ping");
     let c = count.to_string();
     let mut args = vec![p.to_str().unwrap(), "-c", &c, "-i", "0.2", "-W", "1", "-q"];

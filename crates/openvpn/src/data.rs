@@ -10,6 +10,7 @@
 //! same. The client sends with slot 0 and the server with slot 1
 //! (`init_key_contexts`: server → KEY_DIRECTION_INVERSE).
 
+use crate::compress::{Framing, FramingError};
 use crate::packet::{op_byte, KeyId, Opcode, DATA_TAG_LEN, DATA_V2_HEADER_LEN};
 use crate::tls::EKM_LEN;
 use polytun_core::aead::NONCE_LEN;
@@ -192,6 +193,8 @@ pub enum DataError {
     Open(#[from] OpenError),
     #[error(transparent)]
     Seal(#[from] SealError),
+    #[error(transparent)]
+    Framing(#[from] FramingError),
 }
 
 /// What an opened packet turned out to be.
@@ -210,6 +213,8 @@ pub struct DataChannelKey {
     pub cipher: Cipher,
     pub sealing: SealingKey<DataV2Format>,
     pub opening: OpeningKey<DataV2Format>,
+    /// The session's compression framing, inside the AEAD.
+    pub framing: Framing,
 }
 
 impl DataChannelKey {
@@ -257,15 +262,26 @@ impl DataChannelKey {
                 limits,
                 now,
             ),
+            framing: Framing::None,
         }
     }
 
-    /// Seals one inner packet (or [`PING_MAGIC`]) in place.
+    /// The same key with `comp-lzo`/`compress` framing.
+    pub fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+
+    /// Frames and seals one inner packet (or [`PING_MAGIC`]) in place;
+    /// `pkt` needs the framing's [`Framing::room`] besides the record's.
     pub fn seal(&self, now: Instant, pkt: &mut PacketBuf<'_>) -> Result<KeyStatus, DataError> {
+        self.framing.frame(pkt)?;
         Ok(self.sealing.seal(now, pkt)?)
     }
 
-    /// Opens one P_DATA_V2 record in place; on success `pkt` holds the payload.
+    /// Opens one P_DATA_V2 record in place; on success `pkt` holds the
+    /// payload, its framing taken off (it may then start past the record's
+    /// header and end before the datagram's end).
     pub fn open(&self, now: Instant, pkt: &mut PacketBuf<'_>) -> Result<Opened, DataError> {
         let b = pkt.as_slice();
         if b.len() < OVERHEAD || b[0] != op_byte(Opcode::DataV2, self.key_id) {
@@ -276,6 +292,7 @@ impl DataChannelKey {
             return Err(DataError::ZeroPacketId);
         }
         let st = self.opening.open(now, pkt, counter)?;
+        self.framing.unframe(pkt)?;
         Ok(if pkt.as_slice() == PING_MAGIC {
             Opened::Ping(st)
         } else {
@@ -359,6 +376,59 @@ mod tests {
             let mut p = PacketBuf::new(&mut t, 0, w.len());
             assert!(s.open(now, &mut p).is_err());
         }
+    }
+
+    /// A framing travels inside the AEAD: the peer sees it only after
+    /// opening, keepalive pings are framed too, and a peer without the
+    /// framing refuses what it cannot be (an IP packet starts 0x4_/0x6_).
+    #[test]
+    fn framing_inside_the_record() {
+        let now = Instant::now();
+        let key = |server, f| {
+            DataChannelKey::new(
+                &DataKeys::from_ekm(&ekm(), server),
+                Cipher::ChaCha20Poly1305,
+                0,
+                1,
+                Limits::default(),
+                now,
+            )
+            .with_framing(f)
+        };
+        for f in [Framing::Lzo, Framing::Swap, Framing::V2] {
+            let (c, s, plain) = (key(false, f), key(true, f), key(true, Framing::None));
+            let mut b = PacketBatch::new(3, 33, 100, 1);
+            b.push(b"\x45ip");
+            b.push(&PING_MAGIC);
+            b.push(b"\x45ip");
+            for i in 0..3 {
+                b.with_packet(i, |p| c.seal(now, p).unwrap());
+            }
+            assert_eq!(b.get(0).len(), OVERHEAD + 3 + usize::from(f != Framing::V2));
+            assert_eq!(
+                b.with_packet(0, |p| s.open(now, p)).unwrap(),
+                Opened::Packet(KeyStatus::Fresh)
+            );
+            assert_eq!(b.get(0), b"\x45ip", "{f:?}");
+            assert!(matches!(
+                b.with_packet(1, |p| s.open(now, p)),
+                Ok(Opened::Ping(_))
+            ));
+            let r = b.with_packet(2, |p| plain.open(now, p));
+            if f == Framing::V2 {
+                assert!(r.is_ok(), "{r:?}"); // no byte added to an IP packet
+            } else {
+                assert!(matches!(r, Err(DataError::Framing(_))), "{f:?} {r:?}");
+            }
+        }
+        // No room for the framing byte: refused, not a panic.
+        let c = key(false, Framing::Lzo);
+        let mut b = PacketBatch::new(1, 0, 100, 0);
+        b.push(b"\x45ip");
+        assert!(matches!(
+            b.with_packet(0, |p| c.seal(now, p)),
+            Err(DataError::Framing(FramingError::NoRoom))
+        ));
     }
 
     /// The AEAD layout is OpenVPN's, checked with an independent AES-GCM.

@@ -169,11 +169,16 @@ impl KeyMethod2 {
     }
 }
 
-/// The options string (OCC; OpenVPN 2.6 only warns on mismatch).
-pub fn options_string(is_client: bool, udp: bool) -> String {
+/// The options string (OCC; OpenVPN 2.6 only warns on mismatch). With a
+/// compression framing it carries `comp-lzo` (OpenVPN writes it for any
+/// `comp-lzo`/`compress`), which a `compress migrate` server looks for to
+/// push the framing it will use.
+pub fn options_string(is_client: bool, udp: bool, compress: bool) -> String {
     format!(
-        "V4,dev-type tun,link-mtu 1549,tun-mtu 1500,proto {},auth [null-digest],keysize 256,key-method 2,{}",
+        "V4,dev-type tun,link-mtu {},tun-mtu 1500,proto {}{},auth [null-digest],keysize 256,key-method 2,{}",
+        1549 + usize::from(compress),
         if udp { "UDPv4" } else { "TCPv4_CLIENT" },
+        if compress { ",comp-lzo" } else { "" },
         if is_client { "tls-client" } else { "tls-server" }
     )
 }
@@ -189,6 +194,10 @@ pub fn client_peer_info(ciphers: &[Cipher]) -> String {
         "IV_CIPHERS={}\nIV_PROTO={iv_proto}\n",
         Cipher::list_string(ciphers)
     ));
+    // The compression framings a server may push (`compress migrate`
+    // picks stub-v2 by the last one), as OpenVPN 2.6 announces them by
+    // default: framing only, never compression.
+    s.push_str("IV_LZO_STUB=1\nIV_COMP_STUB=1\nIV_COMP_STUBv2=1\n");
     s
 }
 
@@ -227,7 +236,7 @@ mod tests {
     #[test]
     fn roundtrip_and_truncation() {
         let m = KeyMethod2 {
-            options: options_string(true, true),
+            options: options_string(true, true, false),
             username: String::new(),
             password: Zeroizing::new(String::new()),
             peer_info: client_peer_info(&Cipher::ALL),

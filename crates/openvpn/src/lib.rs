@@ -8,10 +8,12 @@
 //! - [`tls`]: TLS via rustls without I/O, CA / peer-fingerprint, exporter
 //! - [`keymethod`]: key method 2, peer-info, cipher negotiation
 //! - [`push`]: PUSH_REPLY parsing and building
+//! - [`compress`]: the compression framing (`comp-lzo`, `compress`), never compression
 //! - [`data`]: P_DATA_V2 on `polytun_core`'s record engine, tls-ekm keys
 //! - [`session`]: the sans-I/O client/server [`session::Session`]
 //! - [`rekey`]: renegotiation: soft reset, key-ids 1..7, lame duck, triggers
 
+pub mod compress;
 pub mod data;
 pub mod framing;
 pub mod keymethod;

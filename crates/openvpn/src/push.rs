@@ -6,6 +6,7 @@
 //! with `push-continuation 1`. Options polytun does not know are kept in
 //! [`PushReply::unknown`] so they can be named, never silently dropped.
 
+use crate::compress::Framing;
 use crate::data::Cipher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -71,6 +72,9 @@ pub struct PushReply {
     pub ping_restart: Option<u32>,
     pub tun_mtu: Option<u32>,
     pub auth_token: Option<AuthToken>,
+    /// `comp-lzo ...` or `compress ...`: the framing the server uses (it
+    /// overrides the client's own option, as in OpenVPN).
+    pub compress: Option<Framing>,
     /// `protocol-flags` (e.g. `cc-exit tls-ekm dyn-tls-crypt`) and
     /// `key-derivation tls-ekm`.
     pub protocol_flags: Vec<String>,
@@ -175,6 +179,15 @@ impl PushReply {
                         why: "expected a token",
                     })?;
                     self.auth_token = Some(AuthToken(zeroize::Zeroizing::new(t.to_string())));
+                }
+                "comp-lzo" | "compress" => {
+                    self.compress =
+                        Some(
+                            Framing::from_option(kw, w.next()).map_err(|_| PushError::Bad {
+                                option: opt.to_string(),
+                                why: "unknown compression option",
+                            })?,
+                        );
                 }
                 "topology" => self.topology = w.next().map(str::to_string),
                 "route-gateway" => self.route_gateway = Some(ip(opt, w.next())?),
@@ -341,5 +354,26 @@ mod tests {
         r.merge("PUSH_REPLY,peer-id 1,push-continuation 1").unwrap();
         assert!(!r.more);
         assert_eq!((r.routes.len(), r.peer_id), (1, Some(1)));
+    }
+
+    /// `compress migrate` servers push `comp-lzo no` or `compress stub-v2`.
+    #[test]
+    fn compression_framing() {
+        for (m, f) in [
+            ("PUSH_REPLY,comp-lzo no,peer-id 0", Framing::Lzo),
+            ("PUSH_REPLY,compress stub-v2", Framing::V2),
+            ("PUSH_REPLY,compress", Framing::Swap),
+            ("PUSH_REPLY,compress lz4", Framing::Swap),
+        ] {
+            let r = PushReply::parse(m).unwrap();
+            assert_eq!(r.compress, Some(f), "{m}");
+            assert!(r.unknown.is_empty(), "{:?}", r.unknown);
+        }
+        assert_eq!(
+            PushReply::parse("PUSH_REPLY,ping 1").unwrap().compress,
+            None
+        );
+        assert!(PushReply::parse("PUSH_REPLY,compress zstd").is_err());
+        assert!(PushReply::parse("PUSH_REPLY,comp-lzo maybe").is_err());
     }
 }

@@ -17,6 +17,7 @@
 //! id and the tls-auth/tls-crypt wrapping (and its replay window) are the
 //! session's, shared by all keys.
 
+use crate::compress::Framing;
 use crate::data::{Cipher, DataChannelKey, DataKeys};
 use crate::keymethod::{self, KeyMethod2};
 use crate::packet::{ControlBody, KeyId, Opcode, SessionId, CONTROL_HEADER_LEN, MAX_ACKS};
@@ -59,6 +60,28 @@ pub struct SessionConfig {
     pub data_limits: Limits,
     /// Client: `auth-user-pass`.
     pub credentials: Option<keymethod::Credentials>,
+    /// `comp-lzo`/`compress`: the data channel's compression framing (a
+    /// client's is replaced by what the server pushes).
+    pub framing: Framing,
+    /// Server: `compress migrate` (see [`migrate_push`]).
+    pub compress_migrate: bool,
+}
+
+/// `compress migrate`: a client whose options string says `comp-lzo`
+/// (any `comp-lzo`/`compress` in its config) is pushed the framing-only
+/// option it can take, which the server then uses with it too; others
+/// get nothing (OpenVPN's `multi_client_connect_compress_migrate`).
+pub fn migrate_push(peer_options: &str, peer_info: &str) -> Option<&'static str> {
+    if !peer_options.contains(",comp-lzo,") {
+        return None;
+    }
+    Some(
+        if keymethod::peer_info_get(peer_info, "IV_COMP_STUBv2") == Some("1") {
+            "compress stub-v2"
+        } else {
+            "comp-lzo no"
+        },
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +231,9 @@ pub struct Session {
     /// Negotiated for key-id 0; every later key uses the same.
     pub(crate) cipher: Option<Cipher>,
     pub(crate) peer_id: u32,
+    /// Set with key-id 0 (a client's from the push, else its own option);
+    /// every later key uses the same.
+    framing: Framing,
     /// SHA-256 of the peer's certificate at key-id 0: a renegotiation must
     /// present the same one (OpenVPN refuses a changed certificate too).
     peer_cert: Option<[u8; 32]>,
@@ -246,6 +272,7 @@ impl Session {
             push: PushReply::default(),
             cipher: None,
             peer_id: crate::packet::NO_PEER_ID,
+            framing: Framing::None,
             peer_cert: None,
             hand_window: HAND_WINDOW,
             rekey,
@@ -512,7 +539,11 @@ impl Session {
                 _ => (String::new(), Zeroizing::new(String::new())),
             };
             let km = KeyMethod2 {
-                options: keymethod::options_string(is_client, self.cfg.udp),
+                options: keymethod::options_string(
+                    is_client,
+                    self.cfg.udp,
+                    self.cfg.framing != Framing::None,
+                ),
                 username,
                 password,
                 peer_info: if is_client {
@@ -571,14 +602,17 @@ impl Session {
             .ok_or(SessionError::Failed("no TLS".into()))?;
         let ekm = tls.export_data_keys()?;
         let keys = DataKeys::from_ekm(&ekm, !self.is_client());
-        let key = Arc::new(DataChannelKey::new(
-            &keys,
-            cipher,
-            self.primary.key_id,
-            self.peer_id,
-            self.rekey.data_limits(self.cfg.data_limits),
-            now,
-        ));
+        let key = Arc::new(
+            DataChannelKey::new(
+                &keys,
+                cipher,
+                self.primary.key_id,
+                self.peer_id,
+                self.rekey.data_limits(self.cfg.data_limits),
+                now,
+            )
+            .with_framing(self.framing),
+        );
         self.primary.data = Some(key.clone());
         self.outputs.push_back(Output::InstallKey(key));
         Ok(())
@@ -634,7 +668,13 @@ impl Session {
             let Role::Server { push, peer_id, .. } = &self.cfg.role else {
                 unreachable!("server role checked")
             };
-            let (push, peer_id) = (push.clone(), *peer_id);
+            let (mut push, peer_id) = (push.clone(), *peer_id);
+            if self.cfg.compress_migrate {
+                let options = self.primary.peer_km2.as_ref().map(|k| k.options.as_str());
+                if let Some(o) = migrate_push(options.unwrap_or(""), &peer_info) {
+                    push.push(o.to_string());
+                }
+            }
             let cipher = keymethod::negotiate_cipher(&self.cfg.ciphers, &peer_info)
                 .ok_or_else(|| SessionError::Failed("no common data cipher".into()))?;
             if !keymethod::peer_has_proto(&peer_info, keymethod::IV_PROTO_TLS_KEY_EXPORT) {
@@ -690,6 +730,8 @@ impl Session {
     ) -> Result<(), SessionError> {
         self.cipher = Some(cipher);
         self.peer_id = peer_id;
+        // OpenVPN applies a pushed comp-lzo/compress over the client's own.
+        self.framing = self.push.compress.unwrap_or(self.cfg.framing);
         self.derive_key(now, cipher)?;
         self.outputs.push_back(Output::SendKey(self.primary.key_id));
         self.primary.sending = true;

@@ -58,6 +58,8 @@ fn config(role: Role, wrap: ControlWrap) -> SessionConfig {
         reliable: ReliableConfig::default(),
         data_limits: Limits::default(),
         credentials: None,
+        framing: Default::default(),
+        compress_migrate: false,
     }
 }
 

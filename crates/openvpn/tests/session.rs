@@ -65,6 +65,8 @@ fn config(role: Role, wrap: ControlWrap, ciphers: Vec<Cipher>) -> SessionConfig 
         reliable: ReliableConfig::default(),
         data_limits: Limits::default(),
         credentials: None,
+        framing: Default::default(),
+        compress_migrate: false,
     }
 }
 
@@ -300,4 +302,63 @@ fn wrong_fingerprint_or_wrong_key_fails() {
     assert!(
         matches!(run.client_events.last(), Some(Event::Failed(m)) if m.contains("hand-window"))
     );
+}
+
+/// Compression framing: the server's pushed option wins over the client's
+/// own; `compress migrate` pushes stub-v2 to a client whose options string
+/// says comp-lzo (and nothing to one without); both ends then frame alike.
+#[test]
+fn compression_framing_pushed_and_migrated() {
+    use polytun_openvpn::compress::Framing;
+    let pki = pki();
+    let key = StaticKey::generate(&mut OsRng);
+    // (client's own, server's push, server migrates) → both sides' framing
+    let cases = [
+        (Framing::None, None, false, Framing::None),
+        (Framing::Lzo, None, false, Framing::Lzo),
+        (Framing::None, Some("compress stub-v2"), false, Framing::V2),
+        (Framing::Lzo, Some("compress lz4"), false, Framing::Swap),
+        (Framing::Lzo, None, true, Framing::V2),
+        (Framing::Swap, None, true, Framing::V2),
+        (Framing::None, None, true, Framing::None),
+    ];
+    for (own, push, migrate, want) in cases {
+        let now = Instant::now();
+        let ccfg = tls::client_config(&ident(
+            &pki.client,
+            PeerVerification::Ca(vec![pki.ca.clone()]),
+        ))
+        .unwrap();
+        let scfg = tls::server_config(&ident(
+            &pki.server,
+            PeerVerification::Ca(vec![pki.ca.clone()]),
+        ))
+        .unwrap();
+        let mut cc = config(
+            Role::Client(ccfg),
+            ControlWrap::tls_crypt(&key, false),
+            Cipher::ALL.to_vec(),
+        );
+        cc.framing = own;
+        let mut sc = config(
+            Role::Server {
+                config: scfg,
+                push: push.into_iter().map(str::to_string).collect(),
+                peer_id: 5,
+            },
+            ControlWrap::tls_crypt(&key, true),
+            Cipher::ALL.to_vec(),
+        );
+        // the server's own option is what it would frame with unpushed
+        sc.framing = own;
+        sc.compress_migrate = migrate;
+        let c = Session::new(cc, now, SystemTime::now(), OsRng);
+        let s = Session::new(sc, now, SystemTime::now(), OsRng);
+        let run = pump(c, s, 0, now);
+        let case = format!("{own:?} {push:?} {migrate}");
+        let (ck, sk) = (run.client_key.as_ref(), run.server_key.as_ref());
+        assert_eq!(ck.map(|k| k.framing), Some(want), "{case}");
+        assert_eq!(sk.map(|k| k.framing), Some(want), "{case}");
+        check_data(&run, Cipher::Aes256Gcm);
+    }
 }

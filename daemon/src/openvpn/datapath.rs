@@ -14,11 +14,12 @@ use crate::datapath::DropCounters;
 use crate::datapath::{dst_ip, recv_udp_now, reuse, RecvList, TunArena, TunRead};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf, PrefixTable};
 use polytun_io::{RecvMeta, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
+use polytun_openvpn::compress::Room;
 use polytun_openvpn::data::{
     occ_exit_payload, DataError, Opened, OCC_EXIT, OCC_MAGIC, OVERHEAD, PING_MAGIC,
 };
 use polytun_openvpn::framing::encode_frame;
-use polytun_openvpn::packet::{split_op_byte, Opcode, DATA_TAG_LEN};
+use polytun_openvpn::packet::{split_op_byte, Opcode};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -74,9 +75,11 @@ fn send_payload(shared: &Shared, now: Instant, payload: &[u8]) -> bool {
     let Some(key) = shared.tables().current.clone() else {
         return false;
     };
-    let mut buf = [0u8; OVERHEAD + 32 + DATA_TAG_LEN];
-    buf[OVERHEAD..OVERHEAD + payload.len()].copy_from_slice(payload);
-    let mut p = PacketBuf::new(&mut buf, OVERHEAD, OVERHEAD + payload.len());
+    // (a byte before and after for the compression framing)
+    let mut buf = [0u8; 1 + OVERHEAD + 32 + 1];
+    let at = 1 + OVERHEAD;
+    buf[at..at + payload.len()].copy_from_slice(payload);
+    let mut p = PacketBuf::new(&mut buf, at, at + payload.len());
     if key.seal(now, &mut p).is_err() {
         return false;
     }
@@ -94,6 +97,18 @@ pub struct Routing {
     /// A server's table: inner destination → index into `sessions`. Without
     /// it, the session whose routes contain the destination (client tunnels).
     pub by_dst: Option<PrefixTable<usize>>,
+    /// What compression framing needs around a packet: a server's follows
+    /// from its settings; None for client tunnels, whose framing the push
+    /// decides (read from their current keys each turn).
+    pub room: Option<Room>,
+}
+
+/// The room the framings of `sessions`' current keys need.
+fn keys_room(sessions: &[Arc<Shared>]) -> Room {
+    sessions.iter().fold(Room::default(), |r, s| {
+        let k = s.tables().current.as_ref().map(|k| k.framing.room());
+        k.map_or(r, |k| r.union(k))
+    })
 }
 
 /// What the outbound turns route by: replaced as a whole when a session
@@ -109,6 +124,7 @@ pub fn add_client(routes: &Routes, shared: Arc<Shared>) {
     *r = Arc::new(Routing {
         sessions,
         by_dst: None,
+        room: None,
     });
 }
 
@@ -124,13 +140,25 @@ pub fn remove_client(routes: &Routes, shared: &Arc<Shared>) {
     *r = Arc::new(Routing {
         sessions,
         by_dst: None,
+        room: None,
     });
 }
 
 /// The outbound arena: P_DATA_V2's header and its leading AEAD tag
-/// (`OVERHEAD`) in front of each packet, nothing behind.
-fn outbound_batch(mtu: usize) -> PacketBatch {
-    PacketBatch::new(TUN_BATCH, OVERHEAD, mtu, 0)
+/// (`OVERHEAD`) in front of each packet and, with a compression framing,
+/// its byte in front (`FRONT`) or behind (`BACK`). Nothing more: sealed
+/// full-size packets then lie back to back and leave as one iovec.
+fn outbound_batch<const FRONT: usize, const BACK: usize>(mtu: usize) -> PacketBatch {
+    PacketBatch::new(TUN_BATCH, OVERHEAD + FRONT, mtu, BACK)
+}
+
+fn layout(room: Room) -> fn(usize) -> PacketBatch {
+    match (room.front > 0, room.back > 0) {
+        (false, false) => outbound_batch::<0, 0>,
+        (true, false) => outbound_batch::<1, 0>,
+        (false, true) => outbound_batch::<0, 1>,
+        (true, true) => outbound_batch::<1, 1>,
+    }
 }
 
 /// The outbound half of the data path: TUN → session → seal in place →
@@ -146,30 +174,40 @@ pub struct Outbound {
     spare_slices: Vec<IoSlice<'static>>,
     /// A batch framed for a TCP connection.
     frames: Vec<u8>,
+    /// The compression framing room the arena is laid out with.
+    room: Room,
 }
 
 impl Outbound {
     pub fn new(mtu: usize) -> Self {
         Outbound {
-            // (OVERHEAD has the tag; 2: the TCP transport's length prefix)
-            arena: TunArena::new(mtu, 2 + OVERHEAD, outbound_batch),
+            // (OVERHEAD has the tag; 2: the TCP transport's length prefix;
+            // 1: a compression framing byte)
+            arena: TunArena::new(mtu, 2 + OVERHEAD + 1, layout(Room::default())),
             sealed: Vec::with_capacity(TUN_BATCH),
             errors: 0,
             spare_guards: Vec::with_capacity(crate::datapath::GUARDS),
             spare_slices: Vec::with_capacity(TUN_BATCH),
             frames: Vec::new(),
+            room: Room::default(),
         }
     }
 
     /// Reads one batch from `tun` and sends each packet through the
     /// session `routes` picks; false when nothing was queued.
     pub fn turn(&mut self, tun: &Tun, routes: &Routes) -> bool {
+        let r = routes.read().unwrap_or_else(|e| e.into_inner()).clone();
+        // Laid out again before a read, never under packets read.
+        let room = r.room.unwrap_or_else(|| keys_room(&r.sessions));
+        if room != self.room {
+            self.room = room;
+            self.arena.set_layout(layout(room));
+        }
         match self.arena.read(tun) {
             TunRead::Packets => {}
             TunRead::Empty => return false,
             TunRead::Retry => return true,
         }
-        let r = routes.read().unwrap_or_else(|e| e.into_inner()).clone();
         if r.sessions.is_empty() {
             return true;
         }
@@ -319,8 +357,9 @@ impl<'a> Dg<'a> {
 /// writes them to the TUN device together (`datapath::write_opened`).
 #[derive(Default)]
 pub struct TunWriter {
-    /// (buffer, datagram start, plaintext end) of each packet, in buffer
-    /// order; the plaintext starts OVERHEAD bytes into its datagram.
+    /// (buffer, base, plaintext end) of each packet, in buffer order; the
+    /// plaintext starts OVERHEAD bytes after the base, which is its
+    /// datagram's start, or a byte or two past it (compression framing).
     opened: Vec<(usize, usize, usize)>,
     errors: u64,
     /// The allocation of the write's list of packets (`datapath::write_opened`).
@@ -403,13 +442,15 @@ impl TunWriter {
                     }
                     return Rx::Consumed;
                 }
-                if p.start() != d.start + OVERHEAD {
-                    // the TUN write puts its header in the OVERHEAD bytes
+                // The TUN write puts its header in the OVERHEAD bytes
+                // before the plaintext, which a framing byte taken off
+                // moved on (it never moves back).
+                let Some(base) = p.start().checked_sub(OVERHEAD).filter(|b| *b >= d.start) else {
                     DropCounters::bump(&shared.drops.malformed);
                     return Rx::Dropped;
-                }
+                };
                 shared.rx_bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
-                self.opened.push((d.index, d.start, p.start() + p.len()));
+                self.opened.push((d.index, base, p.start() + p.len()));
                 Rx::Queued
             }
             Ok(Opened::Ping(_)) => {
@@ -423,6 +464,10 @@ impl TunWriter {
                     DataError::Open(OpenError::Auth) => &shared.drops.bad_mac,
                     DataError::Open(OpenError::Expired(_)) => &shared.drops.expired_key,
                     DataError::NotForThisKey(_) => &shared.drops.no_session,
+                    DataError::Framing(f) => {
+                        shared.framing_refused(f);
+                        &shared.drops.malformed
+                    }
                     _ => &shared.drops.malformed,
                 };
                 DropCounters::bump(c);
@@ -434,8 +479,9 @@ impl TunWriter {
     /// The plaintext of the packet queued last, if it was `d`'s (to check
     /// its inner source).
     pub(super) fn last<'b>(&self, d: &'b Dg<'_>) -> Option<&'b [u8]> {
-        let &(i, start, end) = self.opened.last()?;
-        (i == d.index && start == d.start).then(|| &d.buf[start + OVERHEAD..end])
+        let &(i, base, end) = self.opened.last()?;
+        // (an earlier datagram's base in the same buffer lies before d's start)
+        (i == d.index && base >= d.start).then(|| &d.buf[base + OVERHEAD..end])
     }
 
     /// Takes back the packet queued last.
@@ -704,6 +750,7 @@ mod tests {
         let routing = Routing {
             sessions,
             by_dst: Some(by_dst),
+            room: None,
         };
         let mut outbound = Outbound::new(1400);
         let dsts = [1u8, 1, 2, 1, 7, 2, 2, 1];

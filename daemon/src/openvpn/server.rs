@@ -25,6 +25,7 @@ use crate::datapath::DropCounters;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use polytun_core::{Limits, PrefixTable};
 use polytun_io::{RouteOptions, Tun, UdpSocket};
+use polytun_openvpn::compress::{Framing, Room};
 use polytun_openvpn::packet::{split_op_byte, Opcode, SessionId, SESSION_ID_LEN};
 use polytun_openvpn::reliable::ReliableConfig;
 use polytun_openvpn::session::{
@@ -264,6 +265,8 @@ struct Peer {
     common_name: Option<String>,
     connected_since: Option<SystemTime>,
     tls_version: Option<String>,
+    /// Framing refusals counted at the last warning about them.
+    framing_warned: u64,
 }
 
 struct Conn {
@@ -278,6 +281,21 @@ impl Drop for Conn {
     fn drop(&mut self) {
         self.registration.0.deregister(self.registration.1);
     }
+}
+
+/// What the compression framings a server may use with its clients need
+/// around a packet: its own `comp-lzo`/`compress`, one it pushes, and with
+/// `compress migrate` comp-lzo's byte in front (stub-v2 needs none).
+fn framing_room(s: &OpenVpn) -> Room {
+    let pushed = s.server.iter().flat_map(|srv| &srv.push).filter_map(|o| {
+        let mut w = o.split_ascii_whitespace();
+        Framing::from_option(w.next()?, w.next()).ok()
+    });
+    let migrate = s.compress_migrate.then_some(Framing::Lzo);
+    std::iter::once(s.framing)
+        .chain(pushed)
+        .chain(migrate)
+        .fold(Room::default(), |r, f| r.union(f.room()))
 }
 
 struct Server {
@@ -581,6 +599,8 @@ impl Server {
             reliable: ReliableConfig::default(),
             data_limits: Limits::default(),
             credentials: None,
+            framing: self.settings.framing,
+            compress_migrate: self.settings.compress_migrate,
         };
         let mut session = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
         session.set_hand_window(now, self.settings.hand_window);
@@ -604,6 +624,7 @@ impl Server {
                 vaddr6,
                 common_name: None,
                 connected_since: None,
+                framing_warned: 0,
                 tls_version: None,
             },
         );
@@ -882,6 +903,7 @@ impl Server {
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Routing {
             sessions,
             by_dst: Some(by_dst),
+            room: Some(framing_room(&self.settings)),
         });
     }
 
@@ -914,9 +936,14 @@ impl Server {
         let ping = Duration::from_secs(self.ping.into());
         let restart = Duration::from_secs(u64::from(self.ping_restart) * 2);
         let mut dead = Vec::new();
-        for p in self.peers.values() {
+        for p in self.peers.values_mut() {
             if p.connected_since.is_none() {
                 continue;
+            }
+            if let Some(w) =
+                super::tunnel::framing_warning(&p.shared, &mut p.framing_warned, "client")
+            {
+                tracing::warn!("{}: {w}", p.shared.name);
             }
             if self.ping > 0 && now.saturating_duration_since(p.shared.last_tx()) >= ping {
                 datapath::send_ping(&p.shared, now);
@@ -1025,6 +1052,9 @@ impl Server {
                         .map(ToString::to_string)
                         .collect(),
                     cipher: key.as_ref().map(|k| k.cipher.name().to_string()),
+                    compression: key
+                        .as_ref()
+                        .and_then(|k| super::tunnel::framing_name(k.framing)),
                     key_id: key.as_ref().map(|k| k.key_id),
                     lame_duck_key_id: keys.lame_duck_key_id,
                     next_renegotiation_secs: keys.next_renegotiation.map(|d| d.as_secs()),

@@ -7,6 +7,7 @@
 
 use crate::config::ConfigError;
 use ipnet::IpNet;
+use polytun_openvpn::compress::Framing;
 use polytun_openvpn::data::Cipher;
 use polytun_openvpn::keymethod::Credentials;
 use polytun_openvpn::rekey::{RekeyConfig, RenegSec};
@@ -84,6 +85,13 @@ pub struct OpenVpn {
     pub ping_restart: Option<u32>,
     /// `reneg-sec`, `reneg-bytes`, `reneg-pkts`, `tran-window`.
     pub rekey: RekeyConfig,
+    /// `comp-lzo` / `compress ALG`: the compression framing (never
+    /// compression). A client's is replaced by what its server pushes.
+    pub framing: Framing,
+    /// Server: `compress migrate`, a framing per client as OpenVPN picks
+    /// it (clients whose options say `comp-lzo` get `compress stub-v2`,
+    /// or `comp-lzo no` if they cannot take it; others none).
+    pub compress_migrate: bool,
     /// Where the settings came from (a .ovpn file), for messages.
     pub source: Option<PathBuf>,
     /// `mode = "server"`: the server's own settings.
@@ -158,6 +166,7 @@ pub struct RawFields<'a> {
     pub remote_cert_tls: Option<&'a str>,
     pub verify_x509_name: Option<&'a str>,
     pub verify_x509_type: Option<&'a str>,
+    pub compress: Option<&'a str>,
 }
 
 /// One value and where it was written: a TOML field, or a .ovpn line.
@@ -208,6 +217,8 @@ struct Collected {
     tran_window: Option<u32>,
     remote_cert_tls: bool,
     verify_x509_name: Option<(X509NameCheck, Src)>,
+    /// `Err`: `compress migrate`.
+    compress: Option<(Result<Framing, ()>, Src)>,
 }
 
 /// Builds the settings; `toml_err(field, message)` makes an error for a
@@ -311,6 +322,18 @@ pub fn build(
     c.reneg_bytes = raw.reneg_bytes.or(c.reneg_bytes);
     c.reneg_pkts = raw.reneg_pkts.or(c.reneg_pkts);
     c.tran_window = raw.tran_window.or(c.tran_window);
+    if let Some(v) = raw.compress {
+        let f = match v {
+            "migrate" => Err(()),
+            v => Ok(Framing::from_option("compress", Some(v)).map_err(|m| {
+                toml_err(
+                    "compress",
+                    format!("{m} (or, for a server, migrate; `lzo` is comp-lzo)"),
+                )
+            })?),
+        };
+        c.compress = Some((f, t("compress")));
+    }
     if let Some(r) = raw.remote_cert_tls {
         if r != "server" {
             return Err(toml_err(
@@ -406,6 +429,19 @@ fn finish(
                 ))
             }
         },
+    };
+    let (framing, compress_migrate) = match &c.compress {
+        None => (Framing::None, false),
+        Some((Ok(f), _)) => (*f, false),
+        Some((Err(()), _)) if is_server => (Framing::None, true),
+        Some((Err(()), src)) => {
+            return Err(err(
+                src,
+                "`compress migrate` is a server option; a client takes `comp-lzo` or \
+                 `compress stub-v2`"
+                    .into(),
+            ))
+        }
     };
     let server = if is_server {
         Some(Box::new(server_settings(&c, &err, &missing)?))
@@ -607,6 +643,8 @@ fn finish(
         ping: c.ping,
         ping_restart: c.ping_restart,
         rekey,
+        framing,
+        compress_migrate,
         source,
         server,
     })
@@ -835,6 +873,8 @@ const HARMLESS: &[&str] = &[
     "setenv",
     "ignore-unknown-option",
     "data-ciphers-fallback",
+    // adaptive compression: polytun never compresses
+    "comp-noadapt",
     // server: clients are keyed by address/connection, never by name
     "duplicate-cn",
 ];
@@ -1299,6 +1339,25 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
             "reneg-bytes" => c.reneg_bytes = Some(big(0)?),
             "reneg-pkts" => c.reneg_pkts = Some(big(0)?),
             "tran-window" => c.tran_window = Some(num(0)?),
+            "comp-lzo" | "compress" => {
+                let f = match (opt, args.first().copied()) {
+                    ("compress", Some("migrate")) => Err(()),
+                    (o, a) => Ok(Framing::from_option(o, a).map_err(|m| e(ln, opt, m))?),
+                };
+                c.compress = Some((f, src.clone()));
+            }
+            // polytun never compresses and never decompresses, whatever
+            // this says (OpenVPN 2.6's `no` without refusing the framing).
+            "allow-compression" => {
+                let a = arg(0)?;
+                if !matches!(a, "no" | "asym" | "yes") {
+                    return Err(e(
+                        ln,
+                        opt,
+                        format!("bad allow-compression `{a}`: must be no, asym or yes"),
+                    ));
+                }
+            }
             "ping" => c.ping = Some(num(0)?),
             "ping-restart" => c.ping_restart = Some(num(0)?),
             "keepalive" => {
@@ -1435,15 +1494,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pt-ovpn-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("c.ovpn");
-        std::fs::write(&p, "client\ndev tun\nproto udp\ncomp-lzo yes\n").unwrap();
+        std::fs::write(&p, "client\ndev tun\nproto udp\nfragment 1300\n").unwrap();
         let raw = RawFields {
             config: Some(&p),
             ..Default::default()
         };
         let e = build(&raw, &dir, &terr).unwrap_err();
         assert_eq!(e.line, Some(4), "{e}");
-        assert_eq!(e.field, "comp-lzo");
+        assert_eq!(e.field, "fragment");
         assert!(e.message.contains("not supported"), "{e}");
+        std::fs::write(&p, "client\ndev tun\ncomp-lzo maybe\n").unwrap();
+        let e = build(&raw, &dir, &terr).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(3), "comp-lzo"), "{e}");
+        assert!(e.message.contains("yes, no or adaptive"), "{e}");
         std::fs::write(&p, "client\ndev tap\n").unwrap();
         let e = build(&raw, &dir, &terr).unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (Some(2), "dev"), "{e}");
@@ -1481,6 +1544,70 @@ mod tests {
             .expect("openssl");
         assert!(o.status.success(), "{o:?}");
         (c, k)
+    }
+
+    /// comp-lzo / compress in a .ovpn and `compress` in TOML (which wins);
+    /// `compress migrate` only for a server; bad values name the line.
+    #[test]
+    fn compression_framing_settings() {
+        let dir = std::env::temp_dir().join(format!("pt-ovpncomp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, k) = cert_and_key(&dir);
+        let p = dir.join("c.ovpn");
+        let head = format!(
+            "client\ndev tun\nremote 192.0.2.1 1194\nca {}\ncert {}\nkey {}\n",
+            c.display(),
+            c.display(),
+            k.display()
+        );
+        let raw = RawFields {
+            config: Some(&p),
+            ..Default::default()
+        };
+        for (lines, want) in [
+            ("", Framing::None),
+            ("comp-lzo\n", Framing::Lzo),
+            (
+                "comp-lzo no\ncomp-noadapt\nallow-compression no\n",
+                Framing::Lzo,
+            ),
+            ("compress\n", Framing::Swap),
+            ("compress lz4\n", Framing::Swap),
+            ("compress stub-v2\n", Framing::V2),
+            ("compress lz4-v2\n", Framing::V2),
+            ("compress lzo\n", Framing::Lzo),
+        ] {
+            std::fs::write(&p, format!("{head}{lines}")).unwrap();
+            let o = build(&raw, &dir, &terr).unwrap();
+            assert_eq!((o.framing, o.compress_migrate), (want, false), "{lines}");
+        }
+        std::fs::write(&p, format!("{head}comp-lzo\n")).unwrap();
+        let toml = RawFields {
+            compress: Some("stub-v2"),
+            ..raw
+        };
+        assert_eq!(build(&toml, &dir, &terr).unwrap().framing, Framing::V2);
+        for (lines, line, field) in [
+            ("compress migrate\n", 7, "compress"),
+            ("compress zstd\n", 7, "compress"),
+            ("allow-compression maybe\n", 7, "allow-compression"),
+        ] {
+            std::fs::write(&p, format!("{head}{lines}")).unwrap();
+            let e = build(&raw, &dir, &terr).unwrap_err();
+            assert_eq!((e.line, e.field.as_str()), (Some(line), field), "{e}");
+        }
+        std::fs::write(&p, &head).unwrap();
+        let e = build(
+            &RawFields {
+                compress: Some("gzip"),
+                ..raw
+            },
+            &dir,
+            &terr,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "compress", "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
@@ -1522,6 +1649,19 @@ mod tests {
         );
         assert_eq!((o.transport, o.remote.port()), (Transport::Tcp, 443));
         assert_eq!((o.ping, o.ping_restart), (Some(5), Some(30)));
+        let migrate = build(
+            &RawFields {
+                compress: Some("migrate"),
+                ..raw
+            },
+            &dir,
+            &terr,
+        )
+        .unwrap();
+        assert_eq!(
+            (migrate.framing, migrate.compress_migrate),
+            (Framing::None, true)
+        );
         // errors name the field
         let field = |r: RawFields<'_>| build(&r, &dir, &terr).unwrap_err().field;
         assert_eq!(

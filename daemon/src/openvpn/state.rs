@@ -6,9 +6,10 @@ use crate::datapath::DropCounters;
 use ipnet::IpNet;
 use polytun_core::PrefixTable;
 use polytun_io::UdpSocket;
+use polytun_openvpn::compress::FramingError;
 use polytun_openvpn::data::DataChannelKey;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -84,6 +85,29 @@ pub struct Shared {
     /// and of the last data packet out (keepalive timers).
     last_rx: AtomicU64,
     last_tx: AtomicU64,
+    /// Packets refused for their compression framing (counted as
+    /// malformed too), and the last refusal, coded by `code` for the
+    /// control task's warning.
+    framing_refused: AtomicU64,
+    framing_last: AtomicU16,
+}
+
+fn code(e: FramingError) -> u16 {
+    match e {
+        FramingError::Compressed(b) => 0x100 | u16::from(b),
+        FramingError::BadHeader(b) => 0x200 | u16::from(b),
+        FramingError::NoRoom => 0x300,
+    }
+}
+
+fn decode(c: u16) -> Option<FramingError> {
+    let b = c as u8;
+    match c >> 8 {
+        1 => Some(FramingError::Compressed(b)),
+        2 => Some(FramingError::BadHeader(b)),
+        3 => Some(FramingError::NoRoom),
+        _ => None,
+    }
 }
 
 impl Shared {
@@ -105,6 +129,8 @@ impl Shared {
             epoch: Instant::now(),
             last_rx: AtomicU64::new(0),
             last_tx: AtomicU64::new(0),
+            framing_refused: AtomicU64::new(0),
+            framing_last: AtomicU16::new(0),
         }
     }
 
@@ -150,6 +176,21 @@ impl Shared {
 
     pub fn last_tx(&self) -> Instant {
         self.epoch + std::time::Duration::from_millis(self.last_tx.load(Ordering::Relaxed))
+    }
+
+    /// The data path refused a packet for its compression framing.
+    pub fn framing_refused(&self, e: FramingError) {
+        self.framing_refused.fetch_add(1, Ordering::Relaxed);
+        self.framing_last.store(code(e), Ordering::Relaxed);
+    }
+
+    /// How many packets were refused for their framing, and the last
+    /// refusal (None before the first).
+    pub fn framing_refusals(&self) -> (u64, Option<FramingError>) {
+        (
+            self.framing_refused.load(Ordering::Relaxed),
+            decode(self.framing_last.load(Ordering::Relaxed)),
+        )
     }
 
     /// Routes carried by this tunnel, for show.

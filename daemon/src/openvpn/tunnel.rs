@@ -11,6 +11,7 @@ use crate::control::{OpenVpnShow, TunnelShow};
 use ipnet::IpNet;
 use polytun_core::Limits;
 use polytun_io::{RouteOptions, Tun, UdpSocket};
+use polytun_openvpn::compress::{Framing, FramingError};
 use polytun_openvpn::push::PushReply;
 use polytun_openvpn::reliable::ReliableConfig;
 use polytun_openvpn::session::{
@@ -159,6 +160,7 @@ pub fn spawn(
         tls_version: None,
         connected_since: None,
         last_error: None,
+        framing_warned: 0,
         poller,
         registered,
         tcp_registered: None,
@@ -202,6 +204,8 @@ struct Control {
     tls_version: Option<String>,
     connected_since: Option<SystemTime>,
     last_error: Option<String>,
+    /// Framing refusals counted at the last warning about them.
+    framing_warned: u64,
     poller: Arc<datapath::Poller>,
     /// The UDP socket registered with the data-path threads.
     registered: Option<std::os::fd::RawFd>,
@@ -344,6 +348,9 @@ impl Control {
                 datapath::send_ping(&self.shared, now);
             }
         }
+        if let Some(w) = framing_warning(&self.shared, &mut self.framing_warned, "server") {
+            tracing::warn!("tunnel {}: {w}", self.name);
+        }
         tracing::trace!(
             "tunnel {}: keepalive: last rx {:?} ago, last tx {:?} ago",
             self.name,
@@ -415,6 +422,8 @@ impl Control {
             reliable: ReliableConfig::default(),
             data_limits: Limits::default(),
             credentials: self.settings.credentials.clone(),
+            framing: self.settings.framing,
+            compress_migrate: false,
         };
         let mut s = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
         s.set_hand_window(now, self.settings.hand_window);
@@ -721,6 +730,7 @@ impl Control {
             virtual_address: push.and_then(|p| self.virtual_address(p)),
             virtual_address_ipv6: push.and_then(Self::virtual_address_ipv6),
             cipher: key.as_ref().map(|k| k.cipher.name().to_string()),
+            compression: key.as_ref().and_then(|k| framing_name(k.framing)),
             key_id: key.as_ref().map(|k| k.key_id),
             lame_duck_key_id: keys.as_ref().and_then(|k| k.lame_duck_key_id),
             next_renegotiation_secs: keys
@@ -793,4 +803,48 @@ pub(crate) fn export_key(
     tls.export_with_context(label, ctx, len)
         .map(|k| k.to_vec())
         .map_err(|e| format!("tunnel {name}: key export: {e}"))
+}
+
+/// `show`'s name of a framing (None: no framing).
+pub(super) fn framing_name(f: Framing) -> Option<String> {
+    (f != Framing::None).then(|| f.option().to_string())
+}
+
+/// A warning when more packets from `peer` were refused for their
+/// compression framing since the last one (then at each doubling, so a
+/// steady stream of them does not flood the log).
+pub(super) fn framing_warning(shared: &Shared, warned: &mut u64, peer: &str) -> Option<String> {
+    let (n, last) = shared.framing_refusals();
+    let e = last?;
+    if n <= *warned || (*warned > 0 && n < 2 * *warned) {
+        return None;
+    }
+    *warned = n;
+    let ours = shared
+        .tables()
+        .current
+        .as_ref()
+        .map_or(Framing::None, |k| k.framing);
+    Some(match e {
+        FramingError::Compressed(b) => format!(
+            "{n} packets from the {peer} were compressed (header byte {b:#04x}); polytun never \
+             decompresses: the {peer} must not compress (`allow-compression no`, OpenVPN 2.6's \
+             default)"
+        ),
+        FramingError::BadHeader(b) => match Framing::guess(b) {
+            Some(f) if ours == Framing::None => format!(
+                "{n} packets from the {peer} carried compression framing (first byte {b:#04x}) \
+                 that this tunnel was not configured for: the {peer} has comp-lzo or compress; \
+                 add `{}` to the .ovpn or .conf (in TOML: compress = \"{}\")",
+                f.option(),
+                f.toml()
+            ),
+            _ => format!(
+                "{n} packets from the {peer} lacked this tunnel's `{}` framing (first byte \
+                 {b:#04x}): the two sides' comp-lzo/compress options differ",
+                ours.option()
+            ),
+        },
+        FramingError::NoRoom => format!("{n} packets had no room for the compression framing"),
+    })
 }

@@ -1,11 +1,12 @@
 //! P_DATA_V2 (the data-packet parser and opening): arbitrary bytes never
 //! panic and never open under a key; the header parses consistently; a
 //! sealed payload opens to itself once and not twice, under each
-//! compression framing; taking a framing off arbitrary bytes never panics.
+//! compression framing; taking a framing off arbitrary bytes, and
+//! decompressing them, never panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use polytun_core::{Limits, PacketBuf};
-use polytun_openvpn::compress::{Framing, FramingError};
+use polytun_openvpn::compress::{decompress, Compressor, Framing, FramingError};
 use polytun_openvpn::data::{Cipher, DataChannelKey, DataError, DataKeys, Opened, OVERHEAD};
 use polytun_openvpn::packet::{parse_packet, DataV2Header, Packet};
 use std::time::Instant;
@@ -18,8 +19,22 @@ fuzz_target!(|data: &[u8]| {
         h.write(&mut w);
         assert_eq!(w, data[..8]);
     }
-    let framing = [Framing::None, Framing::Lzo, Framing::Swap, Framing::V2]
-        [data.get(2).map_or(0, |b| usize::from(b % 4))];
+    let framing = [
+        Framing::None,
+        Framing::LzoStub,
+        Framing::Lzo,
+        Framing::Stub,
+        Framing::Lz4,
+        Framing::StubV2,
+        Framing::Lz4V2,
+    ][data.get(2).map_or(0, |b| usize::from(b % 7))];
+    // What a peer compressed: decompressed within the buffer, or refused.
+    let mut out = [0u8; 2048];
+    for algo in [Compressor::Lzo, Compressor::Lz4] {
+        if let Ok(n) = decompress(algo, data, &mut out) {
+            assert!(n <= out.len());
+        }
+    }
     {
         let mut buf = data.to_vec();
         let n = buf.len();
@@ -66,6 +81,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Opened::Packet(_)) => assert_eq!(p.as_slice(), data),
         Ok(Opened::Ping(_)) => assert_eq!(data, polytun_openvpn::data::PING_MAGIC),
         // Unframed bytes that only a framing starts with (never an IP packet)
+        Ok(Opened::Compressed(..)) => panic!("an uncompressed payload opened as compressed"),
         Err(DataError::Framing(FramingError::BadHeader(b)))
             if framing == Framing::None && Framing::guess(b).is_some() => {}
         Err(e) => panic!("sealed record refused: {e}"),

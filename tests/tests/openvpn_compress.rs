@@ -1,9 +1,10 @@
-//! OpenVPN compression framing against the real OpenVPN 2.6: servers whose
-//! configs carry `comp-lzo` or `compress` (the framing byte in front of or
-//! swapped into every packet, nothing compressed), pushed or configured on
-//! both sides, `compress migrate` on either side; a server that does
-//! compress is refused with a warning that says so, and a framing the
-//! client lacks is named with the option to add.
+//! OpenVPN compression against the real OpenVPN 2.6: servers whose configs
+//! carry `comp-lzo` or `compress` (the framing byte in front of or swapped
+//! into every packet), pushed or configured on both sides, `compress
+//! migrate` on either side; what a peer does compress (LZO, LZ4, LZ4 v2)
+//! is decompressed, on both roles, or refused with a warning where the
+//! option names a stub; a framing the client lacks is named with the
+//! option to add. polytun itself never compresses.
 use polytun_e2e::openvpn::{self as ovpn, Client, KeyMode, Pki, Proto};
 use polytun_e2e::traffic::ping_with;
 use polytun_e2e::{ping, veth_pair, wait_ping, wait_until, xfer, Netns};
@@ -97,7 +98,7 @@ fn openvpn_comp_lzo_no_on_both_sides() {
         "ocz1",
         Proto::Udp,
         "comp-lzo no\n",
-        "compress = \"lzo\"\n",
+        "compress = \"comp-lzo no\"\n",
         None,
         "comp-lzo no",
     );
@@ -127,7 +128,7 @@ fn openvpn_pushed_compress_lz4_swaps() {
         "compress lz4\npush \"compress lz4\"\n",
         "",
         None,
-        "compress stub",
+        "compress lz4",
     );
 }
 
@@ -146,20 +147,22 @@ fn openvpn_compress_migrate_server_pushes_stub_v2() {
     );
 }
 
-/// A server that compresses (`allow-compression yes`): its small packets
-/// arrive, compressed ones are refused and counted, and the log says why
-/// and what to change; the tunnel stays up.
-#[test]
-fn openvpn_compressing_server_is_refused_with_a_warning() {
-    let (s, c, pki) = setup("ocz5");
+/// A server that compresses (`allow-compression yes`, as OpenVPN 2.4 and
+/// 2.5 servers do with `comp-lzo`): zeros compress, so the echo replies to
+/// large pings of zeros come back compressed and must be decompressed;
+/// checksummed transfers both ways as well. With `allow-compression no`
+/// on the client they are refused instead, counted, and the log says why.
+fn compressing_server_test(test: &str, server_extra: &str, framing: &str) {
+    let (s, c, pki) = setup(test);
     let conf = ovpn::server_conf(
         &pki,
         "192.0.2.1",
         Proto::Udp,
         KeyMode::TlsCrypt,
         "AES-256-GCM",
-    ) + "comp-lzo yes\nallow-compression yes\npush \"comp-lzo yes\"\nkeepalive 1 60\n";
-    let _server = ovpn::start_server(&s, &conf);
+    ) + "allow-compression yes\n"
+        + server_extra;
+    let server = ovpn::start_server(&s, &conf);
     let tunnel = ovpn::client_tunnel_toml(
         &pki,
         "192.0.2.1",
@@ -171,9 +174,27 @@ fn openvpn_compressing_server_is_refused_with_a_warning() {
     let client = Client::start(&c, &tunnel);
     client.wait_connected(Duration::from_secs(30));
     wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
-    assert_eq!(client.session()["compression"], "comp-lzo no");
-    // zeros compress: the echo replies come back compressed
-    let loss = ping_with(&c, ovpn::SERVER_TUN, 5, &["-s", "1000", "-p", "00"]);
+    assert_eq!(client.session()["compression"], framing);
+    let zeros = ["-s", "1000", "-p", "00"];
+    assert_eq!(
+        ping_with(&c, ovpn::SERVER_TUN, 5, &zeros),
+        0.0,
+        "compressed replies lost"
+    );
+    xfer(&s, &c, ovpn::SERVER_TUN, 5201, XFER);
+    xfer(&c, &s, ovpn::CLIENT_TUN, 5202, XFER);
+    let drops = &client.try_show().unwrap()["tunnels"][0]["drops"];
+    assert_eq!(drops["malformed"], 0, "{drops}");
+    assert!(!s.log_of(server).contains("compression error"));
+    c.kill(client.pid);
+
+    // the same server, a client with `allow-compression no`
+    let ovpn_file = c.write_file("noallow.ovpn", "allow-compression no\n");
+    let tunnel = format!("{tunnel}config = \"{}\"\n", ovpn_file.display());
+    let client = Client::start(&c, &tunnel);
+    client.wait_connected(Duration::from_secs(30));
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    let loss = ping_with(&c, ovpn::SERVER_TUN, 5, &zeros);
     assert_eq!(loss, 100.0, "compressed replies were taken");
     wait_until(
         "the warning about compressed packets",
@@ -190,6 +211,33 @@ fn openvpn_compressing_server_is_refused_with_a_warning() {
     // small packets are never compressed: the tunnel still carries them
     assert_eq!(ping(&c, ovpn::SERVER_TUN, 5), 0.0);
     client.assert_alive();
+}
+
+#[test]
+fn openvpn_compressing_server_lzo_is_decompressed() {
+    compressing_server_test(
+        "ocz5",
+        "comp-lzo yes\npush \"comp-lzo yes\"\nkeepalive 1 60\n",
+        "comp-lzo",
+    );
+}
+
+#[test]
+fn openvpn_compressing_server_lz4_v2_is_decompressed() {
+    compressing_server_test(
+        "ocz9",
+        "compress lz4-v2\npush \"compress lz4-v2\"\n",
+        "compress lz4-v2",
+    );
+}
+
+#[test]
+fn openvpn_compressing_server_lz4_swap_is_decompressed() {
+    compressing_server_test(
+        "ocza",
+        "compress lz4\npush \"compress lz4\"\n",
+        "compress lz4",
+    );
 }
 
 /// The server frames (`comp-lzo no`, not pushed) and the client lacks the
@@ -220,7 +268,7 @@ fn openvpn_missing_comp_lzo_is_named() {
     wait_until(
         "the warning naming comp-lzo",
         Duration::from_secs(15),
-        || client.log().contains("add `comp-lzo no`"),
+        || client.log().contains("add `comp-lzo`"),
     );
     let drops = &client.try_show().unwrap()["tunnels"][0]["drops"];
     assert!(drops["malformed"].as_u64().unwrap() >= 1, "{drops}");
@@ -294,7 +342,7 @@ fn openvpn_server_pushes_comp_lzo_no() {
     let tunnel = ovpn::with_push(
         &ovpn::server_tunnel_toml(&pki, "192.0.2.1", Proto::Tcp, KeyMode::TlsCrypt, &ALL),
         &["comp-lzo no"],
-    ) + "compress = \"lzo\"\n";
+    ) + "compress = \"comp-lzo no\"\n";
     let server = Client::start(&s, &tunnel);
     let conf = ovpn::client_conf(
         &pki,
@@ -316,4 +364,41 @@ fn openvpn_server_pushes_comp_lzo_no() {
     assert_eq!(drops["malformed"], 0, "{drops}");
     let log = c.log_of(client);
     assert!(!log.contains("Bad compression"), "{log}");
+}
+
+/// polytun as the server (`compress = "lzo"`, pushed as `comp-lzo yes`)
+/// with an openvpn 2.6 client that compresses (`allow-compression yes`):
+/// its compressed packets are decompressed, checked as its own (source
+/// address) and delivered; a checksummed transfer each way.
+#[test]
+fn openvpn_server_decompresses_a_compressing_client() {
+    let (s, c, pki) = setup("oczb");
+    let tunnel = ovpn::with_push(
+        &ovpn::server_tunnel_toml(&pki, "192.0.2.1", Proto::Udp, KeyMode::TlsCrypt, &ALL),
+        &["comp-lzo yes"],
+    ) + "compress = \"lzo\"\n";
+    let server = Client::start(&s, &tunnel);
+    let conf = ovpn::client_conf(
+        &pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        "AES-256-GCM",
+    ) + "comp-lzo yes\nallow-compression yes\n";
+    let client = ovpn::start_client(&c, &conf);
+    wait_until("the client", Duration::from_secs(30), || {
+        clients(&server).len() == 1
+    });
+    assert_eq!(clients(&server)[0]["compression"], "comp-lzo");
+    wait_ping(&c, SERVER_TUN, Duration::from_secs(10));
+    // requests of zeros arrive compressed
+    assert_eq!(
+        ping_with(&c, SERVER_TUN, 5, &["-s", "1000", "-p", "00"]),
+        0.0
+    );
+    xfer(&c, &s, "198.51.100.2", 5207, XFER);
+    xfer(&s, &c, SERVER_TUN, 5208, XFER);
+    let drops = &server.try_show().unwrap()["tunnels"][0]["drops"];
+    assert_eq!(drops["malformed"], 0, "{drops}");
+    assert!(c.try_wait(client).is_none());
 }

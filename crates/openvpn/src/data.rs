@@ -10,7 +10,7 @@
 //! same. The client sends with slot 0 and the server with slot 1
 //! (`init_key_contexts`: server → KEY_DIRECTION_INVERSE).
 
-use crate::compress::{Framing, FramingError};
+use crate::compress::{Compressor, Framing, FramingError, Unframed};
 use crate::packet::{op_byte, KeyId, Opcode, DATA_TAG_LEN, DATA_V2_HEADER_LEN};
 use crate::tls::EKM_LEN;
 use polytun_core::aead::NONCE_LEN;
@@ -204,6 +204,9 @@ pub enum Opened {
     Packet(KeyStatus),
     /// OpenVPN's keepalive ping (counts as liveness, not for the TUN).
     Ping(KeyStatus),
+    /// A payload the peer compressed (its framing takes it): to be
+    /// decompressed ([`crate::compress::decompress`]) before the TUN.
+    Compressed(Compressor, KeyStatus),
 }
 
 /// One key-id's data channel keys: what the data path uses.
@@ -292,7 +295,9 @@ impl DataChannelKey {
             return Err(DataError::ZeroPacketId);
         }
         let st = self.opening.open(now, pkt, counter)?;
-        self.framing.unframe(pkt)?;
+        if let Unframed::Compressed(a) = self.framing.unframe(pkt)? {
+            return Ok(Opened::Compressed(a, st));
+        }
         Ok(if pkt.as_slice() == PING_MAGIC {
             Opened::Ping(st)
         } else {
@@ -395,7 +400,7 @@ mod tests {
             )
             .with_framing(f)
         };
-        for f in [Framing::Lzo, Framing::Swap, Framing::V2] {
+        for f in [Framing::Lzo, Framing::Stub, Framing::Lz4V2] {
             let (c, s, plain) = (key(false, f), key(true, f), key(true, Framing::None));
             let mut b = PacketBatch::new(3, 33, 100, 1);
             b.push(b"\x45ip");
@@ -404,7 +409,10 @@ mod tests {
             for i in 0..3 {
                 b.with_packet(i, |p| c.seal(now, p).unwrap());
             }
-            assert_eq!(b.get(0).len(), OVERHEAD + 3 + usize::from(f != Framing::V2));
+            assert_eq!(
+                b.get(0).len(),
+                OVERHEAD + 3 + usize::from(f != Framing::Lz4V2)
+            );
             assert_eq!(
                 b.with_packet(0, |p| s.open(now, p)).unwrap(),
                 Opened::Packet(KeyStatus::Fresh)
@@ -415,7 +423,7 @@ mod tests {
                 Ok(Opened::Ping(_))
             ));
             let r = b.with_packet(2, |p| plain.open(now, p));
-            if f == Framing::V2 {
+            if f == Framing::Lz4V2 {
                 assert!(r.is_ok(), "{r:?}"); // no byte added to an IP packet
             } else {
                 assert!(matches!(r, Err(DataError::Framing(_))), "{f:?} {r:?}");

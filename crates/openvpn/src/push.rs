@@ -360,10 +360,11 @@ mod tests {
     #[test]
     fn compression_framing() {
         for (m, f) in [
-            ("PUSH_REPLY,comp-lzo no,peer-id 0", Framing::Lzo),
-            ("PUSH_REPLY,compress stub-v2", Framing::V2),
-            ("PUSH_REPLY,compress", Framing::Swap),
-            ("PUSH_REPLY,compress lz4", Framing::Swap),
+            ("PUSH_REPLY,comp-lzo no,peer-id 0", Framing::LzoStub),
+            ("PUSH_REPLY,comp-lzo,peer-id 0", Framing::Lzo),
+            ("PUSH_REPLY,compress stub-v2", Framing::StubV2),
+            ("PUSH_REPLY,compress", Framing::Stub),
+            ("PUSH_REPLY,compress lz4", Framing::Lz4),
         ] {
             let r = PushReply::parse(m).unwrap();
             assert_eq!(r.compress, Some(f), "{m}");

@@ -65,6 +65,9 @@ pub struct SessionConfig {
     pub framing: Framing,
     /// Server: `compress migrate` (see [`migrate_push`]).
     pub compress_migrate: bool,
+    /// False with `allow-compression no`: compressed payloads are refused
+    /// even where the framing in use names an algorithm.
+    pub decompress: bool,
 }
 
 /// `compress migrate`: a client whose options string says `comp-lzo`
@@ -731,7 +734,8 @@ impl Session {
         self.cipher = Some(cipher);
         self.peer_id = peer_id;
         // OpenVPN applies a pushed comp-lzo/compress over the client's own.
-        self.framing = self.push.compress.unwrap_or(self.cfg.framing);
+        let f = self.push.compress.unwrap_or(self.cfg.framing);
+        self.framing = if self.cfg.decompress { f } else { f.stub() };
         self.derive_key(now, cipher)?;
         self.outputs.push_back(Output::SendKey(self.primary.key_id));
         self.primary.sending = true;

@@ -60,6 +60,7 @@ fn config(role: Role, wrap: ControlWrap) -> SessionConfig {
         credentials: None,
         framing: Default::default(),
         compress_migrate: false,
+        decompress: true,
     }
 }
 

@@ -67,6 +67,7 @@ fn config(role: Role, wrap: ControlWrap, ciphers: Vec<Cipher>) -> SessionConfig 
         credentials: None,
         framing: Default::default(),
         compress_migrate: false,
+        decompress: true,
     }
 }
 
@@ -316,10 +317,15 @@ fn compression_framing_pushed_and_migrated() {
     let cases = [
         (Framing::None, None, false, Framing::None),
         (Framing::Lzo, None, false, Framing::Lzo),
-        (Framing::None, Some("compress stub-v2"), false, Framing::V2),
-        (Framing::Lzo, Some("compress lz4"), false, Framing::Swap),
-        (Framing::Lzo, None, true, Framing::V2),
-        (Framing::Swap, None, true, Framing::V2),
+        (
+            Framing::None,
+            Some("compress stub-v2"),
+            false,
+            Framing::StubV2,
+        ),
+        (Framing::Lzo, Some("compress lz4"), false, Framing::Lz4),
+        (Framing::Lzo, None, true, Framing::StubV2),
+        (Framing::Stub, None, true, Framing::StubV2),
         (Framing::None, None, true, Framing::None),
     ];
     for (own, push, migrate, want) in cases {

@@ -14,7 +14,7 @@ use crate::datapath::DropCounters;
 use crate::datapath::{dst_ip, recv_udp_now, reuse, RecvList, TunArena, TunRead};
 use polytun_core::{KeyStatus, OpenError, PacketBatch, PacketBuf, PrefixTable};
 use polytun_io::{RecvMeta, Tun, UdpSocket, UDP_RECV_BATCH, UDP_RECV_MAX_DATAGRAMS};
-use polytun_openvpn::compress::Room;
+use polytun_openvpn::compress::{decompress, Compressor, FramingError, Room};
 use polytun_openvpn::data::{
     occ_exit_payload, DataError, Opened, OCC_EXIT, OCC_MAGIC, OVERHEAD, PING_MAGIC,
 };
@@ -364,7 +364,31 @@ pub struct TunWriter {
     errors: u64,
     /// The allocation of the write's list of packets (`datapath::write_opened`).
     spare: Vec<&'static mut [u8]>,
+    /// Packets the peer compressed, decompressed here back to back, each
+    /// after OVERHEAD bytes for the TUN write's header (allocated with the
+    /// first; a session without compression never touches it).
+    inflated: Vec<u8>,
+    /// Where each lies in `inflated`, and where it goes among `opened`
+    /// (written in that order).
+    inflated_at: Vec<Inflated>,
 }
+
+/// One decompressed packet of a [`TunWriter`].
+#[derive(Clone, Copy)]
+struct Inflated {
+    /// Its place in the writer's `opened`: written after `opened[..at]`.
+    at: usize,
+    start: usize,
+    end: usize,
+    /// The datagram it came in (`Dg`'s index and start).
+    from: (usize, usize),
+}
+
+/// The most a packet decompresses to (OpenVPN's frame is the TUN MTU and
+/// some; a larger result is refused, so nothing expands without bound).
+const MAX_INFLATED: usize = 16 * 1024;
+/// The most a turn's decompressed packets take before more are dropped.
+const MAX_INFLATED_TURN: usize = 4 << 20;
 
 impl TunWriter {
     /// A writer whose lists hold `packets` packets without growing (a
@@ -374,6 +398,8 @@ impl TunWriter {
             opened: Vec::with_capacity(packets),
             errors: 0,
             spare: Vec::with_capacity(packets),
+            inflated: Vec::new(),
+            inflated_at: Vec::new(),
         }
     }
 
@@ -458,6 +484,21 @@ impl TunWriter {
                 shared.pings_rx.fetch_add(1, Ordering::Relaxed);
                 Rx::Consumed
             }
+            Ok(Opened::Compressed(algo, _)) => {
+                shared.mark_rx(now);
+                match self.inflate(algo, p.as_slice(), (d.index, d.start)) {
+                    Ok(Some(n)) => {
+                        shared.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        Rx::Queued
+                    }
+                    Ok(None) => Rx::Consumed,
+                    Err(e) => {
+                        shared.framing_refused(e);
+                        DropCounters::bump(&shared.drops.malformed);
+                        Rx::Dropped
+                    }
+                }
+            }
             Err(e) => {
                 let c = match e {
                     DataError::Open(OpenError::Replay(_)) => &shared.drops.replayed,
@@ -476,9 +517,52 @@ impl TunWriter {
         }
     }
 
+    /// Decompresses `input` (from datagram `from`) and queues it after the
+    /// packets queued so far; its length, or None for nothing to write
+    /// (an empty packet, a keepalive ping, an OCC message).
+    fn inflate(
+        &mut self,
+        algo: Compressor,
+        input: &[u8],
+        from: (usize, usize),
+    ) -> Result<Option<usize>, FramingError> {
+        let start = self.inflated.len();
+        if start > MAX_INFLATED_TURN {
+            return Err(FramingError::Decompress(algo));
+        }
+        self.inflated.resize(start + OVERHEAD + MAX_INFLATED, 0);
+        let r = decompress(algo, input, &mut self.inflated[start + OVERHEAD..]);
+        let n = *r.as_ref().unwrap_or(&0);
+        self.inflated.truncate(start + OVERHEAD + n);
+        let packet = &self.inflated[start + OVERHEAD..];
+        if r.is_err() || packet.is_empty() || packet.starts_with(&OCC_MAGIC) || packet == PING_MAGIC
+        {
+            self.inflated.truncate(start);
+            return r.map(|_| None);
+        }
+        self.inflated_at.push(Inflated {
+            at: self.opened.len(),
+            start,
+            end: start + OVERHEAD + n,
+            from,
+        });
+        Ok(Some(n))
+    }
+
+    /// The decompressed packet queued last, if it is the last queued.
+    fn last_inflated(&self) -> Option<&Inflated> {
+        self.inflated_at
+            .last()
+            .filter(|x| x.at == self.opened.len())
+    }
+
     /// The plaintext of the packet queued last, if it was `d`'s (to check
     /// its inner source).
-    pub(super) fn last<'b>(&self, d: &'b Dg<'_>) -> Option<&'b [u8]> {
+    pub(super) fn last<'s>(&'s self, d: &'s Dg<'_>) -> Option<&'s [u8]> {
+        if let Some(x) = self.last_inflated() {
+            return (x.from == (d.index, d.start))
+                .then(|| &self.inflated[x.start + OVERHEAD..x.end]);
+        }
         let &(i, base, end) = self.opened.last()?;
         // (an earlier datagram's base in the same buffer lies before d's start)
         (i == d.index && base >= d.start).then(|| &d.buf[base + OVERHEAD..end])
@@ -486,22 +570,51 @@ impl TunWriter {
 
     /// Takes back the packet queued last.
     pub(super) fn unqueue(&mut self) {
-        self.opened.pop();
+        if let Some(x) = self.last_inflated().copied() {
+            self.inflated_at.pop();
+            self.inflated.truncate(x.start);
+        } else {
+            self.opened.pop();
+        }
     }
 
     /// Writes what was queued from `bufs` to the TUN device.
     pub(super) fn flush(&mut self, tun: &Tun, bufs: &mut [Vec<u8>], shared: &Shared) {
+        // Decompressed packets go between the runs written in place, in
+        // the order they came.
+        let mut from = 0;
+        for x in &self.inflated_at {
+            crate::datapath::write_opened(
+                tun,
+                bufs,
+                &self.opened[from..x.at],
+                OVERHEAD,
+                &mut self.errors,
+                &shared.name,
+                &mut self.spare,
+            );
+            let mut one = [&mut self.inflated[x.start..x.end]];
+            if let Err(e) = tun.send_gathered_now(&mut one, OVERHEAD) {
+                self.errors += 1;
+                if self.errors.is_power_of_two() {
+                    tracing::debug!("{}: writing to the tun device: {e}", shared.name);
+                }
+            }
+            from = x.at;
+        }
         crate::datapath::write_opened(
             tun,
             bufs,
-            &self.opened,
+            &self.opened[from..],
             OVERHEAD,
             &mut self.errors,
             &shared.name,
             &mut self.spare,
         );
-        crate::datapath::hand_over_lone(self.opened.len());
+        crate::datapath::hand_over_lone(self.opened.len() + self.inflated_at.len());
         self.opened.clear();
+        self.inflated_at.clear();
+        self.inflated.clear();
     }
 }
 

@@ -291,7 +291,7 @@ fn framing_room(s: &OpenVpn) -> Room {
         let mut w = o.split_ascii_whitespace();
         Framing::from_option(w.next()?, w.next()).ok()
     });
-    let migrate = s.compress_migrate.then_some(Framing::Lzo);
+    let migrate = s.compress_migrate.then_some(Framing::LzoStub);
     std::iter::once(s.framing)
         .chain(pushed)
         .chain(migrate)
@@ -601,6 +601,7 @@ impl Server {
             credentials: None,
             framing: self.settings.framing,
             compress_migrate: self.settings.compress_migrate,
+            decompress: self.settings.decompress,
         };
         let mut session = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
         session.set_hand_window(now, self.settings.hand_window);

@@ -38,13 +38,38 @@ impl Transport {
     }
 }
 
+/// Key material as read from its file (a private key's PEM, a static
+/// key): wiped on drop, and never printed: `Debug` shows only that it is
+/// there (settings are logged and compared whole).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    pub fn new(text: Zeroizing<String>) -> Self {
+        Secret(text)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Control-channel protection and its static key (file text, validated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyMode {
     None,
-    TlsCrypt(Zeroizing<String>),
+    TlsCrypt(Secret),
     TlsAuth {
-        key: Zeroizing<String>,
+        key: Secret,
         direction: Option<u8>,
         digest: Digest,
     },
@@ -71,7 +96,7 @@ pub struct OpenVpn {
     /// Our certificate and key (PEM); a client with `credentials` may go
     /// without (a server with `verify-client-cert none`).
     pub cert: Option<String>,
-    pub key: Option<Zeroizing<String>>,
+    pub key: Option<Secret>,
     /// Client: `auth-user-pass`.
     pub credentials: Option<Credentials>,
     pub key_mode: KeyMode,
@@ -88,6 +113,10 @@ pub struct OpenVpn {
     /// `comp-lzo` / `compress ALG`: the compression framing (never
     /// compression). A client's is replaced by what its server pushes.
     pub framing: Framing,
+    /// `allow-compression no`: packets the peer compressed are refused
+    /// even where the option names an algorithm (by default they are
+    /// decompressed there, as OpenVPN 2.6 does).
+    pub decompress: bool,
     /// Server: `compress migrate`, a framing per client as OpenVPN picks
     /// it (clients whose options say `comp-lzo` get `compress stub-v2`,
     /// or `comp-lzo no` if they cannot take it; others none).
@@ -219,6 +248,8 @@ struct Collected {
     verify_x509_name: Option<(X509NameCheck, Src)>,
     /// `Err`: `compress migrate`.
     compress: Option<(Result<Framing, ()>, Src)>,
+    /// `allow-compression`: false for `no`.
+    decompress: Option<bool>,
 }
 
 /// Builds the settings; `toml_err(field, message)` makes an error for a
@@ -325,10 +356,12 @@ pub fn build(
     if let Some(v) = raw.compress {
         let f = match v {
             "migrate" => Err(()),
-            v => Ok(Framing::from_option("compress", Some(v)).map_err(|m| {
+            v => Ok(Framing::from_toml(v).map_err(|m| {
                 toml_err(
                     "compress",
-                    format!("{m} (or, for a server, migrate; `lzo` is comp-lzo)"),
+                    format!(
+                        "{m}; or \"comp-lzo\", \"comp-lzo no\" (a server also takes \"migrate\")"
+                    ),
                 )
             })?),
         };
@@ -526,7 +559,7 @@ fn finish(
                     format!("no usable PEM private key (PKCS#8, SEC1 or PKCS#1): {e}"),
                 )
             })?;
-            (Some(cert.to_string()), Some(key))
+            (Some(cert.to_string()), Some(Secret::new(key)))
         }
     };
     let ca = match &c.ca {
@@ -546,11 +579,11 @@ fn finish(
     if ca.is_none() && peer_fingerprints.is_empty() {
         return Err(missing("ca", "ca"));
     }
-    let static_key = |m: &(Material, Src)| -> Result<Zeroizing<String>, ConfigError> {
+    let static_key = |m: &(Material, Src)| -> Result<Secret, ConfigError> {
         let text = read(m)?;
         StaticKey::parse(&text)
             .map_err(|e| err(&m.1, format!("not an OpenVPN static key: {e}")))?;
-        Ok(text)
+        Ok(Secret::new(text))
     };
     let digest = match &c.auth {
         None => Digest::Sha1,
@@ -644,6 +677,7 @@ fn finish(
         ping_restart: c.ping_restart,
         rekey,
         framing,
+        decompress: c.decompress.unwrap_or(true),
         compress_migrate,
         source,
         server,
@@ -1346,8 +1380,8 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
                 };
                 c.compress = Some((f, src.clone()));
             }
-            // polytun never compresses and never decompresses, whatever
-            // this says (OpenVPN 2.6's `no` without refusing the framing).
+            // polytun never compresses, whatever this says; `no` also
+            // refuses what a peer compressed (asym and yes take it).
             "allow-compression" => {
                 let a = arg(0)?;
                 if !matches!(a, "no" | "asym" | "yes") {
@@ -1357,6 +1391,7 @@ fn parse_ovpn(file: &Path, text: &str, c: &mut Collected) -> Result<(), ConfigEr
                         format!("bad allow-compression `{a}`: must be no, asym or yes"),
                     ));
                 }
+                c.decompress = Some(a != "no");
             }
             "ping" => c.ping = Some(num(0)?),
             "ping-restart" => c.ping_restart = Some(num(0)?),
@@ -1546,6 +1581,43 @@ mod tests {
         (c, k)
     }
 
+    /// Settings are printed whole (`{:?}`): the private key and the
+    /// static key never are.
+    #[test]
+    fn debug_prints_no_key_material() {
+        let dir = std::env::temp_dir().join(format!("pt-ovpndbg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, k) = cert_and_key(&dir);
+        let sk = StaticKey::from_bytes([0xab; polytun_openvpn::static_key::STATIC_KEY_LEN]);
+        let ta = dir.join("ta.key");
+        std::fs::write(&ta, sk.to_file()).unwrap();
+        let raw = RawFields {
+            remote: Some("192.0.2.1"),
+            ca: Some(&c),
+            cert: Some(&c),
+            key: Some(&k),
+            tls_crypt: Some(&ta),
+            ..Default::default()
+        };
+        let o = build(&raw, &dir, &terr).unwrap();
+        assert!(o.key.as_deref().unwrap().contains("PRIVATE KEY"));
+        let d = format!("{o:?}");
+        assert!(!d.contains("PRIVATE KEY"), "{d}");
+        assert!(!d.contains("abababab"), "static key in Debug: {d}");
+        let tls_auth = build(
+            &RawFields {
+                tls_crypt: None,
+                tls_auth: Some(&ta),
+                ..raw
+            },
+            &dir,
+            &terr,
+        )
+        .unwrap();
+        assert!(!format!("{tls_auth:?}").contains("abababab"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// comp-lzo / compress in a .ovpn and `compress` in TOML (which wins);
     /// `compress migrate` only for a server; bad values name the line.
     #[test]
@@ -1567,26 +1639,32 @@ mod tests {
         for (lines, want) in [
             ("", Framing::None),
             ("comp-lzo\n", Framing::Lzo),
-            (
-                "comp-lzo no\ncomp-noadapt\nallow-compression no\n",
-                Framing::Lzo,
-            ),
-            ("compress\n", Framing::Swap),
-            ("compress lz4\n", Framing::Swap),
-            ("compress stub-v2\n", Framing::V2),
-            ("compress lz4-v2\n", Framing::V2),
+            ("comp-lzo no\ncomp-noadapt\n", Framing::LzoStub),
+            ("comp-lzo\nallow-compression asym\n", Framing::Lzo),
+            ("compress\n", Framing::Stub),
+            ("compress lz4\n", Framing::Lz4),
+            ("compress stub-v2\n", Framing::StubV2),
+            ("compress lz4-v2\n", Framing::Lz4V2),
             ("compress lzo\n", Framing::Lzo),
         ] {
             std::fs::write(&p, format!("{head}{lines}")).unwrap();
             let o = build(&raw, &dir, &terr).unwrap();
             assert_eq!((o.framing, o.compress_migrate), (want, false), "{lines}");
         }
+        std::fs::write(&p, format!("{head}comp-lzo\nallow-compression no\n")).unwrap();
+        assert!(!build(&raw, &dir, &terr).unwrap().decompress);
         std::fs::write(&p, format!("{head}comp-lzo\n")).unwrap();
+        assert!(build(&raw, &dir, &terr).unwrap().decompress);
         let toml = RawFields {
             compress: Some("stub-v2"),
             ..raw
         };
-        assert_eq!(build(&toml, &dir, &terr).unwrap().framing, Framing::V2);
+        assert_eq!(build(&toml, &dir, &terr).unwrap().framing, Framing::StubV2);
+        let toml = RawFields {
+            compress: Some("comp-lzo no"),
+            ..raw
+        };
+        assert_eq!(build(&toml, &dir, &terr).unwrap().framing, Framing::LzoStub);
         for (lines, line, field) in [
             ("compress migrate\n", 7, "compress"),
             ("compress zstd\n", 7, "compress"),

@@ -6,7 +6,7 @@ use crate::datapath::DropCounters;
 use ipnet::IpNet;
 use polytun_core::PrefixTable;
 use polytun_io::UdpSocket;
-use polytun_openvpn::compress::FramingError;
+use polytun_openvpn::compress::{Compressor, FramingError};
 use polytun_openvpn::data::DataChannelKey;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -97,6 +97,8 @@ fn code(e: FramingError) -> u16 {
         FramingError::Compressed(b) => 0x100 | u16::from(b),
         FramingError::BadHeader(b) => 0x200 | u16::from(b),
         FramingError::NoRoom => 0x300,
+        FramingError::Decompress(Compressor::Lzo) => 0x400,
+        FramingError::Decompress(Compressor::Lz4) => 0x401,
     }
 }
 
@@ -106,6 +108,8 @@ fn decode(c: u16) -> Option<FramingError> {
         1 => Some(FramingError::Compressed(b)),
         2 => Some(FramingError::BadHeader(b)),
         3 => Some(FramingError::NoRoom),
+        4 if b == 0 => Some(FramingError::Decompress(Compressor::Lzo)),
+        4 => Some(FramingError::Decompress(Compressor::Lz4)),
         _ => None,
     }
 }

@@ -424,6 +424,7 @@ impl Control {
             credentials: self.settings.credentials.clone(),
             framing: self.settings.framing,
             compress_migrate: false,
+            decompress: self.settings.decompress,
         };
         let mut s = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
         s.set_hand_window(now, self.settings.hand_window);
@@ -827,10 +828,15 @@ pub(super) fn framing_warning(shared: &Shared, warned: &mut u64, peer: &str) -> 
         .map_or(Framing::None, |k| k.framing);
     Some(match e {
         FramingError::Compressed(b) => format!(
-            "{n} packets from the {peer} were compressed (header byte {b:#04x}); polytun never \
-             decompresses: the {peer} must not compress (`allow-compression no`, OpenVPN 2.6's \
-             default)"
+            "{n} packets from the {peer} were compressed (header byte {b:#04x}), which this \
+             tunnel's `{}` does not take: the {peer} should not compress (`allow-compression \
+             no` there), or name the algorithm here (`comp-lzo`, `compress lz4`, `compress \
+             lz4-v2`, without `allow-compression no`)",
+            ours.option()
         ),
+        FramingError::Decompress(a) => {
+            format!("{n} packets from the {peer} were {a:?} data that did not decompress")
+        }
         FramingError::BadHeader(b) => match Framing::guess(b) {
             Some(f) if ours == Framing::None => format!(
                 "{n} packets from the {peer} carried compression framing (first byte {b:#04x}) \

@@ -370,6 +370,98 @@ fn openvpn_auth_token_stands_in_for_a_one_time_password() {
     assert!(s.try_wait(server).is_none());
 }
 
+/// The token outlives its session, as with OpenVPN: after a reconnect
+/// (its packets to the server blocked until ping-restart) polytund sends
+/// the last session's token, so the one-time password is not needed again.
+/// A token the server no longer takes (it restarted: a new token secret)
+/// makes polytund fall back to the password at once.
+#[test]
+fn openvpn_auth_token_carries_over_a_reconnect() {
+    use std::os::unix::fs::PermissionsExt;
+    let (s, c, pki) = setup("ovar");
+    // the password is accepted once per `allow` file
+    let allow = s.dir().join("otp-allow");
+    let script = s.write_file(
+        "check-otp.sh",
+        &format!(
+            "#!/bin/sh\n[ -e {a} ] || exit 1\n[ \"$(sed -n 1p \"$1\")\" = alice ] && \
+             [ \"$(sed -n 2p \"$1\")\" = 123456 ] && rm {a}\n",
+            a = allow.display()
+        ),
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = ovpn::server_conf(
+        &pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        "AES-256-GCM",
+    ) + &format!(
+        "script-security 2\nauth-user-pass-verify {} via-file\nauth-gen-token 600\n\
+         keepalive 1 4\n",
+        script.display()
+    );
+    std::fs::write(&allow, "").unwrap();
+    let mut server = ovpn::start_server(&s, &conf);
+    let otp = c.write_file("otp.pass", "alice\n123456\n");
+    let tunnel = ovpn::client_tunnel_toml(
+        &pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        &["AES-256-GCM"],
+        &pki.path("ta.key"),
+    ) + &format!("auth_user_pass = \"{}\"\n", otp.display());
+    let client = Client::start(&c, &tunnel);
+    client.wait_connected(Duration::from_secs(30));
+    assert!(!allow.exists(), "the one-time password was used");
+    let first = client.session()["connected_since_unix"].clone();
+    // silence until the pushed ping-restart (4 s) ends the session
+    let nft = polytun_e2e::bins::tool("nft");
+    let nft = nft.to_str().unwrap();
+    c.run_ok(&[nft, "add table inet t"]);
+    c.run_ok(&[
+        nft,
+        "add chain inet t o { type filter hook output priority 0 ; }",
+    ]);
+    c.run_ok(&[nft, "add rule inet t o udp dport 1194 drop"]);
+    polytun_e2e::wait_until("ping-restart", Duration::from_secs(15), || {
+        client.log().contains("ping-restart")
+    });
+    c.run_ok(&[nft, "delete table inet t"]);
+    polytun_e2e::wait_until(
+        "a new session, by the token",
+        Duration::from_secs(30),
+        || {
+            let s = client.session();
+            s["state"] == "connected" && s["connected_since_unix"] != first
+        },
+    );
+    assert_eq!(
+        ping(&c, ovpn::SERVER_TUN, 3),
+        0.0,
+        "ping after the reconnect"
+    );
+    assert!(!client.log().contains("AUTH_FAILED"), "{}", client.log());
+
+    // a restarted server knows no earlier token: the password again
+    s.kill(server);
+    std::fs::write(&allow, "").unwrap();
+    server = ovpn::start_server(&s, &conf);
+    polytun_e2e::wait_until(
+        "the fallback to the password",
+        Duration::from_secs(40),
+        || {
+            client.log().contains("refused the auth-token")
+                && client.session()["state"] == "connected"
+        },
+    );
+    assert!(!allow.exists(), "the password was sent again");
+    wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
+    assert!(!client.log().contains("SESS_ID"), "token in the log");
+    assert!(s.try_wait(server).is_none());
+}
+
 /// configs/openvpn-client.toml + .ovpn, as shipped, with this test's PKI.
 #[test]
 fn openvpn_ovpn_file_client() {

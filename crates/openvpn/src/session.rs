@@ -68,6 +68,10 @@ pub struct SessionConfig {
     /// False with `allow-compression no`: compressed payloads are refused
     /// even where the framing in use names an algorithm.
     pub decompress: bool,
+    /// Client: a server's auth-token from an earlier session, sent for the
+    /// password from the first key on (a reconnect then needs no new
+    /// one-time password, as with OpenVPN).
+    pub auth_token: Option<crate::push::AuthToken>,
 }
 
 /// `compress migrate`: a client whose options string says `comp-lzo`
@@ -263,6 +267,7 @@ impl Session {
         let mut rng: Box<dyn RngCoreSend> = Box::new(rng);
         let rekey = RekeyConfig::default();
         let timers = RekeyTimers::new(&rekey, is_server, &mut *rng);
+        let auth_token = cfg.auth_token.clone();
         let mut s = Self {
             primary: KeyState::new(0, cfg.reliable, now + HAND_WINDOW),
             cfg,
@@ -272,7 +277,10 @@ impl Session {
             lame: None,
             next_key_id: 1,
             phase: Phase::Reset,
-            push: PushReply::default(),
+            push: PushReply {
+                auth_token,
+                ..PushReply::default()
+            },
             cipher: None,
             peer_id: crate::packet::NO_PEER_ID,
             framing: Framing::None,
@@ -307,6 +315,12 @@ impl Session {
     }
 
     /// The first key is up (stays true across renegotiations).
+    /// Client: the server's auth-token as it stands now (renewals
+    /// included), to carry into the next session.
+    pub fn auth_token(&self) -> Option<&crate::push::AuthToken> {
+        self.push.auth_token.as_ref()
+    }
+
     pub fn is_active(&self) -> bool {
         self.phase == Phase::Active
     }

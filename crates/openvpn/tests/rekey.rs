@@ -61,6 +61,7 @@ fn config(role: Role, wrap: ControlWrap) -> SessionConfig {
         framing: Default::default(),
         compress_migrate: false,
         decompress: true,
+        auth_token: None,
     }
 }
 

@@ -68,6 +68,7 @@ fn config(role: Role, wrap: ControlWrap, ciphers: Vec<Cipher>) -> SessionConfig 
         framing: Default::default(),
         compress_migrate: false,
         decompress: true,
+        auth_token: None,
     }
 }
 

@@ -602,6 +602,7 @@ impl Server {
             framing: self.settings.framing,
             compress_migrate: self.settings.compress_migrate,
             decompress: self.settings.decompress,
+            auth_token: None,
         };
         let mut session = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
         session.set_hand_window(now, self.settings.hand_window);

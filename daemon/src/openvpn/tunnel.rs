@@ -161,6 +161,8 @@ pub fn spawn(
         connected_since: None,
         last_error: None,
         framing_warned: 0,
+        auth_token: None,
+        token_sent: false,
         poller,
         registered,
         tcp_registered: None,
@@ -206,6 +208,10 @@ struct Control {
     last_error: Option<String>,
     /// Framing refusals counted at the last warning about them.
     framing_warned: u64,
+    /// The server's last auth-token, kept across sessions (never logged).
+    auth_token: Option<polytun_openvpn::push::AuthToken>,
+    /// Did this session's first key send the token for the password?
+    token_sent: bool,
     poller: Arc<datapath::Poller>,
     /// The UDP socket registered with the data-path threads.
     registered: Option<std::os::fd::RawFd>,
@@ -413,6 +419,14 @@ impl Control {
             self.settings.key_mode.name(),
             self.attempts
         );
+        // A token from the last session stands for the password (the
+        // server may have taken a one-time one); without credentials the
+        // server asked for none.
+        let token = self
+            .auth_token
+            .clone()
+            .filter(|_| self.settings.credentials.is_some());
+        self.token_sent = token.is_some();
         let cfg = SessionConfig {
             role: Role::Client(self.tls.clone()),
             wrap: control_wrap(&self.settings, false),
@@ -425,6 +439,7 @@ impl Control {
             framing: self.settings.framing,
             compress_migrate: false,
             decompress: self.settings.decompress,
+            auth_token: token,
         };
         let mut s = Session::new(cfg, now, SystemTime::now(), rand_core::OsRng);
         s.set_hand_window(now, self.settings.hand_window);
@@ -524,6 +539,19 @@ impl Control {
                     "tunnel {}: sending with key-id {key_id} (renegotiated)",
                     self.name
                 ),
+                Event::Failed(why) if why.contains("AUTH_FAILED") && self.token_sent => {
+                    // Expired or from a restarted server: OpenVPN then
+                    // forgets the token and asks with the password again.
+                    tracing::warn!(
+                        "tunnel {}: the server refused the auth-token from the last session \
+                         ({why}); retrying at once with the username and password",
+                        self.name
+                    );
+                    self.teardown();
+                    self.auth_token = None;
+                    self.token_sent = false;
+                    self.reconnect_at = Some(Instant::now());
+                }
                 Event::Failed(why) => {
                     let why = if why.contains("AUTH_FAILED") {
                         let hint = if self.settings.credentials.is_some() {
@@ -677,6 +705,9 @@ impl Control {
 
     /// Ends the current session and link; the tables are emptied.
     fn teardown(&mut self) {
+        if let Some(t) = self.session.as_ref().and_then(|s| s.auth_token()) {
+            self.auth_token = Some(t.clone());
+        }
         self.session = None;
         self.push = None;
         self.connected_since = None;

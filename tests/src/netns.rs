@@ -281,6 +281,27 @@ impl Netns {
     }
 
     /// PIDs of every process currently inside the namespace.
+    /// Drops every UDP datagram this namespace sends to `port` (an
+    /// nftables table `drop_out`), until [`Netns::undrop_udp_out`].
+    pub fn drop_udp_out(&self, port: u16) {
+        let nft = crate::bins::tool("nft");
+        let nft = nft.to_str().unwrap();
+        self.run_ok(&[nft, "add table inet drop_out"]);
+        self.run_ok(&[
+            nft,
+            "add chain inet drop_out o { type filter hook output priority 0 ; }",
+        ]);
+        self.run_ok(&[
+            nft,
+            &format!("add rule inet drop_out o udp dport {port} drop"),
+        ]);
+    }
+
+    pub fn undrop_udp_out(&self) {
+        let nft = crate::bins::tool("nft");
+        self.run_ok(&[nft.to_str().unwrap(), "delete table inet drop_out"]);
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         let o = Command::new(crate::bins::tool("ip"))
             .args(["netns", "pids", &self.name])

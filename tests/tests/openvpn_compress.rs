@@ -334,71 +334,55 @@ fn openvpn_server_compress_migrate() {
     assert!(c.try_wait(c1).is_none() && c2.try_wait(c2pid).is_none());
 }
 
-/// polytun as the server with a .conf saying `comp-lzo no` and pushing
-/// it: an openvpn 2.6 client without the option takes the push.
-#[test]
-fn openvpn_server_pushes_comp_lzo_no() {
-    let (s, c, pki) = setup("ocz8");
+/// polytun as the server (`compress`, and `push` it) with an openvpn 2.6
+/// client (`client_extra`): the client's session shows `framing`; large
+/// pings (of zeros: a compressing client's arrive compressed, and are
+/// decompressed and checked as its own) and a checksummed transfer each
+/// way go through with nothing dropped.
+fn server_test(test: &str, proto: Proto, compress: &str, client_extra: &str, framing: &str) {
+    let (s, c, pki) = setup(test);
     let tunnel = ovpn::with_push(
-        &ovpn::server_tunnel_toml(&pki, "192.0.2.1", Proto::Tcp, KeyMode::TlsCrypt, &ALL),
-        &["comp-lzo no"],
-    ) + "compress = \"comp-lzo no\"\n";
+        &ovpn::server_tunnel_toml(&pki, "192.0.2.1", proto, KeyMode::TlsCrypt, &ALL),
+        &[compress],
+    ) + &format!("compress = \"{compress}\"\n");
     let server = Client::start(&s, &tunnel);
-    let conf = ovpn::client_conf(
-        &pki,
-        "192.0.2.1",
-        Proto::Tcp,
-        KeyMode::TlsCrypt,
-        "AES-256-GCM",
-    );
+    let conf = ovpn::client_conf(&pki, "192.0.2.1", proto, KeyMode::TlsCrypt, "AES-256-GCM")
+        + client_extra;
     let client = ovpn::start_client(&c, &conf);
     wait_until("the client", Duration::from_secs(30), || {
         clients(&server).len() == 1
     });
-    assert_eq!(clients(&server)[0]["compression"], "comp-lzo no");
+    assert_eq!(clients(&server)[0]["compression"], framing);
     wait_ping(&c, SERVER_TUN, Duration::from_secs(10));
-    assert_eq!(ping_with(&c, SERVER_TUN, 5, &["-s", "1400"]), 0.0);
+    assert_eq!(
+        ping_with(&c, SERVER_TUN, 5, &["-s", "1000", "-p", "00"]),
+        0.0
+    );
     xfer(&c, &s, "198.51.100.2", 5205, XFER);
     xfer(&s, &c, SERVER_TUN, 5206, XFER);
     let drops = &server.try_show().unwrap()["tunnels"][0]["drops"];
     assert_eq!(drops["malformed"], 0, "{drops}");
     let log = c.log_of(client);
     assert!(!log.contains("Bad compression"), "{log}");
+    assert!(c.try_wait(client).is_none());
 }
 
-/// polytun as the server (`compress = "lzo"`, pushed as `comp-lzo yes`)
-/// with an openvpn 2.6 client that compresses (`allow-compression yes`):
-/// its compressed packets are decompressed, checked as its own (source
-/// address) and delivered; a checksummed transfer each way.
+/// A .conf saying `comp-lzo no` and pushing it: an openvpn 2.6 client
+/// without the option takes the push.
+#[test]
+fn openvpn_server_pushes_comp_lzo_no() {
+    server_test("ocz8", Proto::Tcp, "comp-lzo no", "", "comp-lzo no");
+}
+
+/// `comp-lzo yes`, pushed, and an openvpn 2.6 client that compresses
+/// (`allow-compression yes`).
 #[test]
 fn openvpn_server_decompresses_a_compressing_client() {
-    let (s, c, pki) = setup("oczb");
-    let tunnel = ovpn::with_push(
-        &ovpn::server_tunnel_toml(&pki, "192.0.2.1", Proto::Udp, KeyMode::TlsCrypt, &ALL),
-        &["comp-lzo yes"],
-    ) + "compress = \"lzo\"\n";
-    let server = Client::start(&s, &tunnel);
-    let conf = ovpn::client_conf(
-        &pki,
-        "192.0.2.1",
+    server_test(
+        "oczb",
         Proto::Udp,
-        KeyMode::TlsCrypt,
-        "AES-256-GCM",
-    ) + "comp-lzo yes\nallow-compression yes\n";
-    let client = ovpn::start_client(&c, &conf);
-    wait_until("the client", Duration::from_secs(30), || {
-        clients(&server).len() == 1
-    });
-    assert_eq!(clients(&server)[0]["compression"], "comp-lzo");
-    wait_ping(&c, SERVER_TUN, Duration::from_secs(10));
-    // requests of zeros arrive compressed
-    assert_eq!(
-        ping_with(&c, SERVER_TUN, 5, &["-s", "1000", "-p", "00"]),
-        0.0
+        "comp-lzo yes",
+        "comp-lzo yes\nallow-compression yes\n",
+        "comp-lzo",
     );
-    xfer(&c, &s, "198.51.100.2", 5207, XFER);
-    xfer(&s, &c, SERVER_TUN, 5208, XFER);
-    let drops = &server.try_show().unwrap()["tunnels"][0]["drops"];
-    assert_eq!(drops["malformed"], 0, "{drops}");
-    assert!(c.try_wait(client).is_none());
 }

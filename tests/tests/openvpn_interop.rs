@@ -305,6 +305,54 @@ fn openvpn_auth_user_pass() {
     );
 }
 
+/// An openvpn 2.6 server (`auth-gen-token` and `extra`) whose check
+/// takes user alice's password 123456 under `rule` (shell, `$u` the file
+/// that governs it, e.g. "[ -e $u ] && exit 1" and a `touch $u` after),
+/// and a polytun client with that password: (server, client, `$u`).
+fn otp_pair<'a>(
+    s: &'a Netns,
+    c: &'a Netns,
+    pki: &Pki,
+    rule: (&str, &str),
+    extra: &str,
+) -> (u32, Client<'a>, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let u = s.dir().join("otp-state");
+    let (before, after) = rule;
+    let script = s.write_file(
+        "check-otp.sh",
+        &format!(
+            "#!/bin/sh\nu={u}\n{before}\n[ \"$(sed -n 1p \"$1\")\" = alice ] && \
+             [ \"$(sed -n 2p \"$1\")\" = 123456 ] && {after}\n",
+            u = u.display()
+        ),
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = ovpn::server_conf(
+        pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        "AES-256-GCM",
+    ) + &format!(
+        "script-security 2\nauth-user-pass-verify {} via-file\n{extra}",
+        script.display()
+    );
+    let server = ovpn::start_server(s, &conf);
+    let otp = c.write_file("otp.pass", "alice\n123456\n");
+    let tunnel = ovpn::client_tunnel_toml(
+        pki,
+        "192.0.2.1",
+        Proto::Udp,
+        KeyMode::TlsCrypt,
+        &["AES-256-GCM"],
+        &pki.path("ta.key"),
+    ) + &format!("auth_user_pass = \"{}\"\n", otp.display());
+    let client = Client::start(c, &tunnel);
+    client.wait_connected(Duration::from_secs(30));
+    (server, client, u)
+}
+
 /// A one-time password and the server's auth-token (`auth-gen-token`, valid
 /// for two renewal periods of 60 s): the server's check accepts the
 /// password once, so its two renegotiations succeed only because polytund
@@ -312,41 +360,15 @@ fn openvpn_auth_user_pass() {
 /// log (before, the not-applied warning printed it whole).
 #[test]
 fn openvpn_auth_token_stands_in_for_a_one_time_password() {
-    use std::os::unix::fs::PermissionsExt;
     let (s, c, pki) = setup("ovat");
-    let used = s.dir().join("otp-used");
-    let script = s.write_file(
-        "check-otp.sh",
-        &format!(
-            "#!/bin/sh\n[ -e {u} ] && exit 1\n[ \"$(sed -n 1p \"$1\")\" = alice ] && \
-             [ \"$(sed -n 2p \"$1\")\" = 123456 ] && touch {u}\n",
-            u = used.display()
-        ),
-    );
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = ovpn::server_conf(
+    // the password is taken once: then `$u` exists
+    let (server, client, used) = otp_pair(
+        &s,
+        &c,
         &pki,
-        "192.0.2.1",
-        Proto::Udp,
-        KeyMode::TlsCrypt,
-        "AES-256-GCM",
-    ) + &format!(
-        "script-security 2\nauth-user-pass-verify {} via-file\nauth-gen-token 600 60\n\
-             hand-window 3\nreneg-sec 6\n",
-        script.display()
+        ("[ -e $u ] && exit 1", "touch $u"),
+        "auth-gen-token 600 60\nhand-window 3\nreneg-sec 6\n",
     );
-    let server = ovpn::start_server(&s, &conf);
-    let otp = c.write_file("otp.pass", "alice\n123456\n");
-    let tunnel = ovpn::client_tunnel_toml(
-        &pki,
-        "192.0.2.1",
-        Proto::Udp,
-        KeyMode::TlsCrypt,
-        &["AES-256-GCM"],
-        &pki.path("ta.key"),
-    ) + &format!("auth_user_pass = \"{}\"\n", otp.display());
-    let client = Client::start(&c, &tunnel);
-    client.wait_connected(Duration::from_secs(30));
     assert!(used.exists(), "the one-time password was used");
     let since = client.session()["connected_since_unix"].clone();
     polytun_e2e::wait_until(
@@ -377,58 +399,24 @@ fn openvpn_auth_token_stands_in_for_a_one_time_password() {
 /// makes polytund fall back to the password at once.
 #[test]
 fn openvpn_auth_token_carries_over_a_reconnect() {
-    use std::os::unix::fs::PermissionsExt;
     let (s, c, pki) = setup("ovar");
-    // the password is accepted once per `allow` file
-    let allow = s.dir().join("otp-allow");
-    let script = s.write_file(
-        "check-otp.sh",
-        &format!(
-            "#!/bin/sh\n[ -e {a} ] || exit 1\n[ \"$(sed -n 1p \"$1\")\" = alice ] && \
-             [ \"$(sed -n 2p \"$1\")\" = 123456 ] && rm {a}\n",
-            a = allow.display()
-        ),
-    );
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = ovpn::server_conf(
+    // the password is taken once per `$u` file
+    std::fs::write(s.dir().join("otp-state"), "").unwrap();
+    let (mut server, client, allow) = otp_pair(
+        &s,
+        &c,
         &pki,
-        "192.0.2.1",
-        Proto::Udp,
-        KeyMode::TlsCrypt,
-        "AES-256-GCM",
-    ) + &format!(
-        "script-security 2\nauth-user-pass-verify {} via-file\nauth-gen-token 600\n\
-         keepalive 1 4\n",
-        script.display()
+        ("[ -e $u ] || exit 1", "rm $u"),
+        "auth-gen-token 600\nkeepalive 1 4\n",
     );
-    std::fs::write(&allow, "").unwrap();
-    let mut server = ovpn::start_server(&s, &conf);
-    let otp = c.write_file("otp.pass", "alice\n123456\n");
-    let tunnel = ovpn::client_tunnel_toml(
-        &pki,
-        "192.0.2.1",
-        Proto::Udp,
-        KeyMode::TlsCrypt,
-        &["AES-256-GCM"],
-        &pki.path("ta.key"),
-    ) + &format!("auth_user_pass = \"{}\"\n", otp.display());
-    let client = Client::start(&c, &tunnel);
-    client.wait_connected(Duration::from_secs(30));
     assert!(!allow.exists(), "the one-time password was used");
     let first = client.session()["connected_since_unix"].clone();
     // silence until the pushed ping-restart (4 s) ends the session
-    let nft = polytun_e2e::bins::tool("nft");
-    let nft = nft.to_str().unwrap();
-    c.run_ok(&[nft, "add table inet t"]);
-    c.run_ok(&[
-        nft,
-        "add chain inet t o { type filter hook output priority 0 ; }",
-    ]);
-    c.run_ok(&[nft, "add rule inet t o udp dport 1194 drop"]);
+    c.drop_udp_out(1194);
     polytun_e2e::wait_until("ping-restart", Duration::from_secs(15), || {
         client.log().contains("ping-restart")
     });
-    c.run_ok(&[nft, "delete table inet t"]);
+    c.undrop_udp_out();
     polytun_e2e::wait_until(
         "a new session, by the token",
         Duration::from_secs(30),
@@ -447,6 +435,8 @@ fn openvpn_auth_token_carries_over_a_reconnect() {
     // a restarted server knows no earlier token: the password again
     s.kill(server);
     std::fs::write(&allow, "").unwrap();
+    // (the config start_server wrote)
+    let conf = std::fs::read_to_string(s.dir().join("server.conf")).unwrap();
     server = ovpn::start_server(&s, &conf);
     polytun_e2e::wait_until(
         "the fallback to the password",

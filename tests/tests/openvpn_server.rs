@@ -314,14 +314,7 @@ fn openvpn_server_exit_notify_and_ping_restart() {
         cl[0]["virtual_address"], "198.51.100.2/24",
         "address freed and reused"
     );
-    let nft = polytun_e2e::bins::tool("nft");
-    let nft = nft.to_str().unwrap();
-    c.run_ok(&[nft, "add table inet t"]);
-    c.run_ok(&[
-        nft,
-        "add chain inet t o { type filter hook output priority 0 ; }",
-    ]);
-    c.run_ok(&[nft, "add rule inet t o udp dport 1194 drop"]);
+    c.drop_udp_out(1194);
     let t = Instant::now();
     wait_until(
         "ping-restart to remove the silent client",

@@ -23,6 +23,23 @@ fn setup(test: &str) -> (Netns, Netns, Pki) {
     (s, c, pki)
 }
 
+/// An openvpn 2.6 server in `s` (the standard config, then
+/// `server_extra`), and the `[[tunnel]]` of a polytun client for it.
+fn openvpn_server(s: &Netns, pki: &Pki, proto: Proto, server_extra: &str) -> (u32, String) {
+    let conf =
+        ovpn::server_conf(pki, "192.0.2.1", proto, KeyMode::TlsCrypt, "AES-256-GCM") + server_extra;
+    let server = ovpn::start_server(s, &conf);
+    let tunnel = ovpn::client_tunnel_toml(
+        pki,
+        "192.0.2.1",
+        proto,
+        KeyMode::TlsCrypt,
+        &ALL,
+        &pki.path("ta.key"),
+    );
+    (server, tunnel)
+}
+
 /// A polytun client with `client_extra` (TOML; with `ovpn`, also a .ovpn
 /// file of these lines) against an openvpn 2.6 server with
 /// `server_extra`; the session must show `framing` and carry pings and
@@ -44,18 +61,8 @@ fn client_test(
         }
         None => client_extra.to_string(),
     };
-    let conf = ovpn::server_conf(&pki, "192.0.2.1", proto, KeyMode::TlsCrypt, "AES-256-GCM")
-        + server_extra;
-    let server = ovpn::start_server(&s, &conf);
-    let tunnel = ovpn::client_tunnel_toml(
-        &pki,
-        "192.0.2.1",
-        proto,
-        KeyMode::TlsCrypt,
-        &ALL,
-        &pki.path("ta.key"),
-    ) + &client_extra;
-    let client = Client::start(&c, &tunnel);
+    let (server, tunnel) = openvpn_server(&s, &pki, proto, server_extra);
+    let client = Client::start(&c, &(tunnel + &client_extra));
     client.wait_connected(Duration::from_secs(30));
     wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
     assert_eq!(ping(&c, ovpn::SERVER_TUN, 10), 0.0, "ping loss");
@@ -154,23 +161,8 @@ fn openvpn_compress_migrate_server_pushes_stub_v2() {
 /// on the client they are refused instead, counted, and the log says why.
 fn compressing_server_test(test: &str, server_extra: &str, framing: &str) {
     let (s, c, pki) = setup(test);
-    let conf = ovpn::server_conf(
-        &pki,
-        "192.0.2.1",
-        Proto::Udp,
-        KeyMode::TlsCrypt,
-        "AES-256-GCM",
-    ) + "allow-compression yes\n"
-        + server_extra;
-    let server = ovpn::start_server(&s, &conf);
-    let tunnel = ovpn::client_tunnel_toml(
-        &pki,
-        "192.0.2.1",
-        Proto::Udp,
-        KeyMode::TlsCrypt,
-        &ALL,
-        &pki.path("ta.key"),
-    );
+    let extra = format!("allow-compression yes\n{server_extra}");
+    let (server, tunnel) = openvpn_server(&s, &pki, Proto::Udp, &extra);
     let client = Client::start(&c, &tunnel);
     client.wait_connected(Duration::from_secs(30));
     wait_ping(&c, ovpn::SERVER_TUN, Duration::from_secs(10));
@@ -245,22 +237,7 @@ fn openvpn_compressing_server_lz4_swap_is_decompressed() {
 #[test]
 fn openvpn_missing_comp_lzo_is_named() {
     let (s, c, pki) = setup("ocz6");
-    let conf = ovpn::server_conf(
-        &pki,
-        "192.0.2.1",
-        Proto::Udp,
-        KeyMode::TlsCrypt,
-        "AES-256-GCM",
-    ) + "comp-lzo no\n";
-    let _server = ovpn::start_server(&s, &conf);
-    let tunnel = ovpn::client_tunnel_toml(
-        &pki,
-        "192.0.2.1",
-        Proto::Udp,
-        KeyMode::TlsCrypt,
-        &ALL,
-        &pki.path("ta.key"),
-    );
+    let (_server, tunnel) = openvpn_server(&s, &pki, Proto::Udp, "comp-lzo no\n");
     let client = Client::start(&c, &tunnel);
     client.wait_connected(Duration::from_secs(30));
     // (the server's keepalive pings are framed too)

@@ -869,3 +869,44 @@ fn openvpn_server_key_export_and_rekey() {
         server.log()
     );
 }
+
+/// Per-client pushes (`client_push`, a client-config-dir file's `push`
+/// lines): the client with that certificate's common name gets them after
+/// the common ones, and applies them (openvpn 2.6: the route on its TUN,
+/// the DNS domain in its log); another name's are not sent.
+#[test]
+fn openvpn_server_pushes_per_client_options() {
+    let (s, c, pki) = setup("ospc");
+    let tunnel = ovpn::server_tunnel_toml(&pki, "192.0.2.1", Proto::Udp, KeyMode::TlsCrypt, &ALL)
+        + "client_push = { client = [\"route 192.0.2.128 255.255.255.192\", \
+           \"dhcp-option DOMAIN branch.example\"], other = [\"dhcp-option DOMAIN other.example\"] }\n";
+    let server = Client::start(&s, &tunnel);
+    let client = ovpn::start_client(
+        &c,
+        &ovpn::client_conf(
+            &pki,
+            "192.0.2.1",
+            Proto::Udp,
+            KeyMode::TlsCrypt,
+            "AES-256-GCM",
+        ),
+    );
+    wait_clients(&server, 1);
+    let log = c.log_of(client);
+    let reply = log
+        .lines()
+        .find(|l| l.contains("PUSH_REPLY"))
+        .unwrap_or_else(|| panic!("no PUSH_REPLY in the client's log:\n{log}"));
+    assert!(
+        reply.contains("dhcp-option DOMAIN branch.example"),
+        "{reply}"
+    );
+    assert!(!reply.contains("other.example"), "{reply}");
+    // after the common options
+    let common = reply.find(&format!("dhcp-option DNS {}", ovpn::PUSHED_DNS));
+    assert!(common < reply.find("branch.example"), "{reply}");
+    let routes = c.run_ok(&["ip", "route"]);
+    assert!(routes.contains("192.0.2.128/26"), "{routes}");
+    assert!(server.log().contains("pushing also route 192.0.2.128"));
+    wait_ping(&c, SERVER_TUN, Duration::from_secs(10));
+}

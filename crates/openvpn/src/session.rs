@@ -315,6 +315,22 @@ impl Session {
     }
 
     /// The first key is up (stays true across renegotiations).
+    /// Server: options for this client's push reply besides the
+    /// configured ones (known once its certificate is: per-client pushes
+    /// by common name). Too late once the reply went out: false then.
+    pub fn push_more(&mut self, options: &[String]) -> bool {
+        if self.phase == Phase::Active {
+            return false;
+        }
+        match &mut self.cfg.role {
+            Role::Server { push, .. } => {
+                push.extend(options.iter().cloned());
+                true
+            }
+            Role::Client(_) => false,
+        }
+    }
+
     /// Client: the server's auth-token as it stands now (renewals
     /// included), to carry into the next session.
     pub fn auth_token(&self) -> Option<&crate::push::AuthToken> {

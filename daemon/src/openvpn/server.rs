@@ -731,6 +731,21 @@ impl Server {
                     // Its networks (iroutes) are known by name, once the
                     // certificate has been checked.
                     p.common_name = common_name;
+                    let more = p
+                        .common_name
+                        .as_ref()
+                        .and_then(|cn| self.srv.client_push.get(cn));
+                    if let Some(more) = more {
+                        if p.session.push_more(more) {
+                            tracing::info!(
+                                "tunnel {}: client {} ({}): pushing also {}",
+                                self.name,
+                                p.addr,
+                                p.common_name.as_deref().unwrap_or_default(),
+                                more.join(", ")
+                            );
+                        }
+                    }
                     let nets = iroutes(&self.srv, p);
                     if !nets.is_empty() {
                         let mut t = p.shared.tables_mut();

@@ -146,6 +146,9 @@ pub struct ServerSettings {
     pub routes: Vec<IpNet>,
     /// `push "..."` options, sent to every client before the per-client ones.
     pub push: Vec<String>,
+    /// Options pushed to one client, by its certificate's common name, after
+    /// the common ones (a client-config-dir file's `push` lines).
+    pub client_push: std::collections::BTreeMap<String, Vec<String>>,
     pub max_clients: usize,
 }
 
@@ -183,6 +186,7 @@ pub struct RawFields<'a> {
     pub server: Option<&'a str>,
     pub server_ipv6: Option<&'a str>,
     pub iroutes: Option<&'a std::collections::BTreeMap<String, Vec<String>>>,
+    pub client_push: Option<&'a std::collections::BTreeMap<String, Vec<String>>>,
     pub push: Option<&'a [String]>,
     pub keepalive: Option<&'a [u32]>,
     pub max_clients: Option<u32>,
@@ -234,6 +238,9 @@ struct Collected {
     server_ipv6: Option<(String, Src)>,
     /// (common name, network, where it was configured)
     iroutes: Vec<(String, IpNet, Src)>,
+    /// (common name, pushed option): a client-config-dir file's `push`
+    /// lines, or TOML `client_push` (checked where they were read).
+    client_push: Vec<(String, String)>,
     /// A server .conf's `route` / `route-ipv6` lines.
     conf_routes: Vec<(IpNet, Src)>,
     push: Vec<(String, Src)>,
@@ -323,6 +330,15 @@ pub fn build(
     }
     if let Some(v) = raw.push {
         c.push = v.iter().map(|p| (p.clone(), t("push"))).collect();
+    }
+    if let Some(m) = raw.client_push {
+        c.client_push.clear();
+        for (cn, opts) in m {
+            for o in opts {
+                check_push(o).map_err(|m| toml_err("client_push", format!("`{cn}`: {m}")))?;
+                c.client_push.push((cn.clone(), o.trim().to_string()));
+            }
+        }
     }
     if let Some(k) = raw.keepalive {
         match k {
@@ -478,6 +494,8 @@ fn finish(
     };
     let server = if is_server {
         Some(Box::new(server_settings(&c, &err, &missing)?))
+    } else if !c.client_push.is_empty() {
+        return Err(toml_err("client_push", "a server setting".into()));
     } else {
         for (set, src) in [
             (
@@ -773,18 +791,12 @@ fn server_settings(
     }
     let mut push = Vec::new();
     for (p, src) in &c.push {
-        let p = p.trim();
-        let kw = p.split_whitespace().next().unwrap_or("");
-        if kw.is_empty() {
-            return Err(err(src, "empty push option".into()));
-        }
-        if SERVER_SET.contains(&kw) {
-            return Err(err(
-                src,
-                format!("`push \"{p}\"`: `{kw}` is set by the server for each client"),
-            ));
-        }
-        push.push(p.to_string());
+        check_push(p).map_err(|m| err(src, m))?;
+        push.push(p.trim().to_string());
+    }
+    let mut client_push: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (cn, p) in &c.client_push {
+        client_push.entry(cn.clone()).or_default().push(p.clone());
     }
     // the server's address, the network and broadcast addresses are not for clients
     let pool_size = (1usize << (32 - pool.prefix_len())) - 3;
@@ -799,8 +811,24 @@ fn server_settings(
         iroutes,
         routes,
         push,
+        client_push,
         max_clients,
     })
+}
+
+/// A `push` option a server may send: not one it sets per client.
+fn check_push(p: &str) -> Result<(), String> {
+    let p = p.trim();
+    let kw = p.split_whitespace().next().unwrap_or("");
+    if kw.is_empty() {
+        return Err("empty push option".into());
+    }
+    if SERVER_SET.contains(&kw) {
+        return Err(format!(
+            "`push \"{p}\"`: `{kw}` is set by the server for each client"
+        ));
+    }
+    Ok(())
 }
 
 pub fn parse_certs(pem: &str) -> Vec<CertificateDer<'static>> {
@@ -978,8 +1006,8 @@ fn network(s: &str, family: Family) -> Result<IpNet, String> {
 }
 
 /// OpenVPN's `client-config-dir`: one file per client, named by its
-/// certificate's common name. polytun takes `iroute` and `iroute-ipv6`
-/// from them, and names any other option.
+/// certificate's common name. polytun takes `iroute`, `iroute-ipv6` and
+/// `push` from them, and names any other option.
 fn read_ccd(dir: &Path, at: &Src, c: &mut Collected) -> Result<(), ConfigError> {
     let fail = |file: &Path, line: Option<usize>, field: &str, message: String| ConfigError {
         file: file.to_path_buf(),
@@ -1021,6 +1049,16 @@ fn read_ccd(dir: &Path, at: &Src, c: &mut Collected) -> Result<(), ConfigError> 
             let family = match opt {
                 "iroute" => Family::V4,
                 "iroute-ipv6" => Family::V6,
+                "push" => {
+                    let rest = rest.trim();
+                    let v = rest
+                        .strip_prefix('"')
+                        .and_then(|r| r.strip_suffix('"'))
+                        .unwrap_or(rest);
+                    check_push(v).map_err(|m| fail(&f, Some(i + 1), opt, m))?;
+                    c.client_push.push((cn.clone(), v.to_string()));
+                    continue;
+                }
                 _ => {
                     return Err(fail(
                         &f,
@@ -1028,7 +1066,7 @@ fn read_ccd(dir: &Path, at: &Src, c: &mut Collected) -> Result<(), ConfigError> 
                         opt,
                         format!(
                             "`{opt}` in a client-config-dir file is not supported by polytun \
-                             (it reads `iroute` and `iroute-ipv6`)"
+                             (it reads `iroute`, `iroute-ipv6` and `push`)"
                         ),
                     ))
                 }
@@ -1927,7 +1965,8 @@ mod tests {
         std::fs::create_dir_all(&ccd).unwrap();
         std::fs::write(
             ccd.join("branch1"),
-            "# the branch LAN\niroute 192.0.2.128 255.255.255.128\niroute-ipv6 2001:db8:10::/64\n",
+            "# the branch LAN\niroute 192.0.2.128 255.255.255.128\niroute-ipv6 2001:db8:10::/64\n\
+             push \"dhcp-option DOMAIN branch1.example\"\n",
         )
         .unwrap();
         let with_ccd = format!(
@@ -1944,6 +1983,15 @@ mod tests {
             nets(&srv.routes),
             ["192.0.2.128/25", "2001:db8:10::/64", "203.0.113.0/24"]
         );
+        assert_eq!(
+            srv.client_push["branch1"],
+            ["dhcp-option DOMAIN branch1.example"]
+        );
+        // what the server sets per client is refused there too
+        std::fs::write(ccd.join("branch3"), "push \"peer-id 7\"\n").unwrap();
+        let e = build(&from_conf, &dir, &terr).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(1), "push"), "{e}");
+        std::fs::remove_file(ccd.join("branch3")).unwrap();
         std::fs::write(
             ccd.join("branch2"),
             "iroute 203.0.113.0 255.255.255.0\nifconfig-push 198.51.100.9 255.255.255.0\n",

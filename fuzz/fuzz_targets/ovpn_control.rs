@@ -64,6 +64,10 @@ fuzz_target!(|data: &[u8]| {
         reliable: ReliableConfig::default(),
         data_limits: Limits::default(),
         credentials: None,
+        framing: Default::default(),
+        compress_migrate: true,
+        decompress: true,
+        auth_token: None,
     };
     let mut s = Session::new(cfg, now, SystemTime::UNIX_EPOCH, rand_core::OsRng);
     let mut rest = data;

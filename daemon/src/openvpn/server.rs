@@ -284,15 +284,24 @@ impl Drop for Conn {
 }
 
 /// What the compression framings a server may use with its clients need
-/// around a packet: its own `comp-lzo`/`compress`, one it pushes, and with
-/// `compress migrate` comp-lzo's byte in front (stub-v2 needs none).
+/// around a packet: its own `comp-lzo`/`compress`, one it pushes to all or
+/// to some (`client_push`), and with `compress migrate` comp-lzo's byte in
+/// front (stub-v2 needs none).
 fn framing_room(s: &OpenVpn) -> Room {
-    let pushed = s.server.iter().flat_map(|srv| &srv.push).filter_map(|o| {
-        let mut w = o.split_ascii_whitespace();
-        Framing::from_option(w.next()?, w.next()).ok()
-    });
-    let migrate = s.compress_migrate.then_some(Framing::LzoStub);
-    std::iter::once(s.framing)
+    let srv = s.server.as_deref();
+    room_of(s.framing, s.compress_migrate, srv)
+}
+
+fn room_of(own: Framing, migrate: bool, srv: Option<&ServerSettings>) -> Room {
+    let pushed = srv
+        .into_iter()
+        .flat_map(|srv| srv.push.iter().chain(srv.client_push.values().flatten()))
+        .filter_map(|o| {
+            let mut w = o.split_ascii_whitespace();
+            Framing::from_option(w.next()?, w.next()).ok()
+        });
+    let migrate = migrate.then_some(Framing::LzoStub);
+    std::iter::once(own)
         .chain(pushed)
         .chain(migrate)
         .fold(Room::default(), |r, f| r.union(f.room()))
@@ -1345,6 +1354,36 @@ mod tests {
     use polytun_core::PacketBuf;
     use polytun_openvpn::data::{Cipher, DataChannelKey, DataKeys, OVERHEAD};
     use polytun_openvpn::packet::DATA_TAG_LEN;
+
+    /// The outbound arena leaves room for every framing the server may
+    /// use: its own, pushed to all, pushed to one client, migrate's.
+    #[test]
+    fn framing_room_covers_every_pushed_framing() {
+        let srv = |push: &[&str], client: &[&str]| ServerSettings {
+            pool: "198.51.100.0/24".parse().unwrap(),
+            pool6: None,
+            iroutes: Default::default(),
+            routes: vec![],
+            push: push.iter().map(|p| p.to_string()).collect(),
+            client_push: [(
+                "branch1".to_string(),
+                client.iter().map(|p| p.to_string()).collect(),
+            )]
+            .into(),
+            max_clients: 10,
+        };
+        let room = |front, back| Room { front, back };
+        let none = srv(&["route 203.0.113.0 255.255.255.0"], &[]);
+        assert_eq!(room_of(Framing::None, false, Some(&none)), room(0, 0));
+        assert_eq!(room_of(Framing::Lzo, false, Some(&none)), room(1, 0));
+        assert_eq!(room_of(Framing::None, true, Some(&none)), room(1, 0));
+        let pushed = srv(&["compress lz4"], &[]);
+        assert_eq!(room_of(Framing::None, false, Some(&pushed)), room(0, 1));
+        let per_client = srv(&[], &["comp-lzo no"]);
+        assert_eq!(room_of(Framing::Stub, false, Some(&per_client)), room(1, 1));
+        let v2 = srv(&["compress stub-v2"], &[]);
+        assert_eq!(room_of(Framing::None, false, Some(&v2)), room(0, 0));
+    }
 
     /// OpenVPN's numbering (`server-ipv6`): the server ::1, the client
     /// holding the IPv4 pool's first client address ::1000, and so on; none

@@ -120,6 +120,16 @@ pub enum FramingError {
 }
 
 impl Framing {
+    pub const ALL: [Framing; 7] = [
+        Framing::None,
+        Framing::LzoStub,
+        Framing::Lzo,
+        Framing::Stub,
+        Framing::Lz4,
+        Framing::StubV2,
+        Framing::Lz4V2,
+    ];
+
     /// From an OpenVPN option: `comp-lzo [yes|no|adaptive]` or
     /// `compress [stub|stub-v2|lzo|lz4|lz4-v2]` (`arg` is the first
     /// argument, if any). `Err` names what is wrong.
@@ -342,15 +352,7 @@ pub fn decompress(algo: Compressor, input: &[u8], out: &mut [u8]) -> Result<usiz
 mod tests {
     use super::*;
 
-    const ALL: [Framing; 7] = [
-        Framing::None,
-        Framing::LzoStub,
-        Framing::Lzo,
-        Framing::Stub,
-        Framing::Lz4,
-        Framing::StubV2,
-        Framing::Lz4V2,
-    ];
+    const ALL: [Framing; 7] = Framing::ALL;
 
     fn framed(f: Framing, payload: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; payload.len() + 4];

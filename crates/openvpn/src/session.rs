@@ -238,9 +238,6 @@ pub struct Session {
     /// Negotiated for key-id 0; every later key uses the same.
     pub(crate) cipher: Option<Cipher>,
     pub(crate) peer_id: u32,
-    /// Set with key-id 0 (a client's from the push, else its own option);
-    /// every later key uses the same.
-    framing: Framing,
     /// SHA-256 of the peer's certificate at key-id 0: a renegotiation must
     /// present the same one (OpenVPN refuses a changed certificate too).
     peer_cert: Option<[u8; 32]>,
@@ -283,7 +280,6 @@ impl Session {
             },
             cipher: None,
             peer_id: crate::packet::NO_PEER_ID,
-            framing: Framing::None,
             peer_cert: None,
             hand_window: HAND_WINDOW,
             rekey,
@@ -328,6 +324,18 @@ impl Session {
                 true
             }
             Role::Client(_) => false,
+        }
+    }
+
+    /// The data channel's compression framing, the same for every key: a
+    /// pushed comp-lzo/compress over the configured one, as in OpenVPN
+    /// (the push is settled before key-id 0 is derived).
+    fn framing(&self) -> Framing {
+        let f = self.push.compress.unwrap_or(self.cfg.framing);
+        if self.cfg.decompress {
+            f
+        } else {
+            f.stub()
         }
     }
 
@@ -644,7 +652,7 @@ impl Session {
                 self.rekey.data_limits(self.cfg.data_limits),
                 now,
             )
-            .with_framing(self.framing),
+            .with_framing(self.framing()),
         );
         self.primary.data = Some(key.clone());
         self.outputs.push_back(Output::InstallKey(key));
@@ -763,9 +771,6 @@ impl Session {
     ) -> Result<(), SessionError> {
         self.cipher = Some(cipher);
         self.peer_id = peer_id;
-        // OpenVPN applies a pushed comp-lzo/compress over the client's own.
-        let f = self.push.compress.unwrap_or(self.cfg.framing);
-        self.framing = if self.cfg.decompress { f } else { f.stub() };
         self.derive_key(now, cipher)?;
         self.outputs.push_back(Output::SendKey(self.primary.key_id));
         self.primary.sending = true;

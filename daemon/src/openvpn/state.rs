@@ -6,11 +6,11 @@ use crate::datapath::DropCounters;
 use ipnet::IpNet;
 use polytun_core::PrefixTable;
 use polytun_io::UdpSocket;
-use polytun_openvpn::compress::{Compressor, FramingError};
+use polytun_openvpn::compress::FramingError;
 use polytun_openvpn::data::DataChannelKey;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 /// Key-ids are 3 bits.
@@ -86,32 +86,9 @@ pub struct Shared {
     last_rx: AtomicU64,
     last_tx: AtomicU64,
     /// Packets refused for their compression framing (counted as
-    /// malformed too), and the last refusal, coded by `code` for the
-    /// control task's warning.
-    framing_refused: AtomicU64,
-    framing_last: AtomicU16,
-}
-
-fn code(e: FramingError) -> u16 {
-    match e {
-        FramingError::Compressed(b) => 0x100 | u16::from(b),
-        FramingError::BadHeader(b) => 0x200 | u16::from(b),
-        FramingError::NoRoom => 0x300,
-        FramingError::Decompress(Compressor::Lzo) => 0x400,
-        FramingError::Decompress(Compressor::Lz4) => 0x401,
-    }
-}
-
-fn decode(c: u16) -> Option<FramingError> {
-    let b = c as u8;
-    match c >> 8 {
-        1 => Some(FramingError::Compressed(b)),
-        2 => Some(FramingError::BadHeader(b)),
-        3 => Some(FramingError::NoRoom),
-        4 if b == 0 => Some(FramingError::Decompress(Compressor::Lzo)),
-        4 => Some(FramingError::Decompress(Compressor::Lz4)),
-        _ => None,
-    }
+    /// malformed too) and the last refusal, for the control task's warning
+    /// (taken only for a refused packet).
+    framing_refusals: Mutex<(u64, Option<FramingError>)>,
 }
 
 impl Shared {
@@ -133,8 +110,7 @@ impl Shared {
             epoch: Instant::now(),
             last_rx: AtomicU64::new(0),
             last_tx: AtomicU64::new(0),
-            framing_refused: AtomicU64::new(0),
-            framing_last: AtomicU16::new(0),
+            framing_refusals: Mutex::new((0, None)),
         }
     }
 
@@ -184,17 +160,20 @@ impl Shared {
 
     /// The data path refused a packet for its compression framing.
     pub fn framing_refused(&self, e: FramingError) {
-        self.framing_refused.fetch_add(1, Ordering::Relaxed);
-        self.framing_last.store(code(e), Ordering::Relaxed);
+        let mut r = self
+            .framing_refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *r = (r.0 + 1, Some(e));
     }
 
     /// How many packets were refused for their framing, and the last
     /// refusal (None before the first).
     pub fn framing_refusals(&self) -> (u64, Option<FramingError>) {
-        (
-            self.framing_refused.load(Ordering::Relaxed),
-            decode(self.framing_last.load(Ordering::Relaxed)),
-        )
+        *self
+            .framing_refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Routes carried by this tunnel, for show.
